@@ -1,0 +1,45 @@
+"""Diffusers pipelines: every `text_encoder*` component is a slot.
+
+Works for any `DiffusionPipeline` by its components, not its class: SD 1.x / 2.x and their
+img2img / inpaint / SLD (`StableDiffusionPipelineSafe`) variants have one CLIP `text_encoder`;
+SDXL adds OpenCLIP bigG as `text_encoder_2` (no Safe-CLIP exists for it: a partial swap); SD 3 and
+Flux add T5 encoders (not CLIP: also partial). Image encoders (IP-Adapter) and the safety checker
+are not touched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..dispatch import EncoderSlot, TargetHandler
+from ..swap import encoder_kind
+
+
+def is_diffusers_pipeline(obj: Any) -> bool:
+    try:
+        from diffusers import DiffusionPipeline
+    except ImportError:  # diffusers is a dependency, but keep the check harmless without it
+        return False
+    return isinstance(obj, DiffusionPipeline)
+
+
+def pipeline_slots(pipe: Any) -> list[EncoderSlot]:
+    """The text encoders of `pipe`, in component order."""
+    slots = []
+    for name, component in pipe.components.items():
+        if not name.startswith("text_encoder") or component is None:
+            continue
+        kind = encoder_kind(component)
+        if kind == "text":
+            slots.append(EncoderSlot(label=f"pipe.{name}", module=component, kind="text"))
+        else:
+            why = f"{type(component).__name__} is not a CLIP text encoder; no Safe-CLIP exists for it"
+            slots.append(EncoderSlot(label=f"pipe.{name}", module=component, kind=None, why_not=why))
+    return slots
+
+
+DIFFUSERS_PIPELINE = TargetHandler(
+    name="diffusers pipelines with a CLIP text_encoder (SD 1.x, SD 2.x, SDXL, StableDiffusionPipelineSafe, ...)",
+    matches=is_diffusers_pipeline,
+    slots=pipeline_slots,
+)

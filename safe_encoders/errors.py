@@ -1,0 +1,31 @@
+"""One error family. Each member also derives from the built-in exception a caller would expect."""
+
+from __future__ import annotations
+
+
+class SafeEncodersError(Exception):
+    """Base class of every error raised on purpose by safe_encoders."""
+
+
+class UnsupportedModelError(SafeEncodersError, TypeError):
+    """The object handed to `make_safe` is not something we know how to make safe."""
+
+
+class ArchitectureMismatchError(SafeEncodersError, ValueError):
+    """The checkpoint's encoder does not have the shape of the encoder it should replace."""
+
+
+class PartialSwapError(SafeEncodersError, ValueError):
+    """Only some encoders of the target have a Safe-CLIP replacement and the caller did not opt in."""
+
+
+class CheckpointNotFoundError(SafeEncodersError, OSError):
+    """A checkpoint (registry name, Hub id, folder or file) cannot be found or reached."""
+
+
+class CorruptCheckpointError(SafeEncodersError, ValueError):
+    """A checkpoint file exists but its content is damaged or inconsistent."""
+
+
+class UnsafeFormatError(SafeEncodersError, ValueError):
+    """A weight file is a pickle that cannot be read without executing code."""

@@ -1,0 +1,96 @@
+"""Loading a CLIP text or vision encoder as a transformers model, reading only its own tensors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import CorruptCheckpointError
+from .format import module_names
+from .registry import EncoderKind
+from .sources import EncoderSource, resolve_source
+from .swap import RECORD_KEY
+
+
+def load_text_encoder(
+    source: Any,
+    *,
+    torch_dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    with_projection: bool | None = None,
+    **hub_kwargs: Any,
+) -> nn.Module:
+    """Load the text encoder of `source` as `CLIPTextModel` or `CLIPTextModelWithProjection`.
+
+    Args:
+        source: a registry name, Hub id, local transformers folder, or one of our `.safetensors` files.
+        torch_dtype: dtype of the returned model; None keeps the stored dtype.
+        device: where to put the model (default CPU).
+        with_projection: return `CLIPTextModelWithProjection` (True) or `CLIPTextModel` (False);
+            None picks `...WithProjection` when the checkpoint has a projection head.
+        **hub_kwargs: `revision`, `token`, `cache_dir`, `local_files_only`, `force_download`.
+    """
+    return _load_encoder(resolve_source(source, "text", **hub_kwargs), torch_dtype, device, with_projection)
+
+
+def load_vision_encoder(
+    source: Any,
+    *,
+    torch_dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    with_projection: bool | None = None,
+    **hub_kwargs: Any,
+) -> nn.Module:
+    """Load the vision encoder of `source` as `CLIPVisionModel` or `CLIPVisionModelWithProjection`.
+
+    Arguments as for `load_text_encoder`.
+    """
+    return _load_encoder(resolve_source(source, "vision", **hub_kwargs), torch_dtype, device, with_projection)
+
+
+def encoder_class(kind: EncoderKind, with_projection: bool) -> type[nn.Module]:
+    import transformers
+
+    name = {"text": "CLIPTextModel", "vision": "CLIPVisionModel"}[kind]
+    return getattr(transformers, name + ("WithProjection" if with_projection else ""))
+
+
+def _load_encoder(
+    source: EncoderSource,
+    torch_dtype: torch.dtype | None,
+    device: str | torch.device | None,
+    with_projection: bool | None,
+) -> nn.Module:
+    from accelerate import init_empty_weights
+    from transformers import CLIPTextConfig, CLIPVisionConfig
+
+    if with_projection and not source.has_projection:
+        raise CorruptCheckpointError(
+            f"{source.label} has no {source.kind} projection head; pass with_projection=False (or None)."
+        )
+    projection = source.has_projection if with_projection is None else with_projection
+    config_class = CLIPTextConfig if source.kind == "text" else CLIPVisionConfig
+    config = config_class.from_dict(source.config)
+    # Parameters are created on the meta device (no random init); buffers such as position_ids
+    # are created for real because checkpoints do not carry them.
+    with init_empty_weights(include_buffers=False):
+        model = encoder_class(source.kind, projection)(config)
+    names = module_names(model.state_dict().keys(), source.kind)
+    tensors = source.read(names)
+    state = {key: _cast(tensors[name], torch_dtype) for name, key in names.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    setattr(
+        model.config,
+        RECORD_KEY,
+        {"checkpoint": source.label, "identity": source.identity, "digest": source.digest,
+         "base_model": source.base_model, "layers": f"{config.num_hidden_layers}/{config.num_hidden_layers}"},
+    )  # fmt: skip
+    if device is not None:
+        model.to(device)
+    return model.eval()
+
+
+def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor

@@ -1,0 +1,427 @@
+"""Where an encoder's tensors come from: a Hub id, a local transformers folder, or one of our files.
+
+Every source is opened lazily: the header says which tensors exist and their shapes, and only the
+tensors that are asked for are read (`EncoderSource.read`). The pickle policy lives here and only
+here: safetensors is preferred; a pickle weight file is read with `torch.load(weights_only=True)`
+or refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from .errors import (
+    ArchitectureMismatchError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    UnsafeFormatError,
+)
+from .format import (
+    PROJECTION,
+    canonical_name,
+    is_encoder_file,
+    is_ignored,
+    read_encoder_header,
+    tensor_digest,
+)
+from .registry import CHECKPOINTS, Checkpoint, EncoderFingerprint, EncoderKind, get_checkpoint
+
+logger = logging.getLogger("safe_encoders")
+
+HUB_KWARGS = frozenset({"revision", "token", "cache_dir", "local_files_only", "force_download", "subfolder"})
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".p")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Weight files of a transformers folder, in order of preference.
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+_CONFIG_NOISE = ("_name_or_path", "architectures", "transformers_version", "torch_dtype", "dtype")
+
+
+@dataclass
+class EncoderSource:
+    """The tensors of one encoder, under their published names, not yet read."""
+
+    kind: EncoderKind
+    config: dict[str, Any]
+    shapes: dict[str, tuple[int, ...]]
+    label: str
+    identity: str
+    base_model: str | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    expected_digests: dict[str, str] | None = None
+    _locations: dict[str, tuple[Path, str]] = field(default_factory=dict, repr=False)
+    # Pickle weight files already loaded (memory-mapped) while listing their tensors.
+    _pickled: dict[Path, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
+
+    @cached_property
+    def fingerprint(self) -> EncoderFingerprint:
+        return EncoderFingerprint.from_config(self.config)
+
+    @property
+    def has_projection(self) -> bool:
+        return PROJECTION[self.kind] in self.shapes
+
+    @property
+    def digest(self) -> str | None:
+        """The content digest when the source is one of our files (None otherwise)."""
+        return self.provenance.get("digest") if self.expected_digests is not None else None
+
+    def read(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
+        """Read the named tensors on CPU, checking our files' digests tensor by tensor."""
+        names = list(names)
+        missing = [name for name in names if name not in self._locations]
+        if missing:
+            raise CorruptCheckpointError(f"{self.label} lacks tensors {missing[:5]} (of {len(missing)} missing).")
+        by_file: dict[Path, list[str]] = {}
+        for name in names:
+            by_file.setdefault(self._locations[name][0], []).append(name)
+        tensors: dict[str, torch.Tensor] = {}
+        for path, file_names in by_file.items():
+            if path.suffix == ".safetensors":
+                with safe_open(path, framework="pt", device="cpu") as handle:
+                    for name in file_names:
+                        tensors[name] = handle.get_tensor(self._locations[name][1])
+            else:
+                state = self._pickled.get(path) or _load_pickle_weights(path)
+                for name in file_names:
+                    tensors[name] = state[self._locations[name][1]]
+        if self.expected_digests is not None:
+            for name, tensor in tensors.items():
+                if tensor_digest(tensor) != self.expected_digests.get(name):
+                    raise CorruptCheckpointError(
+                        f"{self.label}: tensor {name} does not match the digest recorded in the file; "
+                        "the file is corrupt or was modified. Download or export it again."
+                    )
+        return tensors
+
+
+def resolve_source(source: Any, kind: EncoderKind, **hub_kwargs: Any) -> EncoderSource:
+    """Open `source` for its `kind` encoder.
+
+    `source` is one of: a registry name (see `list_checkpoints`) or `Checkpoint`; a Hub id
+    (`org/name` or `hf-hub:org/name`); a local transformers folder (config.json + weights); one of
+    our `.safetensors` files; or a folder written by `convert_checkpoint`.
+    """
+    unknown = set(hub_kwargs) - HUB_KWARGS
+    if unknown:
+        raise TypeError(f"Unknown keyword argument(s) {sorted(unknown)}; Hub options are {sorted(HUB_KWARGS)}.")
+    if isinstance(source, Checkpoint):
+        return _hub_source(source.repo_id, kind, {"revision": source.revision, **hub_kwargs}, source.base_model)
+    if not isinstance(source, str | os.PathLike):
+        raise TypeError(
+            f"checkpoint must be a registry name, Hub id, folder or .safetensors path, not {type(source).__name__}."
+        )
+    path = Path(source).expanduser()
+    if path.exists():
+        return _local_source(path, kind)
+    name = str(source)
+    if name.startswith("hf-hub:") or name.lower() in {n.lower() for n in CHECKPOINTS}:
+        try:
+            entry = get_checkpoint(name)
+        except CheckpointNotFoundError:
+            entry = None
+        if entry is not None:
+            return _hub_source(entry.repo_id, kind, {"revision": entry.revision, **hub_kwargs}, entry.base_model)
+        name = name.removeprefix("hf-hub:")
+    if _HUB_ID.match(name) and not name.endswith(".safetensors"):
+        for entry in CHECKPOINTS.values():
+            if entry.repo_id.lower() == name.lower():
+                return _hub_source(entry.repo_id, kind, {"revision": entry.revision, **hub_kwargs}, entry.base_model)
+        return _hub_source(name, kind, hub_kwargs, None)
+    raise CheckpointNotFoundError(
+        f"Checkpoint {name!r} is not an existing file or folder, not a registered name "
+        f"({', '.join(CHECKPOINTS)}), and not a Hub id of the form 'org/name'. Check the path or the spelling."
+    )
+
+
+# ----------------------------------------------------------------------------- local sources
+
+
+def _local_source(path: Path, kind: EncoderKind) -> EncoderSource:
+    if path.is_dir():
+        ours = path / f"{kind}_encoder.safetensors"
+        if ours.is_file():
+            return _encoder_file_source(ours, kind)
+        if (path / "config.json").is_file():
+            return _transformers_source(_local_fetch(path), kind, label=str(path), identity=_local_identity(path))
+        raise CheckpointNotFoundError(
+            f"Folder {path} holds neither {ours.name} (safe-encoders format) nor a transformers config.json. "
+            "Pass the folder of a CLIP checkpoint, a file written by export_encoder, or a Hub id."
+        )
+    if path.suffix == ".safetensors":
+        if is_encoder_file(path):
+            return _encoder_file_source(path, kind)
+        if (path.parent / "config.json").is_file():
+            fetch = _local_fetch(path.parent, weights=path.name)
+            return _transformers_source(fetch, kind, label=str(path), identity=_local_identity(path.parent))
+        read_encoder_header(path)  # raises with the precise reason (not ours / not safetensors)
+    if path.suffix in PICKLE_SUFFIXES:
+        if (path.parent / "config.json").is_file():
+            fetch = _local_fetch(path.parent, weights=path.name)
+            return _transformers_source(fetch, kind, label=str(path), identity=_local_identity(path.parent))
+        raise CheckpointNotFoundError(
+            f"{path} is a pickle weight file with no config.json beside it, so its architecture is unknown. "
+            "Pass the transformers folder that holds it (config.json + weights), ideally with model.safetensors."
+        )
+    raise CheckpointNotFoundError(
+        f"{path} is not a .safetensors file or a checkpoint folder. Pass a folder, a .safetensors file or a Hub id."
+    )
+
+
+def _local_fetch(folder: Path, weights: str | None = None) -> Callable[[str], Path | None]:
+    def fetch(filename: str) -> Path | None:
+        if weights is not None and filename in _WEIGHT_FILES and filename != weights:
+            return None
+        candidate = folder / filename
+        return candidate if candidate.is_file() else None
+
+    return fetch
+
+
+def _local_identity(folder: Path) -> str:
+    stamps = [
+        f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+        for p in sorted(folder.iterdir())
+        if p.is_file() and (p.suffix in (".safetensors", ".json") or p.suffix in PICKLE_SUFFIXES)
+    ]
+    return f"dir:{folder.resolve()}|" + "|".join(stamps)
+
+
+def _encoder_file_source(path: Path, kind: EncoderKind) -> EncoderSource:
+    info = read_encoder_header(path)
+    if info.kind != kind:
+        raise ArchitectureMismatchError(
+            f"{path} holds a {info.kind} encoder, but a {kind} encoder was asked for. "
+            f"Use the {kind}_encoder.safetensors file written beside it."
+        )
+    with safe_open(path, framework="pt") as handle:
+        shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+    missing = set(shapes) ^ set(info.tensor_digests)
+    if missing:
+        raise CorruptCheckpointError(f"{path}: tensors and digest list disagree on {sorted(missing)[:5]}.")
+    return EncoderSource(
+        kind=kind,
+        config=info.config,
+        shapes=shapes,
+        label=str(path),
+        identity=info.digest,
+        base_model=info.base_model,
+        provenance={**info.provenance, "digest": info.digest, "format_version": info.format_version},
+        expected_digests=info.tensor_digests,
+        _locations={name: (path, name) for name in shapes},
+    )
+
+
+# ------------------------------------------------------------------------------- Hub sources
+
+
+def _hub_source(
+    repo_id: str, kind: EncoderKind, hub_kwargs: Mapping[str, Any], base_model: str | None
+) -> EncoderSource:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    kwargs = dict(hub_kwargs)
+    revision = kwargs.pop("revision", None) or "main"
+    label = f"{repo_id}@{revision}"
+
+    def fetch(filename: str, required: bool = False) -> Path | None:
+        try:
+            return Path(hf_hub_download(repo_id, filename, revision=revision, **kwargs))
+        except GatedRepoError as error:
+            raise CheckpointNotFoundError(
+                f"{label} is gated: accept its terms on the Hub and log in (`hf auth login`) or pass token=..."
+            ) from error
+        except RepositoryNotFoundError as error:
+            raise CheckpointNotFoundError(
+                f"Hub repository {repo_id!r} was not found (or is private: pass token=...). Check the id."
+            ) from error
+        except RevisionNotFoundError as error:
+            raise CheckpointNotFoundError(f"{repo_id} has no revision {revision!r}.") from error
+        except LocalEntryNotFoundError as error:
+            if required:
+                raise CheckpointNotFoundError(
+                    f"{label}: {filename} is not in the local Hugging Face cache and the Hub cannot be reached "
+                    "(offline: HF_HUB_OFFLINE=1 or no network). Download it once with network access "
+                    f"(`hf download {repo_id}`), point HF_HUB_CACHE / cache_dir= at a cache that has it, "
+                    "or pass a local folder."
+                ) from error
+            return None
+        except EntryNotFoundError:
+            if required:
+                raise CheckpointNotFoundError(f"{label} has no {filename}; is it a CLIP checkpoint?") from None
+            return None
+
+    config_path = fetch("config.json")
+    if config_path is None:
+        ours = fetch(f"{kind}_encoder.safetensors")
+        if ours is not None:
+            return _encoder_file_source(ours, kind)
+        fetch("config.json", required=True)
+    parts = config_path.parts  # .../snapshots/<commit>/config.json names the exact revision used
+    commit = parts[-2] if len(parts) > 2 and parts[-3] == "snapshots" else revision
+    source = _transformers_source(lambda name: fetch(name), kind, label=label, identity=f"hf:{repo_id}@{commit}")
+    source.base_model = source.base_model or base_model
+    source.provenance.update({"repo_id": repo_id, "revision": revision, "commit": commit})
+    return source
+
+
+# ------------------------------------------------------------------- transformers checkpoints
+
+
+def _transformers_source(
+    fetch: Callable[[str], Path | None], kind: EncoderKind, *, label: str, identity: str
+) -> EncoderSource:
+    config_path = fetch("config.json")
+    assert config_path is not None  # callers check
+    raw = json.loads(config_path.read_text())
+    config, belongs = encoder_config_from_dict(raw, kind, label=label)
+
+    locations: dict[str, tuple[Path, str]] = {}
+    pickled: dict[Path, dict[str, torch.Tensor]] = {}
+    for weights_name in _WEIGHT_FILES:
+        weights = fetch(weights_name)
+        if weights is None:
+            continue
+        if weights_name.endswith(".index.json"):
+            weight_map: dict[str, str] = json.loads(weights.read_text())["weight_map"]
+            wanted = {key: shard for key, shard in weight_map.items() if belongs(key)}
+            shard_paths = {}
+            for shard in sorted(set(wanted.values())):
+                shard_path = fetch(shard)
+                if shard_path is None:
+                    raise CorruptCheckpointError(f"{label}: shard {shard} named in {weights_name} is missing.")
+                shard_paths[shard] = shard_path
+            locations = {canonical_name(key, kind): (shard_paths[shard], key) for key, shard in wanted.items()}
+        else:
+            if weights.suffix != ".safetensors":
+                pickled[weights] = _load_pickle_weights(weights)
+            keys = list(pickled[weights]) if weights in pickled else _safetensors_keys(weights)
+            locations = {canonical_name(key, kind): (weights, key) for key in keys if belongs(key)}
+        for path in {path for path, _ in locations.values() if path.suffix != ".safetensors"} - set(pickled):
+            pickled[path] = _load_pickle_weights(path)  # memory-mapped: only what is used gets paged in
+        break
+    else:
+        raise CheckpointNotFoundError(
+            f"{label} has a config.json but no weights ({', '.join(_WEIGHT_FILES)}), "
+            "or they are not in the local cache while offline."
+        )
+    if not locations:
+        raise CorruptCheckpointError(f"{label}: the weights hold no {kind}-encoder tensors.")
+    shapes = {
+        name: tuple(pickled[path][key].shape) if path in pickled else _safetensors_shape(path, key)
+        for name, (path, key) in locations.items()
+    }
+    return EncoderSource(
+        kind=kind,
+        config=config,
+        shapes=shapes,
+        label=label,
+        identity=identity,
+        base_model=raw.get("_name_or_path") or None,
+        provenance={"kind": "transformers"},
+        _locations=locations,
+        _pickled=pickled,
+    )
+
+
+def encoder_config_from_dict(
+    raw: Mapping[str, Any], kind: EncoderKind, *, label: str = "config"
+) -> tuple[dict[str, Any], Callable[[str], bool]]:
+    """The complete `kind` sub-config of a CLIP config dict, and a predicate selecting its tensors."""
+    from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+
+    model_type = raw.get("model_type")
+    prefix, projection = (
+        ("text_model.", PROJECTION["text"]) if kind == "text" else ("vision_model.", PROJECTION["vision"])
+    )
+    if model_type == "clip":
+        full = CLIPConfig.from_dict(dict(raw))
+        sub = (full.text_config if kind == "text" else full.vision_config).to_dict()
+        # In CLIPModel the heads project to the top-level projection_dim.
+        sub["projection_dim"] = full.projection_dim
+
+        def belongs(key: str) -> bool:
+            return (key.startswith(prefix) or key == projection) and not is_ignored(key)
+
+    elif model_type in ("clip_text_model", "clip_vision_model"):
+        own = "text" if model_type == "clip_text_model" else "vision"
+        if own != kind:
+            raise ArchitectureMismatchError(
+                f"{label} is a CLIP {own} encoder (model_type {model_type}); a {kind} encoder was asked for."
+            )
+        sub = (CLIPTextConfig if own == "text" else CLIPVisionConfig).from_dict(dict(raw)).to_dict()
+
+        def belongs(key: str) -> bool:
+            return not is_ignored(key) and key != "logit_scale"
+
+    else:
+        raise ArchitectureMismatchError(
+            f"{label} has model_type {model_type!r}; safe_encoders reads CLIP checkpoints "
+            "(model_type clip, clip_text_model or clip_vision_model)."
+        )
+    for key in _CONFIG_NOISE:
+        sub.pop(key, None)
+    sub["model_type"] = "clip_text_model" if kind == "text" else "clip_vision_model"
+    return sub, belongs
+
+
+def _safetensors_keys(path: Path) -> list[str]:
+    with safe_open(path, framework="pt") as handle:
+        return list(handle.keys())
+
+
+def _safetensors_shape(path: Path, key: str) -> tuple[int, ...]:
+    with safe_open(path, framework="pt") as handle:
+        return tuple(handle.get_slice(key).get_shape())
+
+
+def _load_pickle_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Read a pickle weight file without executing code (`weights_only=True`), or refuse it."""
+    logger.warning(
+        "%s is a pickle file; reading it with torch.load(weights_only=True), which refuses anything but "
+        "tensors. Prefer a safetensors copy.",
+        path,
+    )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:
+        try:  # files in the legacy (non-zip) format cannot be memory-mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise _refuse_pickle(path, error) from error
+    except Exception as error:
+        raise _refuse_pickle(path, error) from error
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UnsafeFormatError(f"{path} does not hold a plain state dict of tensors; refusing it.")
+    return state
+
+
+def _refuse_pickle(path: Path, error: Exception) -> UnsafeFormatError:
+    # torch's own message suggests retrying with weights_only=False; we do not pass that advice on.
+    return UnsafeFormatError(
+        f"Refusing {path}: it is a pickle that torch.load(weights_only=True) cannot read "
+        f"({type(error).__name__}), so loading it would mean executing arbitrary code. "
+        "Use a safetensors version of the checkpoint."
+    )

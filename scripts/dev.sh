@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One entry point for set-up and the two everyday jobs:
+#   bash scripts/dev.sh demo [ARGS...]   offline demo (creates .venv on first use)
+#   bash scripts/dev.sh test [PYTEST ARGS...]
+#   bash scripts/dev.sh setup            only create / update .venv
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${SAFE_ENCODERS_VENV:-.venv}"
+STAMP="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+
+setup() {
+  if [ -f "$STAMP" ]; then return; fi
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --upgrade pip
+  # torch first and pinned: an unpinned torch requirement would pull a multi-GB CUDA build.
+  "$VENV/bin/pip" install --quiet "torch==${SAFE_ENCODERS_TORCH:-2.13.0}"
+  "$VENV/bin/pip" install --quiet -e ".[dev,train,eval]"
+  touch "$STAMP"
+}
+
+cmd="${1:-}"; shift || true
+case "$cmd" in
+  setup) setup ;;
+  demo)  setup; HF_HUB_OFFLINE=1 exec "$VENV/bin/python" scripts/swap_demo.py --out out/swap-demo "$@" ;;
+  test)  setup; HF_HUB_OFFLINE=1 exec "$VENV/bin/python" -m pytest "$@" ;;
+  *) echo "usage: bash scripts/dev.sh {setup|demo|test} [ARGS...]" >&2; exit 2 ;;
+esac
