@@ -2,6 +2,7 @@
 
 from safe_encoders import make_safe
 pipe = make_safe(StableDiffusionPipeline.from_pretrained("CompVis/stable-diffusion-v1-4"))
+model = make_safe(LlavaForConditionalGeneration.from_pretrained("llava-hf/llava-1.5-7b-hf"))
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from .errors import (
     UnsafeFormatError,
     UnsupportedModelError,
 )
+from .llava import LLAVA_MODEL
 from .loading import load_text_encoder, load_vision_encoder
 from .registry import Checkpoint, find_checkpoint, get_checkpoint, list_checkpoints
 
 register_handler(DIFFUSERS_PIPELINE)
+register_handler(LLAVA_MODEL)
 register_handler(BARE_ENCODER)
 
 logging.getLogger("safe_encoders").addHandler(logging.NullHandler())

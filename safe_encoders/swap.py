@@ -90,6 +90,13 @@ def plan_swap(module: nn.Module, source: EncoderSource, label: str) -> SwapPlan:
     ]
     if wrong:
         raise ArchitectureMismatchError(f"{source.label} does not fit {label}: shapes differ for {wrong[:3]}.")
+    quantized = [key for key in names.values() if not (state[key].is_floating_point() or state[key].is_complex())]
+    if quantized:
+        raise UnsupportedModelError(
+            f"{label} holds quantized weights ({quantized[0]}: {state[quantized[0]].dtype}); Safe-CLIP weights "
+            "cannot be copied into them. Keep the encoder unquantized, e.g. for bitsandbytes pass "
+            "BitsAndBytesConfig(..., llm_int8_skip_modules=['vision_tower', 'multi_modal_projector'])."
+        )
     return SwapPlan(label=label, module=module, source=source, names=names, layers_used=target.num_layers)
 
 

@@ -106,3 +106,43 @@ def test_auto_resolves_the_registry_hub_id_through_the_cache_at_full_size(tmp_pa
     assert torch.equal(
         got["embeddings.token_embedding.weight"], tensors["text_model.embeddings.token_embedding.weight"]
     )
+
+
+@pytest.mark.parametrize(
+    ("repo", "class_name"),
+    [
+        ("llava-hf/llava-1.5-7b-hf", "LlavaForConditionalGeneration"),
+        ("llava-hf/llava-v1.6-mistral-7b-hf", "LlavaNextForConditionalGeneration"),
+    ],
+)
+def test_clip_336_vision_tower_fills_the_real_llava_towers(repo, class_name):
+    import transformers
+
+    from safe_encoders.llava import vision_tower_slots
+    from safe_encoders.registry import find_checkpoint
+
+    raw = hub_config(repo)
+    config_class = getattr(transformers, class_name.replace("ForConditionalGeneration", "Config"))
+    with torch.device("meta"):
+        model = getattr(transformers, class_name)(config_class.from_dict(raw))
+    (slot,) = vision_tower_slots(model)
+    assert slot.label == "model.model.vision_tower" and slot.kind == "vision"
+    assert find_checkpoint(slot.module.config).name == "safeclip-vit-l-14-336"
+    plan = plan_swap(slot.module, meta_clip_source("openai/clip-vit-large-patch14-336", "vision"), slot.label)
+    assert not plan.truncated and plan.layers_used == 24
+    assert PROJECTION["vision"] not in plan.names  # LLaVA's tower has no projection head
+    tower_keys = [k for k in slot.module.state_dict() if not k.endswith("position_ids")]
+    assert sorted(plan.names.values()) == sorted(tower_keys)
+    assert model.config.vision_feature_layer == raw["vision_feature_layer"] == -2
+    assert model.config.vision_feature_select_strategy == "default"
+
+
+def test_a_224px_checkpoint_does_not_fit_llava_15():
+    import transformers
+
+    raw = hub_config("llava-hf/llava-1.5-7b-hf")
+    with torch.device("meta"):
+        model = transformers.LlavaForConditionalGeneration(transformers.LlavaConfig.from_dict(raw))
+    with pytest.raises(ArchitectureMismatchError, match=r"224px/14 encoder.*336px/14.*image_size 224 != 336.*"
+                       r"fit it: safeclip-vit-l-14-336"):  # fmt: skip
+        plan_swap(model.model.vision_tower, meta_clip_source("openai/clip-vit-large-patch14", "vision"), "tower")
