@@ -56,12 +56,16 @@ def tiny_llava(next_: bool = False, seed: int = 0):
     if next_:
         model = LlavaNextForConditionalGeneration(LlavaNextConfig(image_grid_pinpoints=PINPOINTS, **common))
         image_processor = LlavaNextImageProcessor(image_grid_pinpoints=PINPOINTS, **size)
-        processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=10,
-                                       vision_feature_select_strategy="default", num_additional_image_tokens=1)  # fmt: skip
+        processor = LlavaNextProcessor(
+            image_processor=image_processor, tokenizer=tokenizer, patch_size=10,
+            vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        )  # fmt: skip
     else:
         model = LlavaForConditionalGeneration(LlavaConfig(**common))
-        processor = LlavaProcessor(image_processor=CLIPImageProcessor(**size), tokenizer=tokenizer, patch_size=10,
-                                   vision_feature_select_strategy="default", num_additional_image_tokens=1)  # fmt: skip
+        processor = LlavaProcessor(
+            image_processor=CLIPImageProcessor(**size), tokenizer=tokenizer, patch_size=10,
+            vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        )  # fmt: skip
     return model.eval(), processor
 
 
