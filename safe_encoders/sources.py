@@ -279,8 +279,8 @@ def _hub_source(
         if ours is not None:
             return _encoder_file_source(ours, kind)
         fetch("config.json", required=True)
-    parts = config_path.parts  # .../snapshots/<commit>/config.json names the exact revision used
-    commit = parts[-2] if len(parts) > 2 and parts[-3] == "snapshots" else revision
+    parts = config_path.parts  # .../snapshots/<commit>/[subfolder/]config.json names the exact revision used
+    commit = parts[parts.index("snapshots") + 1] if "snapshots" in parts[:-1] else revision
     source = _transformers_source(lambda name: fetch(name), kind, label=label, identity=f"hf:{repo_id}@{commit}")
     source.base_model = source.base_model or base_model
     source.provenance.update({"repo_id": repo_id, "revision": revision, "commit": commit})

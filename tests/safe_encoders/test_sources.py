@@ -194,3 +194,37 @@ def test_registry_name_resolves_to_its_hub_id_through_hf_hub_cache_env(tmp_path)
     assert result.stdout.strip().splitlines()[-1] == f"hf:aimagelab/safeclip_vit-l_14@{commit}"
     reference, _ = _text_features(model, load_text_encoder(tmp_path / "src"))
     torch.testing.assert_close(torch.load(tmp_path / "out.pt", weights_only=True), reference, rtol=0, atol=1e-6)
+
+
+def test_hub_subfolder_of_a_diffusers_repo(tmp_path):
+    """load_text_encoder("CompVis/stable-diffusion-v1-4", subfolder="text_encoder") reads the SD text encoder."""
+    from tests.tiny_models import tiny_text_encoder
+
+    encoder = tiny_text_encoder(3)
+    folder = tmp_path / "te"
+    encoder.save_pretrained(folder)
+    cache = tmp_path / "cache"
+    commit = write_hub_cache(
+        cache,
+        "someorg/tiny-sd",
+        {
+            "text_encoder/config.json": folder / "config.json",
+            "text_encoder/model.safetensors": folder / "model.safetensors",
+        },
+    )
+    loaded = load_text_encoder("someorg/tiny-sd", subfolder="text_encoder", cache_dir=cache)
+    assert loaded.config.safe_encoders["identity"] == f"hf:someorg/tiny-sd@{commit}"
+    assert all(torch.equal(v, encoder.state_dict()[k]) for k, v in loaded.state_dict().items())
+
+
+def test_hub_repo_holding_our_files_only(tmp_path):
+    from safe_encoders import export_encoder
+    from tests.tiny_models import tiny_text_encoder
+
+    encoder = tiny_text_encoder(4)
+    file = export_encoder(encoder, tmp_path / "text_encoder.safetensors", base_model="tiny/base")
+    cache = tmp_path / "cache"
+    write_hub_cache(cache, "someorg/exported", {"text_encoder.safetensors": file})
+    loaded = load_text_encoder("someorg/exported", cache_dir=cache)
+    assert loaded.config.safe_encoders["base_model"] == "tiny/base"
+    assert all(torch.equal(v, encoder.state_dict()[k]) for k, v in loaded.state_dict().items())
