@@ -248,3 +248,28 @@ def test_deepcopy_of_a_swapped_model_keeps_the_record(other_tower_file):
     model, _ = tiny_llava()
     make_safe(model, other_tower_file)
     assert is_safe(copy.deepcopy(model))
+
+
+def test_tower_from_a_clipmodel_folder_and_from_the_hub_cache(tmp_path, caplog):
+    from tests.tiny_models import save_clip_repo, tiny_clip_model, write_hub_cache
+
+    clip = tiny_clip_model(11)  # its vision tower is 30 px / patch 10, like the tiny LLaVA's
+    folder = save_clip_repo(clip, tmp_path / "clip")
+    expected = {k: v for k, v in clip.vision_model.state_dict().items()}
+
+    local, _ = tiny_llava()
+    make_safe(local, folder)
+    got = local.model.vision_tower.state_dict()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+    cache = tmp_path / "cache"
+    files = {"config.json": folder / "config.json", "model.safetensors": folder / "model.safetensors"}
+    commit = write_hub_cache(cache, "someorg/tiny-clip-336", files)
+    hub, _ = tiny_llava()
+    make_safe(hub, "someorg/tiny-clip-336", cache_dir=cache)
+    assert swap_report(hub)["model.model.vision_tower"]["identity"] == f"hf:someorg/tiny-clip-336@{commit}"
+    got = hub.model.vision_tower.state_dict()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    with caplog.at_level("INFO", logger="safe_encoders"):
+        make_safe(hub, "someorg/tiny-clip-336", cache_dir=cache)  # idempotent
+    assert "already holds" in caplog.text
