@@ -20,6 +20,7 @@ from .errors import (
     CorruptCheckpointError,
     PartialSwapError,
     SafeEncodersError,
+    UnsafeContentError,
     UnsafeFormatError,
     UnsupportedModelError,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "CorruptCheckpointError",
     "PartialSwapError",
     "SafeEncodersError",
+    "UnsafeContentError",
     "UnsafeFormatError",
     "UnsupportedModelError",
     "__version__",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class SafeEncodersError(Exception):
     """Base class of every error raised on purpose by safe_encoders."""
@@ -29,3 +31,11 @@ class CorruptCheckpointError(SafeEncodersError, ValueError):
 
 class UnsafeFormatError(SafeEncodersError, ValueError):
     """A weight file is a pickle that cannot be read without executing code."""
+
+
+class UnsafeContentError(SafeEncodersError, ValueError):
+    """A safety gate with a "block" policy found unsafe content. `report` holds the verdicts."""
+
+    def __init__(self, message: str, report: Any) -> None:
+        super().__init__(message)
+        self.report = report

@@ -41,7 +41,7 @@ logger = logging.getLogger("safe_encoders")
 
 HUB_KWARGS = frozenset({"revision", "token", "cache_dir", "local_files_only", "force_download", "subfolder"})
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".p")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Weight files of a transformers folder, in order of preference.
 _WEIGHT_FILES = (
     "model.safetensors",
@@ -97,7 +97,7 @@ class EncoderSource:
                     for name in file_names:
                         tensors[name] = handle.get_tensor(self._locations[name][1])
             else:
-                state = self._pickled.get(path) or _load_pickle_weights(path)
+                state = self._pickled.get(path) or load_pickle_weights(path)
                 for name in file_names:
                     tensors[name] = state[self._locations[name][1]]
         if self.expected_digests is not None:
@@ -138,7 +138,7 @@ def resolve_source(source: Any, kind: EncoderKind, **hub_kwargs: Any) -> Encoder
         if entry is not None:
             return _hub_source(entry.repo_id, kind, {"revision": entry.revision, **hub_kwargs}, entry.base_model)
         name = name.removeprefix("hf-hub:")
-    if _HUB_ID.match(name) and not name.endswith(".safetensors"):
+    if HUB_ID.match(name) and not name.endswith(".safetensors"):
         for entry in CHECKPOINTS.values():
             if entry.repo_id.lower() == name.lower():
                 return _hub_source(entry.repo_id, kind, {"revision": entry.revision, **hub_kwargs}, entry.base_model)
@@ -230,9 +230,12 @@ def _encoder_file_source(path: Path, kind: EncoderKind) -> EncoderSource:
 # ------------------------------------------------------------------------------- Hub sources
 
 
-def _hub_source(
-    repo_id: str, kind: EncoderKind, hub_kwargs: Mapping[str, Any], base_model: str | None
-) -> EncoderSource:
+def hub_file(repo_id: str, filename: str, *, required: bool, **hub_kwargs: Any) -> Path | None:
+    """Download (or find in the cache) one file of a Hub repository.
+
+    Returns None for a file the repository does not have (or that is not cached while offline)
+    unless `required`, in which case `CheckpointNotFoundError` says what to do.
+    """
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -245,33 +248,40 @@ def _hub_source(
     kwargs = dict(hub_kwargs)
     revision = kwargs.pop("revision", None) or "main"
     label = f"{repo_id}@{revision}"
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision, **kwargs))
+    except GatedRepoError as error:
+        raise CheckpointNotFoundError(
+            f"{label} is gated: accept its terms on the Hub and log in (`hf auth login`) or pass token=..."
+        ) from error
+    except RepositoryNotFoundError as error:
+        raise CheckpointNotFoundError(
+            f"Hub repository {repo_id!r} was not found (or is private: pass token=...). Check the id."
+        ) from error
+    except RevisionNotFoundError as error:
+        raise CheckpointNotFoundError(f"{repo_id} has no revision {revision!r}.") from error
+    except LocalEntryNotFoundError as error:
+        if required:
+            raise CheckpointNotFoundError(
+                f"{label}: {filename} is not in the local Hugging Face cache and the Hub cannot be reached "
+                "(offline: HF_HUB_OFFLINE=1 or no network). Download it once with network access "
+                f"(`hf download {repo_id}`), point HF_HUB_CACHE / cache_dir= at a cache that has it, "
+                "or pass a local folder."
+            ) from error
+        return None
+    except EntryNotFoundError:
+        if required:
+            raise CheckpointNotFoundError(f"{label} has no {filename}; is it the right repository?") from None
+        return None
+
+
+def _hub_source(
+    repo_id: str, kind: EncoderKind, hub_kwargs: Mapping[str, Any], base_model: str | None
+) -> EncoderSource:
+    label = f"{repo_id}@{hub_kwargs.get('revision') or 'main'}"
 
     def fetch(filename: str, required: bool = False) -> Path | None:
-        try:
-            return Path(hf_hub_download(repo_id, filename, revision=revision, **kwargs))
-        except GatedRepoError as error:
-            raise CheckpointNotFoundError(
-                f"{label} is gated: accept its terms on the Hub and log in (`hf auth login`) or pass token=..."
-            ) from error
-        except RepositoryNotFoundError as error:
-            raise CheckpointNotFoundError(
-                f"Hub repository {repo_id!r} was not found (or is private: pass token=...). Check the id."
-            ) from error
-        except RevisionNotFoundError as error:
-            raise CheckpointNotFoundError(f"{repo_id} has no revision {revision!r}.") from error
-        except LocalEntryNotFoundError as error:
-            if required:
-                raise CheckpointNotFoundError(
-                    f"{label}: {filename} is not in the local Hugging Face cache and the Hub cannot be reached "
-                    "(offline: HF_HUB_OFFLINE=1 or no network). Download it once with network access "
-                    f"(`hf download {repo_id}`), point HF_HUB_CACHE / cache_dir= at a cache that has it, "
-                    "or pass a local folder."
-                ) from error
-            return None
-        except EntryNotFoundError:
-            if required:
-                raise CheckpointNotFoundError(f"{label} has no {filename}; is it a CLIP checkpoint?") from None
-            return None
+        return hub_file(repo_id, filename, required=required, **hub_kwargs)
 
     config_path = fetch("config.json")
     if config_path is None:
@@ -280,6 +290,7 @@ def _hub_source(
             return _encoder_file_source(ours, kind)
         fetch("config.json", required=True)
     parts = config_path.parts  # .../snapshots/<commit>/[subfolder/]config.json names the exact revision used
+    revision = hub_kwargs.get("revision") or "main"
     commit = parts[parts.index("snapshots") + 1] if "snapshots" in parts[:-1] else revision
     source = _transformers_source(lambda name: fetch(name), kind, label=label, identity=f"hf:{repo_id}@{commit}")
     source.base_model = source.base_model or base_model
@@ -316,11 +327,11 @@ def _transformers_source(
             locations = {canonical_name(key, kind): (shard_paths[shard], key) for key, shard in wanted.items()}
         else:
             if weights.suffix != ".safetensors":
-                pickled[weights] = _load_pickle_weights(weights)
+                pickled[weights] = load_pickle_weights(weights)
             keys = list(pickled[weights]) if weights in pickled else _safetensors_keys(weights)
             locations = {canonical_name(key, kind): (weights, key) for key in keys if belongs(key)}
         for path in {path for path, _ in locations.values() if path.suffix != ".safetensors"} - set(pickled):
-            pickled[path] = _load_pickle_weights(path)  # memory-mapped: only what is used gets paged in
+            pickled[path] = load_pickle_weights(path)  # memory-mapped: only what is used gets paged in
         break
     else:
         raise CheckpointNotFoundError(
@@ -397,7 +408,7 @@ def _safetensors_shape(path: Path, key: str) -> tuple[int, ...]:
         return tuple(handle.get_slice(key).get_shape())
 
 
-def _load_pickle_weights(path: Path) -> dict[str, torch.Tensor]:
+def load_pickle_weights(path: Path) -> dict[str, torch.Tensor]:
     """Read a pickle weight file without executing code (`weights_only=True`), or refuse it."""
     logger.warning(
         "%s is a pickle file; reading it with torch.load(weights_only=True), which refuses anything but "

@@ -1,0 +1,38 @@
+"""HySAC (hyperbolic safety-aware CLIP): Lorentz-model operations, the model, an unsafe-content
+classifier, safety traversal / retrieval, and a safety gate for diffusers pipelines and LLaVA.
+
+from safe_encoders.hysac import HySAC, add_safety_gate, SafetyGate
+model = HySAC.from_pretrained("aimagelab/hysac")          # or a folder written by model.save_pretrained
+model.unsafe_score(texts=["a photo of a cat"]).text.unsafe
+"""
+
+from . import lorentz
+from .bounds import HySACBounds, calibrate_threshold, compute_bounds
+from .classify import UnsafeScores, Verdicts, embed_images, embed_texts, score_embeddings, unsafe_score
+from .gate import GateHandle, GateReport, SafetyGate, UnsafeContentError, add_safety_gate, remove_safety_gate
+from .model import HySAC
+from .traversal import Retrieved, retrieve, top_k, traverse_to_safe
+
+__all__ = [
+    "GateHandle",
+    "GateReport",
+    "HySAC",
+    "HySACBounds",
+    "Retrieved",
+    "SafetyGate",
+    "UnsafeContentError",
+    "UnsafeScores",
+    "Verdicts",
+    "add_safety_gate",
+    "calibrate_threshold",
+    "compute_bounds",
+    "embed_images",
+    "embed_texts",
+    "lorentz",
+    "remove_safety_gate",
+    "retrieve",
+    "score_embeddings",
+    "top_k",
+    "traverse_to_safe",
+    "unsafe_score",
+]

@@ -1,0 +1,330 @@
+"""Where HySAC checkpoints come from (a local folder or the Hub) and our own export format.
+
+Our export (`HySAC.save_pretrained`) is a folder with:
+
+- `text_encoder.safetensors`, `vision_encoder.safetensors`: the merged towers, written by
+  `safe_encoders.export_encoder` (our encoder format: published tensor names, config, digests);
+- `hysac_config.json`: `{"format": "safe_encoders.hysac", "format_version": 1, "library_version",
+  "base_model", "log_curvature", "curvature", "curvature_range", "log_text_alpha", "log_image_alpha",
+  "logit_scale" (log), "bounds" ({"S": {...}, ...} or null), "encoders": {"text": {"file", "digest"},
+  "vision": {...}}, "metadata": {...}}`; the digests tie the JSON to the two files;
+- the tokenizer and image processor files when the model had them.
+
+The authors' release is `hysac_model.pth` + `hysac_bounds.json` (see `release`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from ..errors import CheckpointNotFoundError, CorruptCheckpointError, UnsupportedModelError
+from ..registry import CHECKPOINTS, get_checkpoint
+from ..sources import HUB_ID, HUB_KWARGS, encoder_config_from_dict, hub_file, load_pickle_weights, resolve_source
+from .bounds import HySACBounds
+from .release import build_tower, check_release, parse_release_state, read_bounds_file
+
+if TYPE_CHECKING:
+    from .model import HySAC
+
+CONFIG_NAME = "hysac_config.json"
+RELEASE_WEIGHTS = "hysac_model.pth"
+RELEASE_BOUNDS = "hysac_bounds.json"
+FORMAT = "safe_encoders.hysac"
+FORMAT_VERSION = 1
+ENCODER_FILES = {"text": "text_encoder.safetensors", "vision": "vision_encoder.safetensors"}
+DEFAULT_BASE_MODEL = "openai/clip-vit-large-patch14"
+
+
+@dataclass(frozen=True)
+class LocatedCheckpoint:
+    """The files of one HySAC checkpoint, on disk."""
+
+    layout: Literal["export", "release"]
+    label: str
+    files: dict[str, Path]
+    # Where a tokenizer / image processor may live beside the weights (folder or Hub id) and how to fetch it.
+    processor_source: str | None = None
+    processor_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def locate(source: str | os.PathLike, hub_kwargs: dict[str, Any]) -> LocatedCheckpoint:
+    """Find the files of `source`: a folder, a file inside one, the registry name "hysac" or a Hub id."""
+    unknown = set(hub_kwargs) - HUB_KWARGS
+    if unknown:
+        raise TypeError(f"Unknown keyword argument(s) {sorted(unknown)}; Hub options are {sorted(HUB_KWARGS)}.")
+    path = Path(source).expanduser()
+    if path.exists():
+        folder = path if path.is_dir() else path.parent
+        if path.is_file() and path.name not in (CONFIG_NAME, RELEASE_WEIGHTS) and path.suffix != ".pth":
+            raise CheckpointNotFoundError(
+                f"{path} is neither {CONFIG_NAME} (our HySAC export) nor a .pth release file. Pass the folder."
+            )
+        if (folder / CONFIG_NAME).is_file() and not (path.is_file() and path.suffix == ".pth"):
+            files = {CONFIG_NAME: folder / CONFIG_NAME, **{k: folder / n for k, n in ENCODER_FILES.items()}}
+            return LocatedCheckpoint("export", str(folder), files, processor_source=str(folder))
+        weights = path if path.is_file() else folder / RELEASE_WEIGHTS
+        if weights.is_file():
+            files = {RELEASE_WEIGHTS: weights}
+            if (folder / RELEASE_BOUNDS).is_file():
+                files[RELEASE_BOUNDS] = folder / RELEASE_BOUNDS
+            return LocatedCheckpoint("release", str(weights), files, processor_source=str(folder))
+        raise CheckpointNotFoundError(
+            f"Folder {folder} holds neither {CONFIG_NAME} (our HySAC export, see HySAC.save_pretrained) nor "
+            f"{RELEASE_WEIGHTS} (the authors' release). Pass a HySAC folder or the Hub id 'aimagelab/hysac'."
+        )
+    name = str(source)
+    kwargs = dict(hub_kwargs)
+    bare = name.removeprefix("hf-hub:")
+    if bare.lower() in {n.lower() for n in CHECKPOINTS} or any(
+        e.repo_id.lower() == bare.lower() for e in CHECKPOINTS.values()
+    ):
+        entry = get_checkpoint(bare)
+        repo_id = entry.repo_id
+        kwargs.setdefault("revision", entry.revision)
+    elif HUB_ID.match(bare):
+        repo_id = bare
+    else:
+        raise CheckpointNotFoundError(
+            f"HySAC checkpoint {name!r} is not an existing file or folder, not a registered name, and not a Hub id "
+            "of the form 'org/name'. Check the path or the spelling."
+        )
+    label = f"{repo_id}@{kwargs.get('revision') or 'main'}"
+    config = hub_file(repo_id, CONFIG_NAME, required=False, **kwargs)
+    if config is not None:
+        files = {CONFIG_NAME: config}
+        for kind, filename in ENCODER_FILES.items():
+            files[kind] = hub_file(repo_id, filename, required=True, **kwargs)  # type: ignore[assignment]
+        return LocatedCheckpoint("export", label, files, processor_source=repo_id, processor_kwargs=kwargs)
+    weights = hub_file(repo_id, RELEASE_WEIGHTS, required=True, **kwargs)
+    assert weights is not None
+    files = {RELEASE_WEIGHTS: weights}
+    bounds = hub_file(repo_id, RELEASE_BOUNDS, required=False, **kwargs)
+    if bounds is not None:
+        files[RELEASE_BOUNDS] = bounds
+    return LocatedCheckpoint("release", label, files, processor_source=repo_id, processor_kwargs=kwargs)
+
+
+# ------------------------------------------------------------------------------- loading
+
+
+def load_hysac(
+    cls: type[HySAC],
+    source: str | os.PathLike,
+    *,
+    base_model: str | None,
+    lora_alpha: float,
+    torch_dtype: torch.dtype | None,
+    load_processors: bool,
+    hub_kwargs: dict[str, Any],
+) -> HySAC:
+    """See `HySAC.from_pretrained`."""
+    located = locate(source, hub_kwargs)
+    base_kwargs = {k: v for k, v in hub_kwargs.items() if k not in ("revision", "subfolder")}
+    if located.layout == "export":
+        model = _load_export(cls, located)
+        base_model = base_model or model.base_model
+    else:
+        base_model = base_model or DEFAULT_BASE_MODEL
+        model = _load_release(cls, located, base_model=base_model, lora_alpha=lora_alpha, base_kwargs=base_kwargs)
+    if load_processors:
+        candidates = [(located.processor_source, located.processor_kwargs)]
+        if base_model:
+            candidates.append((base_model, base_kwargs))
+        model.tokenizer, model.image_processor = _load_processors(candidates)
+    if torch_dtype is not None:
+        model.to(torch_dtype)
+    return model.eval()
+
+
+def _load_export(cls: type[HySAC], located: LocatedCheckpoint) -> HySAC:
+    from ..loading import load_text_encoder, load_vision_encoder
+    from ..swap import installed_record
+
+    path = located.files[CONFIG_NAME]
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CorruptCheckpointError(f"{path} is not a readable JSON file ({error}).") from error
+    if config.get("format") != FORMAT:
+        raise CorruptCheckpointError(f"{path} is not a HySAC config (format {config.get('format')!r}, not {FORMAT!r}).")
+    if int(config.get("format_version", 0)) > FORMAT_VERSION:
+        raise CorruptCheckpointError(
+            f"{path} uses HySAC format version {config['format_version']}; this library reads up to "
+            f"{FORMAT_VERSION}. Upgrade safe-encoders."
+        )
+    towers = {}
+    for kind, loader in (("text", load_text_encoder), ("vision", load_vision_encoder)):
+        file = located.files[kind]
+        if not file.is_file():
+            raise CheckpointNotFoundError(f"{located.label}: {file.name} is missing beside {CONFIG_NAME}.")
+        tower = loader(file, with_projection=True)
+        recorded = config.get("encoders", {}).get(kind, {}).get("digest")
+        actual = (installed_record(tower) or {}).get("digest")
+        if recorded != actual:
+            raise CorruptCheckpointError(
+                f"{located.label}: {file.name} (digest {actual}) is not the file {CONFIG_NAME} was written with "
+                f"({recorded}). Export the model again."
+            )
+        towers[kind] = tower
+    try:
+        bounds = HySACBounds.from_dict(config["bounds"], label=str(path)) if config.get("bounds") else None
+        model = cls(
+            towers["text"],
+            towers["vision"],
+            curvature_range=tuple(config["curvature_range"]),  # type: ignore[arg-type]
+            bounds=bounds,
+            base_model=config.get("base_model"),
+        )
+        scalars = {name: config[name] for name in ("log_curvature", "log_text_alpha", "log_image_alpha", "logit_scale")}
+    except (KeyError, TypeError, ValueError) as error:
+        raise CorruptCheckpointError(f"{path}: missing or malformed entry ({error!r}).") from error
+    _set_scalars(model, {name: torch.tensor(float(value)) for name, value in scalars.items()})
+    return model
+
+
+def _load_release(
+    cls: type[HySAC], located: LocatedCheckpoint, *, base_model: str, lora_alpha: float, base_kwargs: dict[str, Any]
+) -> HySAC:
+    weights = located.files[RELEASE_WEIGHTS]
+    state = load_pickle_weights(weights)  # torch.load(weights_only=True), or UnsafeFormatError
+    contents = parse_release_state(state)
+    check_release(contents, located.label)
+    raw_config = _base_config(base_model, base_kwargs)
+    towers = {}
+    for kind in ("text", "vision"):
+        config, _ = encoder_config_from_dict(raw_config, kind, label=base_model)  # type: ignore[arg-type]
+
+        def base_weights(names: list[str], kind: str = kind) -> dict[str, torch.Tensor]:
+            return resolve_source(base_model, kind, **base_kwargs).read(names)  # type: ignore[arg-type]
+
+        towers[kind] = build_tower(
+            kind,  # type: ignore[arg-type]
+            config,
+            contents,
+            base_weights=base_weights,
+            lora_alpha=lora_alpha,
+            label=located.label,
+        )
+    model = cls(
+        towers["text"],
+        towers["vision"],
+        bounds=read_bounds_file(located.files.get(RELEASE_BOUNDS)),
+        base_model=base_model,
+    )
+    _set_scalars(model, contents.scalars)
+    return model
+
+
+def _base_config(base_model: str, base_kwargs: dict[str, Any]) -> dict[str, Any]:
+    folder = Path(base_model).expanduser()
+    if folder.is_dir():
+        path: Path | None = folder / "config.json"
+        if not path.is_file():
+            raise CheckpointNotFoundError(f"base_model folder {folder} has no config.json.")
+    elif HUB_ID.match(base_model):
+        path = hub_file(base_model, "config.json", required=True, **base_kwargs)
+    else:
+        raise CheckpointNotFoundError(f"base_model {base_model!r} is neither a folder nor a Hub id.")
+    assert path is not None
+    return json.loads(path.read_text())
+
+
+def _set_scalars(model: HySAC, scalars: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, value in scalars.items():
+            getattr(model, name).copy_(value.reshape(()).to(torch.float32))
+
+
+def _load_processors(candidates: list[tuple[str | None, dict[str, Any]]]) -> tuple[Any, Any]:
+    """The first tokenizer and image processor found among `candidates` (folder or Hub id); None if none.
+
+    A candidate is only tried when its files are there (transformers would otherwise build an empty
+    tokenizer from a bare config.json).
+    """
+    from transformers import AutoTokenizer, CLIPImageProcessor
+
+    tokenizer = image_processor = None
+    for source, kwargs in candidates:
+        if source is None:
+            continue
+        if tokenizer is None and _has_any(source, ("tokenizer.json", "vocab.json"), kwargs):
+            tokenizer = _try(lambda s=source, k=kwargs: AutoTokenizer.from_pretrained(s, **k))
+        if image_processor is None and _has_any(source, ("preprocessor_config.json",), kwargs):
+            image_processor = _try(lambda s=source, k=kwargs: CLIPImageProcessor.from_pretrained(s, **k))
+    return tokenizer, image_processor
+
+
+def _has_any(source: str, names: tuple[str, ...], kwargs: dict[str, Any]) -> bool:
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        return any((folder / name).is_file() for name in names)
+    if not HUB_ID.match(source):
+        return False
+    return any(_try(lambda n=name: hub_file(source, n, required=False, **kwargs)) is not None for name in names)
+
+
+def _try(load: Any) -> Any:
+    try:
+        return load()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+# ------------------------------------------------------------------------------- saving
+
+
+def save_hysac(model: HySAC, folder: Path, *, metadata: dict[str, Any] | None = None) -> Path:
+    """See `HySAC.save_pretrained`."""
+    from .. import __version__
+    from ..convert import export_encoder
+    from ..format import read_encoder_header
+
+    for name in ("text", "vision"):
+        if hasattr(getattr(model, name), "merge_and_unload"):
+            raise UnsupportedModelError(
+                f"HySAC.save_pretrained: the {name} tower is a peft model; call model.merge_lora() first."
+            )
+    folder.mkdir(parents=True, exist_ok=True)
+    provenance = {"provenance": "hysac", **(metadata or {})}
+    encoders = {}
+    for kind, tower in (("text", model.text), ("vision", model.vision)):
+        path = export_encoder(tower, folder / ENCODER_FILES[kind], base_model=model.base_model, metadata=provenance)
+        encoders[kind] = {"file": path.name, "digest": read_encoder_header(path).digest}
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "library_version": __version__,
+        "base_model": model.base_model,
+        "log_curvature": model.log_curvature.item(),
+        "curvature": model.curvature.item(),
+        "curvature_range": list(model.curvature_range),
+        "log_text_alpha": model.log_text_alpha.item(),
+        "log_image_alpha": model.log_image_alpha.item(),
+        "logit_scale": model.logit_scale.item(),
+        "bounds": model.bounds.to_dict() if model.bounds is not None else None,
+        "encoders": encoders,
+        "metadata": metadata or {},
+    }
+    _write_json_atomic(folder / CONFIG_NAME, config)
+    for processor in (model.tokenizer, model.image_processor):
+        if processor is not None and hasattr(processor, "save_pretrained"):
+            processor.save_pretrained(folder)
+    return folder
+
+
+def _write_json_atomic(path: Path, content: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(content, handle, indent=2, sort_keys=True, default=str)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
