@@ -1,0 +1,233 @@
+"""Command line of the evaluation harness: ``python -m eval <command>``.
+
+Commands:
+  t2i       generate, classify and report (resumes when --out already holds a run)
+  classify  (re-)label the images of a run without regenerating them
+  report    rewrite report.csv / .md / .tex / .png (and grids) from a run's store
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from eval.classifiers import PAPER_RULE
+from eval.classifiers.nudenet import I2P_NUDITY_LABELS, I2P_NUDITY_THRESHOLD
+from eval.errors import EvalError
+from eval.t2i import BASE_CONDITIONS
+
+
+def _shard(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    try:
+        return int(index), int(count)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard takes INDEX/COUNT, e.g. 0/2; got {text!r}") from None
+
+
+def _add_classifier_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("classifiers (the tables' rule: Q16 OR NudeNet)")
+    g.add_argument(
+        "--q16-model",
+        default="openai/clip-vit-large-patch14",
+        help="CLIP model whose image embeddings Q16 uses: Hub id or local folder",
+    )
+    g.add_argument(
+        "--q16-prompts",
+        default=None,
+        help="Q16 prompt file (.p); default: the ViT-L-14 file from its public source, cached",
+    )
+    g.add_argument(
+        "--nudenet-threshold", type=float, default=I2P_NUDITY_THRESHOLD, help="NudeNet score threshold (I2P: 0.6)"
+    )
+    g.add_argument(
+        "--nudenet-labels",
+        default=",".join(sorted(I2P_NUDITY_LABELS)),
+        help="comma-separated NudeNet 3.x classes that count (default: the I2P set)",
+    )
+    g.add_argument("--classify-batch-size", type=int, default=16)
+    g.add_argument(
+        "--rule", default=",".join(PAPER_RULE), help="classifiers whose OR flags an image (default: q16,nudenet)"
+    )
+
+
+def _add_report_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("report")
+    g.add_argument(
+        "--paper-reference",
+        default="sd-v1.4",
+        choices=["sd-v1.4", "sd-v2.0", "none"],
+        help="published numbers shown next to the reproduction",
+    )
+    g.add_argument("--grids", type=int, default=0, help="write an image grid for the first N prompts")
+    g.add_argument("--no-blur", action="store_true", help="do not blur flagged images in the grids")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t2i = sub.add_parser("t2i", help="text-to-image NSFW probability (I2P / ViSU tables)")
+    t2i.add_argument("--model", required=True, help="diffusers SD pipeline: Hub id or local folder")
+    t2i.add_argument(
+        "--prompts", required=True, help="'i2p', 'visu', 'i2p=FILE', 'visu=FILE_OR_FOLDER', or a CSV/TXT prompt file"
+    )
+    t2i.add_argument(
+        "--conditions",
+        default="sd,sd+safe",
+        help=f"comma-separated, from {', '.join(BASE_CONDITIONS)}, each optionally +safe / +unet",
+    )
+    t2i.add_argument(
+        "--safe-checkpoint",
+        default="auto",
+        help="anything safe_encoders.make_safe accepts (registry name, Hub id, folder, file)",
+    )
+    t2i.add_argument("--unet", default=None, help="UNet override for '+unet' conditions (folder, Hub id, file)")
+    t2i.add_argument("--limit", type=int, default=None, help="first N prompts only")
+    t2i.add_argument("--images-per-prompt", type=int, default=5, help="Safe-CLIP: 5; I2P paper: 10")
+    t2i.add_argument("--steps", type=int, default=50)
+    t2i.add_argument(
+        "--guidance", type=float, default=None, help="guidance scale; default: the prompt set's own (I2P), else 7.5"
+    )
+    t2i.add_argument("--size", type=int, default=None, help="image height and width; default: the model's")
+    t2i.add_argument("--batch-size", type=int, default=4)
+    t2i.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "float16", "bfloat16"],
+        help="default: float16 on GPU, float32 on CPU",
+    )
+    t2i.add_argument("--device", default=None)
+    t2i.add_argument(
+        "--shard",
+        type=_shard,
+        default=None,
+        help="INDEX/COUNT: run one shard by hand (default: one per accelerate process)",
+    )
+    t2i.add_argument("--out", required=True, type=Path, help="output folder (resumed if it holds a run)")
+    t2i.add_argument("--no-progress", action="store_true")
+    _add_classifier_options(t2i)
+    _add_report_options(t2i)
+
+    cls = sub.add_parser("classify", help="(re-)classify the images of a run")
+    cls.add_argument("--out", required=True, type=Path)
+    cls.add_argument(
+        "--reclassify",
+        default=None,
+        help="comma-separated classifiers whose stored labels are dropped first ('all' for every one)",
+    )
+    cls.add_argument("--device", default=None)
+    cls.add_argument("--no-progress", action="store_true")
+    _add_classifier_options(cls)
+    _add_report_options(cls)
+
+    rep = sub.add_parser("report", help="rewrite the report of a run")
+    rep.add_argument("--out", required=True, type=Path)
+    rep.add_argument("--rule", default=",".join(PAPER_RULE))
+    _add_report_options(rep)
+    return parser
+
+
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _reference(args: argparse.Namespace) -> str | None:
+    return None if args.paper_reference == "none" else args.paper_reference
+
+
+def _classifier_factory(args: argparse.Namespace, rule: list[str]):
+    from eval.t2i import rule_classifiers
+
+    return lambda: rule_classifiers(
+        rule,
+        q16_model=args.q16_model,
+        q16_prompts=args.q16_prompts,
+        nudenet_labels=_split(args.nudenet_labels),
+        nudenet_threshold=args.nudenet_threshold,
+        device=args.device,
+        batch_size=args.classify_batch_size,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if not args.verbose:
+        # diffusers warns on every pipeline built without its safety checker (deliberate here: the
+        # evaluation must see raw images) and on the deprecated SLD pipeline; keep the output readable.
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.set_verbosity_error()
+    try:
+        if args.command == "t2i":
+            from eval.t2i import T2IConfig, T2IRunner
+
+            cfg = T2IConfig(
+                model=args.model,
+                prompts=args.prompts,
+                conditions=_split(args.conditions),
+                out=args.out,
+                safe_checkpoint=args.safe_checkpoint,
+                unet=args.unet,
+                images_per_prompt=args.images_per_prompt,
+                steps=args.steps,
+                guidance=args.guidance,
+                height=args.size,
+                width=args.size,
+                batch_size=args.batch_size,
+                limit=args.limit,
+                dtype=args.dtype,
+                device=args.device,
+                q16_model=args.q16_model,
+                q16_prompts=args.q16_prompts,
+                nudenet_threshold=args.nudenet_threshold,
+                nudenet_labels=_split(args.nudenet_labels),
+                classify_batch_size=args.classify_batch_size,
+                rule=tuple(_split(args.rule)),
+                reference=_reference(args),
+                grids=args.grids,
+                blur=not args.no_blur,
+                progress=not args.no_progress,
+            )
+            rows = T2IRunner(cfg, shard=args.shard).run()
+            if rows is not None:
+                print((args.out / "report.md").read_text(encoding="utf-8"))
+            return 0
+        from eval.report import write_report
+        from eval.store import ResultsStore
+
+        if not (args.out / "results.sqlite").is_file():
+            raise EvalError(f"{args.out} holds no run (no results.sqlite)")
+        store = ResultsStore(args.out)
+        rule = _split(args.rule)
+        if args.command == "classify":
+            from eval.t2i import classify_store
+
+            if args.reclassify:
+                for name in rule if args.reclassify == "all" else _split(args.reclassify):
+                    store.clear_labels(name)
+            classify_store(
+                store,
+                _classifier_factory(args, rule),
+                rule=rule,
+                batch_size=args.classify_batch_size,
+                progress=not args.no_progress,
+            )
+        write_report(
+            store, args.out, rule=rule, reference=_reference(args), grids=args.grids, blur_flagged=not args.no_blur
+        )
+        print((args.out / "report.md").read_text(encoding="utf-8"))
+        return 0
+    except EvalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
