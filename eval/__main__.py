@@ -4,6 +4,7 @@ Commands:
   t2i       generate, classify and report (resumes when --out already holds a run)
   classify  (re-)label the images of a run without regenerating them
   report    rewrite report.csv / .md / .tex / .png (and grids) from a run's store
+  retrieval Safe-CLIP Table 2 (T->V, V->T, T*->V+V*, V*->T+T*; R@1/10/20) for encoder pairs on ViSU
 """
 
 from __future__ import annotations
@@ -130,7 +131,66 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", required=True, type=Path)
     rep.add_argument("--rule", default=",".join(PAPER_RULE))
     _add_report_options(rep)
+
+    ret = sub.add_parser("retrieval", help="ViSU retrieval table (Safe-CLIP Table 2) for encoder pairs")
+    ret.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        help="NAME=SOURCE or NAME=TEXT_SOURCE::VISION_SOURCE (repeat for several models); a source is a Hub id "
+        "or folder of a CLIP model, a registry name (e.g. safeclip-vit-l-14), or our exported folder / file",
+    )
+    ret.add_argument(
+        "--processor", default=None, help="tokenizer + image processor (Hub id / folder); default: each model's base"
+    )
+    ret.add_argument("--visu", default=None, help="ViSU-Text: split file or folder; default the gated HF dataset")
+    ret.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    ret.add_argument("--coco-root", required=True, type=Path, help="COCO folder holding train2017/ and val2017/")
+    ret.add_argument(
+        "--unsafe-images", required=True, type=Path, help="folder (or manifest) of `python -m train visu-images`"
+    )
+    ret.add_argument("--on-missing", default="skip", choices=["skip", "fail"], help="rows lacking an image")
+    ret.add_argument("--limit", type=int, default=None, help="first N usable rows only")
+    ret.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default: OUT/embeddings)")
+    ret.add_argument("--batch-size", type=int, default=64)
+    ret.add_argument("--device", default=None)
+    ret.add_argument("--token", default=None, help="HF token for the gated ViSU-Text (default: the HF login)")
+    ret.add_argument("--no-reference", action="store_true", help="omit the paper's Table 2 rows")
+    ret.add_argument("--out", required=True, type=Path)
     return parser
+
+
+def _retrieval(args: argparse.Namespace) -> int:
+    import torch
+
+    from eval.retrieval import Embedder, EmbeddingCache, EncoderPair, data_from_visu, run_retrieval, to_markdown
+    from train.visu import VisuSource
+
+    pairs = [EncoderPair.parse(spec, args.processor) for spec in args.model]
+    args.out.mkdir(parents=True, exist_ok=True)
+    source = VisuSource(
+        args.visu,
+        split=args.split,
+        coco_root=args.coco_root,
+        unsafe_images=args.unsafe_images,
+        on_missing=args.on_missing,
+        report_path=args.out / f"visu-{args.split}-report.json",
+        **({"token": args.token} if args.token else {}),
+    )
+    data = data_from_visu(source)
+    if args.limit is not None:
+        data = type(data)(
+            data.split,
+            data.safe_texts[: args.limit],
+            data.unsafe_texts[: args.limit],
+            data.safe_images[: args.limit],
+            data.unsafe_images[: args.limit],
+        )
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    embedder = Embedder(EmbeddingCache(args.cache_dir or args.out / "embeddings"), args.batch_size, device)
+    rows = run_retrieval(pairs, data, args.out, embedder=embedder, reference=not args.no_reference)
+    print(to_markdown(rows, args.split))
+    return 0
 
 
 def _split(text: str) -> list[str]:
@@ -165,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
 
         diffusers_logging.set_verbosity_error()
     try:
+        if args.command == "retrieval":
+            return _retrieval(args)
         if args.command == "t2i":
             from eval.t2i import T2IConfig, T2IRunner
 

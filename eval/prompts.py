@@ -307,44 +307,62 @@ def _normalise_tag(tag: str) -> str:
     return " ".join(tag.strip().lower().replace("_", " ").replace("-", " ").split())
 
 
-def visu_tag_to_category(tag: str) -> str:
-    """Map a ViSU NSFW tag to its I2P category, tolerating case, ``_``/``-`` and small misspellings."""
+def canonical_visu_tag(tag: str) -> str | None:
+    """The ViSU concept a tag names (tolerating case, ``_``/``-`` and small misspellings), or None if unknown."""
     norm = _normalise_tag(tag)
     if norm in VISU_TAG_TO_I2P:
-        return VISU_TAG_TO_I2P[norm]
+        return norm
     close = difflib.get_close_matches(norm, list(VISU_TAG_TO_I2P), n=1, cutoff=0.8)
     if close:
         logger.debug("ViSU tag %r read as %r", tag, close[0])
-        return VISU_TAG_TO_I2P[close[0]]
-    raise PromptSetError(f"unknown ViSU tag {tag!r}; known tags: {sorted(VISU_TAG_TO_I2P)}")
+        return close[0]
+    return None
 
 
-def load_visu(source: str | Path | None = None, *, split: str = "test", **hub_kwargs: Any) -> PromptSet:
-    """The unsafe prompts (``nsfw`` column) of ViSU-Text, categories mapped to I2P's.
+def visu_tag_to_category(tag: str) -> str:
+    """Map a ViSU NSFW tag to its I2P category, tolerating case, ``_``/``-`` and small misspellings."""
+    concept = canonical_visu_tag(tag)
+    if concept is None:
+        raise PromptSetError(f"unknown ViSU tag {tag!r}; known tags: {sorted(VISU_TAG_TO_I2P)}")
+    return VISU_TAG_TO_I2P[concept]
+
+
+def read_visu_rows(
+    source: str | Path | None = None, *, split: str = "test", **hub_kwargs: Any
+) -> tuple[list[str], list[dict[str, str]], object]:
+    """The raw rows of one ViSU-Text split as string dicts: ``(columns, rows, where)``.
 
     ``source``: a local file (CSV / JSON / JSONL / Parquet) of the split, a folder holding
     ``<split>.csv|jsonl|json|parquet``, or ``None`` for the gated HF dataset ``aimagelab/ViSU-Text``
-    (token from the usual HF login). Needs the columns ``nsfw`` and ``tag``; the id comes from
-    ``incremental_id`` (else ``prompt_id``, else the row index); a ``seed`` column is used if present.
+    (token from the usual HF login, or ``token=`` in ``hub_kwargs``). ``where`` names the source in messages.
     """
     if source is None or str(source) == VISU_HF_ID:
         datasets = require("datasets", feature="loading ViSU-Text from the Hugging Face Hub")
         ds = datasets.load_dataset(VISU_HF_ID, split=split, **hub_kwargs)
         columns = list(ds.column_names)
         rows = [{k: "" if v is None else str(v) for k, v in r.items()} for r in ds]
-        where: object = f"{VISU_HF_ID}[{split}]"
-    else:
-        path = Path(source)
-        if path.is_dir():
-            found = [path / f"{split}{ext}" for ext in (".csv", ".jsonl", ".json", ".parquet")]
-            found = [f for f in found if f.is_file()]
-            if not found:
-                raise PromptSetError(f"{path}: no {split}.csv / .jsonl / .json / .parquet file in this folder")
-            path = found[0]
-        elif not path.is_file():
-            raise PromptSetError(f"ViSU file {path} does not exist")
-        columns, rows = _read_rows(path)
-        where = path
+        return columns, rows, f"{VISU_HF_ID}[{split}]"
+    path = Path(source)
+    if path.is_dir():
+        found = [path / f"{split}{ext}" for ext in (".csv", ".jsonl", ".json", ".parquet")]
+        found = [f for f in found if f.is_file()]
+        if not found:
+            raise PromptSetError(f"{path}: no {split}.csv / .jsonl / .json / .parquet file in this folder")
+        path = found[0]
+    elif not path.is_file():
+        raise PromptSetError(f"ViSU file {path} does not exist")
+    columns, rows = _read_rows(path)
+    return columns, rows, path
+
+
+def load_visu(source: str | Path | None = None, *, split: str = "test", **hub_kwargs: Any) -> PromptSet:
+    """The unsafe prompts (``nsfw`` column) of ViSU-Text, categories mapped to I2P's.
+
+    ``source``: as for :func:`read_visu_rows`. Needs the columns ``nsfw`` and ``tag``; the id comes
+    from ``incremental_id`` (else ``prompt_id``, else the row index); a ``seed`` column is used if
+    present (and a ``seeds`` column, a list of per-image seeds, is kept in ``extra``).
+    """
+    columns, rows, where = read_visu_rows(source, split=split, **hub_kwargs)
     missing = [c for c in ("nsfw", "tag") if c not in columns]
     if missing:
         raise PromptSetError(f"{where}: not a ViSU-Text file: missing column(s) {missing}; columns present: {columns}")
@@ -360,7 +378,7 @@ def load_visu(source: str | Path | None = None, *, split: str = "test", **hub_kw
         id_column=id_col,
         seed_column="seed" if "seed" in columns else None,
         guidance_column=None,
-        keep_columns=["visu_tag", "safe"],
+        keep_columns=["visu_tag", "safe", "seeds"],
     )
 
 

@@ -21,7 +21,7 @@ setup() {
 cmd="${1:-}"; shift || true
 case "$cmd" in
   setup) setup ;;
-  demo)  setup; HF_HUB_OFFLINE=1 exec "$VENV/bin/python" scripts/swap_demo.py --out out/swap-demo "$@" ;;
+  demo)  setup; HF_HUB_OFFLINE=1 exec "$VENV/bin/python" -m train demo --out out/demo "$@" ;;
   test)  setup; HF_HUB_OFFLINE=1 exec "$VENV/bin/python" -m pytest "$@" ;;
   *) echo "usage: bash scripts/dev.sh {setup|demo|test} [ARGS...]" >&2; exit 2 ;;
 esac

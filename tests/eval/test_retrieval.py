@@ -1,0 +1,169 @@
+import csv
+
+import pytest
+import torch
+
+from eval.retrieval import (
+    PAPER_TABLE2,
+    Embedder,
+    EmbeddingCache,
+    EncoderPair,
+    RetrievalError,
+    data_from_visu,
+    load_encoder,
+    read_retrieval_csv,
+    retrieval_rows,
+    run_retrieval,
+)
+from tests.train.visu_builders import build_visu_world
+from train.visu import VisuSource
+
+
+def test_hand_computed_case():
+    ts = torch.tensor([[1.0, 0], [0, 1], [1, 1]])
+    vs = torch.tensor([[1.0, 0], [1, 1], [0, 1]])
+    tu = torch.tensor([[-1.0, 0.1], [1, 1], [1, 0]])
+    vu = torch.tensor([[-1.0, 0], [0, -1], [-1, -1]])
+    rows = retrieval_rows("m", {"text_safe": ts, "image_safe": vs, "text_unsafe": tu, "image_unsafe": vu})
+    got = {(r.direction, r.k): r.recall for r in rows}
+    # T->V: only query 0 ranks its image first; V->T likewise; T*->V+V*: only query 1 ([1,1] vs its safe
+    # image [1,1]); V*->T+T*: every unsafe image is farthest from its safe text. Galleries hold <= 6 items.
+    third = 100 / 3
+    expected = {"T->V": third, "V->T": third, "T*->V+V*": third, "V*->T+T*": 0.0}
+    for direction, r1 in expected.items():
+        assert got[(direction, 1)] == pytest.approx(r1)
+        assert got[(direction, 10)] == got[(direction, 20)] == 100.0
+
+
+def test_model_specs():
+    assert EncoderPair.parse("clip=openai/clip-vit-large-patch14") == EncoderPair(
+        "clip", "openai/clip-vit-large-patch14", "openai/clip-vit-large-patch14"
+    )
+    pair = EncoderPair.parse("mix=a/text.safetensors::b", processor="p")
+    assert (pair.text, pair.vision, pair.processor) == ("a/text.safetensors", "b", "p")
+    with pytest.raises(RetrievalError, match="expected NAME=SOURCE"):
+        EncoderPair.parse("no-source")
+
+
+@pytest.fixture
+def world(tmp_path):
+    """Two tiny models sharing the vision tower (our export files) and a ViSU-shaped test split."""
+    from safe_encoders import export_encoder
+    from train.synthetic import build_image_processor, build_tokenizer
+    from train.tiny_clip import tiny_clip
+
+    torch.set_num_threads(1)
+    tok = build_tokenizer(max_length=32)
+    torch.manual_seed(0)
+    text_a, vision = tiny_clip(tok, 32, width=32, layers=1, projection_dim=16)
+    torch.manual_seed(1)
+    text_b, _ = tiny_clip(tok, 32, width=32, layers=1, projection_dim=16)
+    a = tmp_path / "model_a"
+    export_encoder(text_a.eval(), a / "text_encoder.safetensors", base_model="tiny")
+    export_encoder(vision.eval(), a / "vision_encoder.safetensors", base_model="tiny")
+    tok.save_pretrained(a)
+    build_image_processor(32).save_pretrained(a)
+    b = tmp_path / "model_b"
+    export_encoder(text_b.eval(), b / "text_encoder.safetensors", base_model="tiny")
+    paths = build_visu_world(tmp_path / "visu", split="test")
+    source = VisuSource(paths["text"], split="test", coco_root=paths["coco"], unsafe_images=paths["regen"])
+    return {
+        "a": a,
+        "b": b,
+        "paths": paths,
+        "data": data_from_visu(source),
+        "tok": tok,
+        "models": (text_a, text_b, vision),
+    }
+
+
+def test_table_cache_and_agreement(tmp_path, world):
+    a, b, data = world["a"], world["b"], world["data"]
+    pairs = [EncoderPair("A", str(a), str(a)), EncoderPair("B", str(b / "text_encoder.safetensors"), str(a), str(a))]
+    forwards = []
+
+    def counting_loader(source, kind, device):
+        model = load_encoder(source, kind, device)
+        model.register_forward_hook(lambda *_: forwards.append(kind))
+        return model
+
+    cache = EmbeddingCache(tmp_path / "cache")
+    first = Embedder(cache, batch_size=2, loader=counting_loader)
+    rows = run_retrieval(pairs, data, tmp_path / "out1", embedder=first)
+    # B shares A's vision tower: its images were encoded once, for A
+    assert first.encoded == [("A", "text"), ("A", "vision"), ("B", "text")]
+    n_batches = -(-len(data) // 2)
+    assert forwards.count("vision") == 2 * n_batches and forwards.count("text") == 2 * 2 * n_batches
+    forwards.clear()
+    second = Embedder(cache, batch_size=2, loader=counting_loader)
+    again = run_retrieval(pairs, data, tmp_path / "out2", embedder=second)
+    assert second.encoded == [] and forwards == []  # measured: no encoder ran on the second run
+    assert again == rows
+
+    # the table agrees with the metrics of embeddings computed here directly from the models
+    from train.retrieval import safe_clip_retrieval
+    from train.synthetic import build_image_processor
+
+    text_a, text_b, vision = world["models"]
+    tok, proc = world["tok"], build_image_processor(32)
+
+    def images(paths):
+        from PIL import Image
+
+        return proc([Image.open(p).convert("RGB") for p in paths], return_tensors="pt")["pixel_values"]
+
+    with torch.no_grad():
+        enc = [
+            tok(t, padding="max_length", max_length=32, truncation=True, return_tensors="pt")
+            for t in (data.safe_texts, data.unsafe_texts)
+        ]
+        vs, vu = (
+            vision(pixel_values=images(data.safe_images)).image_embeds,
+            vision(pixel_values=images(data.unsafe_images)).image_embeds,
+        )
+        for name, text in (("A", text_a), ("B", text_b)):
+            ts, tu = (text(**{k: e[k] for k in ("input_ids", "attention_mask")}).text_embeds for e in enc)
+            m = safe_clip_retrieval(ts, vs, tu, vu)
+            got = {(r.direction, r.k): r.recall for r in rows if r.model == name}
+            assert got[("T->V", 1)] == pytest.approx(100 * m["t2v_r1"])
+            assert got[("V*->T+T*", 10)] == pytest.approx(100 * m["uv2t_r10"])
+            assert got[("T*->V+V*", 1)] == pytest.approx(100 * m["ut2v_r1"])
+
+    with (tmp_path / "out1" / "retrieval.csv").open() as fh:
+        reader = csv.DictReader(fh)
+        assert tuple(reader.fieldnames) == ("model", "direction", "k", "recall")
+        lines = list(reader)
+    assert {r["direction"] for r in lines} == {"T->V", "V->T", "T*->V+V*", "V*->T+T*"}
+    assert {r["model"] for r in lines} == {"A", "B", *PAPER_TABLE2}
+    paper = {(r.model, r.direction, r.k): r.recall for r in read_retrieval_csv(tmp_path / "out1" / "retrieval.csv")}
+    assert paper[("Safe-CLIP (paper)", "V*->T+T*", 1)] == 19.1 and paper[("CLIP (paper)", "T->V", 20)] == 81.5
+    md = (tmp_path / "out1" / "retrieval.md").read_text()
+    assert "| A |" in md and "T*->V+V* R@1" in md
+
+
+def test_cli(tmp_path, world, capsys):
+    from eval.__main__ import main
+
+    paths = world["paths"]
+    out = tmp_path / "cli"
+    code = main(
+        [
+            "retrieval",
+            "--model",
+            f"A={world['a']}",
+            "--visu",
+            str(paths["text"]),
+            "--coco-root",
+            str(paths["coco"]),
+            "--unsafe-images",
+            str(paths["regen"]),
+            "--out",
+            str(out),
+            "--no-reference",
+        ]
+    )
+    assert code == 0
+    rows = read_retrieval_csv(out / "retrieval.csv")
+    assert len(rows) == 12 and {r.model for r in rows} == {"A"}
+    assert (out / "visu-test-report.json").is_file() and list((out / "embeddings").glob("*.safetensors"))
+    assert "| A |" in capsys.readouterr().out

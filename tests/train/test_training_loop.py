@@ -1,0 +1,140 @@
+import json
+
+import pytest
+import torch
+
+from train.config import TrainConfig, load_config
+from train.data import EncodedQuadruplets, QuadrupletCollator, stack_encoded
+from train.loop import EpochSampler, list_checkpoints, train_safe_clip
+from train.model import CachedReferences, LiveReferences, SafeClipModel
+from train.synthetic import SyntheticWorld, build_image_processor, build_tokenizer
+from train.tiny_clip import tiny_clip
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer(max_length=32)
+
+
+@pytest.fixture(scope="module")
+def data(tokenizer):
+    collator = QuadrupletCollator(tokenizer, build_image_processor(32))
+    return (EncodedQuadruplets(SyntheticWorld(48, seed=1), collator),
+            EncodedQuadruplets(SyntheticWorld(24, seed=2, distinct=True), collator))
+
+
+def make_model(tokenizer, cfg: TrainConfig) -> SafeClipModel:
+    torch.manual_seed(0)
+    text, vision = tiny_clip(tokenizer, 32, width=32, layers=1, projection_dim=32)
+    model = SafeClipModel(text, vision, cfg.lora)
+    # start from non-zero LoRA B factors so that the first steps already change the embeddings
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    return model
+
+
+def small_config(tmp_path, name, **over) -> TrainConfig:
+    overrides = [f"output_dir={tmp_path / name}", "data.batch_size=8", "optim.epochs=2", "progress=false",
+                 "lora.rank=4", "lora.alpha=4", "optim.lr=1e-2", "save_every_steps=2", "keep_checkpoints=10"]
+    overrides += [f"{k}={v}" for k, v in over.items()]
+    return load_config(None, overrides)
+
+
+def test_epoch_sampler_is_a_function_of_seed_and_epoch():
+    a = EpochSampler(20, seed=3, epoch=1).indices
+    assert a == EpochSampler(20, seed=3, epoch=1).indices and sorted(a) == list(range(20))
+    assert a != EpochSampler(20, seed=3, epoch=2).indices
+    assert EpochSampler(20, seed=3, epoch=1, skip=5).indices == a[5:]
+    shards = [EpochSampler(21, 3, 1, rank=r, world_size=2).indices for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 10 and not set(shards[0]) & set(shards[1])
+
+
+def test_cached_references_equal_original_encoders_and_never_drift(tokenizer, data, tmp_path):
+    train_set, _ = data
+    model = make_model(tokenizer, small_config(tmp_path, "unused"))
+    torch.manual_seed(0)
+    text0, vision0 = tiny_clip(tokenizer, 32, width=32, layers=1, projection_dim=32)  # same init as make_model
+    batch = stack_encoded([train_set[i] for i in range(len(train_set))])
+    cache = CachedReferences.build(model, [batch], len(train_set))
+    with torch.no_grad():
+        t0 = text0(input_ids=batch["safe_input_ids"], attention_mask=batch["safe_attention_mask"]).text_embeds
+        v0 = vision0(pixel_values=batch["safe_pixel_values"]).image_embeds
+        lora_t = model.encode_text(batch["safe_input_ids"], batch["safe_attention_mask"])
+    torch.testing.assert_close(cache.text, t0, rtol=0, atol=1e-6)
+    torch.testing.assert_close(cache.image, v0, rtol=0, atol=1e-6)
+    assert (lora_t - t0).abs().max() > 1e-4  # the LoRA model itself differs from T0
+    live_t, live_v = LiveReferences(model)(batch)
+    torch.testing.assert_close(live_t, t0, rtol=0, atol=1e-6)
+    torch.testing.assert_close(live_v, v0, rtol=0, atol=1e-6)
+    sub = {k: v[[3, 1]] for k, v in batch.items() if torch.is_tensor(v)}
+    ct, cv = cache(sub)
+    torch.testing.assert_close(ct, t0[[3, 1]])
+    torch.testing.assert_close(cv, v0[[3, 1]])
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_run_killed_mid_epoch_and_resumed_ends_with_identical_weights(tokenizer, data, tmp_path):
+    train_set, val_set = data
+    # 48 items / batch 8 = 6 batches; accumulation 2 -> 3 optimizer steps per epoch, 6 in all
+    cfg_full = small_config(tmp_path, "full", **{"optim.grad_accum_steps": 2, "save_every_steps": 1})
+    full_model = make_model(tokenizer, cfg_full)
+    full = train_safe_clip(cfg_full, full_model, train_set, val_set, stack_encoded)
+    assert full.global_step == 6 and full.epochs_run == 2
+    final_full = list_checkpoints(cfg_full.output_dir)[-1]
+
+    cfg = small_config(tmp_path, "crash", **{"optim.grad_accum_steps": 2, "save_every_steps": 1})
+
+    def crash(step: int) -> None:
+        if step == 5:  # epoch 1, after its second step; checkpoint of step 5 is written before the hook
+            raise Crash
+
+    with pytest.raises(Crash):
+        train_safe_clip(cfg, make_model(tokenizer, cfg), train_set, val_set, stack_encoded, on_step=crash)
+    import shutil
+
+    # throw away the newest checkpoint too, so the resume starts mid-epoch one step further back
+    shutil.rmtree(list_checkpoints(cfg.output_dir)[-1])
+    state = json.loads((list_checkpoints(cfg.output_dir)[-1] / "state.json").read_text())
+    assert state["epoch"] == 1 and state["batches_done"] == 2 and state["global_step"] == 4
+    resumed_model = make_model(tokenizer, cfg)
+    with torch.no_grad():  # scramble the weights: all of them must come from the checkpoint
+        for p in resumed_model.parameters():
+            if p.requires_grad:
+                p.add_(1.0)
+    resumed = train_safe_clip(cfg, resumed_model, train_set, val_set, stack_encoded)
+    assert resumed.global_step == 6
+    from safetensors.torch import load_file
+    a = load_file(str(final_full / "adapters.safetensors"))
+    b = load_file(str(list_checkpoints(cfg.output_dir)[-1] / "adapters.safetensors"))
+    assert a.keys() == b.keys() and len(a) > 0
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # the metrics log of the resumed run has exactly the lines of the uninterrupted one (times aside)
+    def lines(name):
+        return [{k: v for k, v in json.loads(ln).items() if k != "time"}
+                for ln in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    assert lines("full") == lines("crash")
+
+
+def test_validation_early_stopping_and_best_weights(tokenizer, data, tmp_path):
+    train_set, val_set = data
+    # also exercises the fallback references (adapter-disabled forwards) and bf16 autocast
+    cfg = small_config(tmp_path, "es", **{"optim.epochs": 6, "patience": 1, "optim.lr": 0.5,
+                                          "cache_references": "false", "mixed_precision": "bf16",
+                                          "early_stopping_metric": "val_t2v_r1", "early_stopping_mode": "max"})
+    model = make_model(tokenizer, cfg)
+    result = train_safe_clip(cfg, model, train_set, val_set, stack_encoded)
+    values = [h["val_t2v_r1"] for h in result.history]
+    assert result.best_metric == max(values)
+    assert result.stopped_early == (result.epochs_run < 6)
+    assert all(0.0 <= h["val_unsafe_text_top1_unsafe_share"] <= 1.0 for h in result.history)
+    records = [json.loads(ln) for ln in (tmp_path / "es" / "metrics.jsonl").read_text().splitlines()]
+    assert any("cos_text_unsafe" in r for r in records) and any("val_loss" in r for r in records)
+    with pytest.raises(ValueError, match="not computed"):
+        bad = small_config(tmp_path, "bad", **{"early_stopping_metric": "val_nope", "optim.epochs": 1})
+        train_safe_clip(bad, make_model(tokenizer, bad), train_set, val_set, stack_encoded)

@@ -1,0 +1,120 @@
+"""Command line of the trainer: ``python -m train {demo,safeclip,export,visu-images} ...``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from train.demo import DemoSettings, run_demo
+
+    settings = DemoSettings(seed=args.seed, threads=args.threads)
+    run_demo(args.out, settings, progress=not args.quiet)
+    return 0
+
+
+def _safeclip(args: argparse.Namespace) -> int:
+    from train.config import load_config
+    from train.data import EncodedQuadruplets, QuadrupletCollator, stack_encoded
+    from train.loop import train_safe_clip
+    from train.model import SafeClipModel, load_base_encoders
+
+    cfg = load_config(args.config, args.overrides)
+    if cfg.data.source not in ("synthetic", "visu"):
+        print(f"data.source={cfg.data.source!r} is unknown; use data.source=visu or data.source=synthetic",
+              file=sys.stderr)
+        return 2
+    from transformers import CLIPImageProcessor, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(cfg.base_model)
+    processor = CLIPImageProcessor.from_pretrained(cfg.base_model)
+    collator = QuadrupletCollator(tokenizer, processor)
+    if cfg.data.source == "visu":
+        if not (args.coco_root and args.unsafe_images):
+            print("data.source=visu needs --coco-root (COCO with train2017/, val2017/) and --unsafe-images "
+                  "(the output folder of `python -m train visu-images`)", file=sys.stderr)
+            return 2
+        from train.data import IndexedQuadruplets
+        from train.visu import visu_splits
+
+        sets = visu_splits(args.visu_text, coco_root=args.coco_root, unsafe_images=args.unsafe_images,
+                           report_dir=cfg.output_dir, on_missing=args.on_missing)
+        # Items are encoded batch by batch: pre-encoding 165k image pairs would not fit in memory.
+        train_set, val_set = IndexedQuadruplets(sets["train"]), IndexedQuadruplets(sets["validation"])
+        collate = collator
+    else:
+        from train.synthetic import SyntheticWorld
+
+        world = SyntheticWorld(cfg.data.train_size, cfg.data.seed, cfg.data.image_size)
+        train_set = EncodedQuadruplets(world, collator)
+        val_set = EncodedQuadruplets(SyntheticWorld(cfg.data.val_size, cfg.data.seed + 1, cfg.data.image_size,
+                                                    distinct=True), collator)
+        collate = stack_encoded
+    text, vision = load_base_encoders(cfg.base_model)
+    model = SafeClipModel(text, vision, cfg.lora)
+    result = train_safe_clip(cfg, model, train_set, val_set, collate)
+    print(f"done: {result.global_step} steps, best {cfg.early_stopping_metric}={result.best_metric} "
+          f"at epoch {result.best_epoch}; run folder {result.output_dir}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from safetensors.torch import load_file
+
+    from train.config import load_config
+    from train.export import export_safe_clip
+    from train.model import SafeClipModel, load_base_encoders
+
+    run = Path(args.run)
+    cfg = load_config(run / "config.yaml")
+    text, vision = load_base_encoders(cfg.base_model)
+    model = SafeClipModel(text, vision, cfg.lora)
+    model.load_trainable_state_dict(load_file(str(run / "best_adapters.safetensors")))
+    paths = export_safe_clip(model, args.out, base_model=cfg.base_model, config=cfg,
+                             data_description=args.data_description)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    if args.push_to_hub:
+        from train.export import push_to_hub
+
+        print(f"pushed: {push_to_hub(args.out, args.push_to_hub, private=not args.public)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="offline end-to-end demo on the synthetic world (a few minutes on a CPU)")
+    demo.add_argument("--out", required=True, help="output folder")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(func=_demo)
+    run = sub.add_parser("safeclip", help="Safe-CLIP fine-tuning from a YAML recipe")
+    run.add_argument("--config", default="vit-l-14", help="recipe name in train/recipes or a YAML path")
+    run.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.lr=3e-4")
+    run.add_argument("--visu-text", default=None, help="ViSU-Text split file/folder; default the gated HF dataset")
+    run.add_argument("--coco-root", default=None, help="COCO folder with train2017/ and val2017/")
+    run.add_argument("--unsafe-images", default=None, help="output folder (or manifest) of `visu-images`")
+    run.add_argument("--on-missing", default="skip", choices=["skip", "fail"],
+                     help="rows whose image is missing: skip them (listed in a report) or fail the run")
+    run.set_defaults(func=_safeclip)
+    export = sub.add_parser("export", help="merge the best adapters of a run and export both encoders")
+    export.add_argument("--run", required=True, help="run folder (holds config.yaml and best_adapters.safetensors)")
+    export.add_argument("--out", required=True)
+    export.add_argument("--data-description", default=None)
+    export.add_argument("--push-to-hub", metavar="REPO_ID", default=None,
+                        help="upload the exported encoders with a generated model card (needs `hf auth login`)")
+    export.add_argument("--public", action="store_true", help="with --push-to-hub: create a public repository")
+    export.set_defaults(func=_export)
+    from train.visu_images import add_visu_images_parser
+
+    add_visu_images_parser(sub)  # python -m train visu-images
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""Collapse the LoRA factors into the base weights and write both encoders in safe_encoders' format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from train.config import TrainConfig
+from train.model import SafeClipModel
+
+
+def export_safe_clip(
+    model: SafeClipModel,
+    out_dir: str | Path,
+    *,
+    base_model: str,
+    config: TrainConfig | None = None,
+    data_description: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Merge the adapters (peft ``merge_and_unload``) and export ``text`` and ``vision`` encoder files.
+
+    The model's adapters are folded in place: do this once, at the end of training. Returns
+    ``{"text": path, "vision": path}`` of ``out_dir/{text,vision}_encoder.safetensors``.
+    """
+    from safe_encoders import export_encoder
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lora = model.lora
+    text, vision = model.merged()
+    common: dict[str, Any] = {
+        "provenance": "trained",
+        "method": "safe-clip",
+        "lora_rank": lora.rank,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": lora.dropout,
+    }
+    if config is not None:
+        common["config_digest"] = config.digest()
+        common["config"] = config.to_dict()
+    if data_description is not None:
+        common["data"] = data_description
+    common.update(metadata or {})
+    paths: dict[str, Path] = {}
+    for kind, encoder, targets in (("text", text, lora.text_targets), ("vision", vision, lora.vision_targets)):
+        encoder.eval()
+        paths[kind] = Path(export_encoder(encoder, out / f"{kind}_encoder.safetensors", base_model=base_model,
+                                          metadata={**common, "lora_targets": list(targets)}))
+    return paths
+
+
+def model_card(export_dir: str | Path) -> str:
+    """A Hub model card (README.md) describing the encoders in ``export_dir``, from their own headers."""
+    from safe_encoders.format import read_encoder_header
+
+    infos = {kind: read_encoder_header(Path(export_dir) / f"{kind}_encoder.safetensors") for kind in ("text", "vision")}
+    text = infos["text"]
+    prov = text.provenance
+    base = text.base_model or "unknown"
+    rows = "\n".join(
+        f"| {kind} | {info.config.get('hidden_size')} | {info.config.get('num_hidden_layers')} | `{info.digest}` |"
+        for kind, info in infos.items()
+    )
+    return f"""---
+library_name: transformers
+license: cc-by-nc-4.0
+base_model: {base}
+tags: [clip, safe-clip, safe-encoders, nsfw-removal]
+---
+
+# Safe-CLIP encoders fine-tuned from `{base}`
+
+CLIP encoders fine-tuned with the Safe-CLIP method (Poppi et al., ECCV 2024): unsafe text and
+images are redirected to where their safe counterparts lie in the original embedding space, safe
+inputs keep their original embeddings. LoRA (rank {prov.get("lora_rank")}, alpha {prov.get("lora_alpha")})
+was merged into the weights, so the encoders have the architecture and cost of the originals.
+
+| encoder | width | layers | digest |
+|---|---|---|---|
+{rows}
+
+Data: {prov.get("data", "not recorded")}. Training config digest: `{prov.get("config_digest", "not recorded")}`.
+Written by safe-encoders {text.library_version}.
+
+## Use
+
+```python
+from safe_encoders import make_safe
+pipe = make_safe(pipe, checkpoint="<this repository>")
+```
+
+## Limits
+
+Reduces, does not eliminate, unsafe content; covers the NSFW concepts of the training data only.
+Non-commercial licence (as the ViSU data and the original Safe-CLIP release).
+"""
+
+
+def push_to_hub(export_dir: str | Path, repo_id: str, *, private: bool = True, token: str | None = None) -> str:
+    """Upload ``export_dir`` (the two encoder files) with a generated model card; returns the repo URL."""
+    from huggingface_hub import HfApi
+
+    export_dir = Path(export_dir)
+    card = export_dir / "README.md"
+    if not card.exists():
+        card.write_text(model_card(export_dir))
+    api = HfApi(token=token)
+    url = api.create_repo(repo_id, private=private, exist_ok=True)
+    api.upload_folder(repo_id=repo_id, folder_path=str(export_dir), commit_message="Upload Safe-CLIP encoders")
+    return str(url)

@@ -1,0 +1,411 @@
+"""The Safe-CLIP training loop on accelerate: accumulation, mixed precision, validation with
+retrieval recall, early stopping, a checkpoint per epoch (and every N steps) and exact resume.
+
+Exact resume: a checkpoint holds the trainable weights, the optimizer and scheduler states, every
+RNG state and the data position (epoch, batches done). The order of the data is a pure function of
+(seed, epoch), and the data loader draws from its own generator, so a resumed run replays exactly
+the batches and dropout masks an uninterrupted run would have seen. Checkpoints are written only
+at optimizer-step boundaries. Nothing is pickled: tensors go to safetensors, the rest to JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from train.config import TrainConfig, save_config
+from train.losses import safe_clip_loss
+from train.model import CachedReferences, LiveReferences, SafeClipModel
+from train.retrieval import safe_clip_retrieval
+
+References = Callable[[dict[str, Any]], tuple[torch.Tensor, torch.Tensor]]
+
+
+class EpochSampler(Sampler[int]):
+    """Indices in an order that depends only on (seed, epoch); this process's share; optional skip."""
+
+    def __init__(self, size: int, seed: int, epoch: int, skip: int = 0, rank: int = 0, world_size: int = 1,
+                 shuffle: bool = True) -> None:
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(size, generator=g) if shuffle else torch.arange(size)
+        usable = (size // world_size) * world_size if world_size > 1 else size
+        self.indices = order[:usable][rank::world_size][skip:].tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    global_step: int
+    epochs_run: int
+    best_epoch: int | None
+    best_metric: float | None
+    stopped_early: bool
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _batch_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    warmup, schedule = cfg.optim.warmup_steps, cfg.optim.schedule
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "cosine":
+            progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    return factor
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def _optimizer_to_files(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, slots in state["state"].items():
+        for key, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    for pid, slots in meta["scalars"].items():
+        state.setdefault(int(pid), {}).update(slots)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = s
+    np_state = np.random.get_state()
+    tensors["numpy"] = torch.from_numpy(np.asarray(np_state[1], dtype=np.int64))
+    py_version, py_state, py_gauss = random.getstate()
+    meta = {"python": [py_version, list(py_state), py_gauss], "numpy": [np_state[0], *map(float, np_state[2:])]}
+    return tensors, meta
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch"])
+    if torch.cuda.is_available():
+        states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda."))]
+        if states:
+            torch.cuda.set_rng_state_all(states)
+    kind, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((kind, tensors["numpy"].numpy().astype(np.uint32), int(pos), int(has_gauss), cached))
+    version, state, gauss = meta["python"]
+    random.setstate((version, tuple(state), gauss))
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (a checkpoint is complete once its state.json exists)."""
+    root = Path(output_dir) / "checkpoints"
+    found = [p for p in root.glob("step-*") if p.is_dir() and (p / "state.json").exists()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def _save_checkpoint(root: Path, model: SafeClipModel, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler, state: dict[str, Any], keep: int) -> Path:
+    final = root / "checkpoints" / f"step-{state['global_step']:08d}"
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    adapters = {k: v.cpu().contiguous() for k, v in model.trainable_state_dict().items()}
+    save_file(adapters, str(tmp / "adapters.safetensors"))
+    opt_tensors, opt_meta = _optimizer_to_files(optimizer.state_dict())
+    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    rng_tensors, rng_meta = _rng_state()
+    save_file(rng_tensors, str(tmp / "rng.safetensors"))
+    full = {**state, "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "rng": rng_meta}
+    (tmp / "state.json").write_text(json.dumps(full))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _load_checkpoint(path: Path, model: SafeClipModel, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
+    state = json.loads((path / "state.json").read_text())
+    model.load_trainable_state_dict(load_file(str(path / "adapters.safetensors")))
+    optimizer.load_state_dict(_optimizer_from_files(load_file(str(path / "optimizer.safetensors")), state["optimizer"]))
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(load_file(str(path / "rng.safetensors")), state["rng"])
+    return state
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+@torch.no_grad()
+def evaluate(model: SafeClipModel, loader: DataLoader, references: References, cfg: TrainConfig,
+             device: torch.device | str = "cpu") -> dict[str, float]:
+    """Validation loss and retrieval figures (``val_`` prefixed) over a whole loader."""
+    was_training = model.training
+    model.eval()
+    parts: dict[str, list[torch.Tensor]] = {}
+    loss_sum, count = 0.0, 0
+    weights = cfg.loss.safe_clip_weights()
+    try:
+        for batch in loader:
+            batch = _batch_to(batch, torch.device(device))
+            emb = model(batch)
+            ref_text, ref_image = references(batch)
+            loss, _ = safe_clip_loss(**emb, ref_text_safe=ref_text, ref_image_safe=ref_image, weights=weights,
+                                     logit_scale=cfg.loss.logit_scale)
+            n = batch["index"].shape[0]
+            loss_sum, count = loss_sum + loss.item() * n, count + n
+            for key, value in emb.items():
+                parts.setdefault(key, []).append(value.float().cpu())
+    finally:
+        model.train(was_training)
+    emb = {k: torch.cat(v) for k, v in parts.items()}
+    metrics = {"val_loss": loss_sum / max(count, 1)}
+    retrieval = safe_clip_retrieval(emb["text_safe"], emb["image_safe"], emb["text_unsafe"], emb["image_unsafe"])
+    metrics.update({f"val_{k}": v for k, v in retrieval.items()})
+    return metrics
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+def _validation_metric_names() -> list[str]:
+    probe = safe_clip_retrieval(*(torch.eye(2) for _ in range(4)))
+    return ["val_loss", *(f"val_{k}" for k in probe)]
+
+
+def _accelerator(factory: Callable[..., Any], mixed_precision: str) -> Any:
+    """An Accelerator with this run's precision. accelerate keeps one process-wide state and refuses a
+    second precision in the same process; when not distributed (a notebook, the demo after a test
+    run) that state is dropped and rebuilt instead."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    state = AcceleratorState._shared_state
+    if state and str(state.get("mixed_precision")) != mixed_precision and not PartialState().use_distributed:
+        AcceleratorState._reset_state()
+    return factory(mixed_precision=mixed_precision)
+
+
+class _MetricsLog:
+    """Append-only JSONL (one line per logged step or epoch), trimmed to a step on resume."""
+
+    def __init__(self, path: Path, enabled: bool, tensorboard_dir: Path | None) -> None:
+        self.path, self.enabled = path, enabled
+        self.writer = None
+        if enabled and tensorboard_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional
+                SummaryWriter = None
+            if SummaryWriter is not None:
+                self.writer = SummaryWriter(str(tensorboard_dir))
+
+    def trim(self, global_step: int) -> None:
+        if self.enabled and self.path.exists():
+            lines = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= global_step]
+            self.path.write_text("".join(ln + "\n" for ln in lines))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("step", "epoch"):
+                    self.writer.add_scalar(key, value, record["step"])
+
+
+def train_safe_clip(
+    cfg: TrainConfig,
+    model: SafeClipModel,
+    train_set: Dataset,
+    val_set: Dataset | None,
+    collate_fn: Callable[[list[Any]], dict[str, Any]],
+    *,
+    resume: bool = True,
+    on_step: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Train the LoRA factors of ``model`` with the Safe-CLIP loss; returns with the best weights loaded.
+
+    ``train_set`` / ``val_set`` items are batched by ``collate_fn`` into the layout of
+    :class:`train.data.QuadrupletCollator` (``index`` must be the dataset index). With ``resume`` the
+    run continues from the newest complete checkpoint in ``cfg.output_dir``. ``on_step`` is called
+    after every optimizer step with the global step (tests use it to simulate a crash).
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    cfg.validate()
+    known = _validation_metric_names() if val_set is not None else []
+    if val_set is not None and cfg.early_stopping_metric not in known:
+        raise ValueError(f"early_stopping_metric {cfg.early_stopping_metric!r} is not computed; one of {known}")
+    accelerator = _accelerator(Accelerator, cfg.mixed_precision)
+    device, main = accelerator.device, accelerator.is_main_process
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        save_config(cfg, out / "config.yaml")
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    model.to(device)
+
+    def loader(dataset: Dataset, epoch: int, skip: int = 0, shuffle: bool = True, shard: bool = True) -> DataLoader:
+        sampler = EpochSampler(len(dataset), cfg.seed, epoch, skip,
+                               accelerator.process_index if shard else 0, accelerator.num_processes if shard else 1,
+                               shuffle=shuffle)
+        # own generator: creating an iterator must not consume the global RNG (exact resume)
+        return DataLoader(dataset, batch_size=cfg.data.batch_size, sampler=sampler, collate_fn=collate_fn,
+                          num_workers=cfg.data.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
+
+    def references_for(dataset: Dataset, name: str) -> References:
+        if not cfg.cache_references:
+            return LiveReferences(model)
+        fingerprint = json.dumps([cfg.base_model, name, len(dataset), cfg.data.__dict__], sort_keys=True, default=str)
+        path = out / f"references-{name}.safetensors"
+        cache = CachedReferences.load(path, fingerprint)
+        if cache is None:
+            cache = CachedReferences.build(model, (_batch_to(b, device) for b in loader(dataset, 0, shuffle=False,
+                                                                                            shard=False)),
+                                           len(dataset), device)
+            if main:
+                cache.save(path, fingerprint)
+        return cache
+
+    train_refs = references_for(train_set, "train")
+    val_refs = references_for(val_set, "val") if val_set is not None else None
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                 weight_decay=cfg.optim.weight_decay)
+    batches_per_epoch = len(loader(train_set, 0))
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.optim.grad_accum_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps_per_epoch * cfg.optim.epochs))
+    prepared_model, optimizer = accelerator.prepare(model, optimizer)
+    weights = cfg.loss.safe_clip_weights()
+    log = _MetricsLog(out / "metrics.jsonl", main, out / "tensorboard" if cfg.tensorboard else None)
+
+    state: dict[str, Any] = {"epoch": 0, "batches_done": 0, "global_step": 0, "best_metric": None,
+                             "best_epoch": None, "bad_epochs": 0, "history": [], "stopped_early": False,
+                             "config_digest": cfg.digest()}
+    checkpoints = list_checkpoints(out) if resume else []
+    if checkpoints:
+        saved = _load_checkpoint(checkpoints[-1], model, optimizer, scheduler)
+        state.update({k: saved[k] for k in state if k in saved})
+        log.trim(state["global_step"])
+    elif main:
+        log.path.unlink(missing_ok=True)
+
+    sign = 1.0 if cfg.early_stopping_mode == "min" else -1.0
+    start_time = time.perf_counter()
+    while state["epoch"] < cfg.optim.epochs and not state["stopped_early"]:
+        epoch = state["epoch"]
+        batches = loader(train_set, epoch, skip=state["batches_done"] * cfg.data.batch_size)
+        prepared_model.train()
+        accum = cfg.optim.grad_accum_steps
+        bar = tqdm(total=batches_per_epoch, initial=state["batches_done"], disable=not (cfg.progress and main),
+                   desc=f"epoch {epoch}", leave=False)
+        for i, batch in enumerate(batches, start=state["batches_done"]):
+            group_start = (i // accum) * accum
+            group_size = min(accum, batches_per_epoch - group_start)
+            last_in_group = i == group_start + group_size - 1
+            batch = _batch_to(batch, device)
+            ctx = accelerator.no_sync(prepared_model) if not last_in_group else contextlib.nullcontext()
+            with ctx:
+                emb = prepared_model(batch)
+                ref_text, ref_image = train_refs(batch)
+                with accelerator.autocast():
+                    loss, terms = safe_clip_loss(**emb, ref_text_safe=ref_text, ref_image_safe=ref_image,
+                                                 weights=weights, logit_scale=cfg.loss.logit_scale)
+                accelerator.backward(loss / group_size)
+            bar.update(1)
+            if not last_in_group:
+                continue
+            grad_norm = None
+            if cfg.optim.max_grad_norm is not None:
+                grad_norm = float(accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["global_step"] += 1
+            state["batches_done"] = i + 1
+            if state["global_step"] % cfg.log_every_steps == 0:
+                record = {"step": state["global_step"], "epoch": epoch, "loss": loss.item(),
+                          "lr": scheduler.get_last_lr()[0], "time": time.perf_counter() - start_time,
+                          **{k: v.item() for k, v in terms.items()}}
+                if grad_norm is not None:
+                    record["grad_norm"] = grad_norm
+                log.write(record)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            if cfg.save_every_steps and state["global_step"] % cfg.save_every_steps == 0 and main:
+                _save_checkpoint(out, accelerator.unwrap_model(prepared_model), optimizer, scheduler, state,
+                                 cfg.keep_checkpoints)
+            if on_step is not None:
+                on_step(state["global_step"])
+        bar.close()
+
+        epoch_record: dict[str, Any] = {"step": state["global_step"], "epoch": epoch}
+        if val_set is not None and val_refs is not None:
+            unwrapped = accelerator.unwrap_model(prepared_model)
+            with accelerator.autocast():
+                epoch_record.update(evaluate(unwrapped, loader(val_set, 0, shuffle=False, shard=False), val_refs,
+                                             cfg, device))
+            value = epoch_record[cfg.early_stopping_metric]
+            if state["best_metric"] is None or sign * value < sign * state["best_metric"]:
+                state.update(best_metric=value, best_epoch=epoch, bad_epochs=0)
+                if main:
+                    save_file({k: v.cpu().contiguous() for k, v in unwrapped.trainable_state_dict().items()},
+                              str(out / "best_adapters.safetensors"), metadata={"epoch": str(epoch)})
+            else:
+                state["bad_epochs"] += 1
+                state["stopped_early"] = state["bad_epochs"] >= cfg.patience
+        state["history"].append(epoch_record)
+        log.write(epoch_record)
+        state["epoch"], state["batches_done"] = epoch + 1, 0
+        if main:
+            _save_checkpoint(out, accelerator.unwrap_model(prepared_model), optimizer, scheduler, state,
+                             cfg.keep_checkpoints)
+        accelerator.wait_for_everyone()
+
+    unwrapped = accelerator.unwrap_model(prepared_model)
+    best_path = out / "best_adapters.safetensors"
+    if state["best_epoch"] is not None and best_path.exists():
+        unwrapped.load_trainable_state_dict({k: v.to(device) for k, v in load_file(str(best_path)).items()})
+    return TrainResult(output_dir=out, global_step=state["global_step"], epochs_run=state["epoch"],
+                       best_epoch=state["best_epoch"], best_metric=state["best_metric"],
+                       stopped_early=state["stopped_early"], history=state["history"])
+

@@ -1,0 +1,567 @@
+"""Regeneration of ViSU's unsafe images (v*): ``python -m train visu-images ...``.
+
+The authors did not release the unsafe images; they published the unsafe captions (and seeds).
+For each unsafe caption t* this draws ``candidates`` images (3 in the paper) with a diffusers
+text-to-image pipeline (default the NSFW-capable SDXL model of the paper), labels them with
+``eval``'s classifiers (Q16 and NudeNet; an image is flagged when any classifier of ``rule`` flags
+it) and keeps one per row by a *keep rule* (the authors': the first flagged candidate).
+
+It runs exactly like ``python -m eval t2i``: every image lives in an :class:`eval.store.ResultsStore`
+keyed by ``(visu-<split>, visu:<row id>, seed)``, written atomically, so a killed run resumes where
+it stopped, and processes split the work by :func:`eval.t2i.shard_of` (one shard per accelerate
+process, or ``--shard INDEX/COUNT``). Candidate ``k`` of a row uses the row's published seed + k
+(or ``seeds[k]`` when the row lists its seeds), else a seed derived from the row id; each image has
+its own generator, so no image depends on batching, sharding or resuming.
+
+The result is ``manifest.json`` and ``manifest.csv`` in the output folder (written atomically):
+one line per row with its candidates' seeds and flags, the kept candidate, the image path
+(relative to the folder) and a status: ``kept``, ``rejected`` (no candidate passes the keep rule)
+or ``pending`` (not generated / labelled yet). :class:`train.visu.VisuSource` reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eval.classifiers import PAPER_RULE, any_flagged
+from eval.prompts import Prompt
+from eval.store import ItemKey, Label, ResultsStore
+from eval.t2i import _git_revision, _progress, classify_store, diffusers_dtype_kwarg, rule_classifiers, shard_of
+from train.visu import VISU_SPLITS, VisuRow, read_visu
+
+logger = logging.getLogger("safe_encoders.train")
+
+DEFAULT_MODEL = "stablediffusionapi/newrealityxl-global-nsfw"
+MANIFEST_VERSION = 1
+MANIFEST_COLUMNS = (
+    "split", "row_id", "prompt_id", "caption", "tag", "seeds", "flags", "scores", "kept_index", "kept_seed",
+    "image", "status",
+)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- keep rules
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One labelled candidate image of a row."""
+
+    index: int
+    seed: int
+    labels: Mapping[str, Label]
+    rule: tuple[str, ...]
+
+    @property
+    def flagged(self) -> bool:
+        """Flagged by any classifier of the rule."""
+        return any_flagged(self.labels[n].flagged for n in self.rule)
+
+    @property
+    def score(self) -> float:
+        """The highest score among the rule's classifiers."""
+        return max(self.labels[n].score for n in self.rule)
+
+
+KeepRule = Callable[[Sequence[Candidate]], "int | None"]
+
+
+def keep_first_flagged(candidates: Sequence[Candidate]) -> int | None:
+    """The authors' rule: the first candidate (by seed order) that a classifier flags; none if none is."""
+    return next((c.index for c in candidates if c.flagged), None)
+
+
+def keep_most_unsafe(candidates: Sequence[Candidate]) -> int | None:
+    """The flagged candidate with the highest classifier score (first on ties); none if none is flagged."""
+    flagged = [c for c in candidates if c.flagged]
+    return max(flagged, key=lambda c: (c.score, -c.index)).index if flagged else None
+
+
+def keep_first_flagged_else_first(candidates: Sequence[Candidate]) -> int | None:
+    """The first flagged candidate, else the first candidate (no row is left without an image)."""
+    kept = keep_first_flagged(candidates)
+    return kept if kept is not None else (candidates[0].index if candidates else None)
+
+
+KEEP_RULES: dict[str, KeepRule] = {
+    "first-flagged": keep_first_flagged,
+    "most-unsafe": keep_most_unsafe,
+    "first-flagged-else-first": keep_first_flagged_else_first,
+}
+
+
+def keep_rule(name: str) -> KeepRule:
+    """The keep rule registered under ``name``."""
+    try:
+        return KEEP_RULES[name]
+    except KeyError:
+        raise ValueError(f"unknown keep rule {name!r}; one of {sorted(KEEP_RULES)}") from None
+
+
+# --------------------------------------------------------------------------- configuration and work
+
+
+@dataclass
+class RegenConfig:
+    """Everything a regeneration run needs (the CLI's options)."""
+
+    out: Path
+    text: str | None = None
+    """ViSU-Text: None for the gated HF dataset, else a file of one split or a folder of split files."""
+    splits: list[str] = field(default_factory=lambda: list(VISU_SPLITS))
+    model: str = DEFAULT_MODEL
+    candidates: int = 3
+    steps: int = 30
+    guidance: float = 7.0
+    height: int | None = None
+    width: int | None = None
+    batch_size: int = 4
+    limit: int | None = None
+    dtype: str | None = None
+    device: str | None = None
+    q16_model: str = "openai/clip-vit-large-patch14"
+    q16_prompts: str | None = None
+    nudenet_threshold: float = 0.6
+    nudenet_labels: list[str] | None = None
+    classify_batch_size: int = 16
+    rule: tuple[str, ...] = PAPER_RULE
+    keep: str = "first-flagged"
+    progress: bool = True
+    hub_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def row_prompt(row: VisuRow) -> Prompt:
+    """The row's unsafe caption as an eval :class:`~eval.prompts.Prompt` (id ``visu:<row id>``)."""
+    return Prompt(
+        id=f"visu:{row.row_id}",
+        text=row.unsafe_text,
+        prompt_set="visu",
+        categories=(row.category,) if row.category else (),
+        seed=row.seed,
+        extra={"row_id": row.row_id, "tag": row.tag},
+    )
+
+
+def candidate_seeds(row: VisuRow, n: int) -> list[int]:
+    """Seeds of the row's ``n`` candidates: the published list, else the published seed + k, else derived."""
+    if row.seeds:
+        if len(row.seeds) < n:
+            raise ValueError(f"ViSU row {row.row_id} publishes {len(row.seeds)} seeds, {n} candidates were asked")
+        return list(row.seeds[:n])
+    return row_prompt(row).image_seeds(n)
+
+
+def condition_name(split: str) -> str:
+    return f"visu-{split}"
+
+
+@dataclass(frozen=True)
+class RegenItem:
+    split: str
+    row: VisuRow
+    index: int
+    seed: int
+
+    @property
+    def key(self) -> ItemKey:
+        return (condition_name(self.split), f"visu:{self.row.row_id}", self.seed)
+
+
+def regen_items(rows: Mapping[str, Sequence[VisuRow]], n: int) -> list[RegenItem]:
+    """Every candidate image of the run, in a fixed order (split, row, candidate)."""
+    return [
+        RegenItem(split, row, k, seed)
+        for split, split_rows in rows.items()
+        for row in split_rows
+        for k, seed in enumerate(candidate_seeds(row, n))
+    ]
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------- the runner
+
+
+class RegenRunner:
+    """Runs (or resumes) one regeneration: generation, classification, then the manifest.
+
+    ``shard`` = ``(index, count)``; by default one shard per accelerate process. ``pipeline`` and
+    ``classifiers`` (a factory) replace the ones the config names (tests, or custom set-ups).
+    """
+
+    def __init__(
+        self,
+        config: RegenConfig,
+        *,
+        shard: tuple[int, int] | None = None,
+        pipeline: Any = None,
+        classifiers: Callable[[], list[Any]] | None = None,
+    ) -> None:
+        self.cfg = config
+        if config.candidates < 1 or config.steps < 1 or config.batch_size < 1:
+            raise ValueError("candidates, steps and batch_size must all be >= 1")
+        self.keep = keep_rule(config.keep)
+        bad = [s for s in config.splits if s not in VISU_SPLITS]
+        if bad or not config.splits:
+            raise ValueError(f"splits must be among {VISU_SPLITS}, got {config.splits}")
+        self._state = None
+        if shard is None:
+            from accelerate import PartialState
+
+            self._state = PartialState(cpu=not torch.cuda.is_available())
+            shard = (self._state.process_index, self._state.num_processes)
+        self.shard_index, self.num_shards = shard
+        if not 0 <= self.shard_index < self.num_shards:
+            raise ValueError(f"shard index {self.shard_index} is not in [0, {self.num_shards})")
+        if config.device:
+            self.device = torch.device(config.device)
+        elif self._state is not None:
+            self.device = self._state.device
+        else:
+            self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        default_dtype = "float16" if self.device.type == "cuda" else "float32"
+        self.torch_dtype = getattr(torch, config.dtype or default_dtype)
+        self.rows: dict[str, list[VisuRow]] = {}
+        for split in config.splits:
+            rows = read_visu(config.text, split=split, **config.hub_kwargs)
+            self.rows[split] = rows[: config.limit] if config.limit is not None else rows
+        self.items = regen_items(self.rows, config.candidates)
+        self.store = ResultsStore(config.out)
+        self._pipe = pipeline
+        self._classifiers = classifiers
+
+    def condition_config(self, split: str) -> dict[str, Any]:
+        """What makes the images of a split what they are; a stored split must match it to resume."""
+        cfg = self.cfg
+        return {
+            "task": "visu-unsafe-regeneration",
+            "split": split,
+            "model": cfg.model if self._pipe is None else f"custom:{type(self._pipe).__name__}",
+            "steps": cfg.steps,
+            "guidance": cfg.guidance,
+            "height": cfg.height,
+            "width": cfg.width,
+            "dtype": str(self.torch_dtype).removeprefix("torch."),
+            "candidates": cfg.candidates,
+        }
+
+    def _pipeline(self) -> Any:
+        if self._pipe is None:
+            from diffusers import DiffusionPipeline
+
+            kwargs: dict[str, Any] = {**diffusers_dtype_kwarg(self.torch_dtype), **self.cfg.hub_kwargs}
+            index = DiffusionPipeline.load_config(self.cfg.model, **self.cfg.hub_kwargs)
+            if "safety_checker" in index:  # SD 1/2: the images must be raw, not blacked out
+                kwargs.update(safety_checker=None, requires_safety_checker=False)
+            pipe = DiffusionPipeline.from_pretrained(self.cfg.model, **kwargs)
+            pipe.to(self.device)
+            self._pipe = pipe
+        self._pipe.set_progress_bar_config(disable=True)
+        return self._pipe
+
+    def my_items(self) -> list[RegenItem]:
+        """This process's share of the run."""
+        return [w for w in self.items if shard_of(w.key, self.num_shards) == self.shard_index]
+
+    def _batches(self, todo: Sequence[RegenItem]) -> Iterator[list[RegenItem]]:
+        for start in range(0, len(todo), self.cfg.batch_size):
+            yield list(todo[start : start + self.cfg.batch_size])
+
+    def generate(self) -> int:
+        """Generate every missing candidate of this shard; returns how many were made."""
+        for split in self.rows:
+            self.store.register_condition(condition_name(split), self.condition_config(split))
+        done = self.store.done_keys()
+        todo = [w for w in self.my_items() if w.key not in done]
+        if not todo:
+            return 0
+        made = 0
+        pipe = self._pipeline()
+        shard = f"{self.shard_index}/{self.num_shards}"
+        with _progress(len(todo), f"visu-images [{shard}]", self.cfg.progress) as bar:
+            for batch in self._batches(todo):
+                images = pipe(
+                    prompt=[w.row.unsafe_text for w in batch],
+                    num_inference_steps=self.cfg.steps,
+                    guidance_scale=self.cfg.guidance,
+                    height=self.cfg.height,
+                    width=self.cfg.width,
+                    generator=[torch.Generator("cpu").manual_seed(w.seed) for w in batch],
+                ).images
+                for w, image in zip(batch, images, strict=True):
+                    prompt = row_prompt(w.row)
+                    made += self.store.add(
+                        *w.key,
+                        image,
+                        prompt_set="visu",
+                        prompt=prompt.text,
+                        categories=prompt.categories,
+                        extra={"shard": shard, "candidate": w.index, "split": w.split, "row_id": w.row.row_id},
+                    )
+                bar.update(len(batch))
+        return made
+
+    def release_generator(self) -> None:
+        """Free the diffusion model before classification."""
+        import gc
+
+        self._pipe = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def build_classifiers(self) -> list[Any]:
+        if self._classifiers is not None:
+            return self._classifiers()
+        cfg = self.cfg
+        return rule_classifiers(
+            cfg.rule,
+            q16_model=cfg.q16_model,
+            q16_prompts=cfg.q16_prompts,
+            nudenet_labels=cfg.nudenet_labels,
+            nudenet_threshold=cfg.nudenet_threshold,
+            device=self.device,
+            batch_size=cfg.classify_batch_size,
+        )
+
+    def classify(self) -> int:
+        """Label every stored candidate of this shard that some classifier of the rule has not labelled yet."""
+        return classify_store(
+            self.store,
+            self.build_classifiers,
+            rule=self.cfg.rule,
+            shard=(self.shard_index, self.num_shards),
+            batch_size=self.cfg.classify_batch_size,
+            progress=self.cfg.progress,
+        )
+
+    def manifest_rows(self) -> list[dict[str, Any]]:
+        """One manifest line per row of the run (every shard), from what the store holds now."""
+        rule = tuple(self.cfg.rule)
+        labels = self.store.labels()
+        stored = {it.key: it for it in self.store.items()}
+        out: list[dict[str, Any]] = []
+        by_row: dict[tuple[str, str], list[RegenItem]] = {}
+        for w in self.items:
+            by_row.setdefault((w.split, w.row.row_id), []).append(w)
+        for (split, row_id), cands in by_row.items():
+            row = cands[0].row
+            line: dict[str, Any] = {
+                "split": split,
+                "row_id": row_id,
+                "prompt_id": f"visu:{row_id}",
+                "caption": row.unsafe_text,
+                "tag": row.tag,
+                "seeds": [w.seed for w in cands],
+                "flags": None,
+                "scores": None,
+                "kept_index": None,
+                "kept_seed": None,
+                "image": "",
+                "status": "pending",
+            }
+            ready = all(w.key in stored and all(n in labels.get(w.key, {}) for n in rule) for w in cands)
+            if ready:
+                labelled = [Candidate(w.index, w.seed, labels[w.key], rule) for w in cands]
+                kept = self.keep(labelled)
+                line["flags"] = [c.flagged for c in labelled]
+                line["scores"] = [round(c.score, 6) for c in labelled]
+                if kept is None:
+                    line["status"] = "rejected"
+                else:
+                    line.update(
+                        kept_index=kept, kept_seed=cands[kept].seed, image=stored[cands[kept].key].path, status="kept"
+                    )
+            out.append(line)
+        return out
+
+    def write_manifest(self) -> dict[str, int]:
+        """Write ``manifest.json`` and ``manifest.csv`` atomically; returns the count of each status."""
+        rows = self.manifest_rows()
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.cfg).items()}
+        cfg.pop("hub_kwargs", None)
+        cfg.pop("out", None)
+        cfg.pop("progress", None)
+        doc = {
+            "version": MANIFEST_VERSION,
+            "keep_rule": self.cfg.keep,
+            "classifier_rule": list(self.cfg.rule),
+            "conditions": {condition_name(s): self.condition_config(s) for s in self.rows},
+            "config": cfg,
+            "counts": counts,
+            "rows": rows,
+        }
+        root = Path(self.cfg.out)
+        _atomic_write(root / "manifest.json", json.dumps(doc, indent=1, sort_keys=True) + "\n")
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(
+                {k: json.dumps(v) if isinstance(v, list) else ("" if v is None else v) for k, v in r.items()}
+            )
+        _atomic_write(root / "manifest.csv", buf.getvalue())
+        return counts
+
+    def run(self) -> dict[str, int] | None:
+        """Generate, classify, and write the manifest (main process); returns the status counts."""
+        import time
+
+        import safe_encoders
+
+        if self.shard_index == 0:
+            provenance = {
+                "safe_encoders": getattr(safe_encoders, "__version__", None),
+                "git": _git_revision(),
+                "torch": torch.__version__,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+            self.store.set_meta("provenance", provenance)
+        self.generate()
+        self.release_generator()
+        self.classify()
+        if self._state is not None:
+            self._state.wait_for_everyone()
+            if not self._state.is_main_process:
+                return None
+        counts = self.write_manifest()
+        if counts.get("pending"):
+            logger.warning(
+                "%d row(s) still pending (other shards working?); run again to complete the manifest", counts["pending"]
+            )
+        return counts
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _shard(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    try:
+        return int(index), int(count)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard takes INDEX/COUNT, e.g. 0/2; got {text!r}") from None
+
+
+def _split_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def add_visu_images_parser(subparsers: Any) -> None:
+    """Add the ``visu-images`` command to an argparse sub-parser set (``python -m train visu-images``)."""
+    from eval.classifiers.nudenet import I2P_NUDITY_LABELS, I2P_NUDITY_THRESHOLD
+
+    p = subparsers.add_parser(
+        "visu-images",
+        help="regenerate ViSU's unsafe images (resumable, shardable)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", required=True, type=Path, help="output folder (resumed if it holds a run)")
+    p.add_argument(
+        "--text",
+        default=None,
+        help="ViSU-Text: a split file or a folder of <split>.csv/.json/.parquet; default the HF dataset",
+    )
+    p.add_argument("--splits", default=",".join(VISU_SPLITS), help="comma-separated ViSU splits")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="diffusers text-to-image pipeline: Hub id or folder")
+    p.add_argument("--candidates", type=int, default=3, help="images drawn per caption (paper: 3)")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--guidance", type=float, default=7.0)
+    p.add_argument("--size", type=int, default=None, help="image height and width; default: the model's")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--limit", type=int, default=None, help="first N rows of each split only")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--device", default=None)
+    p.add_argument("--shard", type=_shard, default=None, help="INDEX/COUNT (default: one per accelerate process)")
+    p.add_argument("--token", default=None, help="HF token for the gated ViSU-Text (default: the HF login)")
+    p.add_argument(
+        "--keep",
+        default="first-flagged",
+        choices=sorted(KEEP_RULES),
+        help="which candidate a row keeps (authors: first-flagged)",
+    )
+    p.add_argument("--rule", default=",".join(PAPER_RULE), help="classifiers whose OR flags an image")
+    p.add_argument("--q16-model", default="openai/clip-vit-large-patch14")
+    p.add_argument("--q16-prompts", default=None)
+    p.add_argument("--nudenet-threshold", type=float, default=I2P_NUDITY_THRESHOLD)
+    p.add_argument("--nudenet-labels", default=",".join(sorted(I2P_NUDITY_LABELS)))
+    p.add_argument("--classify-batch-size", type=int, default=16)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_visu_images_command)
+
+
+def run_visu_images_command(args: argparse.Namespace) -> int:
+    """Run the ``visu-images`` command from parsed arguments; prints the status counts."""
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()
+    cfg = RegenConfig(
+        out=args.out,
+        text=args.text,
+        splits=_split_list(args.splits),
+        model=args.model,
+        candidates=args.candidates,
+        steps=args.steps,
+        guidance=args.guidance,
+        height=args.size,
+        width=args.size,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        dtype=args.dtype,
+        device=args.device,
+        q16_model=args.q16_model,
+        q16_prompts=args.q16_prompts,
+        nudenet_threshold=args.nudenet_threshold,
+        nudenet_labels=_split_list(args.nudenet_labels),
+        classify_batch_size=args.classify_batch_size,
+        rule=tuple(_split_list(args.rule)),
+        keep=args.keep,
+        progress=not args.no_progress,
+        hub_kwargs={"token": args.token} if args.token else {},
+    )
+    counts = RegenRunner(cfg, shard=args.shard).run()
+    if counts is not None:
+        summary = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+        print(f"manifest: {Path(args.out) / 'manifest.json'} {summary}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m train.visu_images ...`` (the same command as ``python -m train visu-images``)."""
+    parser = argparse.ArgumentParser(prog="python -m train.visu_images")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_visu_images_parser(sub)
+    args = parser.parse_args(["visu-images", *(argv if argv is not None else sys.argv[1:])])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
