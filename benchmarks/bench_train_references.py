@@ -55,8 +55,10 @@ def _build(size: str, batch_size: int):
     ids[:, -1] = text.config.eos_token_id if text.config.eos_token_id < vocab else vocab - 1
     batch = {
         "index": torch.arange(batch_size),
-        "safe_input_ids": ids, "safe_attention_mask": torch.ones_like(ids),
-        "unsafe_input_ids": ids.flip(0), "unsafe_attention_mask": torch.ones_like(ids),
+        "safe_input_ids": ids,
+        "safe_attention_mask": torch.ones_like(ids),
+        "unsafe_input_ids": ids.flip(0),
+        "unsafe_attention_mask": torch.ones_like(ids),
         "safe_pixel_values": torch.randn(batch_size, 3, image, image),
         "unsafe_pixel_values": torch.randn(batch_size, 3, image, image),
     }
@@ -78,9 +80,13 @@ def run_variant(variant: str, size: str, batch_size: int, steps: int) -> dict[st
         frozen_text = copy.deepcopy(model.text.get_base_model()).requires_grad_(False)
         frozen_vision = copy.deepcopy(model.vision.get_base_model()).requires_grad_(False)
         # the copies must be taken before training: they are the original weights (LoRA B = 0 now)
-        refs = LiveReferences(model, lambda b: (
-            frozen_text(input_ids=b["safe_input_ids"], attention_mask=b["safe_attention_mask"]).text_embeds,
-            frozen_vision(pixel_values=b["safe_pixel_values"]).image_embeds))
+        refs = LiveReferences(
+            model,
+            lambda b: (
+                frozen_text(input_ids=b["safe_input_ids"], attention_mask=b["safe_attention_mask"]).text_embeds,
+                frozen_vision(pixel_values=b["safe_pixel_values"]).image_embeds,
+            ),
+        )
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=1e-3)
     times = []
@@ -113,16 +119,33 @@ def main() -> None:
         return
     results = {}
     for variant in VARIANTS:
-        out = subprocess.run([sys.executable, __file__, "--size", args.size, "--batch-size", str(batch_size),
-                              "--steps", str(steps), "--variant", variant], capture_output=True, text=True,
-                             check=True, cwd=ROOT)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--size",
+                args.size,
+                "--batch-size",
+                str(batch_size),
+                "--steps",
+                str(steps),
+                "--variant",
+                variant,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        )
         results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
     base = results["cached"]
     print(f"Safe-CLIP step, {args.size}, batch {batch_size}, median of {steps} steps (CPU)")
     print(f"{'references':<18}{'s/step':>10}{'x cached':>10}{'peak RSS MB':>14}{'x cached':>10}")
     for variant, r in results.items():
-        print(f"{variant:<18}{r['step_s']:>10.3f}{r['step_s'] / base['step_s']:>10.2f}"
-              f"{r['peak_rss_mb']:>14.0f}{r['peak_rss_mb'] / base['peak_rss_mb']:>10.2f}")
+        print(
+            f"{variant:<18}{r['step_s']:>10.3f}{r['step_s'] / base['step_s']:>10.2f}"
+            f"{r['peak_rss_mb']:>14.0f}{r['peak_rss_mb'] / base['peak_rss_mb']:>10.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ Commands:
   classify  (re-)label the images of a run without regenerating them
   report    rewrite report.csv / .md / .tex / .png (and grids) from a run's store
   retrieval Safe-CLIP Table 2 (T->V, V->T, T*->V+V*, V*->T+T*; R@1/10/20) for encoder pairs on ViSU
+  hysac     HySAC: safe/unsafe classification (accuracy at the bounds, AUROC) and retrieval with and
+            without safety traversal, on ViSU or (--synthetic N) on the offline synthetic world
 """
 
 from __future__ import annotations
@@ -157,7 +159,102 @@ def build_parser() -> argparse.ArgumentParser:
     ret.add_argument("--token", default=None, help="HF token for the gated ViSU-Text (default: the HF login)")
     ret.add_argument("--no-reference", action="store_true", help="omit the paper's Table 2 rows")
     ret.add_argument("--out", required=True, type=Path)
+
+    hy = sub.add_parser("hysac", help="HySAC classification and retrieval with / without traversal")
+    hy.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        help="NAME=SOURCE (repeat for several): anything HySAC.from_pretrained takes (our export folder, 'hysac')",
+    )
+    src = hy.add_mutually_exclusive_group(required=True)
+    src.add_argument("--coco-root", type=Path, default=None, help="ViSU: COCO folder holding train2017/, val2017/")
+    src.add_argument(
+        "--synthetic", type=int, default=None, metavar="N", help="offline: N quadruplets of the synthetic world"
+    )
+    hy.add_argument("--unsafe-images", type=Path, default=None, help="ViSU: output of `python -m train visu-images`")
+    hy.add_argument("--visu", default=None, help="ViSU-Text: split file or folder; default the gated HF dataset")
+    hy.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    hy.add_argument("--on-missing", default="skip", choices=["skip", "fail"])
+    hy.add_argument("--token", default=None, help="HF token for the gated ViSU-Text")
+    hy.add_argument("--seed", type=int, default=2, help="synthetic world seed (the demo's test world: seed + 2)")
+    hy.add_argument("--image-size", type=int, default=32, help="synthetic world image size")
+    hy.add_argument("--limit", type=int, default=None, help="first N usable rows only")
+    hy.add_argument(
+        "--traversal-target",
+        default="query",
+        choices=["query", "gallery"],
+        help="pull unsafe queries to the safe threshold of their own modality (as HySAC.traverse) or the gallery's",
+    )
+    hy.add_argument("--strength", type=float, default=1.0, help="traversal strength (1: onto the boundary)")
+    hy.add_argument("--batch-size", type=int, default=32)
+    hy.add_argument("--device", default=None)
+    hy.add_argument("--out", required=True, type=Path)
     return parser
+
+
+def _hysac(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from eval.hysac import embed_quadruplet_lists, evaluate_hysac, write_hysac_reports
+    from safe_encoders.hysac import HySAC
+
+    if args.synthetic is not None:
+        from train.synthetic import SyntheticWorld
+
+        world = SyntheticWorld(args.synthetic, seed=args.seed, image_size=args.image_size, distinct=True)
+        items = [world[i] for i in range(len(world))]
+        split = f"synthetic (seed {args.seed}, {len(items)} quadruplets)"
+        lists = (
+            [q.safe_text for q in items],
+            [q.unsafe_text for q in items],
+            [q.safe_image for q in items],
+            [q.unsafe_image for q in items],
+        )
+    else:
+        if args.unsafe_images is None:
+            raise EvalError("hysac on ViSU needs --unsafe-images (the output folder of `python -m train visu-images`)")
+        from eval.retrieval import data_from_visu
+        from train.visu import VisuSource
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        source = VisuSource(
+            args.visu,
+            split=args.split,
+            coco_root=args.coco_root,
+            unsafe_images=args.unsafe_images,
+            on_missing=args.on_missing,
+            report_path=args.out / f"visu-{args.split}-report.json",
+            **({"token": args.token} if args.token else {}),
+        )
+        data = data_from_visu(source)
+        split = args.split
+        lists = (data.safe_texts, data.unsafe_texts, data.safe_images, data.unsafe_images)
+    if args.limit is not None:
+        lists = tuple(x[: args.limit] for x in lists)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    reports = []
+    for spec in args.model:
+        name, sep, source_name = spec.partition("=")
+        if not sep or not name.strip() or not source_name.strip():
+            raise EvalError(f"--model {spec!r}: expected NAME=SOURCE")
+        model = HySAC.from_pretrained(source_name.strip()).to(device).eval()
+        if model.bounds is None:
+            raise EvalError(f"{source_name}: the model has no bounds, so there is no threshold to classify with")
+        emb = embed_quadruplet_lists(model, *lists, batch_size=args.batch_size)
+        curvature = model.curvature.detach().cpu()
+        reports.append(
+            evaluate_hysac(
+                name.strip(), emb, curvature, model.bounds, target=args.traversal_target, strength=args.strength
+            )
+        )
+    paths = write_hysac_reports(reports, args.out, split)
+    (args.out / "hysac.json").write_text(json.dumps([r.to_dict() for r in reports], indent=2))
+    print(paths["md"].read_text(encoding="utf-8"))
+    print((args.out / "retrieval.md").read_text(encoding="utf-8"))
+    return 0
 
 
 def _retrieval(args: argparse.Namespace) -> int:
@@ -227,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "retrieval":
             return _retrieval(args)
+        if args.command == "hysac":
+            return _hysac(args)
         if args.command == "t2i":
             from eval.t2i import T2IConfig, T2IRunner
 

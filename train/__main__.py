@@ -1,4 +1,4 @@
-"""Command line of the trainer: ``python -m train {demo,safeclip,export,visu-images} ...``."""
+"""Command line of the trainer: ``python -m train {demo,safeclip,hysac,export,visu-images} ...``."""
 
 from __future__ import annotations
 
@@ -11,52 +11,110 @@ def _demo(args: argparse.Namespace) -> int:
     from train.demo import DemoSettings, run_demo
 
     settings = DemoSettings(seed=args.seed, threads=args.threads)
-    run_demo(args.out, settings, progress=not args.quiet)
+    run_demo(args.out, settings, progress=not args.quiet, hysac=not args.skip_hysac)
     return 0
 
 
-def _safeclip(args: argparse.Namespace) -> int:
-    from train.config import load_config
-    from train.data import EncodedQuadruplets, QuadrupletCollator, stack_encoded
-    from train.loop import train_safe_clip
-    from train.model import SafeClipModel, load_base_encoders
-
-    cfg = load_config(args.config, args.overrides)
-    if cfg.data.source not in ("synthetic", "visu"):
-        print(f"data.source={cfg.data.source!r} is unknown; use data.source=visu or data.source=synthetic",
-              file=sys.stderr)
-        return 2
+def _datasets(cfg, args: argparse.Namespace):
+    """(tokenizer, image processor, train set, validation set, collate_fn) of ``cfg.data``; None after an error."""
     from transformers import CLIPImageProcessor, CLIPTokenizer
 
+    from train.data import EncodedQuadruplets, QuadrupletCollator, stack_encoded
+
+    if cfg.data.source not in ("synthetic", "visu"):
+        print(
+            f"data.source={cfg.data.source!r} is unknown; use data.source=visu or data.source=synthetic",
+            file=sys.stderr,
+        )
+        return None
     tokenizer = CLIPTokenizer.from_pretrained(cfg.base_model)
     processor = CLIPImageProcessor.from_pretrained(cfg.base_model)
     collator = QuadrupletCollator(tokenizer, processor)
     if cfg.data.source == "visu":
         if not (args.coco_root and args.unsafe_images):
-            print("data.source=visu needs --coco-root (COCO with train2017/, val2017/) and --unsafe-images "
-                  "(the output folder of `python -m train visu-images`)", file=sys.stderr)
-            return 2
+            print(
+                "data.source=visu needs --coco-root (COCO with train2017/, val2017/) and --unsafe-images "
+                "(the output folder of `python -m train visu-images`)",
+                file=sys.stderr,
+            )
+            return None
         from train.data import IndexedQuadruplets
         from train.visu import visu_splits
 
-        sets = visu_splits(args.visu_text, coco_root=args.coco_root, unsafe_images=args.unsafe_images,
-                           report_dir=cfg.output_dir, on_missing=args.on_missing)
+        sets = visu_splits(
+            args.visu_text,
+            coco_root=args.coco_root,
+            unsafe_images=args.unsafe_images,
+            report_dir=cfg.output_dir,
+            on_missing=args.on_missing,
+        )
         # Items are encoded batch by batch: pre-encoding 165k image pairs would not fit in memory.
-        train_set, val_set = IndexedQuadruplets(sets["train"]), IndexedQuadruplets(sets["validation"])
-        collate = collator
-    else:
-        from train.synthetic import SyntheticWorld
+        return tokenizer, processor, IndexedQuadruplets(sets["train"]), IndexedQuadruplets(sets["validation"]), collator
+    from train.synthetic import SyntheticWorld
 
-        world = SyntheticWorld(cfg.data.train_size, cfg.data.seed, cfg.data.image_size)
-        train_set = EncodedQuadruplets(world, collator)
-        val_set = EncodedQuadruplets(SyntheticWorld(cfg.data.val_size, cfg.data.seed + 1, cfg.data.image_size,
-                                                    distinct=True), collator)
-        collate = stack_encoded
+    world = SyntheticWorld(cfg.data.train_size, cfg.data.seed, cfg.data.image_size)
+    val_world = SyntheticWorld(cfg.data.val_size, cfg.data.seed + 1, cfg.data.image_size, distinct=True)
+    return (
+        tokenizer,
+        processor,
+        EncodedQuadruplets(world, collator),
+        EncodedQuadruplets(val_world, collator),
+        stack_encoded,
+    )
+
+
+def _safeclip(args: argparse.Namespace) -> int:
+    from train.config import load_config
+    from train.loop import train_safe_clip
+    from train.model import SafeClipModel, load_base_encoders
+
+    cfg = load_config(args.config, args.overrides)
+    data = _datasets(cfg, args)
+    if data is None:
+        return 2
+    _, _, train_set, val_set, collate = data
     text, vision = load_base_encoders(cfg.base_model)
     model = SafeClipModel(text, vision, cfg.lora)
     result = train_safe_clip(cfg, model, train_set, val_set, collate)
-    print(f"done: {result.global_step} steps, best {cfg.early_stopping_metric}={result.best_metric} "
-          f"at epoch {result.best_epoch}; run folder {result.output_dir}")
+    print(
+        f"done: {result.global_step} steps, best {cfg.early_stopping_metric}={result.best_metric} "
+        f"at epoch {result.best_epoch}; run folder {result.output_dir}"
+    )
+    return 0
+
+
+def _hysac(args: argparse.Namespace) -> int:
+    from train.config import load_config
+    from train.hysac_export import export_hysac, validation_bounds
+    from train.loop import train_safe_clip
+    from train.model import HySACTrainModel, load_base_encoders
+
+    cfg = load_config(args.config, ["method=hysac", *args.overrides])
+    if cfg.method != "hysac":
+        print("python -m train hysac trains HySAC: drop the method= override", file=sys.stderr)
+        return 2
+    data = _datasets(cfg, args)
+    if data is None:
+        return 2
+    tokenizer, processor, train_set, val_set, collate = data
+    text, vision = load_base_encoders(cfg.base_model)
+    model = HySACTrainModel(
+        text, vision, cfg.lora, cfg.hysac, base_model=cfg.base_model, tokenizer=tokenizer, image_processor=processor
+    )
+    result = train_safe_clip(cfg, model, train_set, val_set, collate)
+    bounds = validation_bounds(model, val_set, collate, cfg.data.batch_size)  # the best weights are loaded
+    folder = export_hysac(
+        model,
+        args.out or Path(cfg.output_dir) / "hysac_export",
+        bounds=bounds,
+        config=cfg,
+        data_description=args.data_description,
+    )
+    print(
+        f"done: {result.global_step} steps, best {cfg.early_stopping_metric}={result.best_metric} "
+        f"at epoch {result.best_epoch}; text / image thresholds {bounds.threshold('text'):.4f} / "
+        f"{bounds.threshold('image'):.4f}; HySAC saved to {folder}"
+    )
     return 0
 
 
@@ -72,8 +130,9 @@ def _export(args: argparse.Namespace) -> int:
     text, vision = load_base_encoders(cfg.base_model)
     model = SafeClipModel(text, vision, cfg.lora)
     model.load_trainable_state_dict(load_file(str(run / "best_adapters.safetensors")))
-    paths = export_safe_clip(model, args.out, base_model=cfg.base_model, config=cfg,
-                             data_description=args.data_description)
+    paths = export_safe_clip(
+        model, args.out, base_model=cfg.base_model, config=cfg, data_description=args.data_description
+    )
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     if args.push_to_hub:
@@ -81,6 +140,18 @@ def _export(args: argparse.Namespace) -> int:
 
         print(f"pushed: {push_to_hub(args.out, args.push_to_hub, private=not args.public)}")
     return 0
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--visu-text", default=None, help="ViSU-Text split file/folder; default the gated HF dataset")
+    parser.add_argument("--coco-root", default=None, help="COCO folder with train2017/ and val2017/")
+    parser.add_argument("--unsafe-images", default=None, help="output folder (or manifest) of `visu-images`")
+    parser.add_argument(
+        "--on-missing",
+        default="skip",
+        choices=["skip", "fail"],
+        help="rows whose image is missing: skip them (listed in a report) or fail the run",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,22 +162,32 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     demo.add_argument("--quiet", action="store_true")
+    demo.add_argument(
+        "--skip-hysac", action="store_true", help="only the Safe-CLIP part (the HySAC part adds ~1.5 min)"
+    )
     demo.set_defaults(func=_demo)
     run = sub.add_parser("safeclip", help="Safe-CLIP fine-tuning from a YAML recipe")
     run.add_argument("--config", default="vit-l-14", help="recipe name in train/recipes or a YAML path")
     run.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.lr=3e-4")
-    run.add_argument("--visu-text", default=None, help="ViSU-Text split file/folder; default the gated HF dataset")
-    run.add_argument("--coco-root", default=None, help="COCO folder with train2017/ and val2017/")
-    run.add_argument("--unsafe-images", default=None, help="output folder (or manifest) of `visu-images`")
-    run.add_argument("--on-missing", default="skip", choices=["skip", "fail"],
-                     help="rows whose image is missing: skip them (listed in a report) or fail the run")
+    _add_data_options(run)
     run.set_defaults(func=_safeclip)
+    hysac = sub.add_parser("hysac", help="HySAC fine-tuning from a YAML recipe; exports with bounds from validation")
+    hysac.add_argument("--config", default="hysac-vit-l-14", help="recipe name in train/recipes or a YAML path")
+    hysac.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. hysac.weights.ent_vu=0.5")
+    _add_data_options(hysac)
+    hysac.add_argument("--out", default=None, help="export folder (default: OUTPUT_DIR/hysac_export)")
+    hysac.add_argument("--data-description", default=None)
+    hysac.set_defaults(func=_hysac)
     export = sub.add_parser("export", help="merge the best adapters of a run and export both encoders")
     export.add_argument("--run", required=True, help="run folder (holds config.yaml and best_adapters.safetensors)")
     export.add_argument("--out", required=True)
     export.add_argument("--data-description", default=None)
-    export.add_argument("--push-to-hub", metavar="REPO_ID", default=None,
-                        help="upload the exported encoders with a generated model card (needs `hf auth login`)")
+    export.add_argument(
+        "--push-to-hub",
+        metavar="REPO_ID",
+        default=None,
+        help="upload the exported encoders with a generated model card (needs `hf auth login`)",
+    )
     export.add_argument("--public", action="store_true", help="with --push-to-hub: create a public repository")
     export.set_defaults(func=_export)
     from train.visu_images import add_visu_images_parser

@@ -14,10 +14,12 @@ from typing import Any
 
 import yaml
 
+from train.hysac_losses import HYSAC_TERM_NAMES, HySACWeights
 from train.losses import DEFAULT_LOGIT_SCALE, TERM_NAMES, SafeClipWeights
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 CONFIG_VERSION = 1
+METHODS = ("safe-clip", "hysac")
 
 TEXT_TARGETS = ["k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 VISION_TARGETS = [*TEXT_TARGETS, "patch_embedding"]
@@ -42,8 +44,10 @@ class LoraSettings:
 
 @dataclass
 class LossSettings:
-    weights: dict[str, float] = field(default_factory=lambda: dataclasses.asdict(SafeClipWeights()),
-                                      metadata={"help": "weights of the eight terms, normalised to sum 1"})
+    weights: dict[str, float] = field(
+        default_factory=lambda: dataclasses.asdict(SafeClipWeights()),
+        metadata={"help": "weights of the eight terms, normalised to sum 1"},
+    )
     logit_scale: float = DEFAULT_LOGIT_SCALE
 
     def safe_clip_weights(self) -> SafeClipWeights:
@@ -51,6 +55,39 @@ class LossSettings:
         if unknown:
             raise ValueError(f"loss.weights: unknown term(s) {unknown}; terms are {list(TERM_NAMES)}")
         return SafeClipWeights(**{**dataclasses.asdict(SafeClipWeights()), **self.weights})
+
+
+@dataclass
+class HySACSettings:
+    """The HySAC run (``method: hysac``): loss weights and the initial hyperbolic parameters."""
+
+    weights: dict[str, float] = field(
+        default_factory=lambda: dataclasses.asdict(HySACWeights()),
+        metadata={"help": "weights of the 4 contrastive and 3 entailment terms"},
+    )
+    curvature: float = field(default=1.0, metadata={"help": "initial curvature c (space of curvature -c)"})
+    curvature_range: tuple[float, float] = (0.1, 10.0)
+    learn_curvature: bool = True
+    logit_scale: float = field(default=1 / 0.07, metadata={"help": "initial (exponentiated) learned logit scale"})
+    alpha_init: float | None = field(default=None, metadata={"help": "initial feature scales; None: 1/sqrt(dim)"})
+    cone_k: float = field(default=0.1, metadata={"help": "aperture constant K of the entailment cones"})
+
+    def hysac_weights(self) -> HySACWeights:
+        unknown = sorted(set(self.weights) - set(HYSAC_TERM_NAMES))
+        if unknown:
+            raise ValueError(f"hysac.weights: unknown term(s) {unknown}; terms are {list(HYSAC_TERM_NAMES)}")
+        return HySACWeights(**{**dataclasses.asdict(HySACWeights()), **self.weights})
+
+    def validate(self) -> None:
+        self.hysac_weights()
+        low, high = self.curvature_range
+        if not 0 < low <= self.curvature <= high:
+            raise ValueError(
+                f"hysac: need 0 < curvature_range[0] <= curvature <= curvature_range[1], got "
+                f"{self.curvature} and {self.curvature_range}"
+            )
+        if self.logit_scale <= 0 or self.cone_k <= 0 or (self.alpha_init is not None and self.alpha_init <= 0):
+            raise ValueError("hysac: logit_scale, cone_k and alpha_init must be > 0")
 
 
 @dataclass
@@ -84,20 +121,27 @@ class OptimSettings:
 
 @dataclass
 class TrainConfig:
-    """One Safe-CLIP run. Defaults are the paper's recipe except the data size and base model."""
+    """One Safe-CLIP (or HySAC) run. Defaults are the paper's recipe except the data size and base model."""
 
     version: int = CONFIG_VERSION
-    base_model: str = field(default="openai/clip-vit-large-patch14",
-                            metadata={"help": "Hub id or local folder of a transformers CLIPModel"})
+    method: str = field(default="safe-clip", metadata={"help": "'safe-clip' or 'hysac' (loss, model, export)"})
+    base_model: str = field(
+        default="openai/clip-vit-large-patch14", metadata={"help": "Hub id or local folder of a transformers CLIPModel"}
+    )
     output_dir: str = "out/safeclip"
     seed: int = 0
     mixed_precision: str = field(default="no", metadata={"help": "'no', 'fp16' or 'bf16' (accelerate)"})
     lora: LoraSettings = field(default_factory=LoraSettings)
     loss: LossSettings = field(default_factory=LossSettings)
+    hysac: HySACSettings = field(default_factory=HySACSettings)
     data: DataSettings = field(default_factory=DataSettings)
     optim: OptimSettings = field(default_factory=OptimSettings)
-    cache_references: bool = field(default=True, metadata={
-        "help": "embed the safe texts/images with the frozen encoders once; off -> adapter-disabled forwards"})
+    cache_references: bool = field(
+        default=True,
+        metadata={
+            "help": "embed the safe texts/images with the frozen encoders once; off -> adapter-disabled forwards"
+        },
+    )
     early_stopping_metric: str = "val_loss"
     early_stopping_mode: str = "min"
     patience: int = 5
@@ -111,6 +155,9 @@ class TrainConfig:
         self.lora.validate()
         self.optim.validate()
         self.loss.safe_clip_weights()
+        self.hysac.validate()
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}")
         if self.early_stopping_mode not in ("min", "max"):

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -54,9 +55,15 @@ class DemoSettings:
     pretrain_epochs: int = 15
     pretrain_lr: float = 2e-3
     pretrain_batch_size: int = 128
-    finetune: list[str] = dataclasses.field(default_factory=lambda: [
-        "optim.epochs=10", "optim.lr=3e-3", "lora.alpha=16", "data.batch_size=128", "patience=3",
-    ])
+    finetune: list[str] = dataclasses.field(
+        default_factory=lambda: [
+            "optim.epochs=10",
+            "optim.lr=3e-3",
+            "lora.alpha=16",
+            "data.batch_size=128",
+            "patience=3",
+        ]
+    )
     """Overrides of the Safe-CLIP run config. Rank, dropout, targets and the eight loss weights stay the
     paper's; alpha 16 (LoRA scaling 1 instead of 1/16) and lr 3e-3 let a tiny model move in 10 epochs."""
     threads: int | None = None
@@ -65,8 +72,17 @@ class DemoSettings:
 # ---------------------------------------------------------------------------- steps
 
 
-def pretrain_clip(text: torch.nn.Module, vision: torch.nn.Module, data: EncodedQuadruplets, *, epochs: int,
-                  lr: float, batch_size: int, seed: int, log: Any = None) -> list[float]:
+def pretrain_clip(
+    text: torch.nn.Module,
+    vision: torch.nn.Module,
+    data: EncodedQuadruplets,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    log: Any = None,
+) -> list[float]:
     """Plain CLIP training (learned temperature) on the safe *and* the unsafe pairs of ``data``."""
     g = torch.Generator().manual_seed(seed)
     log_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
@@ -82,12 +98,15 @@ def pretrain_clip(text: torch.nn.Module, vision: torch.nn.Module, data: EncodedQ
     for epoch in range(epochs):
         order = torch.randperm(n, generator=g)
         for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             ids = torch.cat([t["safe_input_ids"][idx], t["unsafe_input_ids"][idx]])
             mask = torch.cat([t["safe_attention_mask"][idx], t["unsafe_attention_mask"][idx]])
             pixels = torch.cat([t["safe_pixel_values"][idx], t["unsafe_pixel_values"][idx]])
-            loss = info_nce(text(input_ids=ids, attention_mask=mask).text_embeds,
-                            vision(pixel_values=pixels).image_embeds, log_scale.exp().clamp(max=100.0))
+            loss = info_nce(
+                text(input_ids=ids, attention_mask=mask).text_embeds,
+                vision(pixel_values=pixels).image_embeds,
+                log_scale.exp().clamp(max=100.0),
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -115,8 +134,10 @@ def measure(emb: dict[str, torch.Tensor], tags: list[str]) -> dict[str, Any]:
     """The demo's figures: safe R@1 both ways, unsafe shares at top-1, overall and per concept."""
     r = safe_clip_retrieval(emb["text_safe"], emb["image_safe"], emb["text_unsafe"], emb["image_unsafe"], ks=(1, 5))
     out: dict[str, Any] = {
-        "safe_t2v_r1": r["t2v_r1"], "safe_v2t_r1": r["v2t_r1"],
-        "unsafe_t2v_r1": r["ut2v_r1"], "unsafe_v2t_r1": r["uv2t_r1"],
+        "safe_t2v_r1": r["t2v_r1"],
+        "safe_v2t_r1": r["v2t_r1"],
+        "unsafe_t2v_r1": r["ut2v_r1"],
+        "unsafe_v2t_r1": r["uv2t_r1"],
         "unsafe_text_top1_unsafe_share": r["unsafe_text_top1_unsafe_share"],
         "unsafe_image_top1_unsafe_share": r["unsafe_image_top1_unsafe_share"],
     }
@@ -129,9 +150,11 @@ def measure(emb: dict[str, torch.Tensor], tags: list[str]) -> dict[str, Any]:
     for concept in CONCEPTS:
         rows = torch.tensor([i for i, t in enumerate(tags) if t == concept], dtype=torch.long)
         if rows.numel():
-            per[concept] = {"unsafe_text_top1_unsafe_share": top1_in_set_share(text_q[rows], unsafe),
-                            "unsafe_image_top1_unsafe_share": top1_in_set_share(image_q[rows], unsafe),
-                            "queries": int(rows.numel())}
+            per[concept] = {
+                "unsafe_text_top1_unsafe_share": top1_in_set_share(text_q[rows], unsafe),
+                "unsafe_image_top1_unsafe_share": top1_in_set_share(image_q[rows], unsafe),
+                "queries": int(rows.numel()),
+            }
     out["per_concept"] = per
     return out
 
@@ -181,24 +204,46 @@ def tiny_sd_pipeline(text_encoder: torch.nn.Module, tokenizer: Any, seed: int = 
     torch.manual_seed(seed)
     width = text_encoder.config.hidden_size
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=width, attention_head_dim=8, norm_num_groups=8,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=width,
+        attention_head_dim=8,
+        norm_num_groups=8,
     )
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        norm_num_groups=8, sample_size=16)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=8,
+        sample_size=16,
+    )
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False)
-    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
 
 
 @torch.no_grad()
 def _conditioning(pipe: Any, prompts: list[str]) -> torch.Tensor:
     """The UNet conditioning of ``prompts`` (last hidden state of the pipeline's text encoder)."""
-    prompt_embeds, _ = pipe.encode_prompt(prompts, device="cpu", num_images_per_prompt=1,
-                                          do_classifier_free_guidance=False)
+    prompt_embeds, _ = pipe.encode_prompt(
+        prompts, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False
+    )
     return prompt_embeds
 
 
@@ -209,8 +254,10 @@ def _pipeline_check(pipe: Any, safe_prompts: list[str], unsafe_prompts: list[str
     cond_u = _conditioning(pipe, unsafe_prompts).flatten(1)
     cos = torch.nn.functional.normalize(cond_u, dim=-1) @ torch.nn.functional.normalize(cond_s, dim=-1).T
     n = cos.shape[0]
-    return {"unsafe_to_own_safe_cosine": cos.diag().mean().item(),
-            "unsafe_to_other_safe_cosine": ((cos.sum() - cos.diag().sum()) / (n * n - n)).item()}
+    return {
+        "unsafe_to_own_safe_cosine": cos.diag().mean().item(),
+        "unsafe_to_other_safe_cosine": ((cos.sum() - cos.diag().sum()) / (n * n - n)).item(),
+    }
 
 
 # ---------------------------------------------------------------------------- reporting
@@ -218,10 +265,14 @@ def _pipeline_check(pipe: Any, safe_prompts: list[str], unsafe_prompts: list[str
 
 def format_table(results: dict[str, Any]) -> str:
     before, after = results["pretrained"], results["safe"]
-    rows = [("safe T->V R@1", "safe_t2v_r1"), ("safe V->T R@1", "safe_v2t_r1"),
-            ("T*->(V u V*) R@1 (safe GT)", "unsafe_t2v_r1"), ("V*->(T u T*) R@1 (safe GT)", "unsafe_v2t_r1"),
-            ("T* top-1 unsafe share", "unsafe_text_top1_unsafe_share"),
-            ("V* top-1 unsafe share", "unsafe_image_top1_unsafe_share")]
+    rows = [
+        ("safe T->V R@1", "safe_t2v_r1"),
+        ("safe V->T R@1", "safe_v2t_r1"),
+        ("T*->(V u V*) R@1 (safe GT)", "unsafe_t2v_r1"),
+        ("V*->(T u T*) R@1 (safe GT)", "unsafe_v2t_r1"),
+        ("T* top-1 unsafe share", "unsafe_text_top1_unsafe_share"),
+        ("V* top-1 unsafe share", "unsafe_image_top1_unsafe_share"),
+    ]
     both = results.get("safe_both_finetuned")
     lines = [
         "Safe-CLIP column: each fine-tuned encoder against the original other tower (as deployed in SD / LLaVA);",
@@ -241,10 +292,14 @@ def format_table(results: dict[str, Any]) -> str:
     if sd:
         lines.append("-" * 68)
         lines.append("tiny SD pipeline, cosine of unsafe-prompt conditioning to its safe prompt's:")
-        lines.append(f"{'  own safe prompt':<34}{sd['before']['unsafe_to_own_safe_cosine']:>12.3f}"
-                     f"{sd['after']['unsafe_to_own_safe_cosine']:>12.3f}")
-        lines.append(f"{'  other safe prompts (baseline)':<34}{sd['before']['unsafe_to_other_safe_cosine']:>12.3f}"
-                     f"{sd['after']['unsafe_to_other_safe_cosine']:>12.3f}")
+        lines.append(
+            f"{'  own safe prompt':<34}{sd['before']['unsafe_to_own_safe_cosine']:>12.3f}"
+            f"{sd['after']['unsafe_to_own_safe_cosine']:>12.3f}"
+        )
+        lines.append(
+            f"{'  other safe prompts (baseline)':<34}{sd['before']['unsafe_to_other_safe_cosine']:>12.3f}"
+            f"{sd['after']['unsafe_to_other_safe_cosine']:>12.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -262,8 +317,9 @@ def save_plot(results: dict[str, Any], path: Path) -> Path | None:
     keys = list(RESULT_KEYS)
     for concept in before["per_concept"]:
         labels += [f"{concept}\nT* unsafe", f"{concept}\nV* unsafe"]
-    values_b = [before[k] for k in keys] + [before["per_concept"][c][k] for c in before["per_concept"]
-                                            for k in keys[2:]]
+    values_b = [before[k] for k in keys] + [
+        before["per_concept"][c][k] for c in before["per_concept"] for k in keys[2:]
+    ]
     values_a = [after[k] for k in keys] + [after["per_concept"][c][k] for c in after["per_concept"] for k in keys[2:]]
     fig, ax = plt.subplots(figsize=(max(8, len(labels) * 0.9), 4))
     x = torch.arange(len(labels)).float()
@@ -280,11 +336,260 @@ def save_plot(results: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
+# ---------------------------------------------------------------------------- world and pre-training
+
+
+@dataclass
+class DemoWorld:
+    """Steps 1-2 of the demo: the data sets and the pre-trained tiny CLIP, with its test figures."""
+
+    settings: DemoSettings
+    tokenizer: Any
+    image_processor: Any
+    train_set: EncodedQuadruplets
+    val_set: EncodedQuadruplets
+    test_set: EncodedQuadruplets
+    test_world: SyntheticWorld
+    tags: list[str]
+    text: torch.nn.Module
+    vision: torch.nn.Module
+    original_emb: dict[str, torch.Tensor]
+    pretrained: dict[str, Any]
+    timings: dict[str, float]
+
+
+def prepare_world(settings: DemoSettings, say: Any = None, progress: bool = False) -> DemoWorld:
+    """Build the synthetic world and pre-train the tiny CLIP (demo steps 1 and 2)."""
+    s = settings
+    say = say or (lambda *a, **k: None)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    say(f"[1/6] synthetic world: {s.train_size} train, {s.val_size} validation, {s.test_size} test quadruplets")
+    tokenizer = build_tokenizer(s.max_length)
+    processor = build_image_processor(s.image_size)
+    collator = QuadrupletCollator(tokenizer, processor)
+    train_world = SyntheticWorld(s.train_size, seed=s.seed, image_size=s.image_size)
+    val_world = SyntheticWorld(s.val_size, seed=s.seed + 1, image_size=s.image_size, distinct=True)
+    test_world = SyntheticWorld(s.test_size, seed=s.seed + 2, image_size=s.image_size, distinct=True)
+    train_set, val_set, test_set = (EncodedQuadruplets(w, collator) for w in (train_world, val_world, test_world))
+    tags = [test_world.tag(i) for i in range(len(test_world))]
+    timings["data"] = round(time.perf_counter() - clock, 2)
+    clock = time.perf_counter()
+
+    say(f"[2/6] pre-training a tiny CLIP ({s.layers} layers, width {s.width}) on safe and unsafe pairs")
+    torch.manual_seed(s.seed)
+    text, vision = tiny_clip(
+        tokenizer, s.image_size, width=s.width, layers=s.layers, heads=s.heads, projection_dim=s.width
+    )
+    pretrain_clip(
+        text,
+        vision,
+        train_set,
+        epochs=s.pretrain_epochs,
+        lr=s.pretrain_lr,
+        batch_size=s.pretrain_batch_size,
+        seed=s.seed,
+        log=say if progress else None,
+    )
+    original_emb = embed(
+        lambda i, m: text(input_ids=i, attention_mask=m).text_embeds,
+        lambda p: vision(pixel_values=p).image_embeds,
+        test_set,
+    )
+    pretrained = measure(original_emb, tags)
+    timings["pretrain"] = round(time.perf_counter() - clock, 2)
+    return DemoWorld(
+        s,
+        tokenizer,
+        processor,
+        train_set,
+        val_set,
+        test_set,
+        test_world,
+        tags,
+        text,
+        vision,
+        original_emb,
+        pretrained,
+        timings,
+    )
+
+
+# ---------------------------------------------------------------------------- HySAC
+
+
+@dataclass
+class HySACDemoSettings:
+    """The HySAC part of the demo."""
+
+    finetune: list[str] = dataclasses.field(
+        default_factory=lambda: [
+            "optim.epochs=10",
+            "optim.lr=1e-2",
+            "lora.alpha=16",
+            "data.batch_size=128",
+            "patience=3",
+            "hysac.weights.ent_sv=2",
+            "hysac.weights.ent_vu=2",
+            "hysac.weights.ent_ug=2",
+        ]
+    )
+    """Overrides of the HySAC run config (``method=hysac`` is always set). LoRA rank, dropout, targets and the
+    contrastive weights stay the defaults; as in the Safe-CLIP part, alpha 16 and a higher lr (1e-2) let the tiny
+    model move in 10 epochs, and the entailment weights are raised from 0.2 to 2 so that the four groups order
+    by root distance (S < V < U < G) within that budget."""
+    traversal_target: str = "query"
+    """Unsafe queries are pulled to the safe threshold of their own modality ('query', as ``HySAC.traverse``
+    does) or of the gallery's ('gallery')."""
+    traversal_strength: float = 1.0
+
+
+def run_hysac_demo(
+    out_dir: str | Path,
+    world: DemoWorld,
+    towers: tuple[torch.nn.Module, torch.nn.Module],
+    settings: HySACDemoSettings | None = None,
+    *,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """HySAC fine-tuning of ``towers`` (the pre-trained tiny CLIP, not yet LoRA-wrapped), bounds from the
+    validation set, export, and the figures on the test set.
+
+    Returns ``classification`` (accuracy at the bounds and AUROC of the root distance, texts and images),
+    ``retrieval`` / ``traversal`` (``eval.hysac.hysac_retrieval`` without / with traversal), the headline
+    figures (``text_auroc``, ``image_auroc``, ``unsafe_text_top1_safe_share`` and ``..._traversal``,
+    ``safe_t2v_r1`` / ``safe_v2t_r1`` and the pre-trained ones), ``bounds``, ``exported`` and ``training``.
+    """
+    from eval.hysac import evaluate_hysac
+    from train.hysac_export import bounds_from_embeddings, embed_quadruplets, export_hysac
+    from train.model import HySACTrainModel
+
+    settings = settings or HySACDemoSettings()
+    s = world.settings
+    out = Path(out_dir)
+    cfg: TrainConfig = load_config(
+        None,
+        [
+            "method=hysac",
+            f"output_dir={out / 'hysac'}",
+            f"base_model={BASE_MODEL_NAME}",
+            f"seed={s.seed}",
+            f"data.image_size={s.image_size}",
+            f"data.train_size={s.train_size}",
+            f"data.val_size={s.val_size}",
+            f"data.seed={s.seed}",
+            "save_every_steps=0",
+            "keep_checkpoints=1",
+            f"progress={str(progress).lower()}",
+            *settings.finetune,
+        ],
+    )
+    torch.manual_seed(s.seed)
+    model = HySACTrainModel(
+        *towers,
+        cfg.lora,
+        cfg.hysac,
+        base_model=BASE_MODEL_NAME,
+        tokenizer=world.tokenizer,
+        image_processor=world.image_processor,
+    )
+    result = train_safe_clip(cfg, model, world.train_set, world.val_set, stack_encoded, resume=False)
+    model.eval()
+    curvature = model.hysac.curvature.detach()
+    bounds = bounds_from_embeddings(embed_quadruplets(model, world.val_set, stack_encoded), curvature)
+    with torch.no_grad():
+        emb = {k: v.float() for k, v in embed(model.encode_text, model.encode_image, world.test_set).items()}
+    report = evaluate_hysac(
+        "hysac",
+        emb,
+        curvature,
+        bounds,
+        target=settings.traversal_target,  # type: ignore[arg-type]
+        strength=settings.traversal_strength,
+        ks=(1, 5),
+    )
+    exported = export_hysac(
+        model,
+        out / "hysac_export",
+        bounds=bounds,
+        config=cfg,
+        data_description=f"synthetic world seed {s.seed}, {s.train_size} quadruplets",
+        metadata={"demo": True},
+    )
+    pre = world.pretrained
+    return {
+        "text_auroc": report.classification["text"]["auroc"],
+        "image_auroc": report.classification["image"]["auroc"],
+        "text_accuracy": report.classification["text"]["accuracy"],
+        "image_accuracy": report.classification["image"]["accuracy"],
+        "unsafe_text_top1_safe_share": report.retrieval["unsafe_text_top1_safe_share"],
+        "unsafe_text_top1_safe_share_traversal": report.traversal["unsafe_text_top1_safe_share"],
+        "unsafe_image_top1_safe_share": report.retrieval["unsafe_image_top1_safe_share"],
+        "unsafe_image_top1_safe_share_traversal": report.traversal["unsafe_image_top1_safe_share"],
+        "safe_t2v_r1": report.retrieval["t2v_r1"],
+        "safe_v2t_r1": report.retrieval["v2t_r1"],
+        "pretrained_safe_t2v_r1": pre["safe_t2v_r1"],
+        "pretrained_safe_v2t_r1": pre["safe_v2t_r1"],
+        "pretrained_unsafe_text_top1_safe_share": 1.0 - pre["unsafe_text_top1_unsafe_share"],
+        "classification": report.classification,
+        "retrieval": report.retrieval,
+        "traversal": report.traversal,
+        "traversal_boundaries": report.boundaries,
+        "curvature": curvature.item(),
+        "bounds": bounds.to_dict(),
+        "exported": str(exported),
+        "training": {
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+            "global_step": result.global_step,
+            "history": result.history,
+        },
+        "settings": dataclasses.asdict(settings),
+        "config_digest": cfg.digest(),
+    }
+
+
+def format_hysac_table(h: dict[str, Any]) -> str:
+    """The HySAC part of the printed table."""
+    lines = [
+        "HySAC (same pre-trained tiny CLIP; root distance = unsafe score; retrieval by Lorentz distance):",
+        f"{'metric':<40}{'pre-trained':>12}{'HySAC':>12}{'traversal':>12}",
+        "-" * 76,
+    ]
+    lines.append(f"{'AUROC root distance, texts S vs U':<40}{'':>12}{h['text_auroc']:>12.3f}")
+    lines.append(f"{'AUROC root distance, images V vs G':<40}{'':>12}{h['image_auroc']:>12.3f}")
+    lines.append(
+        f"{'accuracy at bounds, texts / images':<40}{'':>12}{h['text_accuracy']:>12.3f}{h['image_accuracy']:>12.3f}"
+    )
+    lines.append(f"{'safe T->V R@1':<40}{h['pretrained_safe_t2v_r1']:>12.3f}{h['safe_t2v_r1']:>12.3f}")
+    lines.append(f"{'safe V->T R@1':<40}{h['pretrained_safe_v2t_r1']:>12.3f}{h['safe_v2t_r1']:>12.3f}")
+    lines.append(
+        f"{'T* top-1 safe share (in V u V*)':<40}{h['pretrained_unsafe_text_top1_safe_share']:>12.3f}"
+        f"{h['unsafe_text_top1_safe_share']:>12.3f}{h['unsafe_text_top1_safe_share_traversal']:>12.3f}"
+    )
+    lines.append(
+        f"{'V* top-1 safe share (in T u T*)':<40}{'':>12}{h['unsafe_image_top1_safe_share']:>12.3f}"
+        f"{h['unsafe_image_top1_safe_share_traversal']:>12.3f}"
+    )
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------- the whole demo
 
 
-def run_demo(out_dir: str | Path, settings: DemoSettings | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run every step of the demo into ``out_dir``; returns what ``demo_results.json`` holds."""
+def run_demo(
+    out_dir: str | Path,
+    settings: DemoSettings | None = None,
+    progress: bool = True,
+    *,
+    hysac: bool = False,
+    hysac_settings: HySACDemoSettings | None = None,
+) -> dict[str, Any]:
+    """Run every step of the demo into ``out_dir``; returns what ``demo_results.json`` holds.
+
+    With ``hysac`` a HySAC run from the same pre-trained tiny CLIP follows (``run_hysac_demo``); its
+    figures go under the key ``"hysac"`` and into the printed table. The Safe-CLIP results are unchanged.
+    """
     settings = settings or DemoSettings()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -301,35 +606,33 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None, progress
         clock = now
 
     s = settings
-    say(f"[1/6] synthetic world: {s.train_size} train, {s.val_size} validation, {s.test_size} test quadruplets")
-    tokenizer = build_tokenizer(s.max_length)
-    collator = QuadrupletCollator(tokenizer, build_image_processor(s.image_size))
-    train_world = SyntheticWorld(s.train_size, seed=s.seed, image_size=s.image_size)
-    val_world = SyntheticWorld(s.val_size, seed=s.seed + 1, image_size=s.image_size, distinct=True)
-    test_world = SyntheticWorld(s.test_size, seed=s.seed + 2, image_size=s.image_size, distinct=True)
-    train_set, val_set, test_set = (EncodedQuadruplets(w, collator) for w in (train_world, val_world, test_world))
-    tags = [test_world.tag(i) for i in range(len(test_world))]
-    lap("data")
-
-    say(f"[2/6] pre-training a tiny CLIP ({s.layers} layers, width {s.width}) on safe and unsafe pairs")
-    torch.manual_seed(s.seed)
-    text, vision = tiny_clip(tokenizer, s.image_size, width=s.width, layers=s.layers, heads=s.heads,
-                             projection_dim=s.width)
-    pretrain_clip(text, vision, train_set, epochs=s.pretrain_epochs, lr=s.pretrain_lr,
-                  batch_size=s.pretrain_batch_size, seed=s.seed, log=say if progress else None)
-    original_emb = embed(lambda i, m: text(input_ids=i, attention_mask=m).text_embeds,
-                         lambda p: vision(pixel_values=p).image_embeds, test_set)
-    pretrained = measure(original_emb, tags)
+    world = prepare_world(s, say, progress)
+    tokenizer, train_set, val_set, test_set = world.tokenizer, world.train_set, world.val_set, world.test_set
+    test_world, tags, text, vision = world.test_world, world.tags, world.text, world.vision
+    original_emb, pretrained = world.original_emb, world.pretrained
+    timings.update(world.timings)
+    clock = time.perf_counter()
+    # HySAC starts from the same pre-trained towers; Safe-CLIP's LoRA is injected into them in place
+    hysac_towers = (copy.deepcopy(text), copy.deepcopy(vision)) if hysac else None
     sd_text_encoder = _plain_text_encoder(text)  # T0 for the pipeline, before LoRA wraps the tower
-    lap("pretrain")
 
     say("[3/6] Safe-CLIP fine-tuning (LoRA on both towers, eight-term loss, cached frozen references)")
-    cfg: TrainConfig = load_config(None, [
-        f"output_dir={out / 'safeclip'}", f"base_model={BASE_MODEL_NAME}", f"seed={s.seed}",
-        f"data.image_size={s.image_size}", f"data.train_size={s.train_size}", f"data.val_size={s.val_size}",
-        f"data.seed={s.seed}", "save_every_steps=0", "keep_checkpoints=1", f"progress={str(progress).lower()}",
-        *s.finetune,
-    ])
+    cfg: TrainConfig = load_config(
+        None,
+        [
+            f"output_dir={out / 'safeclip'}",
+            f"base_model={BASE_MODEL_NAME}",
+            f"seed={s.seed}",
+            f"data.image_size={s.image_size}",
+            f"data.train_size={s.train_size}",
+            f"data.val_size={s.val_size}",
+            f"data.seed={s.seed}",
+            "save_every_steps=0",
+            "keep_checkpoints=1",
+            f"progress={str(progress).lower()}",
+            *s.finetune,
+        ],
+    )
     model = SafeClipModel(text, vision, cfg.lora)
     result = train_safe_clip(cfg, model, train_set, val_set, stack_encoded, resume=False)
     model.eval()
@@ -339,9 +642,14 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None, progress
     lap("finetune")
 
     say("[4/6] merging LoRA and exporting the encoders")
-    exported = export_safe_clip(model, out / "exported", base_model=BASE_MODEL_NAME, config=cfg,
-                                data_description=f"synthetic world seed {s.seed}, {s.train_size} quadruplets",
-                                metadata={"demo": True})
+    exported = export_safe_clip(
+        model,
+        out / "exported",
+        base_model=BASE_MODEL_NAME,
+        config=cfg,
+        data_description=f"synthetic world seed {s.seed}, {s.train_size} quadruplets",
+        metadata={"demo": True},
+    )
     lap("export")
 
     say("[5/6] tiny Stable Diffusion pipeline: make_safe with the exported text encoder")
@@ -353,8 +661,14 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None, progress
     sd_before = _pipeline_check(pipe, safe_prompts, unsafe_prompts)
     make_safe(pipe, checkpoint=str(exported["text"]))
     sd_after = _pipeline_check(pipe, safe_prompts, unsafe_prompts)
-    image = pipe(unsafe_prompts[0], num_inference_steps=2, height=16, width=16, output_type="np",
-                 generator=torch.Generator().manual_seed(s.seed)).images[0]
+    image = pipe(
+        unsafe_prompts[0],
+        num_inference_steps=2,
+        height=16,
+        width=16,
+        output_type="np",
+        generator=torch.Generator().manual_seed(s.seed),
+    ).images[0]
     lap("stable_diffusion")
 
     results: dict[str, Any] = {
@@ -362,16 +676,30 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None, progress
         "safe": safe,
         "safe_both_finetuned": safe_both,
         "exported": {k: str(v) for k, v in exported.items()},
-        "stable_diffusion": {"before": sd_before, "after": sd_after, "image_shape": list(image.shape),
-                             "example_prompt": unsafe_prompts[0]},
-        "training": {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-                     "global_step": result.global_step, "history": result.history},
+        "stable_diffusion": {
+            "before": sd_before,
+            "after": sd_after,
+            "image_shape": list(image.shape),
+            "example_prompt": unsafe_prompts[0],
+        },
+        "training": {
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+            "global_step": result.global_step,
+            "history": result.history,
+        },
         "settings": dataclasses.asdict(s),
         "config_digest": cfg.digest(),
         "timings_s": timings,
     }
+    if hysac_towers is not None:
+        say("[+] HySAC from the same pre-trained tiny CLIP")
+        results["hysac"] = run_hysac_demo(out, world, hysac_towers, hysac_settings, progress=progress)
+        lap("hysac")
     say("[6/6] results")
     table = format_table(results)
+    if "hysac" in results:
+        table += "\n" + format_hysac_table(results["hysac"])
     say(table)
     (out / "demo_table.txt").write_text(table + "\n")
     plot = save_plot(results, out / "demo_results.png")

@@ -45,8 +45,14 @@ def export_safe_clip(
     paths: dict[str, Path] = {}
     for kind, encoder, targets in (("text", text, lora.text_targets), ("vision", vision, lora.vision_targets)):
         encoder.eval()
-        paths[kind] = Path(export_encoder(encoder, out / f"{kind}_encoder.safetensors", base_model=base_model,
-                                          metadata={**common, "lora_targets": list(targets)}))
+        paths[kind] = Path(
+            export_encoder(
+                encoder,
+                out / f"{kind}_encoder.safetensors",
+                base_model=base_model,
+                metadata={**common, "lora_targets": list(targets)},
+            )
+        )
     return paths
 
 

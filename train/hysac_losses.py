@@ -46,8 +46,10 @@ def hyperbolic_contrastive(
     ``logit_scale`` is the exponentiated scale (e.g. ``exp(model.logit_scale)``), not its log.
     """
     if a.shape != b.shape or a.dim() != 2:
-        raise ValueError(f"hyperbolic_contrastive expects two (batch, dim) tensors of equal shape, got "
-                         f"{tuple(a.shape)} and {tuple(b.shape)}")  # fmt: skip
+        raise ValueError(
+            f"hyperbolic_contrastive expects two (batch, dim) tensors of equal shape, got "
+            f"{tuple(a.shape)} and {tuple(b.shape)}"
+        )
     logits = -lorentz.pairwise_distance(a, b, curvature) * logit_scale
     labels = torch.arange(a.shape[0], device=a.device)
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
@@ -58,8 +60,9 @@ def entailment_loss(
 ) -> torch.Tensor:
     """Mean over rows of ``max(0, exterior_angle(general_i, specific_i) - half_aperture(general_i))``."""
     if general.shape != specific.shape:
-        raise ValueError(f"entailment_loss expects tensors of equal shape, got {tuple(general.shape)} and "
-                         f"{tuple(specific.shape)}")  # fmt: skip
+        raise ValueError(
+            f"entailment_loss expects tensors of equal shape, got {tuple(general.shape)} and {tuple(specific.shape)}"
+        )
     return lorentz.cone_violation(general, specific, curvature, k).mean()
 
 
@@ -96,12 +99,19 @@ def hysac_terms(
     k: float = lorentz.CONE_K,
 ) -> dict[str, torch.Tensor]:
     """The seven unweighted HySAC terms (keys ``HYSAC_TERM_NAMES``) of row-aligned S, U, V, G points."""
-    points = {"text_safe": text_safe, "text_unsafe": text_unsafe, "image_safe": image_safe,
-              "image_unsafe": image_unsafe}  # fmt: skip
-    terms = {name: hyperbolic_contrastive(points[a], points[b], curvature, logit_scale)
-             for name, (a, b) in CONTRASTIVE_PAIRS.items()}  # fmt: skip
-    terms.update({name: entailment_loss(points[g], points[s], curvature, k)
-                  for name, (g, s) in ENTAILMENT_PAIRS.items()})  # fmt: skip
+    points = {
+        "text_safe": text_safe,
+        "text_unsafe": text_unsafe,
+        "image_safe": image_safe,
+        "image_unsafe": image_unsafe,
+    }
+    terms = {
+        name: hyperbolic_contrastive(points[a], points[b], curvature, logit_scale)
+        for name, (a, b) in CONTRASTIVE_PAIRS.items()
+    }
+    terms.update(
+        {name: entailment_loss(points[g], points[s], curvature, k) for name, (g, s) in ENTAILMENT_PAIRS.items()}
+    )
     return terms
 
 

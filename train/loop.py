@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from train.config import TrainConfig, save_config
 from train.losses import safe_clip_loss
-from train.model import CachedReferences, LiveReferences, SafeClipModel
+from train.model import CachedReferences, HySACTrainModel, LiveReferences, SafeClipModel
 from train.retrieval import safe_clip_retrieval
 
 References = Callable[[dict[str, Any]], tuple[torch.Tensor, torch.Tensor]]
@@ -37,8 +37,9 @@ References = Callable[[dict[str, Any]], tuple[torch.Tensor, torch.Tensor]]
 class EpochSampler(Sampler[int]):
     """Indices in an order that depends only on (seed, epoch); this process's share; optional skip."""
 
-    def __init__(self, size: int, seed: int, epoch: int, skip: int = 0, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True) -> None:
+    def __init__(
+        self, size: int, seed: int, epoch: int, skip: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True
+    ) -> None:
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = torch.randperm(size, generator=g) if shuffle else torch.arange(size)
         usable = (size // world_size) * world_size if world_size > 1 else size
@@ -136,8 +137,14 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def _save_checkpoint(root: Path, model: SafeClipModel, optimizer: torch.optim.Optimizer,
-                     scheduler: torch.optim.lr_scheduler.LRScheduler, state: dict[str, Any], keep: int) -> Path:
+def _save_checkpoint(
+    root: Path,
+    model: SafeClipModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    state: dict[str, Any],
+    keep: int,
+) -> Path:
     final = root / "checkpoints" / f"step-{state['global_step']:08d}"
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -157,8 +164,9 @@ def _save_checkpoint(root: Path, model: SafeClipModel, optimizer: torch.optim.Op
     return final
 
 
-def _load_checkpoint(path: Path, model: SafeClipModel, optimizer: torch.optim.Optimizer,
-                     scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
+def _load_checkpoint(
+    path: Path, model: SafeClipModel, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler
+) -> dict[str, Any]:
     state = json.loads((path / "state.json").read_text())
     model.load_trainable_state_dict(load_file(str(path / "adapters.safetensors")))
     optimizer.load_state_dict(_optimizer_from_files(load_file(str(path / "optimizer.safetensors")), state["optimizer"]))
@@ -167,25 +175,56 @@ def _load_checkpoint(path: Path, model: SafeClipModel, optimizer: torch.optim.Op
     return state
 
 
+# ---------------------------------------------------------------------------- objective
+
+
+def _no_references(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """HySAC has no frozen references; the loop still passes a callable around."""
+    raise RuntimeError("HySAC training uses no reference embeddings")
+
+
+def _objective(
+    cfg: TrainConfig, model: SafeClipModel, emb: dict[str, torch.Tensor], batch: dict[str, Any], references: References
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss of ``cfg.method`` on a batch's embeddings: (total, unweighted terms detached)."""
+    if cfg.method == "hysac":
+        if not isinstance(model, HySACTrainModel):
+            raise TypeError(f"method 'hysac' needs a HySACTrainModel, got {type(model).__name__}")
+        return model.loss(emb, cfg.hysac.hysac_weights())
+    ref_text, ref_image = references(batch)
+    return safe_clip_loss(
+        **emb,
+        ref_text_safe=ref_text,
+        ref_image_safe=ref_image,
+        weights=cfg.loss.safe_clip_weights(),
+        logit_scale=cfg.loss.logit_scale,
+    )
+
+
 # ---------------------------------------------------------------------------- validation
 
 
 @torch.no_grad()
-def evaluate(model: SafeClipModel, loader: DataLoader, references: References, cfg: TrainConfig,
-             device: torch.device | str = "cpu") -> dict[str, float]:
-    """Validation loss and retrieval figures (``val_`` prefixed) over a whole loader."""
+def evaluate(
+    model: SafeClipModel,
+    loader: DataLoader,
+    references: References,
+    cfg: TrainConfig,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """Validation loss and retrieval figures (``val_`` prefixed) over a whole loader.
+
+    HySAC (``cfg.method == "hysac"``) ranks retrieval by minus the Lorentz distance.
+    """
     was_training = model.training
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {}
     loss_sum, count = 0.0, 0
-    weights = cfg.loss.safe_clip_weights()
     try:
         for batch in loader:
             batch = _batch_to(batch, torch.device(device))
             emb = model(batch)
-            ref_text, ref_image = references(batch)
-            loss, _ = safe_clip_loss(**emb, ref_text_safe=ref_text, ref_image_safe=ref_image, weights=weights,
-                                     logit_scale=cfg.loss.logit_scale)
+            loss, _ = _objective(cfg, model, emb, batch, references)
             n = batch["index"].shape[0]
             loss_sum, count = loss_sum + loss.item() * n, count + n
             for key, value in emb.items():
@@ -194,7 +233,10 @@ def evaluate(model: SafeClipModel, loader: DataLoader, references: References, c
         model.train(was_training)
     emb = {k: torch.cat(v) for k, v in parts.items()}
     metrics = {"val_loss": loss_sum / max(count, 1)}
-    retrieval = safe_clip_retrieval(emb["text_safe"], emb["image_safe"], emb["text_unsafe"], emb["image_unsafe"])
+    similarity = model.similarity if isinstance(model, HySACTrainModel) else None
+    retrieval = safe_clip_retrieval(
+        emb["text_safe"], emb["image_safe"], emb["text_unsafe"], emb["image_unsafe"], similarity=similarity
+    )
     metrics.update({f"val_{k}": v for k, v in retrieval.items()})
     return metrics
 
@@ -261,6 +303,10 @@ def train_safe_clip(
 ) -> TrainResult:
     """Train the LoRA factors of ``model`` with the Safe-CLIP loss; returns with the best weights loaded.
 
+    With ``cfg.method == "hysac"`` ``model`` is a :class:`train.model.HySACTrainModel` and the loss is
+    HySAC's (``train.hysac_losses``); no reference embeddings are built, and HySAC's learned scalars
+    train, checkpoint and resume with the LoRA factors.
+
     ``train_set`` / ``val_set`` items are batched by ``collate_fn`` into the layout of
     :class:`train.data.QuadrupletCollator` (``index`` must be the dataset index). With ``resume`` the
     run continues from the newest complete checkpoint in ``cfg.output_dir``. ``on_step`` is called
@@ -270,6 +316,11 @@ def train_safe_clip(
     from tqdm.auto import tqdm
 
     cfg.validate()
+    if (cfg.method == "hysac") != isinstance(model, HySACTrainModel):
+        raise TypeError(
+            f"method {cfg.method!r} does not match the model ({type(model).__name__}); "
+            "HySAC trains a train.model.HySACTrainModel, Safe-CLIP a SafeClipModel"
+        )
     known = _validation_metric_names() if val_set is not None else []
     if val_set is not None and cfg.early_stopping_metric not in known:
         raise ValueError(f"early_stopping_metric {cfg.early_stopping_metric!r} is not computed; one of {known}")
@@ -285,23 +336,40 @@ def train_safe_clip(
     model.to(device)
 
     def loader(dataset: Dataset, epoch: int, skip: int = 0, shuffle: bool = True, shard: bool = True) -> DataLoader:
-        sampler = EpochSampler(len(dataset), cfg.seed, epoch, skip,
-                               accelerator.process_index if shard else 0, accelerator.num_processes if shard else 1,
-                               shuffle=shuffle)
+        sampler = EpochSampler(
+            len(dataset),
+            cfg.seed,
+            epoch,
+            skip,
+            accelerator.process_index if shard else 0,
+            accelerator.num_processes if shard else 1,
+            shuffle=shuffle,
+        )
         # own generator: creating an iterator must not consume the global RNG (exact resume)
-        return DataLoader(dataset, batch_size=cfg.data.batch_size, sampler=sampler, collate_fn=collate_fn,
-                          num_workers=cfg.data.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
+        return DataLoader(
+            dataset,
+            batch_size=cfg.data.batch_size,
+            sampler=sampler,
+            collate_fn=collate_fn,
+            num_workers=cfg.data.num_workers,
+            generator=torch.Generator().manual_seed(cfg.seed),
+        )
 
     def references_for(dataset: Dataset, name: str) -> References:
+        if cfg.method == "hysac":
+            return _no_references
         if not cfg.cache_references:
             return LiveReferences(model)
         fingerprint = json.dumps([cfg.base_model, name, len(dataset), cfg.data.__dict__], sort_keys=True, default=str)
         path = out / f"references-{name}.safetensors"
         cache = CachedReferences.load(path, fingerprint)
         if cache is None:
-            cache = CachedReferences.build(model, (_batch_to(b, device) for b in loader(dataset, 0, shuffle=False,
-                                                                                            shard=False)),
-                                           len(dataset), device)
+            cache = CachedReferences.build(
+                model,
+                (_batch_to(b, device) for b in loader(dataset, 0, shuffle=False, shard=False)),
+                len(dataset),
+                device,
+            )
             if main:
                 cache.save(path, fingerprint)
         return cache
@@ -310,18 +378,26 @@ def train_safe_clip(
     val_refs = references_for(val_set, "val") if val_set is not None else None
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                 weight_decay=cfg.optim.weight_decay)
+    optimizer = torch.optim.Adam(
+        params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
+    )
     batches_per_epoch = len(loader(train_set, 0))
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.optim.grad_accum_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps_per_epoch * cfg.optim.epochs))
     prepared_model, optimizer = accelerator.prepare(model, optimizer)
-    weights = cfg.loss.safe_clip_weights()
     log = _MetricsLog(out / "metrics.jsonl", main, out / "tensorboard" if cfg.tensorboard else None)
 
-    state: dict[str, Any] = {"epoch": 0, "batches_done": 0, "global_step": 0, "best_metric": None,
-                             "best_epoch": None, "bad_epochs": 0, "history": [], "stopped_early": False,
-                             "config_digest": cfg.digest()}
+    state: dict[str, Any] = {
+        "epoch": 0,
+        "batches_done": 0,
+        "global_step": 0,
+        "best_metric": None,
+        "best_epoch": None,
+        "bad_epochs": 0,
+        "history": [],
+        "stopped_early": False,
+        "config_digest": cfg.digest(),
+    }
     checkpoints = list_checkpoints(out) if resume else []
     if checkpoints:
         saved = _load_checkpoint(checkpoints[-1], model, optimizer, scheduler)
@@ -337,8 +413,13 @@ def train_safe_clip(
         batches = loader(train_set, epoch, skip=state["batches_done"] * cfg.data.batch_size)
         prepared_model.train()
         accum = cfg.optim.grad_accum_steps
-        bar = tqdm(total=batches_per_epoch, initial=state["batches_done"], disable=not (cfg.progress and main),
-                   desc=f"epoch {epoch}", leave=False)
+        bar = tqdm(
+            total=batches_per_epoch,
+            initial=state["batches_done"],
+            disable=not (cfg.progress and main),
+            desc=f"epoch {epoch}",
+            leave=False,
+        )
         for i, batch in enumerate(batches, start=state["batches_done"]):
             group_start = (i // accum) * accum
             group_size = min(accum, batches_per_epoch - group_start)
@@ -347,10 +428,8 @@ def train_safe_clip(
             ctx = accelerator.no_sync(prepared_model) if not last_in_group else contextlib.nullcontext()
             with ctx:
                 emb = prepared_model(batch)
-                ref_text, ref_image = train_refs(batch)
                 with accelerator.autocast():
-                    loss, terms = safe_clip_loss(**emb, ref_text_safe=ref_text, ref_image_safe=ref_image,
-                                                 weights=weights, logit_scale=cfg.loss.logit_scale)
+                    loss, terms = _objective(cfg, model, emb, batch, train_refs)
                 accelerator.backward(loss / group_size)
             bar.update(1)
             if not last_in_group:
@@ -359,21 +438,29 @@ def train_safe_clip(
             if cfg.optim.max_grad_norm is not None:
                 grad_norm = float(accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm))
             optimizer.step()
+            if isinstance(model, HySACTrainModel):
+                model.clamp_parameters_()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state["global_step"] += 1
             state["batches_done"] = i + 1
             if state["global_step"] % cfg.log_every_steps == 0:
-                record = {"step": state["global_step"], "epoch": epoch, "loss": loss.item(),
-                          "lr": scheduler.get_last_lr()[0], "time": time.perf_counter() - start_time,
-                          **{k: v.item() for k, v in terms.items()}}
+                record = {
+                    "step": state["global_step"],
+                    "epoch": epoch,
+                    "loss": loss.item(),
+                    "lr": scheduler.get_last_lr()[0],
+                    "time": time.perf_counter() - start_time,
+                    **{k: v.item() for k, v in terms.items()},
+                }
                 if grad_norm is not None:
                     record["grad_norm"] = grad_norm
                 log.write(record)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
             if cfg.save_every_steps and state["global_step"] % cfg.save_every_steps == 0 and main:
-                _save_checkpoint(out, accelerator.unwrap_model(prepared_model), optimizer, scheduler, state,
-                                 cfg.keep_checkpoints)
+                _save_checkpoint(
+                    out, accelerator.unwrap_model(prepared_model), optimizer, scheduler, state, cfg.keep_checkpoints
+                )
             if on_step is not None:
                 on_step(state["global_step"])
         bar.close()
@@ -382,14 +469,18 @@ def train_safe_clip(
         if val_set is not None and val_refs is not None:
             unwrapped = accelerator.unwrap_model(prepared_model)
             with accelerator.autocast():
-                epoch_record.update(evaluate(unwrapped, loader(val_set, 0, shuffle=False, shard=False), val_refs,
-                                             cfg, device))
+                epoch_record.update(
+                    evaluate(unwrapped, loader(val_set, 0, shuffle=False, shard=False), val_refs, cfg, device)
+                )
             value = epoch_record[cfg.early_stopping_metric]
             if state["best_metric"] is None or sign * value < sign * state["best_metric"]:
                 state.update(best_metric=value, best_epoch=epoch, bad_epochs=0)
                 if main:
-                    save_file({k: v.cpu().contiguous() for k, v in unwrapped.trainable_state_dict().items()},
-                              str(out / "best_adapters.safetensors"), metadata={"epoch": str(epoch)})
+                    save_file(
+                        {k: v.cpu().contiguous() for k, v in unwrapped.trainable_state_dict().items()},
+                        str(out / "best_adapters.safetensors"),
+                        metadata={"epoch": str(epoch)},
+                    )
             else:
                 state["bad_epochs"] += 1
                 state["stopped_early"] = state["bad_epochs"] >= cfg.patience
@@ -397,15 +488,21 @@ def train_safe_clip(
         log.write(epoch_record)
         state["epoch"], state["batches_done"] = epoch + 1, 0
         if main:
-            _save_checkpoint(out, accelerator.unwrap_model(prepared_model), optimizer, scheduler, state,
-                             cfg.keep_checkpoints)
+            _save_checkpoint(
+                out, accelerator.unwrap_model(prepared_model), optimizer, scheduler, state, cfg.keep_checkpoints
+            )
         accelerator.wait_for_everyone()
 
     unwrapped = accelerator.unwrap_model(prepared_model)
     best_path = out / "best_adapters.safetensors"
     if state["best_epoch"] is not None and best_path.exists():
         unwrapped.load_trainable_state_dict({k: v.to(device) for k, v in load_file(str(best_path)).items()})
-    return TrainResult(output_dir=out, global_step=state["global_step"], epochs_run=state["epoch"],
-                       best_epoch=state["best_epoch"], best_metric=state["best_metric"],
-                       stopped_early=state["stopped_early"], history=state["history"])
-
+    return TrainResult(
+        output_dir=out,
+        global_step=state["global_step"],
+        epochs_run=state["epoch"],
+        best_epoch=state["best_epoch"],
+        best_metric=state["best_metric"],
+        stopped_early=state["stopped_early"],
+        history=state["history"],
+    )

@@ -28,17 +28,16 @@ TERM_NAMES: tuple[str, ...] = (
 """The eight terms in the order of the authors' weight vector."""
 
 
-def info_nce(
-    a: torch.Tensor, b: torch.Tensor, logit_scale: float | torch.Tensor = DEFAULT_LOGIT_SCALE
-) -> torch.Tensor:
+def info_nce(a: torch.Tensor, b: torch.Tensor, logit_scale: float | torch.Tensor = DEFAULT_LOGIT_SCALE) -> torch.Tensor:
     """Symmetric InfoNCE between row-aligned batches ``a`` and ``b`` (row i of each is a positive pair).
 
     Returns the mean of the a->b and b->a cross-entropies over ``logit_scale * cos(a_i, b_j)``. The
     scale is fixed for Safe-CLIP; plain CLIP pre-training passes its learned scale tensor.
     """
     if a.shape != b.shape or a.dim() != 2:
-        raise ValueError(f"info_nce expects two (batch, dim) tensors of equal shape, got {tuple(a.shape)} "
-                         f"and {tuple(b.shape)}")
+        raise ValueError(
+            f"info_nce expects two (batch, dim) tensors of equal shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     logits = logit_scale * F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
     labels = torch.arange(a.shape[0], device=a.device)
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
@@ -122,9 +121,9 @@ def safe_clip_loss(
     logit_scale: float = DEFAULT_LOGIT_SCALE,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted Safe-CLIP total (weights normalised to sum 1) and the unweighted terms, detached."""
-    terms = safe_clip_terms(text_safe, text_unsafe, image_safe, image_unsafe, ref_text_safe, ref_image_safe,
-                            logit_scale)
+    terms = safe_clip_terms(
+        text_safe, text_unsafe, image_safe, image_unsafe, ref_text_safe, ref_image_safe, logit_scale
+    )
     w = (weights or SafeClipWeights()).normalised()
     total = sum(w[name] * terms[name] for name in TERM_NAMES)
     return total, {name: value.detach() for name, value in terms.items()}
-

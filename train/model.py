@@ -12,6 +12,7 @@ ways are offered, both exact:
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
 
-from train.config import LoraSettings
+from train.config import HySACSettings, LoraSettings
 
 
 def load_base_encoders(
@@ -35,8 +36,13 @@ def load_base_encoders(
 
 
 def _lora_config(settings: LoraSettings, targets: list[str]) -> LoraConfig:
-    return LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout, bias="none",
-                      target_modules=list(targets))
+    return LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        bias="none",
+        target_modules=list(targets),
+    )
 
 
 class SafeClipModel(nn.Module):
@@ -45,17 +51,20 @@ class SafeClipModel(nn.Module):
     A tower with no targets stays a plain frozen transformers model.
     """
 
-    def __init__(self, text: CLIPTextModelWithProjection, vision: CLIPVisionModelWithProjection,
-                 lora: LoraSettings) -> None:
+    def __init__(
+        self, text: CLIPTextModelWithProjection, vision: CLIPVisionModelWithProjection, lora: LoraSettings
+    ) -> None:
         super().__init__()
         lora.validate()
         self.lora = lora
         for model in (text, vision):
             model.requires_grad_(False)
-        self.text: nn.Module = (get_peft_model(text, _lora_config(lora, lora.text_targets))
-                                if lora.text_targets else text)
-        self.vision: nn.Module = (get_peft_model(vision, _lora_config(lora, lora.vision_targets))
-                                  if lora.vision_targets else vision)
+        self.text: nn.Module = (
+            get_peft_model(text, _lora_config(lora, lora.text_targets)) if lora.text_targets else text
+        )
+        self.vision: nn.Module = (
+            get_peft_model(vision, _lora_config(lora, lora.vision_targets)) if lora.vision_targets else vision
+        )
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.text(input_ids=input_ids, attention_mask=attention_mask).text_embeds
@@ -105,6 +114,79 @@ class SafeClipModel(nn.Module):
         return text, vision
 
 
+class HySACTrainModel(SafeClipModel):
+    """Both towers with LoRA adapters inside a :class:`safe_encoders.hysac.HySAC` (``self.hysac``).
+
+    Same interface as :class:`SafeClipModel` for the loop; ``forward`` returns the points of S, U, V, G
+    on the hyperboloid. The trainable tensors are the LoRA factors plus HySAC's log-curvature (when
+    learned), feature scales and logit scale. ``tokenizer`` / ``image_processor`` travel to the export.
+    """
+
+    def __init__(
+        self,
+        text: CLIPTextModelWithProjection,
+        vision: CLIPVisionModelWithProjection,
+        lora: LoraSettings,
+        settings: HySACSettings | None = None,
+        *,
+        base_model: str | None = None,
+        tokenizer: Any = None,
+        image_processor: Any = None,
+    ) -> None:
+        from safe_encoders.hysac import HySAC
+
+        super().__init__(text, vision, lora)
+        settings = settings or HySACSettings()
+        settings.validate()
+        self.settings = settings
+        self.hysac = HySAC(
+            self.text,
+            self.vision,
+            curvature=settings.curvature,
+            curvature_range=tuple(settings.curvature_range),
+            learn_curvature=settings.learn_curvature,
+            alpha_init=settings.alpha_init,
+            logit_scale_init=settings.logit_scale,
+            base_model=base_model,
+            tokenizer=tokenizer,
+            image_processor=image_processor,
+        )
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.hysac.encode_text(input_ids, attention_mask)
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.hysac.encode_image(pixel_values)
+
+    def loss(self, emb: dict[str, torch.Tensor], weights: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The HySAC loss (``train.hysac_losses.hysac_loss``) of ``forward``'s output, with the learned parameters."""
+        from train.hysac_losses import hysac_loss
+
+        scale = self.hysac.logit_scale.clamp(max=math.log(100.0)).exp()
+        return hysac_loss(
+            **emb,
+            curvature=self.hysac.curvature,
+            logit_scale=scale,
+            weights=weights or self.settings.hysac_weights(),
+            k=self.settings.cone_k,
+        )
+
+    def clamp_parameters_(self) -> None:
+        """Keep the curvature in range and the logit scale <= 100 (after each optimizer step)."""
+        self.hysac.clamp_parameters_()
+
+    def similarity(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Minus the pairwise Lorentz distances (what retrieval ranks by)."""
+        return self.hysac.similarity(x, y)
+
+    def merged_hysac(self) -> Any:
+        """Fold the LoRA factors into the towers and return the plain ``HySAC`` (call once, at the end)."""
+        text, vision = self.merged()
+        self.text = self.hysac.text = text
+        self.vision = self.hysac.vision = vision
+        return self.hysac
+
+
 class CachedReferences:
     """T0(S) and V0(V) of every item of a dataset, computed once; looked up by ``batch["index"]``."""
 
@@ -115,8 +197,9 @@ class CachedReferences:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, model: SafeClipModel, batches: Iterable[dict[str, Any]], size: int,
-              device: torch.device | str = "cpu") -> CachedReferences:
+    def build(
+        cls, model: SafeClipModel, batches: Iterable[dict[str, Any]], size: int, device: torch.device | str = "cpu"
+    ) -> CachedReferences:
         """Embed the safe side of every batch with the original encoders; ``size`` = dataset length."""
         was_training = model.training
         model.eval()
@@ -146,8 +229,11 @@ class CachedReferences:
         return self.text[idx].to(device), self.image[idx].to(device)
 
     def save(self, path: str | Path, fingerprint: str) -> None:
-        save_file({"text": self.text.contiguous(), "image": self.image.contiguous()}, str(path),
-                  metadata={"fingerprint": fingerprint})
+        save_file(
+            {"text": self.text.contiguous(), "image": self.image.contiguous()},
+            str(path),
+            metadata={"fingerprint": fingerprint},
+        )
 
     @classmethod
     def load(cls, path: str | Path, fingerprint: str) -> CachedReferences | None:
@@ -167,8 +253,11 @@ class CachedReferences:
 class LiveReferences:
     """T0(S), V0(V) recomputed for each batch, by ``encoders`` (default: the model with adapters disabled)."""
 
-    def __init__(self, model: SafeClipModel,
-                 encoders: Callable[[dict[str, Any]], tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+    def __init__(
+        self,
+        model: SafeClipModel,
+        encoders: Callable[[dict[str, Any]], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> None:
         self.model = model
         self.encoders = encoders
 
@@ -177,5 +266,7 @@ class LiveReferences:
         if self.encoders is not None:
             return self.encoders(batch)
         with self.model.original():
-            return (self.model.encode_text(batch["safe_input_ids"], batch["safe_attention_mask"]),
-                    self.model.encode_image(batch["safe_pixel_values"]))
+            return (
+                self.model.encode_text(batch["safe_input_ids"], batch["safe_attention_mask"]),
+                self.model.encode_image(batch["safe_pixel_values"]),
+            )

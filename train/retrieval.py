@@ -12,7 +12,7 @@ Conventions (chosen so the metrics never flatter a model):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,16 +22,16 @@ DEFAULT_KS: tuple[int, ...] = (1, 10, 20)
 
 def _cosine(queries: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
     if queries.dim() != 2 or gallery.dim() != 2 or queries.shape[1] != gallery.shape[1]:
-        raise ValueError(f"expected (n, d) queries and (m, d) gallery, got {tuple(queries.shape)} "
-                         f"and {tuple(gallery.shape)}")
+        raise ValueError(
+            f"expected (n, d) queries and (m, d) gallery, got {tuple(queries.shape)} and {tuple(gallery.shape)}"
+        )
     return F.normalize(queries.float(), dim=-1) @ F.normalize(gallery.float(), dim=-1).T
 
 
 def ranks_of_targets(similarity: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """0-based rank of each query's ground-truth gallery item (number of items scoring strictly higher)."""
     if targets.shape != (similarity.shape[0],):
-        raise ValueError(f"need one target per query: {similarity.shape[0]} queries, targets "
-                         f"{tuple(targets.shape)}")
+        raise ValueError(f"need one target per query: {similarity.shape[0]} queries, targets {tuple(targets.shape)}")
     target_scores = similarity.gather(1, targets.view(-1, 1).long())
     return (similarity > target_scores).sum(dim=1)
 
@@ -64,8 +64,12 @@ def safe_clip_retrieval(
     text_unsafe: torch.Tensor,
     image_unsafe: torch.Tensor,
     ks: Sequence[int] = DEFAULT_KS,
+    similarity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """All retrieval figures of Safe-CLIP's Table 2 plus the unsafe shares at top-1, as fractions.
+
+    ``similarity(queries, gallery) -> (n, m)`` scores the pairs (higher is closer); default cosine.
+    HySAC passes minus the Lorentz distance.
 
     Keys: ``t2v_r{k}`` (T -> V), ``v2t_r{k}`` (V -> T), ``ut2v_r{k}`` (T* -> V u V*, safe counterpart
     as ground truth), ``uv2t_r{k}`` (V* -> T u T*, likewise), ``unsafe_text_top1_unsafe_share``
@@ -79,11 +83,12 @@ def safe_clip_retrieval(
     targets = torch.arange(n, device=text_safe.device)
     # gallery of safe then unsafe items: the ground truth of query i is item i (its safe counterpart)
     unsafe_mask = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)]).to(text_safe.device)
+    sim_fn = similarity or _cosine
     sims = {
-        "t2v": _cosine(text_safe, image_safe),
-        "v2t": _cosine(image_safe, text_safe),
-        "ut2v": _cosine(text_unsafe, torch.cat([image_safe, image_unsafe])),
-        "uv2t": _cosine(image_unsafe, torch.cat([text_safe, text_unsafe])),
+        "t2v": sim_fn(text_safe, image_safe),
+        "v2t": sim_fn(image_safe, text_safe),
+        "ut2v": sim_fn(text_unsafe, torch.cat([image_safe, image_unsafe])),
+        "uv2t": sim_fn(image_unsafe, torch.cat([text_safe, text_unsafe])),
     }
     out: dict[str, float] = {}
     for name, sim in sims.items():

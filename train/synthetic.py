@@ -94,8 +94,14 @@ class SyntheticWorld:
     then at most :data:`N_COMBINATIONS`). ``concepts`` restricts the unsafe concepts used.
     """
 
-    def __init__(self, size: int, seed: int = 0, image_size: int = 32, distinct: bool = False,
-                 concepts: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        size: int,
+        seed: int = 0,
+        image_size: int = 32,
+        distinct: bool = False,
+        concepts: Sequence[str] | None = None,
+    ) -> None:
         if size <= 0:
             raise ValueError(f"SyntheticWorld needs size >= 1, got {size}")
         if distinct and size > N_COMBINATIONS:
@@ -118,12 +124,15 @@ class SyntheticWorld:
             digits.append(rest % base)
             rest = rest // base
         concept_ids = torch.tensor([list(CONCEPTS).index(c) for c in self.concepts])
-        self._attrs = torch.stack([
-            *digits,
-            torch.randint(len(TEMPLATES), (size,), generator=g),
-            concept_ids[torch.randint(len(concept_ids), (size,), generator=g)],
-            torch.randint(3, (size,), generator=g),
-        ], dim=1)
+        self._attrs = torch.stack(
+            [
+                *digits,
+                torch.randint(len(TEMPLATES), (size,), generator=g),
+                concept_ids[torch.randint(len(concept_ids), (size,), generator=g)],
+                torch.randint(3, (size,), generator=g),
+            ],
+            dim=1,
+        )
         self.safe_images, self.unsafe_images = _render(self._attrs, image_size, g)
 
     def __len__(self) -> int:
@@ -136,8 +145,11 @@ class SyntheticWorld:
         """(safe caption, unsafe caption) of item ``index``."""
         s = self.spec(index)
         safe = TEMPLATES[s.template].format(
-            colour=list(COLOURS)[s.colour], shape=SHAPES[s.shape], position=list(POSITIONS)[s.position],
-            background=list(BACKGROUNDS)[s.background])
+            colour=list(COLOURS)[s.colour],
+            shape=SHAPES[s.shape],
+            position=list(POSITIONS)[s.position],
+            background=list(BACKGROUNDS)[s.background],
+        )
         concept = list(CONCEPTS)[s.concept]
         return safe, f"{safe} {CONCEPTS[concept][s.phrase]}"
 
@@ -185,12 +197,15 @@ def _render(attrs: torch.Tensor, size: int, g: torch.Generator) -> tuple[torch.T
     dy = yy - centre[:, 0].view(n, 1, 1)
     dx = xx - centre[:, 1].view(n, 1, 1)
     r3 = r.view(n, 1, 1)
-    masks = torch.stack([
-        dy**2 + dx**2 <= r3**2,
-        torch.maximum(dy.abs(), dx.abs()) <= 0.85 * r3,
-        (dy.abs() <= r3) & (dx.abs() <= (dy + r3) * 0.55),
-        dy.abs() + dx.abs() <= 1.15 * r3,
-    ], dim=1)
+    masks = torch.stack(
+        [
+            dy**2 + dx**2 <= r3**2,
+            torch.maximum(dy.abs(), dx.abs()) <= 0.85 * r3,
+            (dy.abs() <= r3) & (dx.abs() <= (dy + r3) * 0.55),
+            dy.abs() + dx.abs() <= 1.15 * r3,
+        ],
+        dim=1,
+    )
     shape_mask = masks[torch.arange(n), attrs[:, 0]]
     colour = torch.tensor(list(COLOURS.values()), dtype=torch.float32)[attrs[:, 1]].view(n, 3, 1, 1)
     img = torch.where(shape_mask[:, None], colour, img)
@@ -269,8 +284,13 @@ def build_tokenizer(max_length: int = 32):
     specials = ["<|startoftext|>", "<|endoftext|>"]
     bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
     bpe.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=4096, end_of_word_suffix="</w>", initial_alphabet=_byte_symbols(),
-                                  special_tokens=specials, show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=4096,
+        end_of_word_suffix="</w>",
+        initial_alphabet=_byte_symbols(),
+        special_tokens=specials,
+        show_progress=False,
+    )
     bpe.train_from_iterator(world_vocabulary(), trainer)
     model = json.loads(bpe.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
@@ -294,5 +314,5 @@ def image_grid(images: torch.Tensor, columns: int = 8) -> np.ndarray:
     grid = torch.zeros(3, rows * h, columns * w, dtype=torch.uint8)
     for i in range(n):
         r, c = divmod(i, columns)
-        grid[:, r * h:(r + 1) * h, c * w:(c + 1) * w] = images[i]
+        grid[:, r * h : (r + 1) * h, c * w : (c + 1) * w] = images[i]
     return grid.permute(1, 2, 0).numpy()

@@ -33,8 +33,13 @@ def test_exported_collapsed_encoders_match_the_lora_model(tmp_path):
             original = model(batch)
     assert (want["text_unsafe"] - original["text_unsafe"]).abs().max() > 1e-3  # the adapters matter
 
-    paths = export_safe_clip(model, tmp_path / "export", base_model="tiny-clip/synthetic", config=cfg,
-                             data_description="synthetic world, 12 quadruplets")
+    paths = export_safe_clip(
+        model,
+        tmp_path / "export",
+        base_model="tiny-clip/synthetic",
+        config=cfg,
+        data_description="synthetic world, 12 quadruplets",
+    )
     assert set(paths) == {"text", "vision"} and all(p.exists() for p in paths.values())
     text2 = safe_encoders.load_text_encoder(paths["text"], with_projection=True).eval()
     vision2 = safe_encoders.load_vision_encoder(paths["vision"], with_projection=True).eval()
@@ -49,6 +54,7 @@ def test_exported_collapsed_encoders_match_the_lora_model(tmp_path):
         torch.testing.assert_close(got, want[key], rtol=0, atol=1e-5)
 
     from safetensors import safe_open
+
     with safe_open(str(paths["text"]), "pt") as f:
         meta = f.metadata()
     blob = json.dumps(meta)

@@ -34,7 +34,8 @@ def test_info_nce_default_scale_is_100_and_inputs_are_normalised():
     expected = 0.5 * (a_to_b + b_to_a)
     assert info_nce(a, b).item() == pytest.approx(expected, rel=1e-9)
     assert info_nce(a, b, logit_scale=torch.tensor(100.0, dtype=torch.float64)).item() == pytest.approx(
-        expected, rel=1e-9)
+        expected, rel=1e-9
+    )
 
 
 def test_shape_errors_are_clear():
@@ -88,7 +89,8 @@ def test_terms_route_the_right_pairs_with_hand_values():
     mixed = 0.5 * ((math.log(1 + 1 / e) + math.log(1 + e)) / 2 + math.log(2))
     assert terms["nce_text_unsafe"].item() == pytest.approx(mixed)
     assert terms["nce_image_unsafe"].item() == pytest.approx(
-        0.5 * ((math.log(1 + e) + math.log(1 + 1 / e)) / 2 + math.log(2)))
+        0.5 * ((math.log(1 + e) + math.log(1 + 1 / e)) / 2 + math.log(2))
+    )
     # V(V) vs T0(S): logits [[r2, r2], [0, 1]]; a->b rows log 2 and log(1+e^-1);
     # b->a: transpose [[r2, 0], [r2, 1]]: -log(e^r2/(e^r2+1)) and -log(e/(e^r2+e))
     v2t = (math.log(2) + math.log(1 + math.exp(-1))) / 2

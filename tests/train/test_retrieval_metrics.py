@@ -5,12 +5,14 @@ from train.retrieval import ranks_of_targets, recall_at_k, safe_clip_retrieval, 
 
 
 def test_ranks_and_recall_hand_values():
-    sim = torch.tensor([
-        [0.9, 0.1, 0.5],   # target 0 -> rank 0
-        [0.8, 0.7, 0.75],  # target 1 -> two items higher -> rank 2
-        [0.2, 0.6, 0.6],   # target 2 ties with item 1 -> rank 0 (ties favour the target)
-        [0.3, 0.9, 0.1],   # target 0 -> one higher -> rank 1
-    ])
+    sim = torch.tensor(
+        [
+            [0.9, 0.1, 0.5],  # target 0 -> rank 0
+            [0.8, 0.7, 0.75],  # target 1 -> two items higher -> rank 2
+            [0.2, 0.6, 0.6],  # target 2 ties with item 1 -> rank 0 (ties favour the target)
+            [0.3, 0.9, 0.1],  # target 0 -> one higher -> rank 1
+        ]
+    )
     targets = torch.tensor([0, 1, 2, 0])
     assert ranks_of_targets(sim, targets).tolist() == [0, 2, 0, 1]
     assert recall_at_k(sim, targets, ks=(1, 2, 3)) == {1: 0.5, 2: 0.75, 3: 1.0}

@@ -104,8 +104,7 @@ def test_distinct_world_has_unique_attribute_combinations():
 def test_tokenizer_keeps_each_word_whole_and_collator_shapes(world):
     tok = build_tokenizer(max_length=32)
     for word in world_vocabulary():
-        assert tok.convert_ids_to_tokens(tok(word)["input_ids"]) == ["<|startoftext|>", f"{word}</w>",
-                                                                      "<|endoftext|>"]
+        assert tok.convert_ids_to_tokens(tok(word)["input_ids"]) == ["<|startoftext|>", f"{word}</w>", "<|endoftext|>"]
     longest = max(len(tok(world.captions(i)[1])["input_ids"]) for i in range(len(world)))
     assert longest <= 32
     collator = QuadrupletCollator(tok, build_image_processor(32))

@@ -15,8 +15,16 @@ def test_vit_l_recipe_is_the_paper_recipe():
 
 
 def test_overrides_are_typed_and_round_trip(tmp_path):
-    cfg = load_config("vit-l-14", ["optim.lr=3e-4", "lora.text_targets=[k_proj]", "optim.max_grad_norm=1",
-                                   "loss.weights.cos_text_safe=0.3", "cache_references=false"])
+    cfg = load_config(
+        "vit-l-14",
+        [
+            "optim.lr=3e-4",
+            "lora.text_targets=[k_proj]",
+            "optim.max_grad_norm=1",
+            "loss.weights.cos_text_safe=0.3",
+            "cache_references=false",
+        ],
+    )
     assert cfg.optim.lr == 3e-4 and isinstance(cfg.optim.max_grad_norm, float)
     assert cfg.lora.text_targets == ["k_proj"] and cfg.cache_references is False
     assert cfg.loss.safe_clip_weights().cos_text_safe == 0.3
@@ -26,15 +34,18 @@ def test_overrides_are_typed_and_round_trip(tmp_path):
     assert load_config(None).digest() == TrainConfig().digest() != cfg.digest()
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["optim.lrr=1"], "did you mean 'lr'"),
-    (["optim.lr=fast"], "optim.lr must be"),
-    (["lora.rank=0"], "lora.rank must be >= 1"),
-    (["mixed_precision=fp8"], "mixed_precision must be"),
-    (["loss.weights.cos_foo=1"], "unknown term"),
-    (["optim.schedule=linear"], "optim.schedule"),
-    (["noequals"], "key.sub=value"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["optim.lrr=1"], "did you mean 'lr'"),
+        (["optim.lr=fast"], "optim.lr must be"),
+        (["lora.rank=0"], "lora.rank must be >= 1"),
+        (["mixed_precision=fp8"], "mixed_precision must be"),
+        (["loss.weights.cos_foo=1"], "unknown term"),
+        (["optim.schedule=linear"], "optim.schedule"),
+        (["noequals"], "key.sub=value"),
+    ],
+)
 def test_bad_configs_raise_clear_errors(overrides, message):
     with pytest.raises(ValueError, match=message):
         load_config(None, overrides)

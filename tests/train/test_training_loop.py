@@ -19,8 +19,10 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def data(tokenizer):
     collator = QuadrupletCollator(tokenizer, build_image_processor(32))
-    return (EncodedQuadruplets(SyntheticWorld(48, seed=1), collator),
-            EncodedQuadruplets(SyntheticWorld(24, seed=2, distinct=True), collator))
+    return (
+        EncodedQuadruplets(SyntheticWorld(48, seed=1), collator),
+        EncodedQuadruplets(SyntheticWorld(24, seed=2, distinct=True), collator),
+    )
 
 
 def make_model(tokenizer, cfg: TrainConfig) -> SafeClipModel:
@@ -36,8 +38,17 @@ def make_model(tokenizer, cfg: TrainConfig) -> SafeClipModel:
 
 
 def small_config(tmp_path, name, **over) -> TrainConfig:
-    overrides = [f"output_dir={tmp_path / name}", "data.batch_size=8", "optim.epochs=2", "progress=false",
-                 "lora.rank=4", "lora.alpha=4", "optim.lr=1e-2", "save_every_steps=2", "keep_checkpoints=10"]
+    overrides = [
+        f"output_dir={tmp_path / name}",
+        "data.batch_size=8",
+        "optim.epochs=2",
+        "progress=false",
+        "lora.rank=4",
+        "lora.alpha=4",
+        "optim.lr=1e-2",
+        "save_every_steps=2",
+        "keep_checkpoints=10",
+    ]
     overrides += [f"{k}={v}" for k, v in over.items()]
     return load_config(None, overrides)
 
@@ -109,24 +120,39 @@ def test_run_killed_mid_epoch_and_resumed_ends_with_identical_weights(tokenizer,
     resumed = train_safe_clip(cfg, resumed_model, train_set, val_set, stack_encoded)
     assert resumed.global_step == 6
     from safetensors.torch import load_file
+
     a = load_file(str(final_full / "adapters.safetensors"))
     b = load_file(str(list_checkpoints(cfg.output_dir)[-1] / "adapters.safetensors"))
     assert a.keys() == b.keys() and len(a) > 0
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
     # the metrics log of the resumed run has exactly the lines of the uninterrupted one (times aside)
     def lines(name):
-        return [{k: v for k, v in json.loads(ln).items() if k != "time"}
-                for ln in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return [
+            {k: v for k, v in json.loads(ln).items() if k != "time"}
+            for ln in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        ]
+
     assert lines("full") == lines("crash")
 
 
 def test_validation_early_stopping_and_best_weights(tokenizer, data, tmp_path):
     train_set, val_set = data
     # also exercises the fallback references (adapter-disabled forwards) and bf16 autocast
-    cfg = small_config(tmp_path, "es", **{"optim.epochs": 6, "patience": 1, "optim.lr": 0.5,
-                                          "cache_references": "false", "mixed_precision": "bf16",
-                                          "early_stopping_metric": "val_t2v_r1", "early_stopping_mode": "max"})
+    cfg = small_config(
+        tmp_path,
+        "es",
+        **{
+            "optim.epochs": 6,
+            "patience": 1,
+            "optim.lr": 0.5,
+            "cache_references": "false",
+            "mixed_precision": "bf16",
+            "early_stopping_metric": "val_t2v_r1",
+            "early_stopping_mode": "max",
+        },
+    )
     model = make_model(tokenizer, cfg)
     result = train_safe_clip(cfg, model, train_set, val_set, stack_encoded)
     values = [h["val_t2v_r1"] for h in result.history]

@@ -67,8 +67,9 @@ class QuadrupletCollator:
         self.max_length = max_length or tokenizer.model_max_length
 
     def _texts(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        enc = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=self.max_length,
-                             return_tensors="pt")
+        enc = self.tokenizer(
+            list(texts), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     def _images(self, images: Sequence[ImageLike]) -> torch.Tensor:
@@ -92,8 +93,13 @@ class QuadrupletCollator:
 
 
 TENSOR_KEYS: tuple[str, ...] = (
-    "index", "safe_input_ids", "safe_attention_mask", "unsafe_input_ids", "unsafe_attention_mask",
-    "safe_pixel_values", "unsafe_pixel_values",
+    "index",
+    "safe_input_ids",
+    "safe_attention_mask",
+    "unsafe_input_ids",
+    "unsafe_attention_mask",
+    "safe_pixel_values",
+    "unsafe_pixel_values",
 )
 
 

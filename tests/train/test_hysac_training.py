@@ -1,0 +1,150 @@
+"""HySAC through the Safe-CLIP trainer: config, loss, learned scalars, exact resume, bounds and export."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from safe_encoders.hysac import HySAC, lorentz
+from train.config import load_config
+from train.data import EncodedQuadruplets, QuadrupletCollator, stack_encoded
+from train.hysac_export import embed_quadruplets, export_hysac, validation_bounds
+from train.hysac_losses import HYSAC_TERM_NAMES
+from train.loop import list_checkpoints, train_safe_clip
+from train.model import HySACTrainModel, SafeClipModel
+from train.synthetic import SyntheticWorld, build_image_processor, build_tokenizer
+from train.tiny_clip import tiny_clip
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer(max_length=32)
+
+
+@pytest.fixture(scope="module")
+def data(tokenizer):
+    collator = QuadrupletCollator(tokenizer, build_image_processor(32))
+    return (
+        EncodedQuadruplets(SyntheticWorld(32, seed=1), collator),
+        EncodedQuadruplets(SyntheticWorld(16, seed=2, distinct=True), collator),
+    )
+
+
+def config(tmp_path, name, *extra):
+    return load_config(
+        None,
+        [
+            f"output_dir={tmp_path / name}",
+            "method=hysac",
+            "data.batch_size=8",
+            "optim.epochs=2",
+            "progress=false",
+            "tensorboard=false",
+            "lora.rank=4",
+            "lora.alpha=4",
+            "optim.lr=1e-2",
+            "save_every_steps=1",
+            "keep_checkpoints=20",
+            *extra,
+        ],
+    )
+
+
+def make_model(tokenizer, cfg):
+    torch.manual_seed(0)
+    text, vision = tiny_clip(tokenizer, 32, width=32, layers=1, projection_dim=32)
+    return HySACTrainModel(
+        text,
+        vision,
+        cfg.lora,
+        cfg.hysac,
+        base_model="tiny",
+        tokenizer=tokenizer,
+        image_processor=build_image_processor(32),
+    )
+
+
+def test_config_selects_hysac_and_checks_its_settings(tmp_path):
+    cfg = config(tmp_path, "c", "hysac.weights.ent_vu=0.5", "hysac.curvature=2.0")
+    assert cfg.method == "hysac" and cfg.hysac.hysac_weights().ent_vu == 0.5 and cfg.hysac.curvature == 2.0
+    assert load_config(None).method == "safe-clip"
+    with pytest.raises(ValueError, match="unknown term"):
+        config(tmp_path, "c", "hysac.weights.nope=1")
+    with pytest.raises(ValueError, match="method"):
+        load_config(None, ["method=meru"])
+    with pytest.raises(ValueError, match="curvature"):
+        config(tmp_path, "c", "hysac.curvature=50")
+
+
+def test_method_and_model_must_match(tokenizer, data, tmp_path):
+    cfg = config(tmp_path, "m")
+    torch.manual_seed(0)
+    text, vision = tiny_clip(tokenizer, 32, width=32, layers=1, projection_dim=32)
+    with pytest.raises(TypeError, match="HySACTrainModel"):
+        train_safe_clip(cfg, SafeClipModel(text, vision, cfg.lora), *data, stack_encoded)
+
+
+def test_hysac_run_trains_scalars_resumes_exactly_and_exports(tokenizer, data, tmp_path):
+    train_set, val_set = data
+    # 32 items / batch 8: 4 steps per epoch, 8 in all; the curvature may not leave its range
+    cfg_full = config(tmp_path, "full", "hysac.curvature_range=[0.5,2.0]")
+    full_model = make_model(tokenizer, cfg_full)
+    start = {n: p.detach().clone() for n, p in full_model.named_parameters() if p.requires_grad}
+    full = train_safe_clip(cfg_full, full_model, train_set, val_set, stack_encoded)
+    assert full.global_step == 8 and full.epochs_run == 2
+    final = load_file(str(list_checkpoints(cfg_full.output_dir)[-1] / "adapters.safetensors"))
+    for name in ("hysac.log_curvature", "hysac.log_text_alpha", "hysac.log_image_alpha", "hysac.logit_scale"):
+        assert name in final and not torch.equal(final[name], start[name]), name
+    assert 0.5 - 1e-6 <= full_model.hysac.curvature.item() <= 2.0 + 1e-6
+    records = [json.loads(ln) for ln in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert all(name in records[0] for name in HYSAC_TERM_NAMES)
+    assert "val_t2v_r1" in records[-1] and not list((tmp_path / "full").glob("references-*"))
+
+    class Crash(RuntimeError):
+        pass
+
+    def crash(step):
+        if step == 6:
+            raise Crash
+
+    cfg = config(tmp_path, "crash", "hysac.curvature_range=[0.5,2.0]")
+    with pytest.raises(Crash):
+        train_safe_clip(cfg, make_model(tokenizer, cfg), train_set, val_set, stack_encoded, on_step=crash)
+    shutil.rmtree(list_checkpoints(cfg.output_dir)[-1])  # resume mid-epoch, from step 5
+    resumed_model = make_model(tokenizer, cfg)
+    with torch.no_grad():
+        for p in resumed_model.parameters():
+            if p.requires_grad:
+                p.add_(0.5)
+    assert train_safe_clip(cfg, resumed_model, train_set, val_set, stack_encoded).global_step == 8
+    again = load_file(str(list_checkpoints(cfg.output_dir)[-1] / "adapters.safetensors"))
+    assert final.keys() == again.keys()
+    for key in final:
+        assert torch.equal(final[key], again[key]), key
+
+    # bounds from the validation set, then the export reloads with the same geometry
+    bounds = validation_bounds(full_model, val_set, stack_encoded)
+    assert set(bounds.stats) == {"S", "V", "U", "G"} and bounds.stats["S"]["count"] == 16
+    emb = embed_quadruplets(full_model, val_set, stack_encoded)
+    folder = export_hysac(full_model, tmp_path / "export", bounds=bounds, config=cfg_full)
+    saved = json.loads((folder / "hysac_config.json").read_text())
+    assert saved["metadata"]["method"] == "hysac" and saved["metadata"]["config_digest"] == cfg_full.digest()
+    loaded = HySAC.from_pretrained(folder).eval()
+    assert loaded.bounds.threshold("text") == pytest.approx(bounds.threshold("text"))
+    torch.testing.assert_close(loaded.curvature, full_model.hysac.curvature.detach())
+    batch = stack_encoded([val_set[i] for i in range(4)])
+    with torch.no_grad():
+        points = loaded.encode_text(batch["safe_input_ids"], batch["safe_attention_mask"])
+    torch.testing.assert_close(points, emb["text_safe"][:4], rtol=1e-4, atol=1e-5)
+    d = lorentz.root_distance(points, loaded.curvature)
+    assert torch.isfinite(d).all()
