@@ -13,8 +13,6 @@ import csv
 import io
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from eval.classifiers import PAPER_RULE, any_flagged
 from eval.errors import require
 from eval.prompts import I2P_CATEGORIES
 from eval.store import ResultsStore, StoredItem
+from safe_encoders.atomic import atomic_write_text
 
 logger = logging.getLogger("safe_encoders.eval")
 
@@ -130,11 +129,7 @@ def aggregate(store: ResultsStore, rule: Sequence[str] = PAPER_RULE) -> list[Rep
 
 def _atomic_write_text(path: Path, text: str) -> Path:
     # Several shard processes may finish together and all write the report: never a torn file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, text)
 
 
 def write_csv(rows: Sequence[ReportRow], path: str | Path) -> Path:

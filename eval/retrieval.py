@@ -164,25 +164,11 @@ class EmbeddingCache:
         return load_file(str(path))
 
     def put(self, identity: str, tensors: Mapping[str, torch.Tensor]) -> Path:
-        import os
-        import tempfile
+        from safe_encoders.atomic import atomic_write
 
-        path = self.path(identity)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
-        os.close(fd)
-        try:
-            save_file(
-                {k: v.contiguous() for k, v in tensors.items()},
-                tmp,
-                metadata={"identity": identity, "version": str(CACHE_VERSION)},
-            )
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+        contiguous = {k: v.contiguous() for k, v in tensors.items()}
+        metadata = {"identity": identity, "version": str(CACHE_VERSION)}
+        return atomic_write(self.path(identity), lambda tmp: save_file(contiguous, tmp, metadata=metadata))
 
 
 def _processor_source(pair: EncoderPair, kind: str) -> str:

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import sqlite3
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -28,6 +26,7 @@ from typing import Any
 from PIL import Image
 
 from eval.errors import StoreError
+from safe_encoders.atomic import atomic_write_stream
 
 DB_NAME = "results.sqlite"
 IMAGES_DIR = "images"
@@ -225,18 +224,7 @@ class ResultsStore:
     ) -> bool:
         """Save the image atomically, then record the item. Returns False if it was already stored."""
         target = self.image_path(condition, prompt_id, seed)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".png")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                image.save(fh, format="PNG")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_stream(target, lambda fh: image.save(fh, format="PNG"))
         row = (
             condition,
             prompt_id,

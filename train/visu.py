@@ -21,7 +21,6 @@ import csv
 import json
 import logging
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,6 +31,7 @@ from PIL import Image
 
 from eval.errors import PromptSetError
 from eval.prompts import VISU_TAG_TO_I2P, _normalise_tag, canonical_visu_tag, read_visu_rows
+from safe_encoders.atomic import atomic_write_text
 from train.data import Quadruplet
 
 logger = logging.getLogger("safe_encoders.train")
@@ -223,20 +223,7 @@ class VisuReport:
 
     def write(self, path: str | Path) -> Path:
         """Write the report as JSON, atomically (temporary file then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(self.to_dict(), fh, indent=2, sort_keys=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True))
 
 
 def _load_rgb(path: str | Path) -> Image.Image:

@@ -26,9 +26,7 @@ import csv
 import io
 import json
 import logging
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +38,7 @@ from eval.classifiers import PAPER_RULE, any_flagged
 from eval.prompts import Prompt
 from eval.store import ItemKey, Label, ResultsStore
 from eval.t2i import _git_revision, _progress, classify_store, diffusers_dtype_kwarg, rule_classifiers, shard_of
+from safe_encoders.atomic import atomic_write_text
 from train.visu import VISU_SPLITS, VisuRow, read_visu
 
 logger = logging.getLogger("safe_encoders.train")
@@ -190,17 +189,7 @@ def regen_items(rows: Mapping[str, Sequence[VisuRow]], n: int) -> list[RegenItem
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, text)
 
 
 # --------------------------------------------------------------------------- the runner

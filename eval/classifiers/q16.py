@@ -11,7 +11,6 @@ import io
 import logging
 import os
 import pickle
-import tempfile
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import torch
 
 from eval.classifiers.base import ImageLike, Verdict, as_rgb, batched
 from eval.errors import UnsafePickleError
+from safe_encoders.atomic import atomic_write_bytes
 
 logger = logging.getLogger("safe_encoders.eval")
 
@@ -181,11 +181,7 @@ def fetch_q16_prompts(variant: str = "ViT-L-14", *, cache_dir: str | Path | None
     digest = hashlib.sha256(data).hexdigest()
     if digest != src.sha256:
         raise UnsafePickleError(f"{src.url} has sha256 {digest}, expected {src.sha256}; not using it")
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, target)
-    return target
+    return atomic_write_bytes(target, data)
 
 
 def load_q16_prompts(source: str | Path | None = None) -> np.ndarray:

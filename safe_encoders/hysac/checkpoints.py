@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from ..atomic import atomic_write_text
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, UnsupportedModelError
 from ..registry import CHECKPOINTS, get_checkpoint
 from ..sources import HUB_ID, HUB_KWARGS, encoder_config_from_dict, hub_file, load_pickle_weights, resolve_source
@@ -320,11 +320,4 @@ def save_hysac(model: HySAC, folder: Path, *, metadata: dict[str, Any] | None = 
 
 
 def _write_json_atomic(path: Path, content: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(content, handle, indent=2, sort_keys=True, default=str)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_text(path, json.dumps(content, indent=2, sort_keys=True, default=str))
