@@ -403,15 +403,7 @@ class T2IRunner:
     def build_classifiers(self) -> list[Any]:
         """The classifiers of the rule, configured from the run's options."""
         cfg = self.cfg
-        return rule_classifiers(
-            cfg.rule,
-            q16_model=cfg.q16_model,
-            q16_prompts=cfg.q16_prompts,
-            nudenet_labels=cfg.nudenet_labels,
-            nudenet_threshold=cfg.nudenet_threshold,
-            device=self.device,
-            batch_size=cfg.classify_batch_size,
-        )
+        return classifiers_from_config(cfg, device=self.device)
 
     def classify(self) -> int:
         """Label every stored image of this shard that some classifier of the rule has not labelled yet."""
@@ -468,6 +460,20 @@ class T2IRunner:
             grids=self.cfg.grids,
             blur_flagged=self.cfg.blur,
         )
+
+
+def classifiers_from_config(cfg: Any, *, device: str | torch.device | None = None) -> list[Any]:
+    """`rule_classifiers` with the options of a run config (`rule`, `q16_model`, `q16_prompts`,
+    `nudenet_labels`, `nudenet_threshold`, `classify_batch_size`), as T2IConfig and RegenConfig carry them."""
+    return rule_classifiers(
+        cfg.rule,
+        q16_model=cfg.q16_model,
+        q16_prompts=cfg.q16_prompts,
+        nudenet_labels=cfg.nudenet_labels,
+        nudenet_threshold=cfg.nudenet_threshold,
+        device=device,
+        batch_size=cfg.classify_batch_size,
+    )
 
 
 def rule_classifiers(

@@ -444,6 +444,26 @@ class HySACDemoSettings:
     traversal_strength: float = 1.0
 
 
+def _run_config(output_dir: Path, s: DemoSettings, progress: bool, overrides: list[str]) -> TrainConfig:
+    """The demo's training run config: the world's sizes and seed, no step checkpoints, then `overrides`."""
+    return load_config(
+        None,
+        [
+            f"output_dir={output_dir}",
+            f"base_model={BASE_MODEL_NAME}",
+            f"seed={s.seed}",
+            f"data.image_size={s.image_size}",
+            f"data.train_size={s.train_size}",
+            f"data.val_size={s.val_size}",
+            f"data.seed={s.seed}",
+            "save_every_steps=0",
+            "keep_checkpoints=1",
+            f"progress={str(progress).lower()}",
+            *overrides,
+        ],
+    )
+
+
 def run_hysac_demo(
     out_dir: str | Path,
     world: DemoWorld,
@@ -467,23 +487,7 @@ def run_hysac_demo(
     settings = settings or HySACDemoSettings()
     s = world.settings
     out = Path(out_dir)
-    cfg: TrainConfig = load_config(
-        None,
-        [
-            "method=hysac",
-            f"output_dir={out / 'hysac'}",
-            f"base_model={BASE_MODEL_NAME}",
-            f"seed={s.seed}",
-            f"data.image_size={s.image_size}",
-            f"data.train_size={s.train_size}",
-            f"data.val_size={s.val_size}",
-            f"data.seed={s.seed}",
-            "save_every_steps=0",
-            "keep_checkpoints=1",
-            f"progress={str(progress).lower()}",
-            *settings.finetune,
-        ],
-    )
+    cfg = _run_config(out / "hysac", s, progress, ["method=hysac", *settings.finetune])
     torch.manual_seed(s.seed)
     model = HySACTrainModel(
         *towers,
@@ -617,22 +621,7 @@ def run_demo(
     sd_text_encoder = _plain_text_encoder(text)  # T0 for the pipeline, before LoRA wraps the tower
 
     say("[3/6] Safe-CLIP fine-tuning (LoRA on both towers, eight-term loss, cached frozen references)")
-    cfg: TrainConfig = load_config(
-        None,
-        [
-            f"output_dir={out / 'safeclip'}",
-            f"base_model={BASE_MODEL_NAME}",
-            f"seed={s.seed}",
-            f"data.image_size={s.image_size}",
-            f"data.train_size={s.train_size}",
-            f"data.val_size={s.val_size}",
-            f"data.seed={s.seed}",
-            "save_every_steps=0",
-            "keep_checkpoints=1",
-            f"progress={str(progress).lower()}",
-            *s.finetune,
-        ],
-    )
+    cfg = _run_config(out / "safeclip", s, progress, s.finetune)
     model = SafeClipModel(text, vision, cfg.lora)
     result = train_safe_clip(cfg, model, train_set, val_set, stack_encoded, resume=False)
     model.eval()

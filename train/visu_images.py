@@ -37,7 +37,7 @@ import torch
 from eval.classifiers import PAPER_RULE, any_flagged
 from eval.prompts import Prompt
 from eval.store import ItemKey, Label, ResultsStore
-from eval.t2i import _git_revision, _progress, classify_store, diffusers_dtype_kwarg, rule_classifiers, shard_of
+from eval.t2i import _git_revision, _progress, classifiers_from_config, classify_store, diffusers_dtype_kwarg, shard_of
 from safe_encoders.atomic import atomic_write_text
 from train.visu import VISU_SPLITS, VisuRow, read_visu
 
@@ -327,15 +327,7 @@ class RegenRunner:
         if self._classifiers is not None:
             return self._classifiers()
         cfg = self.cfg
-        return rule_classifiers(
-            cfg.rule,
-            q16_model=cfg.q16_model,
-            q16_prompts=cfg.q16_prompts,
-            nudenet_labels=cfg.nudenet_labels,
-            nudenet_threshold=cfg.nudenet_threshold,
-            device=self.device,
-            batch_size=cfg.classify_batch_size,
-        )
+        return classifiers_from_config(cfg, device=self.device)
 
     def classify(self) -> int:
         """Label every stored candidate of this shard that some classifier of the rule has not labelled yet."""
