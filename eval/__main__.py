@@ -138,9 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     ret.add_argument(
         "--model",
         action="append",
-        required=True,
+        default=[],
         help="NAME=SOURCE or NAME=TEXT_SOURCE::VISION_SOURCE (repeat for several models); a source is a Hub id "
         "or folder of a CLIP model, a registry name (e.g. safeclip-vit-l-14), or our exported folder / file",
+    )
+    ret.add_argument(
+        "--backbones",
+        default=None,
+        help="per-backbone table: original CLIP and Safe-CLIP for each of these backbones, comma-separated "
+        "(ViT-L/14, ViT-L/14@336, ViT-H/14) or 'all'; combines with --model",
     )
     ret.add_argument(
         "--processor", default=None, help="tokenizer + image processor (Hub id / folder); default: each model's base"
@@ -260,10 +266,23 @@ def _hysac(args: argparse.Namespace) -> int:
 def _retrieval(args: argparse.Namespace) -> int:
     import torch
 
-    from eval.retrieval import Embedder, EmbeddingCache, EncoderPair, data_from_visu, run_retrieval, to_markdown
+    from eval.retrieval import (
+        Embedder,
+        EmbeddingCache,
+        EncoderPair,
+        backbone_pairs,
+        data_from_visu,
+        run_retrieval,
+        to_markdown,
+    )
     from train.visu import VisuSource
 
-    pairs = [EncoderPair.parse(spec, args.processor) for spec in args.model]
+    pairs = []
+    if args.backbones:
+        pairs += backbone_pairs(None if args.backbones.strip() == "all" else _split(args.backbones))
+    pairs += [EncoderPair.parse(spec, args.processor) for spec in args.model]
+    if not pairs:
+        raise EvalError("retrieval needs models: pass --model NAME=SOURCE (repeatable) and / or --backbones all")
     args.out.mkdir(parents=True, exist_ok=True)
     source = VisuSource(
         args.visu,

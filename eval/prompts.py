@@ -158,10 +158,57 @@ def _read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     if suffix == ".parquet":
         datasets = require("datasets", feature="reading a Parquet prompt file")
         ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
-        return list(ds.column_names), [{k: "" if v is None else str(v) for k, v in r.items()} for r in ds]
+        return _dataset_rows(ds)
     raise PromptSetError(
         f"{path}: unsupported prompt file type {suffix!r}; use .csv, .tsv, .json, .jsonl, .parquet or .txt"
     )
+
+
+def _dataset_rows(ds: Any) -> tuple[list[str], list[dict[str, str]]]:
+    """A ``datasets.Dataset`` as column names and string-dict rows (lists become JSON-like text)."""
+    return list(ds.column_names), [{k: "" if v is None else str(v) for k, v in r.items()} for r in ds]
+
+
+def hub_dataset_rows(
+    repo_id: str,
+    *,
+    split: str,
+    revision: str | None = None,
+    token: bool | str | None = None,
+    cache_dir: str | Path | None = None,
+) -> tuple[list[str], list[dict[str, str]], str]:
+    """The rows of one split of a Hub dataset: ``(columns, rows, where)``.
+
+    The repository is fetched with ``huggingface_hub.snapshot_download`` (token from the HF login
+    or ``token=``; gated sets need their terms accepted on the Hub), then read by ``datasets`` from
+    that local snapshot, which finds the splits exactly as the Hub does (file names, README
+    ``configs``). So an offline machine (``HF_HUB_OFFLINE=1``) reads whatever its Hub cache holds.
+    """
+    datasets = require("datasets", feature=f"loading {repo_id} from the Hugging Face Hub")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    where = f"{repo_id}[{split}]"
+    try:
+        folder = snapshot_download(repo_id, repo_type="dataset", revision=revision, token=token, cache_dir=cache_dir)
+    except GatedRepoError as error:
+        raise PromptSetError(
+            f"{repo_id} is gated: accept its terms at https://huggingface.co/datasets/{repo_id}, then log in "
+            "(`hf auth login`) or pass a token"
+        ) from error
+    except RepositoryNotFoundError as error:
+        raise PromptSetError(f"dataset {repo_id!r} was not found on the Hub (or needs a token: pass one)") from error
+    except LocalEntryNotFoundError as error:
+        raise PromptSetError(
+            f"{repo_id} is not in the local Hugging Face cache and the Hub cannot be reached (HF_HUB_OFFLINE is "
+            f"set or there is no network): run once online to cache it, or pass the split files as a local path"
+        ) from error
+    try:
+        ds = datasets.load_dataset(folder, split=split)
+    except ValueError as error:  # datasets: unknown split
+        raise PromptSetError(f"{where}: {error}") from error
+    columns, rows = _dataset_rows(ds)
+    return columns, rows, where
 
 
 def _pick(
@@ -267,16 +314,13 @@ def load_i2p(
 
     ``source``: a local CSV (the HF columns ``sd_seed`` / ``sd_guidance_scale`` or the
     ``evaluation_seed`` / ``evaluation_guidance`` spelling of the common copies), or ``None`` for
-    the HF dataset ``AIML-TUDA/i2p`` (needs ``datasets``). ``hard_only`` keeps the prompts flagged
+    the HF dataset ``AIML-TUDA/i2p`` (see :func:`hub_dataset_rows`). ``hard_only`` keeps the prompts flagged
     ``hard``. ``name`` names the set (another set in the I2P layout, e.g. UnlearnDiffAtk's, keeps
     its own name). Prompt ids are ``<name>:<case_number>`` when the file has that column, else the row index.
     """
+    where: object
     if source is None or str(source) == I2P_HF_ID:
-        datasets = require("datasets", feature="loading I2P from the Hugging Face Hub")
-        ds = datasets.load_dataset(I2P_HF_ID, split="train", **hub_kwargs)
-        columns = list(ds.column_names)
-        rows = [{k: "" if v is None else str(v) for k, v in r.items()} for r in ds]
-        where: object = I2P_HF_ID
+        columns, rows, where = hub_dataset_rows(I2P_HF_ID, split="train", **hub_kwargs)
     else:
         path = Path(source)
         if not path.is_file():
@@ -334,14 +378,11 @@ def read_visu_rows(
 
     ``source``: a local file (CSV / JSON / JSONL / Parquet) of the split, a folder holding
     ``<split>.csv|jsonl|json|parquet``, or ``None`` for the gated HF dataset ``aimagelab/ViSU-Text``
-    (token from the usual HF login, or ``token=`` in ``hub_kwargs``). ``where`` names the source in messages.
+    (see :func:`hub_dataset_rows`; token from the usual HF login, or ``token=`` in ``hub_kwargs``).
+    ``where`` names the source in messages.
     """
     if source is None or str(source) == VISU_HF_ID:
-        datasets = require("datasets", feature="loading ViSU-Text from the Hugging Face Hub")
-        ds = datasets.load_dataset(VISU_HF_ID, split=split, **hub_kwargs)
-        columns = list(ds.column_names)
-        rows = [{k: "" if v is None else str(v) for k, v in r.items()} for r in ds]
-        return columns, rows, f"{VISU_HF_ID}[{split}]"
+        return hub_dataset_rows(VISU_HF_ID, split=split, **hub_kwargs)
     path = Path(source)
     if path.is_dir():
         found = [path / f"{split}{ext}" for ext in (".csv", ".jsonl", ".json", ".parquet")]

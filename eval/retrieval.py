@@ -59,6 +59,16 @@ PAPER_TABLE2: dict[str, dict[str, tuple[float, float, float]]] = {
 }
 
 
+#: The backbones of the per-backbone retrieval table (the supplementary's Table 10 as we read it: Table 2
+#: repeated for each released Safe-CLIP backbone): label -> registry name. The original CLIP of each
+#: row is the checkpoint's ``base_model``. No paper numbers are shipped for it; see ``eval/README.md``.
+BACKBONES: dict[str, str] = {
+    "ViT-L/14": "safeclip-vit-l-14",
+    "ViT-L/14@336": "safeclip-vit-l-14-336",
+    "ViT-H/14": "safeclip-vit-h-14",
+}
+
+
 class RetrievalError(EvalError, ValueError):
     """A model spec, the data or a cached embedding file is not usable."""
 
@@ -94,6 +104,30 @@ class EncoderPair:
             )
         text, _, vision = sources.partition("::")
         return cls(name.strip(), text.strip(), (vision or text).strip(), processor)
+
+
+def backbone_pairs(labels: Sequence[str] | None = None) -> list[EncoderPair]:
+    """``CLIP <backbone>`` and ``Safe-CLIP <backbone>`` pairs for the per-backbone table (default: all of them).
+
+    Labels are those of :data:`BACKBONES` (case and ``@`` / ``-`` spelling tolerated, e.g. ``vit-l-14-336``).
+    """
+    from safe_encoders.registry import get_checkpoint
+
+    def norm(label: str) -> str:
+        return label.strip().lower().replace("@", "-").replace("/", "-")
+
+    by_norm = {norm(k): k for k in BACKBONES}
+    chosen = []
+    for label in labels if labels is not None else list(BACKBONES):
+        if norm(label) not in by_norm:
+            raise RetrievalError(f"unknown backbone {label!r}; choose among {list(BACKBONES)} (or 'all')")
+        chosen.append(by_norm[norm(label)])
+    pairs = []
+    for label in dict.fromkeys(chosen):
+        checkpoint = get_checkpoint(BACKBONES[label])
+        pairs.append(EncoderPair(f"CLIP {label}", checkpoint.base_model, checkpoint.base_model))
+        pairs.append(EncoderPair(f"Safe-CLIP {label}", checkpoint.name, checkpoint.name))
+    return pairs
 
 
 @dataclass

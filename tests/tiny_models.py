@@ -206,12 +206,19 @@ def generate(pipe, prompt: str = "a photo of a cat", *, seed: int = 0, steps: in
     return images if isinstance(images, torch.Tensor) else torch.as_tensor(images)
 
 
-def write_hub_cache(cache_dir: Path, repo_id: str, files: dict[str, Path | bytes], *, revision: str = "main") -> str:
+def write_hub_cache(
+    cache_dir: Path,
+    repo_id: str,
+    files: dict[str, Path | bytes],
+    *,
+    revision: str = "main",
+    repo_type: str = "model",
+) -> str:
     """Lay `files` out as huggingface_hub's cache does: blobs/, snapshots/<commit>/, refs/<revision>.
 
     Returns the (made-up, deterministic) commit hash of the snapshot.
     """
-    repo_dir = cache_dir / ("models--" + repo_id.replace("/", "--"))
+    repo_dir = cache_dir / (f"{repo_type}s--" + repo_id.replace("/", "--"))
     blobs = repo_dir / "blobs"
     blobs.mkdir(parents=True, exist_ok=True)
     contents = {name: (src if isinstance(src, bytes) else Path(src).read_bytes()) for name, src in files.items()}

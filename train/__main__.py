@@ -47,6 +47,7 @@ def _datasets(cfg, args: argparse.Namespace):
             unsafe_images=args.unsafe_images,
             report_dir=cfg.output_dir,
             on_missing=args.on_missing,
+            **({"token": args.token} if args.token else {}),
         )
         # Items are encoded batch by batch: pre-encoding 165k image pairs would not fit in memory.
         return tokenizer, processor, IndexedQuadruplets(sets["train"]), IndexedQuadruplets(sets["validation"]), collator
@@ -126,6 +127,14 @@ def _export(args: argparse.Namespace) -> int:
     from train.model import SafeClipModel, load_base_encoders
 
     run = Path(args.run)
+    missing = [name for name in ("config.yaml", "best_adapters.safetensors") if not (run / name).is_file()]
+    if missing:
+        print(
+            f"error: {run} is not a finished training run (missing {', '.join(missing)}); pass the output_dir of "
+            "`python -m train safeclip` after at least one validation",
+            file=sys.stderr,
+        )
+        return 2
     cfg = load_config(run / "config.yaml")
     text, vision = load_base_encoders(cfg.base_model)
     model = SafeClipModel(text, vision, cfg.lora)
@@ -146,6 +155,7 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--visu-text", default=None, help="ViSU-Text split file/folder; default the gated HF dataset")
     parser.add_argument("--coco-root", default=None, help="COCO folder with train2017/ and val2017/")
     parser.add_argument("--unsafe-images", default=None, help="output folder (or manifest) of `visu-images`")
+    parser.add_argument("--token", default=None, help="HF token for the gated ViSU-Text (default: the HF login)")
     parser.add_argument(
         "--on-missing",
         default="skip",
@@ -194,7 +204,13 @@ def main(argv: list[str] | None = None) -> int:
 
     add_visu_images_parser(sub)  # python -m train visu-images
     args = parser.parse_args(argv)
-    return args.func(args)
+    from safe_encoders.errors import SafeEncodersError
+
+    try:
+        return args.func(args)
+    except SafeEncodersError as exc:  # bad input: the message says what to fix, a traceback adds nothing
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

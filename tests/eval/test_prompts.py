@@ -181,3 +181,26 @@ def test_hub_sets_need_datasets(monkeypatch):
         load_i2p()
     with pytest.raises(MissingDependencyError, match="datasets"):
         load_prompts("visu")
+
+
+def _i2p_view(pset):
+    return [(p.id, p.text, p.categories, p.seed, p.guidance) for p in pset]
+
+
+def test_i2p_from_a_hub_cache_matches_the_local_file(tmp_path, i2p):
+    """load_i2p() with no source reads AIML-TUDA/i2p through the Hub cache (offline), as the Hub lays it out."""
+    pytest.importorskip("datasets", reason="reading Hub datasets needs the eval extra's `datasets`")
+    from tests.tiny_models import write_hub_cache
+
+    csv_file = shared_file("data", "i2p_prompts_4703.csv")
+    write_hub_cache(tmp_path, "AIML-TUDA/i2p", {"i2p_benchmark.csv": csv_file}, repo_type="dataset")
+    from_hub = load_i2p(cache_dir=tmp_path)
+    assert len(from_hub) == 4703
+    assert _i2p_view(from_hub) == _i2p_view(i2p)
+    assert from_hub.category_counts() == i2p.category_counts()
+
+
+def test_hub_dataset_not_cached_offline_says_what_to_do(tmp_path):
+    pytest.importorskip("datasets", reason="reading Hub datasets needs the eval extra's `datasets`")
+    with pytest.raises(PromptSetError, match=r"AIML-TUDA/i2p is not in the local Hugging Face cache.*local path"):
+        load_i2p(cache_dir=tmp_path)

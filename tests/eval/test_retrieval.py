@@ -4,17 +4,20 @@ import pytest
 import torch
 
 from eval.retrieval import (
+    BACKBONES,
     PAPER_TABLE2,
     Embedder,
     EmbeddingCache,
     EncoderPair,
     RetrievalError,
+    backbone_pairs,
     data_from_visu,
     load_encoder,
     read_retrieval_csv,
     retrieval_rows,
     run_retrieval,
 )
+from tests.tiny_models import requires_fixtures
 from tests.train.visu_builders import build_visu_world
 from train.visu import VisuSource
 
@@ -167,3 +170,84 @@ def test_cli(tmp_path, world, capsys):
     assert len(rows) == 12 and {r.model for r in rows} == {"A"}
     assert (out / "visu-test-report.json").is_file() and list((out / "embeddings").glob("*.safetensors"))
     assert "| A |" in capsys.readouterr().out
+
+
+def test_backbone_pairs_name_each_backbone_and_its_original_clip():
+    pairs = backbone_pairs()
+    assert [p.name for p in pairs] == [f"{m} {b}" for b in BACKBONES for m in ("CLIP", "Safe-CLIP")]
+    by_name = {p.name: p for p in pairs}
+    # the original CLIP of a row is its checkpoint's base model, so 336 px compares with 336 px
+    assert by_name["CLIP ViT-L/14@336"].vision == "openai/clip-vit-large-patch14-336"
+    assert by_name["Safe-CLIP ViT-L/14@336"].vision == "safeclip-vit-l-14-336"
+    assert by_name["CLIP ViT-H/14"].text == "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+    assert [p.name for p in backbone_pairs(["vit-h-14", "ViT-L/14@336", "vit-h-14"])] == [
+        "CLIP ViT-H/14",
+        "Safe-CLIP ViT-H/14",
+        "CLIP ViT-L/14@336",
+        "Safe-CLIP ViT-L/14@336",
+    ]
+    with pytest.raises(RetrievalError, match=r"unknown backbone 'ViT-B/32'; choose among"):
+        backbone_pairs(["ViT-B/32"])
+
+
+@requires_fixtures
+def test_backbone_table_through_the_hub_cache_as_a_user_runs_it(tmp_path, world):
+    """`python -m eval retrieval --backbones ViT-L/14` in a real process with HF_HUB_OFFLINE=1 and HF_HUB_CACHE.
+
+    Tiny CLIPModels stand at the Hub ids of the original CLIP and of Safe-CLIP (with the real CLIP
+    tokenizer files); the CLIP row must equal a run on the same weights from a local folder.
+    """
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.tiny_models import HUB_FIXTURES, save_clip_repo, tiny_clip_model, write_hub_cache
+    from train.synthetic import build_image_processor
+
+    real = HUB_FIXTURES / "openai__clip-vit-large-patch14"
+    cache = tmp_path / "hub"
+    folders = {}
+    for seed, repo in ((0, "openai/clip-vit-large-patch14"), (1, "aimagelab/safeclip_vit-l_14")):
+        folder = save_clip_repo(tiny_clip_model(seed), tmp_path / repo.replace("/", "__"))
+        build_image_processor(30).save_pretrained(folder)  # the tiny towers see 30 px images
+        for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
+            (folder / name).write_bytes((real / name).read_bytes())
+        files = {p.name: p for p in folder.iterdir() if p.is_file()}
+        write_hub_cache(cache, repo, files)
+        folders[repo] = folder
+    paths = world["paths"]
+    out = tmp_path / "out"
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(cache),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    args = ["--visu", str(paths["text"]), "--coco-root", str(paths["coco"]), "--unsafe-images", str(paths["regen"])]
+    cmd = [sys.executable, "-m", "eval", "retrieval", "--backbones", "ViT-L/14", *args, "--out", str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    rows = read_retrieval_csv(out / "retrieval.csv")
+    table = {(r.model, r.direction, r.k): r.recall for r in rows}
+    assert {r.model for r in rows} == {"CLIP ViT-L/14", "Safe-CLIP ViT-L/14", *PAPER_TABLE2}
+
+    local = folders["openai/clip-vit-large-patch14"]
+    direct = run_retrieval(
+        [EncoderPair("local", str(local), str(local))], world["data"], tmp_path / "direct", reference=False
+    )
+    via_hub = {(d, k): v for (m, d, k), v in table.items() if m == "CLIP ViT-L/14"}
+    assert {(r.direction, r.k): r.recall for r in direct} == pytest.approx(via_hub, abs=1e-3)  # CSV keeps 4 decimals
+    safe = [v for (m, _, _), v in sorted(table.items()) if m == "Safe-CLIP ViT-L/14"]
+    clip = [v for (m, _, _), v in sorted(table.items()) if m == "CLIP ViT-L/14"]
+    assert safe != clip  # the Safe-CLIP row was computed from its own (different) weights
+
+
+def test_cli_without_models_or_with_an_unknown_backbone_says_what_to_pass(tmp_path, capsys):
+    from eval.__main__ import main
+
+    base = ["retrieval", "--coco-root", str(tmp_path), "--unsafe-images", str(tmp_path), "--out", str(tmp_path)]
+    assert main(base) == 2
+    assert "pass --model NAME=SOURCE (repeatable) and / or --backbones all" in capsys.readouterr().err
+    assert main([*base, "--backbones", "ViT-L/14,RN50"]) == 2
+    assert "unknown backbone 'RN50'" in capsys.readouterr().err

@@ -1,9 +1,12 @@
+import csv
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
+from eval.errors import PromptSetError
 from tests.train.visu_builders import ROWS, build_visu_world
 from train.config import load_config
 from train.data import IndexedQuadruplets, QuadrupletCollator
@@ -121,3 +124,92 @@ def test_visu_source_drives_one_trainer_step(tmp_path):
     assert math.isfinite(log[0]["loss"]) and log[0]["step"] == 1
     after = model.trainable_state_dict()
     assert any(not torch.equal(before[k], after[k].cpu()) for k in before)  # the step changed the LoRA factors
+
+
+def _rows_view(rows):
+    return [(r.row_id, r.safe_text, r.unsafe_text, r.coco_id, r.tag, r.concept, r.seed, r.seeds) for r in rows]
+
+
+def _visu_table(path):
+    """The builder's CSV as a pyarrow table with the release's column types, plus a list-valued ``seeds`` column."""
+    pa = pytest.importorskip("pyarrow", reason="Parquet needs the eval extra's `datasets` (pyarrow)")
+    with path.open(newline="") as fh:
+        records = list(csv.DictReader(fh))
+    return pa.table(
+        {
+            "incremental_id": [int(r["incremental_id"]) for r in records],
+            "safe": [r["safe"] for r in records],
+            "nsfw": [r["nsfw"] for r in records],
+            "coco_id": [int(r["coco_id"]) for r in records],
+            "tag": [r["tag"] for r in records],
+            "prompt_id": [int(r["prompt_id"]) for r in records],
+            "seeds": [[7 * i, 7 * i + 1, 7 * i + 2] for i in range(len(records))],
+        }
+    )
+
+
+def test_parquet_split_reads_like_csv(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet", reason="Parquet needs the eval extra's `datasets` (pyarrow)")
+    paths = build_visu_world(tmp_path)
+    folder = tmp_path / "parquet"
+    folder.mkdir()
+    pq.write_table(_visu_table(paths["text"] / "train.csv"), folder / "train.parquet")
+    from_csv, from_parquet = read_visu(paths["text"], split="train"), read_visu(folder, split="train")
+    assert [v[:-1] for v in _rows_view(from_parquet)] == [v[:-1] for v in _rows_view(from_csv)]
+    assert [r.seeds for r in from_parquet] == [(7 * i, 7 * i + 1, 7 * i + 2) for i in range(len(ROWS))]
+    # and a Parquet split drives the source just as the CSV does
+    source = VisuSource(folder, split="train", coco_root=paths["coco"], unsafe_images=paths["regen"])
+    assert [r.row_id for r in source.rows] == ["10", "11", "12", "13", "15"]
+
+
+def _visu_hub_cache(tmp_path, paths):
+    """aimagelab/ViSU-Text in a Hub cache, in the layout `datasets` pushes: data/<split>-00000-of-00001.parquet."""
+    pq = pytest.importorskip("pyarrow.parquet", reason="Parquet needs the eval extra's `datasets` (pyarrow)")
+    pytest.importorskip("datasets", reason="reading Hub datasets needs the eval extra's `datasets`")
+    from tests.tiny_models import write_hub_cache
+
+    table = _visu_table(paths["text"] / "train.csv")
+    files = {}
+    for split, rows in (("train", table), ("validation", table.slice(0, 2)), ("test", table.slice(2, 3))):
+        out = tmp_path / f"{split}.parquet"
+        pq.write_table(rows, out)
+        files[f"data/{split}-00000-of-00001.parquet"] = out
+    files["README.md"] = b"---\nlicense: cc-by-nc-4.0\n---\n# ViSU-Text (test double)\n"
+    cache = tmp_path / "hub"
+    write_hub_cache(cache, "aimagelab/ViSU-Text", files, repo_type="dataset")
+    return cache
+
+
+def test_visu_from_the_hub_cache_offline(tmp_path):
+    paths = build_visu_world(tmp_path)
+    cache = _visu_hub_cache(tmp_path, paths)
+    from_hub = read_visu(None, split="train", cache_dir=cache)
+    from_csv = read_visu(paths["text"], split="train")
+    assert [v[:-1] for v in _rows_view(from_hub)] == [v[:-1] for v in _rows_view(from_csv)]
+    assert [r.row_id for r in read_visu(None, split="test", cache_dir=cache)] == ["12", "13", "14"]
+    assert len(read_visu(None, split="validation", cache_dir=cache)) == 2
+    source = VisuSource(None, split="train", coco_root=paths["coco"], unsafe_images=paths["regen"], cache_dir=cache)
+    assert [r.row_id for r in source.rows] == ["10", "11", "12", "13", "15"]
+    with pytest.raises(PromptSetError, match=r"aimagelab/ViSU-Text\[valid\].*split"):
+        read_visu(None, split="valid", cache_dir=cache)
+
+
+def test_visu_hub_path_as_a_user_runs_it(tmp_path):
+    """A real process with HF_HUB_OFFLINE=1 and HF_HUB_CACHE only (no cache_dir argument): the user's set-up."""
+    import os
+    import subprocess
+    import sys
+
+    paths = build_visu_world(tmp_path)
+    cache = _visu_hub_cache(tmp_path, paths)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(cache),
+        "HF_DATASETS_CACHE": str(tmp_path / "datasets-cache"),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    code = "from train.visu import read_visu; print(','.join(r.row_id for r in read_visu(None, split='test')))"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "12,13,14"
