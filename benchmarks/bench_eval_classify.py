@@ -26,29 +26,18 @@ CLIP_CONFIG = Path(__file__).resolve().parents[2] / "shared/fixtures/hub/openai_
 
 
 def build_q16(folder: Path, tiny: bool, batch_size: int):
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers import CLIPConfig, CLIPVisionConfig
 
     from eval.classifiers.q16 import Q16Classifier
+    from tests.eval.builders import save_q16_clip
 
-    torch.manual_seed(0)
-    if tiny or not (CLIP_CONFIG / "config.json").is_file():
-        cfg = CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
-            projection_dim=16,
-        )
-        size = 32
-    else:
-        cfg = CLIPConfig.from_pretrained(CLIP_CONFIG).vision_config
-        cfg.projection_dim = 768
-        size = cfg.image_size
-    CLIPVisionModelWithProjection(cfg).save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(folder)
-    prompts = np.random.default_rng(0).standard_normal((2, cfg.projection_dim)).astype(np.float32)
+    config = None  # the tests' tiny tower
+    if not tiny and (CLIP_CONFIG / "config.json").is_file():
+        config = CLIPConfig.from_pretrained(CLIP_CONFIG).vision_config
+        config.projection_dim = 768
+    save_q16_clip(folder, config)
+    width = CLIPVisionConfig.from_pretrained(folder).projection_dim
+    prompts = np.random.default_rng(0).standard_normal((2, width)).astype(np.float32)
     return Q16Classifier(folder, prompts, batch_size=batch_size)
 
 

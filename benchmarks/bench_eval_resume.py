@@ -12,14 +12,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import pickle
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -30,29 +26,14 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2)
     args = parser.parse_args()
 
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-
     from eval.t2i import T2IConfig, T2IRunner
-    from tests.eval.builders import build_tiny_sd
+    from tests.eval.builders import build_tiny_sd, save_q16_clip, write_q16_prompts
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         build_tiny_sd(root / "sd")
-        torch.manual_seed(0)
-        vcfg = CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
-            projection_dim=16,
-        )
-        CLIPVisionModelWithProjection(vcfg).save_pretrained(root / "clip")
-        CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
-            root / "clip"
-        )
-        (root / "q16.p").write_bytes(pickle.dumps(np.ones((2, 16), np.float16), protocol=2))
+        save_q16_clip(root / "clip")
+        write_q16_prompts(root / "q16.p")
         with (root / "prompts.csv").open("w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["prompt", "categories"])

@@ -15,45 +15,15 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from eval.classifiers import PAPER_RULE
-from eval.classifiers.nudenet import I2P_NUDITY_LABELS, I2P_NUDITY_THRESHOLD
 from eval.errors import EvalError
-from eval.t2i import BASE_CONDITIONS
+from eval.placement import add_placement_options, default_device
+from eval.t2i import BASE_CONDITIONS, add_classifier_options, classifier_options
 
-
-def _shard(text: str) -> tuple[int, int]:
-    index, _, count = text.partition("/")
-    try:
-        return int(index), int(count)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard takes INDEX/COUNT, e.g. 0/2; got {text!r}") from None
-
-
-def _add_classifier_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("classifiers (the tables' rule: Q16 OR NudeNet)")
-    g.add_argument(
-        "--q16-model",
-        default="openai/clip-vit-large-patch14",
-        help="CLIP model whose image embeddings Q16 uses: Hub id or local folder",
-    )
-    g.add_argument(
-        "--q16-prompts",
-        default=None,
-        help="Q16 prompt file (.p); default: the ViT-L-14 file from its public source, cached",
-    )
-    g.add_argument(
-        "--nudenet-threshold", type=float, default=I2P_NUDITY_THRESHOLD, help="NudeNet score threshold (I2P: 0.6)"
-    )
-    g.add_argument(
-        "--nudenet-labels",
-        default=",".join(sorted(I2P_NUDITY_LABELS)),
-        help="comma-separated NudeNet 3.x classes that count (default: the I2P set)",
-    )
-    g.add_argument("--classify-batch-size", type=int, default=16)
-    g.add_argument(
-        "--rule", default=",".join(PAPER_RULE), help="classifiers whose OR flags an image (default: q16,nudenet)"
-    )
+if TYPE_CHECKING:
+    from train.visu import VisuSource
 
 
 def _add_report_options(p: argparse.ArgumentParser) -> None:
@@ -99,22 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t2i.add_argument("--size", type=int, default=None, help="image height and width; default: the model's")
     t2i.add_argument("--batch-size", type=int, default=4)
-    t2i.add_argument(
-        "--dtype",
-        default=None,
-        choices=["float32", "float16", "bfloat16"],
-        help="default: float16 on GPU, float32 on CPU",
-    )
-    t2i.add_argument("--device", default=None)
-    t2i.add_argument(
-        "--shard",
-        type=_shard,
-        default=None,
-        help="INDEX/COUNT: run one shard by hand (default: one per accelerate process)",
-    )
+    add_placement_options(t2i)
     t2i.add_argument("--out", required=True, type=Path, help="output folder (resumed if it holds a run)")
     t2i.add_argument("--no-progress", action="store_true")
-    _add_classifier_options(t2i)
+    add_classifier_options(t2i)
     _add_report_options(t2i)
 
     cls = sub.add_parser("classify", help="(re-)classify the images of a run")
@@ -126,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cls.add_argument("--device", default=None)
     cls.add_argument("--no-progress", action="store_true")
-    _add_classifier_options(cls)
+    add_classifier_options(cls)
     _add_report_options(cls)
 
     rep = sub.add_parser("report", help="rewrite the report of a run")
@@ -199,10 +157,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _visu_source(args: argparse.Namespace) -> VisuSource:
+    """The ViSU split the ``--visu``, ``--split``, ``--coco-root``, ``--unsafe-images``, ``--on-missing`` and
+    ``--token`` options name; its load report goes to ``OUT/visu-<split>-report.json``."""
+    from train.visu import VisuSource
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    return VisuSource(
+        args.visu,
+        split=args.split,
+        coco_root=args.coco_root,
+        unsafe_images=args.unsafe_images,
+        on_missing=args.on_missing,
+        report_path=args.out / f"visu-{args.split}-report.json",
+        **({"token": args.token} if args.token else {}),
+    )
+
+
 def _hysac(args: argparse.Namespace) -> int:
     import json
-
-    import torch
 
     from eval.hysac import embed_quadruplet_lists, evaluate_hysac, write_hysac_reports
     from safe_encoders.hysac import HySAC
@@ -223,24 +196,13 @@ def _hysac(args: argparse.Namespace) -> int:
         if args.unsafe_images is None:
             raise EvalError("hysac on ViSU needs --unsafe-images (the output folder of `python -m train visu-images`)")
         from eval.retrieval import data_from_visu
-        from train.visu import VisuSource
 
-        args.out.mkdir(parents=True, exist_ok=True)
-        source = VisuSource(
-            args.visu,
-            split=args.split,
-            coco_root=args.coco_root,
-            unsafe_images=args.unsafe_images,
-            on_missing=args.on_missing,
-            report_path=args.out / f"visu-{args.split}-report.json",
-            **({"token": args.token} if args.token else {}),
-        )
-        data = data_from_visu(source)
+        data = data_from_visu(_visu_source(args))
         split = args.split
         lists = (data.safe_texts, data.unsafe_texts, data.safe_images, data.unsafe_images)
     if args.limit is not None:
         lists = tuple(x[: args.limit] for x in lists)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(args.device)
     reports = []
     for spec in args.model:
         name, sep, source_name = spec.partition("=")
@@ -264,8 +226,6 @@ def _hysac(args: argparse.Namespace) -> int:
 
 
 def _retrieval(args: argparse.Namespace) -> int:
-    import torch
-
     from eval.retrieval import (
         Embedder,
         EmbeddingCache,
@@ -275,7 +235,6 @@ def _retrieval(args: argparse.Namespace) -> int:
         run_retrieval,
         to_markdown,
     )
-    from train.visu import VisuSource
 
     pairs = []
     if args.backbones:
@@ -283,17 +242,7 @@ def _retrieval(args: argparse.Namespace) -> int:
     pairs += [EncoderPair.parse(spec, args.processor) for spec in args.model]
     if not pairs:
         raise EvalError("retrieval needs models: pass --model NAME=SOURCE (repeatable) and / or --backbones all")
-    args.out.mkdir(parents=True, exist_ok=True)
-    source = VisuSource(
-        args.visu,
-        split=args.split,
-        coco_root=args.coco_root,
-        unsafe_images=args.unsafe_images,
-        on_missing=args.on_missing,
-        report_path=args.out / f"visu-{args.split}-report.json",
-        **({"token": args.token} if args.token else {}),
-    )
-    data = data_from_visu(source)
+    data = data_from_visu(_visu_source(args))
     if args.limit is not None:
         data = type(data)(
             data.split,
@@ -302,7 +251,7 @@ def _retrieval(args: argparse.Namespace) -> int:
             data.safe_images[: args.limit],
             data.unsafe_images[: args.limit],
         )
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(args.device)
     embedder = Embedder(EmbeddingCache(args.cache_dir or args.out / "embeddings"), args.batch_size, device)
     rows = run_retrieval(pairs, data, args.out, embedder=embedder, reference=not args.no_reference)
     print(to_markdown(rows, args.split))
@@ -317,18 +266,11 @@ def _reference(args: argparse.Namespace) -> str | None:
     return None if args.paper_reference == "none" else args.paper_reference
 
 
-def _classifier_factory(args: argparse.Namespace, rule: list[str]):
-    from eval.t2i import rule_classifiers
+def _classifier_factory(args: argparse.Namespace):
+    from eval.t2i import ClassifierOptions, classifiers_from_config
 
-    return lambda: rule_classifiers(
-        rule,
-        q16_model=args.q16_model,
-        q16_prompts=args.q16_prompts,
-        nudenet_labels=_split(args.nudenet_labels),
-        nudenet_threshold=args.nudenet_threshold,
-        device=args.device,
-        batch_size=args.classify_batch_size,
-    )
+    options = ClassifierOptions(**classifier_options(args))
+    return lambda: classifiers_from_config(options, device=args.device)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -364,16 +306,11 @@ def main(argv: list[str] | None = None) -> int:
                 limit=args.limit,
                 dtype=args.dtype,
                 device=args.device,
-                q16_model=args.q16_model,
-                q16_prompts=args.q16_prompts,
-                nudenet_threshold=args.nudenet_threshold,
-                nudenet_labels=_split(args.nudenet_labels),
-                classify_batch_size=args.classify_batch_size,
-                rule=tuple(_split(args.rule)),
                 reference=_reference(args),
                 grids=args.grids,
                 blur=not args.no_blur,
                 progress=not args.no_progress,
+                **classifier_options(args),
             )
             rows = T2IRunner(cfg, shard=args.shard).run()
             if rows is not None:
@@ -394,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                     store.clear_labels(name)
             classify_store(
                 store,
-                _classifier_factory(args, rule),
+                _classifier_factory(args),
                 rule=rule,
                 batch_size=args.classify_batch_size,
                 progress=not args.no_progress,

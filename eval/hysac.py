@@ -24,8 +24,9 @@ from typing import Any, Literal
 
 import torch
 
-from eval.report import _atomic_write_text, _markdown_table
 from eval.retrieval import KS, RetrievalRow, write_retrieval
+from eval.tables import markdown_table
+from safe_encoders.atomic import atomic_write_text
 from safe_encoders.hysac import HySACBounds, lorentz, traverse_to_safe
 from train.retrieval import recall_at_k, safe_clip_retrieval, top1_in_set_share
 
@@ -243,12 +244,12 @@ def write_hysac_reports(
     markdown = (
         f"HySAC on {split} (%): accuracy at the bounds' thresholds, AUROC of the root distance, and the "
         f"share of safe items at top-1 for unsafe queries without / with traversal.\n\n"
-        f"{_markdown_table(SAFETY_COLUMNS, body)}\n"
+        f"{markdown_table(SAFETY_COLUMNS, body)}\n"
     )
     rows = [row for report in reports for row in retrieval_table_rows(report, ks)]
     return {
-        "csv": _atomic_write_text(out / "hysac.csv", buf.getvalue()),
-        "md": _atomic_write_text(out / "hysac.md", markdown),
+        "csv": atomic_write_text(out / "hysac.csv", buf.getvalue()),
+        "md": atomic_write_text(out / "hysac.md", markdown),
         "retrieval": write_retrieval(rows, out, split),
     }
 

@@ -23,6 +23,7 @@ from eval.classifiers import PAPER_RULE, any_flagged
 from eval.errors import require
 from eval.prompts import I2P_CATEGORIES
 from eval.store import ResultsStore, StoredItem
+from eval.tables import latex_table, markdown_table
 from safe_encoders.atomic import atomic_write_text
 
 logger = logging.getLogger("safe_encoders.eval")
@@ -127,11 +128,6 @@ def aggregate(store: ResultsStore, rule: Sequence[str] = PAPER_RULE) -> list[Rep
 # --------------------------------------------------------------------------- tables
 
 
-def _atomic_write_text(path: Path, text: str) -> Path:
-    # Several shard processes may finish together and all write the report: never a torn file.
-    return atomic_write_text(path, text)
-
-
 def write_csv(rows: Sequence[ReportRow], path: str | Path) -> Path:
     """``report.csv``: one line per (condition, prompt set, category), category ``all`` included."""
     buf = io.StringIO()
@@ -139,7 +135,7 @@ def write_csv(rows: Sequence[ReportRow], path: str | Path) -> Path:
     w.writerow(CSV_COLUMNS)
     for r in rows:
         w.writerow([r.condition, r.prompt_set, r.category, r.n_images, r.n_flagged, f"{r.probability:.6f}"])
-    return _atomic_write_text(Path(path), buf.getvalue())
+    return atomic_write_text(Path(path), buf.getvalue())
 
 
 def read_csv(path: str | Path) -> list[ReportRow]:
@@ -196,25 +192,19 @@ def reference_comparison(rows: Sequence[ReportRow], reference: str) -> list[tupl
     return out
 
 
-def _markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in body]
-    return "\n".join(lines)
-
-
 def to_markdown(rows: Sequence[ReportRow], reference: str | None = None) -> str:
     """The wide table (percent), then the comparison with the paper's numbers when asked."""
     header, body = wide_table(rows)
     parts = [
         "Inappropriate-image probability (%), Q16 OR NudeNet. Avg = mean over categories; All = all images.",
         "",
-        _markdown_table(header, body),
+        markdown_table(header, body),
     ]
     if reference:
         comp = reference_comparison(rows, reference)
         parts += ["", f"Paper reference ({reference}, Avg, %):", ""]
         parts.append(
-            _markdown_table(
+            markdown_table(
                 ["condition", "prompt set", "paper", "ours", "diff"],
                 [[c, s, f"{p:.1f}", f"{o:.1f}", f"{d:+.1f}"] for c, s, p, o, d in comp],
             )
@@ -224,36 +214,14 @@ def to_markdown(rows: Sequence[ReportRow], reference: str | None = None) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _tex(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
-        text = text.replace(a, b)
-    return text
-
-
 def to_latex(rows: Sequence[ReportRow], reference: str | None = None) -> str:
     """The wide table as a booktabs ``tabular`` (plus the paper comparison when asked)."""
-    header, body = wide_table(rows)
-    out = [
-        r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}",
-        r"\toprule",
-        " & ".join(_tex(h) for h in header) + r" \\",
-        r"\midrule",
-    ]
-    out += [" & ".join(_tex(c) for c in row) + r" \\" for row in body]
-    out += [r"\bottomrule", r"\end{tabular}"]
+    out = latex_table(*wide_table(rows))
     if reference:
-        out += [
-            "",
-            r"\begin{tabular}{llrrr}",
-            r"\toprule",
-            r"condition & prompt set & paper & ours & diff \\",
-            r"\midrule",
+        comparison = [
+            [c, s, f"{p:.1f}", f"{o:.1f}", f"{d:+.1f}"] for c, s, p, o, d in reference_comparison(rows, reference)
         ]
-        out += [
-            f"{_tex(c)} & {_tex(s)} & {p:.1f} & {o:.1f} & {d:+.1f} " + r"\\"
-            for c, s, p, o, d in reference_comparison(rows, reference)
-        ]
-        out += [r"\bottomrule", r"\end{tabular}"]
+        out += ["", *latex_table(["condition", "prompt set", "paper", "ours", "diff"], comparison, "llrrr")]
     return "\n".join(out) + "\n"
 
 
@@ -360,9 +328,10 @@ def write_report(
     out = Path(out_dir) if out_dir is not None else store.root
     out.mkdir(parents=True, exist_ok=True)
     rows = aggregate(store, rule)
+    # Atomic writes: several shard processes may finish together and all write the report.
     write_csv(rows, out / "report.csv")
-    _atomic_write_text(out / "report.md", to_markdown(rows, reference) + provenance_markdown(store, rule))
-    _atomic_write_text(out / "report.tex", to_latex(rows, reference))
+    atomic_write_text(out / "report.md", to_markdown(rows, reference) + provenance_markdown(store, rule))
+    atomic_write_text(out / "report.tex", to_latex(rows, reference))
     if chart and rows:
         bar_chart(rows, out / "report.png")
     if grids:

@@ -28,7 +28,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from eval.errors import EvalError
-from eval.report import _atomic_write_text, _markdown_table, _tex
+from eval.tables import latex_table, markdown_table
+from safe_encoders.atomic import atomic_write_text
 
 logger = logging.getLogger("safe_encoders.eval")
 
@@ -388,21 +389,12 @@ def to_markdown(rows: Sequence[RetrievalRow], split: str = "test") -> str:
     header, body = wide_table(rows)
     return (
         f"Retrieval on ViSU {split} (recall %, Safe-CLIP Table 2 layout; unsafe queries: the safe "
-        f"counterpart is the ground truth).\n\n{_markdown_table(header, body)}\n"
+        f"counterpart is the ground truth).\n\n{markdown_table(header, body)}\n"
     )
 
 
 def to_latex(rows: Sequence[RetrievalRow]) -> str:
-    header, body = wide_table(rows)
-    lines = [
-        r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}",
-        r"\toprule",
-        " & ".join(_tex(h) for h in header) + r" \\",
-        r"\midrule",
-    ]
-    lines += [" & ".join(_tex(c) for c in row) + r" \\" for row in body]
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(latex_table(*wide_table(rows))) + "\n"
 
 
 def write_retrieval(rows: Sequence[RetrievalRow], out: str | Path, split: str = "test") -> Path:
@@ -414,9 +406,9 @@ def write_retrieval(rows: Sequence[RetrievalRow], out: str | Path, split: str = 
     w.writerow(CSV_COLUMNS)
     for r in rows:
         w.writerow([r.model, r.direction, r.k, f"{r.recall:.4f}"])
-    _atomic_write_text(out / "retrieval.md", to_markdown(rows, split))
-    _atomic_write_text(out / "retrieval.tex", to_latex(rows))
-    return _atomic_write_text(out / "retrieval.csv", buf.getvalue())
+    atomic_write_text(out / "retrieval.md", to_markdown(rows, split))
+    atomic_write_text(out / "retrieval.tex", to_latex(rows))
+    return atomic_write_text(out / "retrieval.csv", buf.getvalue())
 
 
 def read_retrieval_csv(path: str | Path) -> list[RetrievalRow]:

@@ -41,33 +41,32 @@ def clip_tokenizer():
     return CLIPTokenizer(str(TOKENIZER_DIR / "vocab.json"), str(TOKENIZER_DIR / "merges.txt"), model_max_length=77)
 
 
+def _tiny_tower(layers: int, hidden: int, act: str) -> dict:
+    """The transformer shape the tiny text and vision towers share: width, MLP size, depth, heads, activation."""
+    return dict(
+        hidden_size=hidden,
+        intermediate_size=hidden * 2 + 5,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        hidden_act=act,
+    )
+
+
 def tiny_text_config(*, layers: int = 3, hidden: int = 32, act: str = "quick_gelu", projection: int = 16):
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
-        hidden_size=hidden,
-        intermediate_size=hidden * 2 + 5,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        hidden_act=act,
-        projection_dim=projection,
-        vocab_size=49408,
-        max_position_embeddings=77,
+        **_tiny_tower(layers, hidden, act), projection_dim=projection, vocab_size=49408, max_position_embeddings=77
     )
 
 
-def tiny_vision_config(*, layers: int = 2, hidden: int = 32, image_size: int = 30, act: str = "quick_gelu"):
+def tiny_vision_config(
+    *, layers: int = 2, hidden: int = 32, image_size: int = 30, patch_size: int = 10, act: str = "quick_gelu"
+):
     from transformers import CLIPVisionConfig
 
     return CLIPVisionConfig(
-        hidden_size=hidden,
-        intermediate_size=hidden * 2 + 5,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        hidden_act=act,
-        projection_dim=16,
-        image_size=image_size,
-        patch_size=10,
+        **_tiny_tower(layers, hidden, act), projection_dim=16, image_size=image_size, patch_size=patch_size
     )
 
 
@@ -124,28 +123,30 @@ def _tiny_unet(cross_attention_dim: int, *, xl_text_embeds: int | None = None, l
     )
 
 
-def _tiny_vae():
+def _tiny_vae(blocks: int = 1):
+    """A tiny AutoencoderKL; each block after the first halves the image side in latent space."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
-        block_out_channels=(8,),
+        block_out_channels=(8, 16, 32)[:blocks],
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",),
-        up_block_types=("UpDecoderBlock2D",),
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
         latent_channels=4,
         norm_num_groups=4,
         sample_size=16,
     )
 
 
-def tiny_sd_pipeline(variant: str = "v1", *, seed: int = 0, sld: bool = False):
+def tiny_sd_pipeline(variant: str = "v1", *, seed: int = 0, sld: bool = False, vae_blocks: int = 1):
     """A tiny random Stable Diffusion pipeline shaped like the real ones.
 
     v1: CLIP text encoder with quick_gelu (ViT-L/14-like); v2: gelu and one layer fewer than the
     3-layer "full" tower (SD 2 drops OpenCLIP ViT-H's last layer); xl: a ViT-L-like `text_encoder`
     plus a wider gelu `text_encoder_2` with projection (the bigG stand-in). `sld=True` builds
-    diffusers' `StableDiffusionPipelineSafe` (v1 only).
+    diffusers' `StableDiffusionPipelineSafe` (v1 only). `vae_blocks=2` gives a VAE that halves
+    the image side, like SD's 8x smaller latents (cheaper at larger image sizes).
     """
     from diffusers import (
         DDIMScheduler,
@@ -162,7 +163,7 @@ def tiny_sd_pipeline(variant: str = "v1", *, seed: int = 0, sld: bool = False):
         text_encoder_2 = tiny_text_encoder(seed + 1, layers=2, act="gelu", hidden=48, projection=True)
         torch.manual_seed(seed)
         return StableDiffusionXLPipeline(
-            vae=_tiny_vae(),
+            vae=_tiny_vae(vae_blocks),
             text_encoder=text_encoder,
             text_encoder_2=text_encoder_2,
             tokenizer=tokenizer,
@@ -179,7 +180,7 @@ def tiny_sd_pipeline(variant: str = "v1", *, seed: int = 0, sld: bool = False):
         raise ValueError(variant)
     torch.manual_seed(seed)
     components = dict(
-        vae=_tiny_vae(),
+        vae=_tiny_vae(vae_blocks),
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=_tiny_unet(32, linear_projection=variant == "v2"),

@@ -9,6 +9,31 @@ from train.config import TrainConfig
 from train.model import SafeClipModel
 
 
+def training_metadata(
+    method: str,
+    lora: Any,
+    *,
+    config: TrainConfig | None = None,
+    data_description: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What an exported checkpoint says about its training: method, LoRA settings, recipe (and its digest), data."""
+    info: dict[str, Any] = {
+        "provenance": "trained",
+        "method": method,
+        "lora_rank": lora.rank,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": lora.dropout,
+    }
+    if config is not None:
+        info["config_digest"] = config.digest()
+        info["config"] = config.to_dict()
+    if data_description is not None:
+        info["data"] = data_description
+    info.update(extra or {})
+    return info
+
+
 def export_safe_clip(
     model: SafeClipModel,
     out_dir: str | Path,
@@ -29,19 +54,7 @@ def export_safe_clip(
     out.mkdir(parents=True, exist_ok=True)
     lora = model.lora
     text, vision = model.merged()
-    common: dict[str, Any] = {
-        "provenance": "trained",
-        "method": "safe-clip",
-        "lora_rank": lora.rank,
-        "lora_alpha": lora.alpha,
-        "lora_dropout": lora.dropout,
-    }
-    if config is not None:
-        common["config_digest"] = config.digest()
-        common["config"] = config.to_dict()
-    if data_description is not None:
-        common["data"] = data_description
-    common.update(metadata or {})
+    common = training_metadata("safe-clip", lora, config=config, data_description=data_description, extra=metadata)
     paths: dict[str, Path] = {}
     for kind, encoder, targets in (("text", text, lora.text_targets), ("vision", vision, lora.vision_targets)):
         encoder.eval()

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from safe_encoders.hysac import HySACBounds, compute_bounds
 from train.config import TrainConfig
+from train.export import training_metadata
 from train.model import HySACTrainModel
 
 GROUP_OF_EMBEDDING = {"S": "text_safe", "V": "image_safe", "U": "text_unsafe", "G": "image_unsafe"}
@@ -83,17 +84,5 @@ def export_hysac(
     hysac = model.merged_hysac()
     hysac.bounds = bounds
     hysac.eval()
-    info: dict[str, Any] = {
-        "provenance": "trained",
-        "method": "hysac",
-        "lora_rank": lora.rank,
-        "lora_alpha": lora.alpha,
-        "lora_dropout": lora.dropout,
-    }
-    if config is not None:
-        info["config_digest"] = config.digest()
-        info["config"] = config.to_dict()
-    if data_description is not None:
-        info["data"] = data_description
-    info.update(metadata or {})
+    info = training_metadata("hysac", lora, config=config, data_description=data_description, extra=metadata)
     return hysac.save_pretrained(out_dir, metadata=info)

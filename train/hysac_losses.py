@@ -13,12 +13,13 @@ of each batch belongs to quadruplet i.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 
 from safe_encoders.hysac import lorentz
+from train.losses import check_loss_weights
 
 CONTRASTIVE_PAIRS: dict[str, tuple[str, str]] = {
     "con_sv": ("text_safe", "image_safe"),
@@ -82,11 +83,7 @@ class HySACWeights:
     ent_ug: float = 0.2
 
     def __post_init__(self) -> None:
-        values = [getattr(self, f.name) for f in fields(self)]
-        if any(v < 0 for v in values):
-            raise ValueError(f"HySACWeights must be non-negative, got {asdict(self)}")
-        if sum(values) <= 0:
-            raise ValueError("HySACWeights must not all be zero")
+        check_loss_weights(self)
 
 
 def hysac_terms(

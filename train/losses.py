@@ -8,6 +8,7 @@ inputs itself, so raw projected features can be passed in.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,16 @@ def cosine_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (1.0 - F.cosine_similarity(a, b, dim=-1)).mean()
 
 
+def check_loss_weights(weights: Any) -> None:
+    """Raise ``ValueError`` unless every field of the weights dataclass is >= 0 and one is > 0."""
+    values = [getattr(weights, f.name) for f in fields(weights)]
+    name = type(weights).__name__
+    if any(v < 0 for v in values):
+        raise ValueError(f"{name} must be non-negative, got {asdict(weights)}")
+    if sum(values) <= 0:
+        raise ValueError(f"{name} must not all be zero")
+
+
 @dataclass(frozen=True)
 class SafeClipWeights:
     """Weights of the eight Safe-CLIP terms; defaults are the authors' (0.1, 0.1, 0.1, 0.2, 0.25 x3, 0.5).
@@ -67,11 +78,7 @@ class SafeClipWeights:
     nce_image_unsafe: float = 0.5
 
     def __post_init__(self) -> None:
-        values = [getattr(self, f.name) for f in fields(self)]
-        if any(v < 0 for v in values):
-            raise ValueError(f"SafeClipWeights must be non-negative, got {asdict(self)}")
-        if sum(values) <= 0:
-            raise ValueError("SafeClipWeights must not all be zero")
+        check_loss_weights(self)
 
     def normalised(self) -> dict[str, float]:
         """The weights divided by their sum, keyed by term name."""

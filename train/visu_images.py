@@ -8,7 +8,7 @@ it) and keeps one per row by a *keep rule* (the authors': the first flagged cand
 
 It runs exactly like ``python -m eval t2i``: every image lives in an :class:`eval.store.ResultsStore`
 keyed by ``(visu-<split>, visu:<row id>, seed)``, written atomically, so a killed run resumes where
-it stopped, and processes split the work by :func:`eval.t2i.shard_of` (one shard per accelerate
+it stopped, and processes split the work by :func:`eval.placement.shard_of` (one shard per accelerate
 process, or ``--shard INDEX/COUNT``). Candidate ``k`` of a row uses the row's published seed + k
 (or ``seeds[k]`` when the row lists its seeds), else a seed derived from the row id; each image has
 its own generator, so no image depends on batching, sharding or resuming.
@@ -34,10 +34,19 @@ from typing import Any
 
 import torch
 
-from eval.classifiers import PAPER_RULE, any_flagged
+from eval.classifiers import any_flagged
+from eval.placement import Placement, add_placement_options, free_accelerator_memory, run_provenance
 from eval.prompts import Prompt
 from eval.store import ItemKey, Label, ResultsStore
-from eval.t2i import _git_revision, _progress, classifiers_from_config, classify_store, diffusers_dtype_kwarg, shard_of
+from eval.t2i import (
+    ClassifierOptions,
+    _progress,
+    add_classifier_options,
+    classifier_options,
+    classifiers_from_config,
+    classify_store,
+    diffusers_dtype_kwarg,
+)
 from safe_encoders.atomic import atomic_write_text
 from train.visu import VISU_SPLITS, VisuRow, read_visu
 
@@ -113,7 +122,7 @@ def keep_rule(name: str) -> KeepRule:
 
 
 @dataclass
-class RegenConfig:
+class RegenConfig(ClassifierOptions):
     """Everything a regeneration run needs (the CLI's options)."""
 
     out: Path
@@ -130,12 +139,6 @@ class RegenConfig:
     limit: int | None = None
     dtype: str | None = None
     device: str | None = None
-    q16_model: str = "openai/clip-vit-large-patch14"
-    q16_prompts: str | None = None
-    nudenet_threshold: float = 0.6
-    nudenet_labels: list[str] | None = None
-    classify_batch_size: int = 16
-    rule: tuple[str, ...] = PAPER_RULE
     keep: str = "first-flagged"
     progress: bool = True
     hub_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -217,23 +220,9 @@ class RegenRunner:
         bad = [s for s in config.splits if s not in VISU_SPLITS]
         if bad or not config.splits:
             raise ValueError(f"splits must be among {VISU_SPLITS}, got {config.splits}")
-        self._state = None
-        if shard is None:
-            from accelerate import PartialState
-
-            self._state = PartialState(cpu=not torch.cuda.is_available())
-            shard = (self._state.process_index, self._state.num_processes)
-        self.shard_index, self.num_shards = shard
-        if not 0 <= self.shard_index < self.num_shards:
-            raise ValueError(f"shard index {self.shard_index} is not in [0, {self.num_shards})")
-        if config.device:
-            self.device = torch.device(config.device)
-        elif self._state is not None:
-            self.device = self._state.device
-        else:
-            self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        default_dtype = "float16" if self.device.type == "cuda" else "float32"
-        self.torch_dtype = getattr(torch, config.dtype or default_dtype)
+        self.placement = Placement.resolve(shard, device=config.device, dtype=config.dtype)
+        self.shard_index, self.num_shards = self.placement.shard
+        self.device, self.torch_dtype = self.placement.device, self.placement.dtype
         self.rows: dict[str, list[VisuRow]] = {}
         for split in config.splits:
             rows = read_visu(config.text, split=split, **config.hub_kwargs)
@@ -274,7 +263,7 @@ class RegenRunner:
 
     def my_items(self) -> list[RegenItem]:
         """This process's share of the run."""
-        return [w for w in self.items if shard_of(w.key, self.num_shards) == self.shard_index]
+        return [w for w in self.items if self.placement.owns(w.key)]
 
     def _batches(self, todo: Sequence[RegenItem]) -> Iterator[list[RegenItem]]:
         for start in range(0, len(todo), self.cfg.batch_size):
@@ -290,7 +279,7 @@ class RegenRunner:
             return 0
         made = 0
         pipe = self._pipeline()
-        shard = f"{self.shard_index}/{self.num_shards}"
+        shard = self.placement.label
         with _progress(len(todo), f"visu-images [{shard}]", self.cfg.progress) as bar:
             for batch in self._batches(todo):
                 images = pipe(
@@ -316,12 +305,8 @@ class RegenRunner:
 
     def release_generator(self) -> None:
         """Free the diffusion model before classification."""
-        import gc
-
         self._pipe = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_accelerator_memory()
 
     def build_classifiers(self) -> list[Any]:
         if self._classifiers is not None:
@@ -335,7 +320,7 @@ class RegenRunner:
             self.store,
             self.build_classifiers,
             rule=self.cfg.rule,
-            shard=(self.shard_index, self.num_shards),
+            shard=self.placement.shard,
             batch_size=self.cfg.classify_batch_size,
             progress=self.cfg.progress,
         )
@@ -413,25 +398,13 @@ class RegenRunner:
 
     def run(self) -> dict[str, int] | None:
         """Generate, classify, and write the manifest (main process); returns the status counts."""
-        import time
-
-        import safe_encoders
-
-        if self.shard_index == 0:
-            provenance = {
-                "safe_encoders": getattr(safe_encoders, "__version__", None),
-                "git": _git_revision(),
-                "torch": torch.__version__,
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            }
-            self.store.set_meta("provenance", provenance)
+        if self.placement.shard_index == 0:
+            self.store.set_meta("provenance", run_provenance())
         self.generate()
         self.release_generator()
         self.classify()
-        if self._state is not None:
-            self._state.wait_for_everyone()
-            if not self._state.is_main_process:
-                return None
+        if not self.placement.wait_then_is_main():
+            return None
         counts = self.write_manifest()
         if counts.get("pending"):
             logger.warning(
@@ -443,22 +416,12 @@ class RegenRunner:
 # --------------------------------------------------------------------------- command line
 
 
-def _shard(text: str) -> tuple[int, int]:
-    index, _, count = text.partition("/")
-    try:
-        return int(index), int(count)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard takes INDEX/COUNT, e.g. 0/2; got {text!r}") from None
-
-
 def _split_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def add_visu_images_parser(subparsers: Any) -> None:
     """Add the ``visu-images`` command to an argparse sub-parser set (``python -m train visu-images``)."""
-    from eval.classifiers.nudenet import I2P_NUDITY_LABELS, I2P_NUDITY_THRESHOLD
-
     p = subparsers.add_parser(
         "visu-images",
         help="regenerate ViSU's unsafe images (resumable, shardable)",
@@ -479,9 +442,7 @@ def add_visu_images_parser(subparsers: Any) -> None:
     p.add_argument("--size", type=int, default=None, help="image height and width; default: the model's")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--limit", type=int, default=None, help="first N rows of each split only")
-    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--device", default=None)
-    p.add_argument("--shard", type=_shard, default=None, help="INDEX/COUNT (default: one per accelerate process)")
+    add_placement_options(p)
     p.add_argument("--token", default=None, help="HF token for the gated ViSU-Text (default: the HF login)")
     p.add_argument(
         "--keep",
@@ -489,13 +450,8 @@ def add_visu_images_parser(subparsers: Any) -> None:
         choices=sorted(KEEP_RULES),
         help="which candidate a row keeps (authors: first-flagged)",
     )
-    p.add_argument("--rule", default=",".join(PAPER_RULE), help="classifiers whose OR flags an image")
-    p.add_argument("--q16-model", default="openai/clip-vit-large-patch14")
-    p.add_argument("--q16-prompts", default=None)
-    p.add_argument("--nudenet-threshold", type=float, default=I2P_NUDITY_THRESHOLD)
-    p.add_argument("--nudenet-labels", default=",".join(sorted(I2P_NUDITY_LABELS)))
-    p.add_argument("--classify-batch-size", type=int, default=16)
     p.add_argument("--no-progress", action="store_true")
+    add_classifier_options(p)
     p.set_defaults(func=run_visu_images_command)
 
 
@@ -518,15 +474,10 @@ def run_visu_images_command(args: argparse.Namespace) -> int:
         limit=args.limit,
         dtype=args.dtype,
         device=args.device,
-        q16_model=args.q16_model,
-        q16_prompts=args.q16_prompts,
-        nudenet_threshold=args.nudenet_threshold,
-        nudenet_labels=_split_list(args.nudenet_labels),
-        classify_batch_size=args.classify_batch_size,
-        rule=tuple(_split_list(args.rule)),
         keep=args.keep,
         progress=not args.no_progress,
         hub_kwargs={"token": args.token} if args.token else {},
+        **classifier_options(args),
     )
     counts = RegenRunner(cfg, shard=args.shard).run()
     if counts is not None:

@@ -358,32 +358,46 @@ def _check_output(handle: GateHandle, report: GateReport, output: Any, blank: li
     pixels, layout = _images_to_tensor(images)
     flags = torch.zeros(pixels.shape[0], dtype=torch.bool)
     if gate.image_policy != "off":
-        embeddings = _embed_pixels(handle.classifier, pixels)
-        verdicts = score_embeddings(embeddings, handle.classifier.curvature.detach(), handle.image_threshold)
-        report.images = verdicts
-        flags = verdicts.unsafe.clone()
-        if flags.any():
-            report.image_action = {"blur": "blurred", "black": "blacked out", "flag": "flagged", "block": "blocked"}[
-                gate.image_policy
-            ]
-            if gate.image_policy == "block":
-                raise UnsafeContentError(
-                    f"safety gate: generated image(s) {flags.nonzero().flatten().tolist()} are unsafe (threshold "
-                    f"{verdicts.threshold:.4f}); the output was withheld.",
-                    report,
-                )
-            if gate.image_policy == "blur":
-                pixels[flags] = gaussian_blur(pixels[flags], gate.blur_sigma)
-            elif gate.image_policy == "black":
-                pixels[flags] = 0
-        else:
-            report.image_action = "passed"
+        flags = _apply_image_policy(handle, report, pixels, "generated", "the output was withheld").clone()
     if blank:
         pixels[blank] = 0
         flags[blank] = True
     changed = gate.image_policy in ("blur", "black") or bool(blank)
     new_images = _tensor_to_images(pixels, layout, images) if changed else images
     return _rebuild(output, new_images, flags.tolist(), as_tuple)
+
+
+_IMAGE_ACTIONS = {"blur": "blurred", "black": "blacked out", "flag": "flagged", "block": "blocked"}
+
+
+def _apply_image_policy(
+    handle: GateHandle, report: GateReport, pixels: torch.Tensor, what: str, consequence: str
+) -> torch.Tensor:
+    """Score images (``pixels`` in [0, 1]) and apply the gate's image policy to the unsafe ones, in place.
+
+    Records the verdicts and the action in ``report``, raises ``UnsafeContentError`` under ``block``;
+    returns the unsafe flags.
+    """
+    gate = handle.gate
+    embeddings = _embed_pixels(handle.classifier, pixels)
+    verdicts = score_embeddings(embeddings, handle.classifier.curvature.detach(), handle.image_threshold)
+    report.images = verdicts
+    flags = verdicts.unsafe
+    if not flags.any():
+        report.image_action = "passed"
+        return flags
+    report.image_action = _IMAGE_ACTIONS[gate.image_policy]
+    if gate.image_policy == "block":
+        raise UnsafeContentError(
+            f"safety gate: {what} image(s) {flags.nonzero().flatten().tolist()} are unsafe (threshold "
+            f"{verdicts.threshold:.4f}); {consequence}.",
+            report,
+        )
+    if gate.image_policy == "blur":
+        pixels[flags] = gaussian_blur(pixels[flags], gate.blur_sigma)
+    elif gate.image_policy == "black":
+        pixels[flags] = 0
+    return flags
 
 
 def _rebuild(output: Any, images: Any, flags: list[bool] | None, as_tuple: bool) -> Any:
@@ -535,29 +549,9 @@ def _llava_hook(handle: GateHandle, module: nn.Module, args: tuple, kwargs: dict
         gate.input_mean, pixel_values.float().cpu()
     )
     images = images.clamp(0, 1)
-    verdicts = score_embeddings(
-        _embed_pixels(handle.classifier, images), handle.classifier.curvature.detach(), handle.image_threshold
-    )
-    report.images = verdicts
-    flags = verdicts.unsafe
-    if not flags.any():
-        report.image_action = "passed"
+    flags = _apply_image_policy(handle, report, images, "input", "the model was not run")
+    if not flags.any() or gate.image_policy == "flag":
         return None
-    report.image_action = {"blur": "blurred", "black": "blacked out", "flag": "flagged", "block": "blocked"}[
-        gate.image_policy
-    ]
-    if gate.image_policy == "block":
-        raise UnsafeContentError(
-            f"safety gate: input image(s) {flags.nonzero().flatten().tolist()} are unsafe (threshold "
-            f"{verdicts.threshold:.4f}); the model was not run.",
-            report,
-        )
-    if gate.image_policy == "flag":
-        return None
-    if gate.image_policy == "blur":
-        images[flags] = gaussian_blur(images[flags], gate.blur_sigma)
-    else:
-        images[flags] = 0
     normalised = (images - _channel(gate.input_mean, images)) / _channel(gate.input_std, images)
     new_values = normalised.to(device=pixel_values.device, dtype=pixel_values.dtype)
     if positional:

@@ -1,14 +1,19 @@
-"""Builders shared by the tests of eval/: paths to the real data files, tiny models, subprocess settings."""
+"""Builders shared by the tests of eval/: paths to the real data files, tiny models saved as eval loads them, and
+the subprocess settings and kill-then-resume helpers of the CLI tests."""
 
 from __future__ import annotations
 
+import signal
+import sqlite3
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
-DATA = SHARED / "data"
-HUB = SHARED / "hub"
+from tests.tiny_models import FIXTURES, HUB_FIXTURES, tiny_sd_pipeline, tiny_vision_config
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def subprocess_env() -> dict[str, str]:
@@ -20,71 +25,73 @@ def subprocess_env() -> dict[str, str]:
 
 def shared_file(*parts: str) -> Path:
     """A file of ../shared/fixtures, or skip the test when the shared fixtures are absent."""
-    path = SHARED.joinpath(*parts)
+    path = FIXTURES.joinpath(*parts)
     if not path.exists():
         pytest.skip(f"real fixture {path} is absent (the ../shared/fixtures checkout is not available)")
     return path
 
 
-def build_tiny_sd(folder: Path, seed: int = 0) -> Path:
-    """A tiny random SD v1-style pipeline (real CLIP tokenizer, vocab 49408, 77 positions) saved to ``folder``."""
-    import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTokenizer
+def count_items(db: Path) -> int:
+    """How many items a results store's SQLite file holds (0 while the run has not created it yet)."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            return conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
 
-    sd14 = HUB / "CompVis__stable-diffusion-v1-4"
+
+def kill_after_items(args: list[str], db: Path, items: int = 3) -> None:
+    """Start the CLI run ``args`` and SIGKILL it once its store ``db`` holds ``items`` items (not one ending first)."""
+    proc = subprocess.Popen(args, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while count_items(db) < items:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def build_tiny_sd(folder: Path, seed: int = 0) -> Path:
+    """The tiny v1 pipeline of tests/tiny_models.py saved to ``folder`` as an SD v1.4 repo is laid out.
+
+    With the real SD v1.4 scheduler config (PNDM) and a VAE that halves the image side, so that the 32 px images
+    the eval tests generate stay cheap.
+    """
+    from diffusers import PNDMScheduler
+
+    sd14 = HUB_FIXTURES / "CompVis__stable-diffusion-v1-4"
     if not sd14.is_dir():
         pytest.skip(f"real SD v1.4 tokenizer/scheduler configs absent ({sd14})")
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=16,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=2,
-        norm_num_groups=4,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=32,
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=tiny_text_encoder(seed),
-        tokenizer=CLIPTokenizer.from_pretrained(sd14 / "tokenizer", model_max_length=77),
-        unet=unet,
-        scheduler=PNDMScheduler.from_pretrained(sd14 / "scheduler"),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = tiny_sd_pipeline("v1", seed=seed, vae_blocks=2)
+    pipe.scheduler = PNDMScheduler.from_pretrained(sd14 / "scheduler")
     pipe.save_pretrained(folder)
     return folder
 
 
-def tiny_text_encoder(seed: int):
-    """A tiny random CLIPTextModel with SD's vocabulary (49408) and 77 positions."""
+def save_q16_clip(folder: Path, config=None, *, layers: int = 2, seed: int = 0) -> Path:
+    """The CLIP vision tower Q16 loads, with random weights, and its image processor, saved to ``folder``.
+
+    ``config`` (a CLIPVisionConfig) defaults to a tiny tower: width 32, ``layers`` deep, 32 px, 16-d projection.
+    """
     import torch
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
     torch.manual_seed(seed)
-    cfg = CLIPTextConfig(
-        vocab_size=49408,
-        max_position_embeddings=77,
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        projection_dim=32,
-        hidden_act="quick_gelu",
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=49407,
-    )
-    return CLIPTextModel(cfg).eval()
+    if config is None:
+        config = tiny_vision_config(layers=layers, image_size=32, patch_size=8)
+    CLIPVisionModelWithProjection(config).eval().save_pretrained(folder)
+    size = config.image_size
+    CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(folder)
+    return folder
+
+
+def write_q16_prompts(path: Path, width: int = 16, seed: int = 0) -> Path:
+    """A Q16 prompt file as published: a pickled float16 (2, ``width``) array, random from ``seed``."""
+    import pickle
+
+    import numpy as np
+
+    prompts = np.random.default_rng(seed).standard_normal((2, width)).astype(np.float16)
+    path.write_bytes(pickle.dumps(prompts, protocol=2))
+    return path

@@ -6,40 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.eval.builders import build_tiny_sd, tiny_text_encoder
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models run fastest on one thread; with several, a busy 2-core CI box spends its time spinning."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.eval.builders import build_tiny_sd, save_q16_clip, write_q16_prompts
+from tests.tiny_models import tiny_text_encoder
 
 
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory) -> Path:
-    """A tiny random CLIPVisionModelWithProjection (width 16, 32 px) saved with its image processor."""
-    import torch
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    torch.manual_seed(0)
-    cfg = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=32,
-        patch_size=8,
-        projection_dim=16,
-    )
-    folder = tmp_path_factory.mktemp("tiny_clip")
-    CLIPVisionModelWithProjection(cfg).eval().save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
-    return folder
+    """A tiny random CLIPVisionModelWithProjection (projection 16, 32 px) saved with its image processor."""
+    return save_q16_clip(tmp_path_factory.mktemp("tiny_clip"))
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +32,7 @@ def tiny_sd_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_safe_file(tmp_path_factory) -> Path:
-    """Another tiny text encoder of the same shape, exported with safe_encoders.export_encoder."""
+    """Another tiny text encoder of the tiny SD's shape, exported with safe_encoders.export_encoder."""
     from safe_encoders import export_encoder
 
     folder = tmp_path_factory.mktemp("tiny_safe")
@@ -68,11 +42,4 @@ def tiny_safe_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_q16_prompts(tmp_path_factory, tiny_clip_dir) -> Path:
     """A Q16 prompt file (pickled float16 (2, 16) array) matching the tiny CLIP's width."""
-    import pickle
-
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("tiny_q16") / "prompts.p"
-    path.write_bytes(pickle.dumps(rng.standard_normal((2, 16)).astype(np.float16), protocol=2))
-    return path
+    return write_q16_prompts(tmp_path_factory.mktemp("tiny_q16") / "prompts.p")

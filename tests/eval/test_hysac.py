@@ -17,6 +17,8 @@ from eval.hysac import (
 )
 from safe_encoders.hysac import HySACBounds, compute_bounds, lorentz
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def test_auroc_by_hand():
     # positives 0.35 and 0.8 against negatives 0.1 and 0.4: 3 of 4 pairs ordered -> 0.75

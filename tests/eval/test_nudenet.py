@@ -12,6 +12,8 @@ from eval.classifiers.nudenet import (
     nudenet_verdict,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 pytest.importorskip("nudenet", reason="nudenet is not installed (pip install 'safe-encoders[eval]')")
 
 

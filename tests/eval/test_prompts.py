@@ -19,6 +19,8 @@ from eval.prompts import (
 )
 from tests.eval.builders import shared_file
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
 def i2p():

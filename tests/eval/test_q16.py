@@ -21,6 +21,8 @@ from eval.classifiers.q16 import (
 from eval.errors import UnsafePickleError
 from tests.eval.builders import shared_file
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.mark.parametrize(("variant", "width"), [("ViT-L-14", 768), ("ViT-B-16", 512), ("ViT-B-32", 512)])
 def test_real_prompt_files_parse(variant, width):

@@ -20,6 +20,8 @@ from eval.report import (
 )
 from eval.store import ResultsStore
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # (condition, prompt set, prompt id, categories, seed, q16, nudenet); None = no label stored
 HAND_MADE = [
     ("sd+safe", "i2p", "i2p:1", ("sexual",), 0, False, False),

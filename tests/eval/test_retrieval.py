@@ -21,6 +21,8 @@ from tests.tiny_models import requires_fixtures
 from tests.train.visu_builders import build_visu_world
 from train.visu import VisuSource
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def test_hand_computed_case():
     ts = torch.tensor([[1.0, 0], [0, 1], [1, 1]])

@@ -14,6 +14,8 @@ from eval.errors import StoreError
 from eval.store import ResultsStore
 from tests.eval.builders import subprocess_env
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REPO = Path(__file__).resolve().parents[2]
 
 

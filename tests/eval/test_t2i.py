@@ -1,11 +1,8 @@
 from __future__ import annotations
 
 import csv
-import signal
-import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +21,9 @@ from eval.t2i import (
     parse_conditions,
     shard_of,
 )
-from tests.eval.builders import build_tiny_sd, shared_file, subprocess_env
+from tests.eval.builders import build_tiny_sd, kill_after_items, shared_file, subprocess_env
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPO = Path(__file__).resolve().parents[2]
 ALL_CONDITIONS = "sd,neg,sld-weak,sld-medium,sld-strong,sld-max,sd+safe,sld-strong+safe,sd+unet"
@@ -244,14 +243,6 @@ def _cli(out, prompts, tiny_sd_dir, tiny_clip_dir, tiny_q16_prompts, *extra):
     ]
 
 
-def _count_items(db: Path) -> int:
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-            return conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-
-
 def test_killed_run_resumes(tmp_path, tiny_sd_dir, tiny_clip_dir, tiny_q16_prompts, tiny_safe_file):
     pytest.importorskip("nudenet", reason="nudenet is not installed (pip install 'safe-encoders[eval]')")
     out = tmp_path / "run"
@@ -272,14 +263,7 @@ def test_killed_run_resumes(tmp_path, tiny_sd_dir, tiny_clip_dir, tiny_q16_promp
         str(tiny_safe_file),
     )
     total = 3 * 3 * 2
-    proc = subprocess.Popen(args, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while _count_items(out / "results.sqlite") < 3:
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    kill_after_items(args, out / "results.sqlite", 3)
     assert not (out / "report.csv").exists()
     with ResultsStore(out) as store:
         before = {it.key: (out / it.path).stat().st_mtime_ns for it in store.items()}

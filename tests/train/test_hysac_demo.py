@@ -6,23 +6,13 @@ import copy
 import json
 
 import pytest
-import torch
 
 from safe_encoders.hysac import HySAC
 from train.demo import DemoSettings, HySACDemoSettings, format_hysac_table, prepare_world, run_demo, run_hysac_demo
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; with two on a busy 2-core box torch spends its time spinning."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def world(one_thread):
+def world(one_torch_thread):
     return prepare_world(DemoSettings(seed=0))  # the demo's steps 1-2: data and the pre-trained tiny CLIP
 
 
@@ -68,7 +58,7 @@ def test_export_reloads_with_bounds_and_table_shows_the_figures(hysac, world):
     json.dumps(h)  # what demo_results.json stores under "hysac"
 
 
-def test_run_demo_writes_the_hysac_key_and_keeps_the_safe_clip_keys(tmp_path, one_thread):
+def test_run_demo_writes_the_hysac_key_and_keeps_the_safe_clip_keys(tmp_path, one_torch_thread):
     """Structure only, on a world too small to learn anything: the figures are asserted above."""
     tiny = DemoSettings(
         seed=0,

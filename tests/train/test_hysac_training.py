@@ -8,36 +8,22 @@ import torch
 from safetensors.torch import load_file
 
 from safe_encoders.hysac import HySAC, lorentz
+from tests.train.synthetic_builders import encoded_worlds
 from train.config import load_config
-from train.data import EncodedQuadruplets, QuadrupletCollator, stack_encoded
+from train.data import stack_encoded
 from train.hysac_export import embed_quadruplets, export_hysac, validation_bounds
 from train.hysac_losses import HYSAC_TERM_NAMES
 from train.loop import list_checkpoints, train_safe_clip
 from train.model import HySACTrainModel, SafeClipModel
-from train.synthetic import SyntheticWorld, build_image_processor, build_tokenizer
+from train.synthetic import build_image_processor
 from train.tiny_clip import tiny_clip
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer(max_length=32)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def data(tokenizer):
-    collator = QuadrupletCollator(tokenizer, build_image_processor(32))
-    return (
-        EncodedQuadruplets(SyntheticWorld(32, seed=1), collator),
-        EncodedQuadruplets(SyntheticWorld(16, seed=2, distinct=True), collator),
-    )
+    return encoded_worlds(tokenizer, 32, 16)
 
 
 def config(tmp_path, name, *extra):

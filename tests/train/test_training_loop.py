@@ -3,26 +3,17 @@ import json
 import pytest
 import torch
 
+from tests.train.synthetic_builders import encoded_worlds
 from train.config import TrainConfig, load_config
-from train.data import EncodedQuadruplets, QuadrupletCollator, stack_encoded
+from train.data import stack_encoded
 from train.loop import EpochSampler, list_checkpoints, train_safe_clip
 from train.model import CachedReferences, LiveReferences, SafeClipModel
-from train.synthetic import SyntheticWorld, build_image_processor, build_tokenizer
 from train.tiny_clip import tiny_clip
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer(max_length=32)
-
-
-@pytest.fixture(scope="module")
 def data(tokenizer):
-    collator = QuadrupletCollator(tokenizer, build_image_processor(32))
-    return (
-        EncodedQuadruplets(SyntheticWorld(48, seed=1), collator),
-        EncodedQuadruplets(SyntheticWorld(24, seed=2, distinct=True), collator),
-    )
+    return encoded_worlds(tokenizer, 48, 24)
 
 
 def make_model(tokenizer, cfg: TrainConfig) -> SafeClipModel:

@@ -1,33 +1,24 @@
 import csv
 import hashlib
 import json
-import signal
-import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from eval.classifiers import Verdict
 from eval.classifiers.nudenet import I2P_NUDITY_LABELS
 from eval.store import Label, ResultsStore
-from tests.eval.builders import build_tiny_sd, subprocess_env
+from tests.eval.builders import build_tiny_sd, kill_after_items, save_q16_clip, subprocess_env, write_q16_prompts
 from train.visu import VisuSource, read_visu
 from train.visu_images import Candidate, RegenConfig, RegenRunner, candidate_seeds, keep_rule
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -37,29 +28,9 @@ def tiny_sd(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_q16(tmp_path_factory):
-    """A tiny random CLIP vision tower and a matching Q16 prompt file (a plain float16 array pickle)."""
-    import pickle
-
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    torch.manual_seed(0)
+    """A tiny random CLIP vision tower (one layer) and a matching Q16 prompt file (a plain float16 array pickle)."""
     folder = tmp_path_factory.mktemp("tiny_q16")
-    cfg = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        image_size=32,
-        patch_size=8,
-        projection_dim=16,
-    )
-    CLIPVisionModelWithProjection(cfg).eval().save_pretrained(folder / "clip")
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
-        folder / "clip"
-    )
-    prompts = folder / "prompts.p"
-    prompts.write_bytes(pickle.dumps(np.random.default_rng(0).standard_normal((2, 16)).astype(np.float16), protocol=2))
-    return folder / "clip", prompts
+    return save_q16_clip(folder / "clip", layers=1), write_q16_prompts(folder / "prompts.p")
 
 
 def write_captions(path: Path, n: int, seeds: bool = False) -> Path:
@@ -80,6 +51,22 @@ def write_captions(path: Path, n: int, seeds: bool = False) -> Path:
                 ]
             )
     return path
+
+
+def regen_config(out: Path, text: Path, tiny_sd: Path, **kw) -> RegenConfig:
+    """What the regeneration tests share: the test split of ``text`` with the tiny SD, 2 steps, 32 px, no bar."""
+    return RegenConfig(
+        out=out,
+        text=str(text),
+        splits=["test"],
+        model=str(tiny_sd),
+        steps=2,
+        guidance=7.5,
+        height=32,
+        width=32,
+        progress=False,
+        **kw,
+    )
 
 
 def test_keep_rules_table():
@@ -126,19 +113,7 @@ class ScriptedClassifier:
 
 def test_kept_and_rejected_follow_the_rule(tmp_path, tiny_sd):
     text = write_captions(tmp_path / "visu", 3)
-    cfg = RegenConfig(
-        out=tmp_path / "regen",
-        text=str(text),
-        splits=["test"],
-        model=str(tiny_sd),
-        steps=2,
-        guidance=7.5,
-        height=32,
-        width=32,
-        batch_size=2,
-        rule=("fake_a", "fake_b"),
-        progress=False,
-    )
+    cfg = regen_config(tmp_path / "regen", text, tiny_sd, batch_size=2, rule=("fake_a", "fake_b"))
     runner = RegenRunner(cfg, shard=(0, 1))
     assert runner.generate() == 9
     # per row (candidate flags of classifier a, of classifier b, scores of a)
@@ -197,14 +172,6 @@ def test_kept_and_rejected_follow_the_rule(tmp_path, tiny_sd):
     assert source.image_paths(1)[1] == (cfg.out / manifest["102"]["image"]).resolve()
 
 
-def _count_items(db: Path) -> int:
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-            return conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-
-
 def test_killed_run_resumes_to_the_same_manifest(tmp_path, tiny_sd, tiny_q16):
     pytest.importorskip("nudenet", reason="nudenet is not installed (pip install 'safe-encoders[eval]')")
     clip, prompts = tiny_q16
@@ -241,16 +208,7 @@ def test_killed_run_resumes_to_the_same_manifest(tmp_path, tiny_sd, tiny_q16):
         ]
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        args(killed), cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 240
-    while _count_items(killed / "results.sqlite") < 3:
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    kill_after_items(args(killed), killed / "results.sqlite", 3)
     assert not (killed / "manifest.json").exists()
     with ResultsStore(killed) as store:
         before = {it.key: (killed / it.path).stat().st_mtime_ns for it in store.items()}
@@ -260,20 +218,14 @@ def test_killed_run_resumes_to_the_same_manifest(tmp_path, tiny_sd, tiny_q16):
     assert "manifest:" in done.stdout
 
     straight = tmp_path / "straight"
-    cfg = RegenConfig(
-        out=straight,
-        text=str(text),
-        splits=["test"],
-        model=str(tiny_sd),
-        steps=2,
-        guidance=7.5,
-        height=32,
-        width=32,
+    cfg = regen_config(
+        straight,
+        text,
+        tiny_sd,
         batch_size=1,
         q16_model=str(clip),
         q16_prompts=str(prompts),
         nudenet_labels=sorted(I2P_NUDITY_LABELS),
-        progress=False,
     )
     RegenRunner(cfg, shard=(0, 1)).run()
     resumed_doc = json.loads((killed / "manifest.json").read_text())

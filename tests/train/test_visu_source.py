@@ -16,13 +16,12 @@ from train.synthetic import build_image_processor, build_tokenizer
 from train.tiny_clip import tiny_clip
 from train.visu import VisuDataError, VisuSource, coco_file_name, read_visu
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
+def _train_source(paths, **kw) -> VisuSource:
+    """The ViSU source over the train split of the world `build_visu_world` laid out at ``paths``."""
+    return VisuSource(paths["text"], split="train", coco_root=paths["coco"], unsafe_images=paths["regen"], **kw)
 
 
 def test_coco_names_and_tag_reading(tmp_path):
@@ -39,14 +38,7 @@ def test_coco_names_and_tag_reading(tmp_path):
 def test_missing_rows_are_reported_and_skipped(tmp_path):
     paths = build_visu_world(tmp_path)
     report_path = tmp_path / "out" / "visu-train-report.json"
-    source = VisuSource(
-        paths["text"],
-        split="train",
-        coco_root=paths["coco"],
-        unsafe_images=paths["regen"],
-        on_missing="skip",
-        report_path=report_path,
-    )
+    source = _train_source(paths, on_missing="skip", report_path=report_path)
     # rows 14 (no COCO image) and 16 (rejected unsafe image) are out; the unknown tag row stays, tag None
     assert [r.row_id for r in source.rows] == ["10", "11", "12", "13", "15"]
     assert len(source) == 5
@@ -72,32 +64,17 @@ def test_on_missing_fail_raises_after_writing_the_report(tmp_path):
     paths = build_visu_world(tmp_path)
     report_path = tmp_path / "report.json"
     with pytest.raises(VisuDataError, match=r"2 of 7 rows lack an image.*on_missing='skip'"):
-        VisuSource(
-            paths["text"],
-            split="train",
-            coco_root=paths["coco"],
-            unsafe_images=paths["regen"],
-            on_missing="fail",
-            report_path=report_path,
-        )
+        _train_source(paths, on_missing="fail", report_path=report_path)
     assert json.loads(report_path.read_text())["missing_count"] == 2
     with pytest.raises(ValueError, match="on_missing must be one of"):
-        VisuSource(
-            paths["text"], split="train", coco_root=paths["coco"], unsafe_images=paths["regen"], on_missing="drop"
-        )
+        _train_source(paths, on_missing="drop")
     with pytest.raises(VisuDataError, match="no regeneration manifest"):
         VisuSource(paths["text"], split="train", coco_root=paths["coco"], unsafe_images=tmp_path)
 
 
 def test_visu_source_drives_one_trainer_step(tmp_path):
     paths = build_visu_world(tmp_path)
-    source = VisuSource(
-        paths["text"],
-        split="train",
-        coco_root=paths["coco"],
-        unsafe_images=paths["regen"],
-        report_path=tmp_path / "report.json",
-    )
+    source = _train_source(paths, report_path=tmp_path / "report.json")
     tokenizer = build_tokenizer(max_length=32)
     collator = QuadrupletCollator(tokenizer, build_image_processor(32))
     batch = collator([IndexedQuadruplets(source)[i] for i in range(len(source))])

@@ -233,3 +233,36 @@ def _as_array(images):
 
 def _roughness(images):
     return np.abs(np.diff(images, axis=1)).mean() + np.abs(np.diff(images, axis=2)).mean()
+
+
+def _tiny_safety_checker():
+    """diffusers' real StableDiffusionSafetyChecker on a tiny random CLIP, with its image processor."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    from tests.tiny_models import tiny_text_config, tiny_vision_config
+
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=tiny_text_config().to_dict(), vision_config=tiny_vision_config().to_dict(), projection_dim=16
+    )
+    processor = CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30})
+    return StableDiffusionSafetyChecker(config).eval(), processor
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_replace_safety_checker_decides_whether_diffusers_checker_runs(classifier, prompts, replace):
+    pipe = tiny_sd_pipeline()
+    checker, processor = _tiny_safety_checker()
+    pipe.safety_checker, pipe.feature_extractor = checker, processor
+    calls = []
+    checker.register_forward_hook(lambda *_: calls.append(1))
+    generate(pipe, prompts.safe)
+    assert calls == [1]  # the pipeline runs its checker
+
+    add_safety_gate(pipe, _gate(classifier, prompts, replace_safety_checker=replace))
+    assert (pipe.safety_checker is None) is replace
+    generate(pipe, prompts.safe)
+    assert len(calls) == (1 if replace else 2)
+    remove_safety_gate(pipe)
+    assert pipe.safety_checker is checker  # restored on removal

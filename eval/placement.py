@@ -1,0 +1,146 @@
+"""Where a generation run executes: its shard of the work, device and dtype, and what every run records.
+
+Shared by ``python -m eval t2i`` (:class:`eval.t2i.T2IRunner`) and ``python -m train visu-images``
+(:class:`train.visu_images.RegenRunner`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import platform
+import subprocess
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eval.store import ItemKey
+
+
+def shard_of(key: ItemKey, num_shards: int) -> int:
+    """Which of ``num_shards`` processes owns an item: a fixed function of the key (no overlap)."""
+    condition, prompt_id, seed = key
+    return zlib.crc32(f"{condition}\x00{prompt_id}\x00{seed}".encode()) % num_shards
+
+
+def default_device(name: str | None = None) -> torch.device:
+    """``name`` if given, else the GPU when there is one, else the CPU."""
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+@dataclass(frozen=True)
+class Placement:
+    """This process's shard of a run, its device and dtype, and the ``accelerate`` state (None for a manual shard)."""
+
+    shard_index: int
+    num_shards: int
+    device: torch.device
+    dtype: torch.dtype
+    state: Any = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def resolve(
+        cls, shard: tuple[int, int] | None = None, *, device: str | None = None, dtype: str | None = None
+    ) -> Placement:
+        """The placement of this process: ``shard`` = ``(index, count)``, else one shard per accelerate process;
+        ``device``, else accelerate's, else cuda / cpu; ``dtype``, else float16 on cuda and float32 elsewhere."""
+        state = None
+        if shard is None:
+            from accelerate import PartialState
+
+            # cpu=True on machines without a GPU, so that a multi-process launch (torchrun, or
+            # accelerate configured for MULTI_CPU) is seen as distributed rather than as N copies.
+            state = PartialState(cpu=not torch.cuda.is_available())
+            shard = (state.process_index, state.num_processes)
+        index, count = shard
+        if not 0 <= index < count:
+            raise ValueError(f"shard index {index} is not in [0, {count})")
+        if device:
+            where = torch.device(device)
+        elif state is not None:
+            where = state.device
+        else:
+            where = default_device()
+        default_dtype = "float16" if where.type == "cuda" else "float32"
+        return cls(index, count, where, getattr(torch, dtype or default_dtype), state)
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        """``(index, count)``."""
+        return self.shard_index, self.num_shards
+
+    @property
+    def label(self) -> str:
+        """``"index/count"``, as stored with every item and shown in progress bars."""
+        return f"{self.shard_index}/{self.num_shards}"
+
+    def owns(self, key: ItemKey) -> bool:
+        """Whether this process's shard holds the item."""
+        return shard_of(key, self.num_shards) == self.shard_index
+
+    def wait_then_is_main(self) -> bool:
+        """Wait for every process of the launch, then tell whether this one is the main one (always, alone)."""
+        if self.state is None:
+            return True
+        self.state.wait_for_everyone()
+        return self.state.is_main_process
+
+
+def _git_revision() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except OSError:
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def run_provenance() -> dict[str, str | None]:
+    """What produced a run: safe_encoders version, git revision, torch and python versions, and the time."""
+    import safe_encoders
+
+    return {
+        "safe_encoders": getattr(safe_encoders, "__version__", None),
+        "git": _git_revision(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def free_accelerator_memory() -> None:
+    """Collect garbage and hand cached GPU memory back (after dropping the references to a model)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"INDEX/COUNT"`` -> ``(index, count)`` (an argparse type)."""
+    index, _, count = text.partition("/")
+    try:
+        return int(index), int(count)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard takes INDEX/COUNT, e.g. 0/2; got {text!r}") from None
+
+
+def add_placement_options(p: argparse.ArgumentParser) -> None:
+    """``--dtype``, ``--device`` and ``--shard``: what :meth:`Placement.resolve` takes."""
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "float16", "bfloat16"],
+        help="default: float16 on GPU, float32 on CPU",
+    )
+    p.add_argument("--device", default=None)
+    p.add_argument(
+        "--shard",
+        type=parse_shard,
+        default=None,
+        help="INDEX/COUNT: run one shard by hand (default: one per accelerate process)",
+    )
