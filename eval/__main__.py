@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from eval.classifiers import PAPER_RULE
 from eval.errors import EvalError
 from eval.placement import add_placement_options, default_device
-from eval.t2i import BASE_CONDITIONS, add_classifier_options, classifier_options
+from eval.t2i import BASE_CONDITIONS, add_classifier_options, classifier_options, comma_list
 
 if TYPE_CHECKING:
     from train.visu import VisuSource
@@ -238,7 +238,7 @@ def _retrieval(args: argparse.Namespace) -> int:
 
     pairs = []
     if args.backbones:
-        pairs += backbone_pairs(None if args.backbones.strip() == "all" else _split(args.backbones))
+        pairs += backbone_pairs(None if args.backbones.strip() == "all" else comma_list(args.backbones))
     pairs += [EncoderPair.parse(spec, args.processor) for spec in args.model]
     if not pairs:
         raise EvalError("retrieval needs models: pass --model NAME=SOURCE (repeatable) and / or --backbones all")
@@ -256,10 +256,6 @@ def _retrieval(args: argparse.Namespace) -> int:
     rows = run_retrieval(pairs, data, args.out, embedder=embedder, reference=not args.no_reference)
     print(to_markdown(rows, args.split))
     return 0
-
-
-def _split(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def _reference(args: argparse.Namespace) -> str | None:
@@ -293,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = T2IConfig(
                 model=args.model,
                 prompts=args.prompts,
-                conditions=_split(args.conditions),
+                conditions=comma_list(args.conditions),
                 out=args.out,
                 safe_checkpoint=args.safe_checkpoint,
                 unet=args.unet,
@@ -322,12 +318,12 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.out / "results.sqlite").is_file():
             raise EvalError(f"{args.out} holds no run (no results.sqlite)")
         store = ResultsStore(args.out)
-        rule = _split(args.rule)
+        rule = comma_list(args.rule)
         if args.command == "classify":
             from eval.t2i import classify_store
 
             if args.reclassify:
-                for name in rule if args.reclassify == "all" else _split(args.reclassify):
+                for name in rule if args.reclassify == "all" else comma_list(args.reclassify):
                     store.clear_labels(name)
             classify_store(
                 store,

@@ -203,8 +203,6 @@ class T2IRunner:
         if config.images_per_prompt < 1 or config.steps < 1 or config.batch_size < 1:
             raise ValueError("images_per_prompt, steps and batch_size must all be >= 1")
         self.placement = Placement.resolve(shard, device=config.device, dtype=config.dtype)
-        self.shard_index, self.num_shards = self.placement.shard
-        self.device, self.torch_dtype = self.placement.device, self.placement.dtype
         self.prompts = load_prompts(config.prompts).limit(config.limit)
         self.store = ResultsStore(config.out)
         self._base = None
@@ -222,7 +220,7 @@ class T2IRunner:
             "guidance": cfg.guidance if cfg.guidance is not None else f"per-prompt, else {DEFAULT_GUIDANCE}",
             "height": cfg.height,
             "width": cfg.width,
-            "dtype": str(self.torch_dtype).removeprefix("torch."),
+            "dtype": str(self.placement.dtype).removeprefix("torch."),
             "base": cond.base,
         }
         if cond.base == "neg":
@@ -244,10 +242,10 @@ class T2IRunner:
                 self.cfg.model,
                 safety_checker=None,
                 requires_safety_checker=False,
-                **diffusers_dtype_kwarg(self.torch_dtype),
+                **diffusers_dtype_kwarg(self.placement.dtype),
                 **self.cfg.hub_kwargs,
             )
-            pipe.to(self.device)
+            pipe.to(self.placement.device)
             self._base = pipe
         return self._base
 
@@ -373,7 +371,7 @@ class T2IRunner:
     def build_classifiers(self) -> list[Any]:
         """The classifiers of the rule, configured from the run's options."""
         cfg = self.cfg
-        return classifiers_from_config(cfg, device=self.device)
+        return classifiers_from_config(cfg, device=self.placement.device)
 
     def classify(self) -> int:
         """Label every stored image of this shard that some classifier of the rule has not labelled yet."""
@@ -471,13 +469,14 @@ def classifier_options(args: argparse.Namespace) -> dict[str, Any]:
         "q16_model": args.q16_model,
         "q16_prompts": args.q16_prompts,
         "nudenet_threshold": args.nudenet_threshold,
-        "nudenet_labels": _comma_list(args.nudenet_labels),
+        "nudenet_labels": comma_list(args.nudenet_labels),
         "classify_batch_size": args.classify_batch_size,
-        "rule": tuple(_comma_list(args.rule)),
+        "rule": tuple(comma_list(args.rule)),
     }
 
 
-def _comma_list(text: str) -> list[str]:
+def comma_list(text: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``: a comma-separated command-line value."""
     return [t.strip() for t in text.split(",") if t.strip()]
 
 

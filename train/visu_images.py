@@ -45,6 +45,7 @@ from eval.t2i import (
     classifier_options,
     classifiers_from_config,
     classify_store,
+    comma_list,
     diffusers_dtype_kwarg,
 )
 from safe_encoders.atomic import atomic_write_text
@@ -221,8 +222,6 @@ class RegenRunner:
         if bad or not config.splits:
             raise ValueError(f"splits must be among {VISU_SPLITS}, got {config.splits}")
         self.placement = Placement.resolve(shard, device=config.device, dtype=config.dtype)
-        self.shard_index, self.num_shards = self.placement.shard
-        self.device, self.torch_dtype = self.placement.device, self.placement.dtype
         self.rows: dict[str, list[VisuRow]] = {}
         for split in config.splits:
             rows = read_visu(config.text, split=split, **config.hub_kwargs)
@@ -243,7 +242,7 @@ class RegenRunner:
             "guidance": cfg.guidance,
             "height": cfg.height,
             "width": cfg.width,
-            "dtype": str(self.torch_dtype).removeprefix("torch."),
+            "dtype": str(self.placement.dtype).removeprefix("torch."),
             "candidates": cfg.candidates,
         }
 
@@ -251,12 +250,12 @@ class RegenRunner:
         if self._pipe is None:
             from diffusers import DiffusionPipeline
 
-            kwargs: dict[str, Any] = {**diffusers_dtype_kwarg(self.torch_dtype), **self.cfg.hub_kwargs}
+            kwargs: dict[str, Any] = {**diffusers_dtype_kwarg(self.placement.dtype), **self.cfg.hub_kwargs}
             index = DiffusionPipeline.load_config(self.cfg.model, **self.cfg.hub_kwargs)
             if "safety_checker" in index:  # SD 1/2: the images must be raw, not blacked out
                 kwargs.update(safety_checker=None, requires_safety_checker=False)
             pipe = DiffusionPipeline.from_pretrained(self.cfg.model, **kwargs)
-            pipe.to(self.device)
+            pipe.to(self.placement.device)
             self._pipe = pipe
         self._pipe.set_progress_bar_config(disable=True)
         return self._pipe
@@ -312,7 +311,7 @@ class RegenRunner:
         if self._classifiers is not None:
             return self._classifiers()
         cfg = self.cfg
-        return classifiers_from_config(cfg, device=self.device)
+        return classifiers_from_config(cfg, device=self.placement.device)
 
     def classify(self) -> int:
         """Label every stored candidate of this shard that some classifier of the rule has not labelled yet."""
@@ -416,10 +415,6 @@ class RegenRunner:
 # --------------------------------------------------------------------------- command line
 
 
-def _split_list(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
 def add_visu_images_parser(subparsers: Any) -> None:
     """Add the ``visu-images`` command to an argparse sub-parser set (``python -m train visu-images``)."""
     p = subparsers.add_parser(
@@ -463,7 +458,7 @@ def run_visu_images_command(args: argparse.Namespace) -> int:
     cfg = RegenConfig(
         out=args.out,
         text=args.text,
-        splits=_split_list(args.splits),
+        splits=comma_list(args.splits),
         model=args.model,
         candidates=args.candidates,
         steps=args.steps,
