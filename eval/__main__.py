@@ -244,13 +244,7 @@ def _retrieval(args: argparse.Namespace) -> int:
         raise EvalError("retrieval needs models: pass --model NAME=SOURCE (repeatable) and / or --backbones all")
     data = data_from_visu(_visu_source(args))
     if args.limit is not None:
-        data = type(data)(
-            data.split,
-            data.safe_texts[: args.limit],
-            data.unsafe_texts[: args.limit],
-            data.safe_images[: args.limit],
-            data.unsafe_images[: args.limit],
-        )
+        data = data.head(args.limit)
     device = default_device(args.device)
     embedder = Embedder(EmbeddingCache(args.cache_dir or args.out / "embeddings"), args.batch_size, device)
     rows = run_retrieval(pairs, data, args.out, embedder=embedder, reference=not args.no_reference)
@@ -266,7 +260,7 @@ def _classifier_factory(args: argparse.Namespace):
     from eval.t2i import ClassifierOptions, classifiers_from_config
 
     options = ClassifierOptions(**classifier_options(args))
-    return lambda: classifiers_from_config(options, device=args.device)
+    return lambda: classifiers_from_config(options, device=default_device(args.device))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,8 +15,6 @@ The share of *safe* items at top-1 for unsafe queries is reported next to it.
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +22,11 @@ from typing import Any, Literal
 
 import torch
 
-from eval.retrieval import KS, RetrievalRow, write_retrieval
-from eval.tables import markdown_table
+from eval.retrieval import KS, RetrievalRow, rows_from_metrics, write_retrieval
+from eval.tables import csv_text, markdown_table
 from safe_encoders.atomic import atomic_write_text
 from safe_encoders.hysac import HySACBounds, lorentz, traverse_to_safe
-from train.retrieval import recall_at_k, safe_clip_retrieval, top1_in_set_share
+from train.retrieval import safe_clip_retrieval
 
 EMBEDDING_KEYS = ("text_safe", "text_unsafe", "image_safe", "image_unsafe")
 TraversalTarget = Literal["query", "gallery"]
@@ -124,20 +122,15 @@ def hysac_retrieval(
         return -lorentz.pairwise_distance(x, y, curvature)
 
     out = safe_clip_retrieval(
-        emb["text_safe"], emb["image_safe"], emb["text_unsafe"], emb["image_unsafe"], ks=ks, similarity=similarity
+        emb["text_safe"],
+        emb["image_safe"],
+        emb["text_unsafe"],
+        emb["image_unsafe"],
+        ks=ks,
+        similarity=similarity,
+        unsafe_text_queries=queries["text"],
+        unsafe_image_queries=queries["image"],
     )
-    n = emb["text_safe"].shape[0]
-    targets = torch.arange(n)
-    unsafe_mask = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)])
-    sims = {
-        "ut2v": similarity(queries["text"], torch.cat([emb["image_safe"], emb["image_unsafe"]])),
-        "uv2t": similarity(queries["image"], torch.cat([emb["text_safe"], emb["text_unsafe"]])),
-    }
-    for name, sim in sims.items():
-        out.update({f"{name}_r{k}": value for k, value in recall_at_k(sim, targets, ks).items()})
-    # ties between the best safe and the best unsafe item count against the model
-    out["unsafe_text_top1_unsafe_share"] = top1_in_set_share(sims["ut2v"], unsafe_mask)
-    out["unsafe_image_top1_unsafe_share"] = top1_in_set_share(sims["uv2t"], unsafe_mask)
     out["unsafe_text_top1_safe_share"] = 1.0 - out["unsafe_text_top1_unsafe_share"]
     out["unsafe_image_top1_safe_share"] = 1.0 - out["unsafe_image_top1_unsafe_share"]
     return out
@@ -186,16 +179,10 @@ def evaluate_hysac(
 
 def retrieval_table_rows(report: HySACReport, ks: Sequence[int] = KS) -> list[RetrievalRow]:
     """Table 2 rows (percent) of ``report``: ``NAME`` and ``NAME + traversal``."""
-    from eval.retrieval import DIRECTIONS
-
-    rows = []
-    for label, metrics in ((report.model, report.retrieval), (f"{report.model} + traversal", report.traversal)):
-        rows += [
-            RetrievalRow(label, direction, k, 100.0 * metrics[f"{key}_r{k}"])
-            for direction, key in DIRECTIONS
-            for k in ks
-        ]
-    return rows
+    return [
+        *rows_from_metrics(report.model, report.retrieval, ks),
+        *rows_from_metrics(f"{report.model} + traversal", report.traversal, ks),
+    ]
 
 
 SAFETY_COLUMNS = (
@@ -233,14 +220,9 @@ def write_hysac_reports(
     (Table 2 layout, with and without traversal) in ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(SAFETY_COLUMNS)
-    body = []
-    for report in reports:
-        values = safety_row(report)
-        writer.writerow([report.model, *(f"{v:.6f}" for v in values)])
-        body.append([report.model, *(f"{100 * v:.1f}" for v in values)])
+    values = [(report.model, safety_row(report)) for report in reports]
+    csv_rows = [[model, *(f"{v:.6f}" for v in row)] for model, row in values]
+    body = [[model, *(f"{100 * v:.1f}" for v in row)] for model, row in values]
     markdown = (
         f"HySAC on {split} (%): accuracy at the bounds' thresholds, AUROC of the root distance, and the "
         f"share of safe items at top-1 for unsafe queries without / with traversal.\n\n"
@@ -248,7 +230,7 @@ def write_hysac_reports(
     )
     rows = [row for report in reports for row in retrieval_table_rows(report, ks)]
     return {
-        "csv": atomic_write_text(out / "hysac.csv", buf.getvalue()),
+        "csv": atomic_write_text(out / "hysac.csv", csv_text(SAFETY_COLUMNS, csv_rows)),
         "md": atomic_write_text(out / "hysac.md", markdown),
         "retrieval": write_retrieval(rows, out, split),
     }

@@ -10,7 +10,6 @@ probabilities of a prompt set (what the papers' "Avg" column is compared with).
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,8 +21,8 @@ from PIL import Image, ImageDraw, ImageFilter
 from eval.classifiers import PAPER_RULE, any_flagged
 from eval.errors import require
 from eval.prompts import I2P_CATEGORIES
-from eval.store import ResultsStore, StoredItem
-from eval.tables import latex_table, markdown_table
+from eval.store import ResultsStore, StoredItem, fully_labelled, path_part
+from eval.tables import csv_text, latex_table, markdown_table
 from safe_encoders.atomic import atomic_write_text
 
 logger = logging.getLogger("safe_encoders.eval")
@@ -102,14 +101,19 @@ def tally(
     return rows
 
 
-def flags_from_store(store: ResultsStore, rule: Sequence[str] = PAPER_RULE) -> dict[tuple, bool]:
-    """Item key -> flagged under ``rule`` (OR of the named classifiers) for items labelled by all of them."""
+def flags_from_store(
+    store: ResultsStore, rule: Sequence[str] = PAPER_RULE, items: Sequence[StoredItem] | None = None
+) -> dict[tuple, bool]:
+    """Item key -> flagged under ``rule`` (OR of the named classifiers) for items labelled by all of them.
+
+    ``items``: the store's items when the caller has read them already (default: read them).
+    """
     labels = store.labels()
     out = {}
     missing = 0
-    for item in store.items():
-        by_name = labels.get(item.key, {})
-        if all(name in by_name for name in rule):
+    for item in store.items() if items is None else items:
+        by_name = labels.get(item.key)
+        if fully_labelled(by_name, rule):
             out[item.key] = any_flagged(by_name[name].flagged for name in rule)
         else:
             missing += 1
@@ -118,10 +122,20 @@ def flags_from_store(store: ResultsStore, rule: Sequence[str] = PAPER_RULE) -> d
     return out
 
 
-def aggregate(store: ResultsStore, rule: Sequence[str] = PAPER_RULE) -> list[ReportRow]:
-    """Per-category and overall probability for every condition and prompt set of a store."""
-    flags = flags_from_store(store, rule)
-    records = [(it.condition, it.prompt_set, it.categories, flags[it.key]) for it in store.items() if it.key in flags]
+def aggregate(
+    store: ResultsStore,
+    rule: Sequence[str] = PAPER_RULE,
+    *,
+    items: Sequence[StoredItem] | None = None,
+    flags: Mapping[tuple, bool] | None = None,
+) -> list[ReportRow]:
+    """Per-category and overall probability for every condition and prompt set of a store.
+
+    ``items`` / ``flags``: already read with :meth:`ResultsStore.items` / :func:`flags_from_store` (default: read).
+    """
+    items = store.items() if items is None else items
+    flags = flags_from_store(store, rule, items) if flags is None else flags
+    records = [(it.condition, it.prompt_set, it.categories, flags[it.key]) for it in items if it.key in flags]
     return tally(records, list(store.conditions()))
 
 
@@ -130,12 +144,8 @@ def aggregate(store: ResultsStore, rule: Sequence[str] = PAPER_RULE) -> list[Rep
 
 def write_csv(rows: Sequence[ReportRow], path: str | Path) -> Path:
     """``report.csv``: one line per (condition, prompt set, category), category ``all`` included."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_COLUMNS)
-    for r in rows:
-        w.writerow([r.condition, r.prompt_set, r.category, r.n_images, r.n_flagged, f"{r.probability:.6f}"])
-    return atomic_write_text(Path(path), buf.getvalue())
+    lines = [[r.condition, r.prompt_set, r.category, r.n_images, r.n_flagged, f"{r.probability:.6f}"] for r in rows]
+    return atomic_write_text(Path(path), csv_text(CSV_COLUMNS, lines))
 
 
 def read_csv(path: str | Path) -> list[ReportRow]:
@@ -192,11 +202,12 @@ def reference_comparison(rows: Sequence[ReportRow], reference: str) -> list[tupl
     return out
 
 
-def to_markdown(rows: Sequence[ReportRow], reference: str | None = None) -> str:
+def to_markdown(rows: Sequence[ReportRow], reference: str | None = None, rule: Sequence[str] = PAPER_RULE) -> str:
     """The wide table (percent), then the comparison with the paper's numbers when asked."""
     header, body = wide_table(rows)
     parts = [
-        "Inappropriate-image probability (%), Q16 OR NudeNet. Avg = mean over categories; All = all images.",
+        f"Inappropriate-image probability (%), flagged by {' OR '.join(rule)}. Avg = mean over categories; "
+        "All = all images.",
         "",
         markdown_table(header, body),
     ]
@@ -263,18 +274,24 @@ def image_grid(
     blur_flagged: bool = False,
     rule: Sequence[str] = PAPER_RULE,
     cell: int = 256,
+    items: Sequence[StoredItem] | None = None,
+    flags: Mapping[tuple, bool] | None = None,
 ) -> Image.Image:
     """Images of one prompt: one column per condition, one row per seed (like the paper's Fig. 4).
 
     With ``blur_flagged`` the images flagged by ``rule`` are blurred beyond recognition and framed red.
+    ``items`` / ``flags``: the store's items and :func:`flags_from_store` when already read (default: read).
     """
-    items = [it for it in store.items() if it.prompt_id == prompt_id]
+    items = [it for it in (store.items() if items is None else items) if it.prompt_id == prompt_id]
     if not items:
         raise KeyError(f"no stored image for prompt {prompt_id!r}")
     conds = list(conditions) if conditions else list(dict.fromkeys(it.condition for it in items))
     seeds = sorted({it.seed for it in items})
     by_key: Mapping[tuple[str, int], StoredItem] = {(it.condition, it.seed): it for it in items}
-    flags = flags_from_store(store, rule) if blur_flagged else {}
+    if not blur_flagged:
+        flags = {}
+    elif flags is None:
+        flags = flags_from_store(store, rule)
     title_h = 24
     grid = Image.new("RGB", (cell * len(conds), title_h + cell * len(seeds)), "white")
     draw = ImageDraw.Draw(grid)
@@ -327,17 +344,19 @@ def write_report(
     """Write ``report.csv``, ``report.md``, ``report.tex`` (and ``report.png``, ``grids/``) next to the store."""
     out = Path(out_dir) if out_dir is not None else store.root
     out.mkdir(parents=True, exist_ok=True)
-    rows = aggregate(store, rule)
+    items = store.items()
+    flags = flags_from_store(store, rule, items)
+    rows = aggregate(store, rule, items=items, flags=flags)
     # Atomic writes: several shard processes may finish together and all write the report.
     write_csv(rows, out / "report.csv")
-    atomic_write_text(out / "report.md", to_markdown(rows, reference) + provenance_markdown(store, rule))
+    atomic_write_text(out / "report.md", to_markdown(rows, reference, rule) + provenance_markdown(store, rule))
     atomic_write_text(out / "report.tex", to_latex(rows, reference))
     if chart and rows:
         bar_chart(rows, out / "report.png")
     if grids:
         (out / "grids").mkdir(exist_ok=True)
-        prompt_ids = list(dict.fromkeys(it.prompt_id for it in store.items()))[:grids]
+        prompt_ids = list(dict.fromkeys(it.prompt_id for it in items))[:grids]
         for pid in prompt_ids:
-            name = store.image_path("x", pid, 0).parent.name
-            image_grid(store, pid, blur_flagged=blur_flagged, rule=rule).save(out / "grids" / f"{name}.png")
+            grid = image_grid(store, pid, blur_flagged=blur_flagged, rule=rule, items=items, flags=flags)
+            grid.save(out / "grids" / f"{path_part(pid)}.png")
     return rows

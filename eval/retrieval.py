@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -28,8 +27,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from eval.errors import EvalError
-from eval.tables import latex_table, markdown_table
+from eval.placement import default_device
+from eval.tables import csv_text, latex_table, markdown_table
 from safe_encoders.atomic import atomic_write_text
+from safe_encoders.sources import resolve_source
 
 logger = logging.getLogger("safe_encoders.eval")
 
@@ -140,6 +141,7 @@ class RetrievalData:
     unsafe_texts: list[str]
     safe_images: list[Path]
     unsafe_images: list[Path]
+    _keys: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         n = len(self.safe_texts)
@@ -149,16 +151,25 @@ class RetrievalData:
     def __len__(self) -> int:
         return len(self.safe_texts)
 
+    def head(self, n: int) -> RetrievalData:
+        """The first ``n`` quadruplets."""
+        return RetrievalData(
+            self.split, self.safe_texts[:n], self.unsafe_texts[:n], self.safe_images[:n], self.unsafe_images[:n]
+        )
+
     def key(self, kind: str) -> str:
-        """Digest of what the ``kind`` (text / vision) encoder sees: the texts, or the image files' paths and stats."""
-        if kind == "text":
-            payload: Any = [self.safe_texts, self.unsafe_texts]
-        else:
-            payload = [
-                [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns]
-                for p in [*self.safe_images, *self.unsafe_images]
-            ]
-        return hashlib.sha256(json.dumps([self.split, payload]).encode("utf-8")).hexdigest()
+        """Digest of what the ``kind`` (text / vision) encoder sees: the texts, or the image files' paths and stats.
+
+        Computed once per kind (every model of a run shares it).
+        """
+        if kind not in self._keys:
+            if kind == "text":
+                payload: Any = [self.safe_texts, self.unsafe_texts]
+            else:
+                stats = [(p.resolve(), p.stat()) for p in [*self.safe_images, *self.unsafe_images]]
+                payload = [[str(path), st.st_size, st.st_mtime_ns] for path, st in stats]
+            self._keys[kind] = hashlib.sha256(json.dumps([self.split, payload]).encode("utf-8")).hexdigest()
+        return self._keys[kind]
 
 
 def data_from_visu(source: Any) -> RetrievalData:
@@ -206,8 +217,9 @@ class EmbeddingCache:
         return atomic_write(self.path(identity), lambda tmp: save_file(contiguous, tmp, metadata=metadata))
 
 
-def _processor_source(pair: EncoderPair, kind: str) -> str:
-    """Where the tokenizer (text) or image processor (vision) of a pair is read from."""
+def _processor_source(pair: EncoderPair, kind: str, base: str | None) -> str:
+    """Where the tokenizer (text) or image processor (vision) of a pair is read from (``base``: the
+    resolved source's base model)."""
     if pair.processor:
         return pair.processor
     src = pair.text if kind == "text" else pair.vision
@@ -215,9 +227,6 @@ def _processor_source(pair: EncoderPair, kind: str) -> str:
     marker = "tokenizer_config.json" if kind == "text" else "preprocessor_config.json"
     if path.is_dir() and (path / marker).is_file():
         return str(path)
-    from safe_encoders.sources import resolve_source
-
-    base = resolve_source(src, kind).base_model
     if base:
         return base
     if not path.exists():
@@ -225,13 +234,6 @@ def _processor_source(pair: EncoderPair, kind: str) -> str:
     raise RetrievalError(
         f"model {pair.name!r}: cannot tell which tokenizer / image processor goes with {src}; pass --processor"
     )
-
-
-def _encoder_identity(source: str, kind: str) -> str:
-    from safe_encoders.sources import resolve_source
-
-    resolved = resolve_source(source, kind)
-    return json.dumps({"kind": kind, "identity": resolved.identity, "digest": resolved.digest}, sort_keys=True)
 
 
 def _processor_identity(spec: str) -> str:
@@ -300,7 +302,7 @@ class Embedder:
 
     cache: EmbeddingCache
     batch_size: int = 64
-    device: torch.device = field(default_factory=lambda: torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    device: torch.device = field(default_factory=default_device)
     loader: Callable[[str, str, torch.device], torch.nn.Module] = load_encoder
     encoded: list[tuple[str, str]] = field(default_factory=list)
 
@@ -309,10 +311,12 @@ class Embedder:
         out: dict[str, torch.Tensor] = {}
         for kind in ("text", "vision"):
             source = pair.text if kind == "text" else pair.vision
-            proc = _processor_source(pair, kind)
+            resolved = resolve_source(source, kind)  # once: it may read Hub files
+            proc = _processor_source(pair, kind, resolved.base_model)
+            encoder = {"kind": kind, "identity": resolved.identity, "digest": resolved.digest}
             identity = json.dumps(
                 {
-                    "encoder": _encoder_identity(source, kind),
+                    "encoder": json.dumps(encoder, sort_keys=True),
                     "processor": _processor_identity(proc),
                     "data": data.key(kind),
                     "split": data.split,
@@ -356,6 +360,11 @@ def retrieval_rows(model: str, embeddings: Mapping[str, torch.Tensor], ks: Seque
     metrics = safe_clip_retrieval(
         embeddings["text_safe"], embeddings["image_safe"], embeddings["text_unsafe"], embeddings["image_unsafe"], ks=ks
     )
+    return rows_from_metrics(model, metrics, ks)
+
+
+def rows_from_metrics(model: str, metrics: Mapping[str, float], ks: Sequence[int] = KS) -> list[RetrievalRow]:
+    """Table 2 rows (percent) from the fractions :func:`train.retrieval.safe_clip_retrieval` returns."""
     return [
         RetrievalRow(model, direction, k, 100.0 * metrics[f"{key}_r{k}"]) for direction, key in DIRECTIONS for k in ks
     ]
@@ -401,14 +410,10 @@ def write_retrieval(rows: Sequence[RetrievalRow], out: str | Path, split: str = 
     """``retrieval.csv`` (``model, direction, k, recall``), ``retrieval.md`` and ``retrieval.tex`` in ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_COLUMNS)
-    for r in rows:
-        w.writerow([r.model, r.direction, r.k, f"{r.recall:.4f}"])
+    lines = [[r.model, r.direction, r.k, f"{r.recall:.4f}"] for r in rows]
     atomic_write_text(out / "retrieval.md", to_markdown(rows, split))
     atomic_write_text(out / "retrieval.tex", to_latex(rows))
-    return atomic_write_text(out / "retrieval.csv", buf.getvalue())
+    return atomic_write_text(out / "retrieval.csv", csv_text(CSV_COLUMNS, lines))
 
 
 def read_retrieval_csv(path: str | Path) -> list[RetrievalRow]:

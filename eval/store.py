@@ -97,12 +97,17 @@ class Label:
     details: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
-def _path_part(name: str) -> str:
+def path_part(name: str) -> str:
     """A file-system-safe, collision-free folder name for an arbitrary string."""
     if re.fullmatch(r"[A-Za-z0-9._+-]{1,80}", name) and not name.startswith("."):
         return name
     clean = re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("._")[:60] or "x"
     return f"{clean}-{hashlib.sha1(name.encode('utf-8')).hexdigest()[:8]}"
+
+
+def fully_labelled(item_labels: Mapping[str, Label] | None, rule: Iterable[str]) -> bool:
+    """Whether an item's labels (``labels()[key]``, or None) include every classifier of ``rule``."""
+    return item_labels is not None and all(name in item_labels for name in rule)
 
 
 def _canonical(config: Mapping[str, Any]) -> str:
@@ -196,7 +201,7 @@ class ResultsStore:
 
     def image_path(self, condition: str, prompt_id: str, seed: int) -> Path:
         """Where the image of an item is (or will be) stored."""
-        return self.root / IMAGES_DIR / _path_part(condition) / _path_part(prompt_id) / f"{int(seed)}.png"
+        return self.root / IMAGES_DIR / path_part(condition) / path_part(prompt_id) / f"{int(seed)}.png"
 
     def has(self, condition: str, prompt_id: str, seed: int) -> bool:
         row = self._conn.execute(

@@ -1,8 +1,20 @@
-"""Plain-text renderings of a result table (a header and rows of cells) for reports: Markdown and LaTeX."""
+"""Plain-text renderings of a result table (a header and rows of cells) for reports: CSV, Markdown and LaTeX."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import csv
+import io
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A CSV document (``\\n`` line ends) with a header line."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
 
 
 def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:

@@ -65,11 +65,15 @@ def safe_clip_retrieval(
     image_unsafe: torch.Tensor,
     ks: Sequence[int] = DEFAULT_KS,
     similarity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    unsafe_text_queries: torch.Tensor | None = None,
+    unsafe_image_queries: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """All retrieval figures of Safe-CLIP's Table 2 plus the unsafe shares at top-1, as fractions.
 
     ``similarity(queries, gallery) -> (n, m)`` scores the pairs (higher is closer); default cosine.
-    HySAC passes minus the Lorentz distance.
+    HySAC passes minus the Lorentz distance. ``unsafe_text_queries`` / ``unsafe_image_queries``
+    replace T* / V* as the queries of the two unsafe directions only (the galleries keep T* and V*):
+    HySAC's traversed queries.
 
     Keys: ``t2v_r{k}`` (T -> V), ``v2t_r{k}`` (V -> T), ``ut2v_r{k}`` (T* -> V u V*, safe counterpart
     as ground truth), ``uv2t_r{k}`` (V* -> T u T*, likewise), ``unsafe_text_top1_unsafe_share``
@@ -84,11 +88,12 @@ def safe_clip_retrieval(
     # gallery of safe then unsafe items: the ground truth of query i is item i (its safe counterpart)
     unsafe_mask = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)]).to(text_safe.device)
     sim_fn = similarity or _cosine
+    image_gallery, text_gallery = torch.cat([image_safe, image_unsafe]), torch.cat([text_safe, text_unsafe])
     sims = {
         "t2v": sim_fn(text_safe, image_safe),
         "v2t": sim_fn(image_safe, text_safe),
-        "ut2v": sim_fn(text_unsafe, torch.cat([image_safe, image_unsafe])),
-        "uv2t": sim_fn(image_unsafe, torch.cat([text_safe, text_unsafe])),
+        "ut2v": sim_fn(text_unsafe if unsafe_text_queries is None else unsafe_text_queries, image_gallery),
+        "uv2t": sim_fn(image_unsafe if unsafe_image_queries is None else unsafe_image_queries, text_gallery),
     }
     out: dict[str, float] = {}
     for name, sim in sims.items():

@@ -37,7 +37,7 @@ import torch
 from eval.classifiers import any_flagged
 from eval.placement import Placement, add_placement_options, free_accelerator_memory, run_provenance
 from eval.prompts import Prompt
-from eval.store import ItemKey, Label, ResultsStore
+from eval.store import ItemKey, Label, ResultsStore, fully_labelled
 from eval.t2i import (
     ClassifierOptions,
     _progress,
@@ -349,7 +349,7 @@ class RegenRunner:
                 "image": "",
                 "status": "pending",
             }
-            ready = all(w.key in stored and all(n in labels.get(w.key, {}) for n in rule) for w in cands)
+            ready = all(w.key in stored and fully_labelled(labels.get(w.key), rule) for w in cands)
             if ready:
                 labelled = [Candidate(w.index, w.seed, labels[w.key], rule) for w in cands]
                 kept = self.keep(labelled)

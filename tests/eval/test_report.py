@@ -118,6 +118,8 @@ def test_wide_table_and_reference(store):
     md = to_markdown(rows, "sd-v1.4")
     assert "| sd+safe | 0.0 | 50.0 | 25.0 | 25.0 | 16.7 | 0.0 | 0.0 | 0.0 |" in md
     assert "| sd+safe | visu | 3.6 | 0.0 | -3.6 |" in md
+    assert "flagged by q16 OR nudenet." in md
+    assert "flagged by q16. " in to_markdown(rows, rule=("q16",))  # the caption names the rule used
     tex = to_latex(rows, "sd-v1.4")
     assert r"sd+safe & 0.0 & 50.0 & 25.0 & 25.0 & 16.7 & 0.0 & 0.0 & 0.0 \\" in tex
     assert tex.count(r"\begin{tabular}") == 2

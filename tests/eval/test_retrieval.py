@@ -253,3 +253,11 @@ def test_cli_without_models_or_with_an_unknown_backbone_says_what_to_pass(tmp_pa
     assert "pass --model NAME=SOURCE (repeatable) and / or --backbones all" in capsys.readouterr().err
     assert main([*base, "--backbones", "ViT-L/14,RN50"]) == 2
     assert "unknown backbone 'RN50'" in capsys.readouterr().err
+
+
+def test_head_keeps_the_first_quadruplets_aligned(world):
+    data = world["data"]
+    two = data.head(2)
+    assert len(two) == 2 and two.split == data.split
+    assert (two.safe_texts, two.unsafe_images) == (data.safe_texts[:2], data.unsafe_images[:2])
+    assert two.key("vision") != data.key("vision")  # a shorter run never reuses the full run's embeddings
