@@ -9,17 +9,12 @@ from typing import Any
 from torch import nn
 
 from .errors import ArchitectureMismatchError, UnsupportedModelError
-from .format import module_names, write_encoder_file
+from .format import CONFIG_NOISE, encoder_file_name, module_names, write_encoder_file, write_encoder_file_with_digest
 from .registry import EncoderKind
 from .sources import resolve_source
-from .swap import RECORD_KEY, encoder_kind, installed_record
+from .swap import encoder_kind, installed_record
 
 ENCODER_KINDS: tuple[EncoderKind, ...] = ("text", "vision")
-_CONFIG_NOISE = ("_name_or_path", "architectures", "transformers_version", "torch_dtype", "dtype", RECORD_KEY)
-
-
-def encoder_file_name(kind: EncoderKind) -> str:
-    return f"{kind}_encoder.safetensors"
 
 
 def export_encoder(
@@ -43,6 +38,17 @@ def export_encoder(
 
     Returns the path written.
     """
+    return export_encoder_with_digest(encoder, path, base_model=base_model, metadata=metadata)[0]
+
+
+def export_encoder_with_digest(
+    encoder: nn.Module,
+    path: str | os.PathLike,
+    *,
+    base_model: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> tuple[Path, str]:
+    """`export_encoder`, also returning the digest of the file written (without reading it back)."""
     kind = encoder_kind(encoder)
     if kind is None:
         if hasattr(encoder, "merge_and_unload"):
@@ -57,7 +63,7 @@ def export_encoder(
     if any(t.device.type == "meta" for t in state.values()):
         raise UnsupportedModelError("export_encoder: the encoder has weights on the meta device (offloaded?).")
     tensors = {name: state[key] for name, key in module_names(state.keys(), kind).items()}
-    config = {k: v for k, v in encoder.config.to_dict().items() if k not in _CONFIG_NOISE}
+    config = {k: v for k, v in encoder.config.to_dict().items() if k not in CONFIG_NOISE}
     record = installed_record(encoder) or {}
     extra = dict(metadata or {})
     provenance = {"kind": extra.pop("provenance", "exported"), **extra}
@@ -69,7 +75,9 @@ def export_encoder(
         path = path / encoder_file_name(kind)
     elif path.suffix != ".safetensors":
         raise ValueError(f"export_encoder writes .safetensors files; got {path}. Use a .safetensors name or a folder.")
-    return write_encoder_file(path, tensors, kind=kind, config=config, base_model=base, provenance=provenance)
+    return write_encoder_file_with_digest(
+        path, tensors, kind=kind, config=config, base_model=base, provenance=provenance
+    )
 
 
 def convert_checkpoint(source: Any, out_dir: str | os.PathLike, **hub_kwargs: Any) -> dict[str, Path]:

@@ -42,11 +42,25 @@ PREFIX: dict[EncoderKind, str] = {"text": "text_model.", "vision": "vision_model
 PROJECTION: dict[EncoderKind, str] = {"text": "text_projection.weight", "vision": "visual_projection.weight"}
 # Tensors that are derived, not learned, and differ between transformers versions.
 _IGNORED_SUFFIXES = ("position_ids",)
+# Stored in an encoder's config by a swap / load, so it is saved with `save_pretrained` and survives a reload.
+RECORD_KEY = "safe_encoders"
+# Config entries that describe a saved model rather than the encoder's architecture; never written to our files.
+CONFIG_NOISE = ("_name_or_path", "architectures", "transformers_version", "torch_dtype", "dtype", RECORD_KEY)
+
+
+def encoder_file_name(kind: EncoderKind) -> str:
+    """The name of our file for a `kind` encoder inside a folder: `text_encoder.safetensors` / `vision_...`."""
+    return f"{kind}_encoder.safetensors"
+
+
+def is_published_name(name: str, kind: EncoderKind) -> bool:
+    """Whether `name` is a published tensor name of a `kind` encoder (`text_model.*` or the projection)."""
+    return name.startswith(PREFIX[kind]) or name == PROJECTION[kind]
 
 
 def canonical_name(module_key: str, kind: EncoderKind) -> str:
     """The published name of a state-dict key of a CLIP text / vision module of any transformers version."""
-    if module_key.startswith(PREFIX[kind]) or module_key == PROJECTION[kind]:
+    if is_published_name(module_key, kind):
         return module_key
     return PREFIX[kind] + module_key
 
@@ -58,14 +72,6 @@ def is_ignored(name: str) -> bool:
 def module_names(state_keys: Iterable[str], kind: EncoderKind) -> dict[str, str]:
     """Map published name -> key in the given module state dict (ignored buffers left out)."""
     return {canonical_name(key, kind): key for key in state_keys if not is_ignored(key)}
-
-
-def layer_index(name: str) -> int | None:
-    """The encoder layer a published tensor name belongs to, or None for embeddings / norms / heads."""
-    marker = ".encoder.layers."
-    if marker not in name:
-        return None
-    return int(name.split(marker, 1)[1].split(".", 1)[0])
 
 
 def tensor_digest(tensor: torch.Tensor) -> str:
@@ -108,14 +114,30 @@ def write_encoder_file(
     provenance: Mapping[str, Any],
 ) -> Path:
     """Write `tensors` (published names) atomically: a crash leaves the old file or none, never half of one."""
+    return write_encoder_file_with_digest(
+        path, tensors, kind=kind, config=config, base_model=base_model, provenance=provenance
+    )[0]
+
+
+def write_encoder_file_with_digest(
+    path: str | os.PathLike,
+    tensors: Mapping[str, torch.Tensor],
+    *,
+    kind: EncoderKind,
+    config: Mapping[str, Any],
+    base_model: str | None,
+    provenance: Mapping[str, Any],
+) -> tuple[Path, str]:
+    """`write_encoder_file`, also returning the file's digest (`safe_encoders.digest`) without reading it back."""
     from . import __version__
 
     path = Path(path)
-    unknown = [name for name in tensors if not (name.startswith(PREFIX[kind]) or name == PROJECTION[kind])]
+    unknown = [name for name in tensors if not is_published_name(name, kind)]
     if unknown:
         raise ValueError(f"write_encoder_file: tensors {unknown[:3]} are not {kind}-encoder names ({PREFIX[kind]}*).")
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
     digests = {name: tensor_digest(t) for name, t in tensors.items()}
+    digest = combined_digest(digests)
     metadata = {
         "format": "pt",
         _META + "format_version": str(FORMAT_VERSION),
@@ -124,10 +146,10 @@ def write_encoder_file(
         _META + "base_model": base_model or "",
         _META + "provenance": json.dumps(dict(provenance), sort_keys=True, default=str),
         _META + "tensor_digests": json.dumps(digests, sort_keys=True),
-        _META + "digest": combined_digest(digests),
+        _META + "digest": digest,
         _META + "library_version": __version__,
     }
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata)), digest
 
 
 def read_safetensors_metadata(path: Path) -> dict[str, str]:
@@ -136,9 +158,33 @@ def read_safetensors_metadata(path: Path) -> dict[str, str]:
         with safe_open(path, framework="pt") as handle:
             return handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as error:
-        raise CorruptCheckpointError(
-            f"{path} is not a readable safetensors file ({error}). Delete it and download or export it again."
-        ) from error
+        raise _unreadable(path, error) from error
+
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+    """The string metadata and the tensor shapes of any safetensors file, from one opening of it;
+    CorruptCheckpointError if it is not one."""
+    try:
+        with safe_open(path, framework="pt") as handle:
+            return handle.metadata() or {}, safetensors_shapes(handle)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise _unreadable(path, error) from error
+
+
+def safetensors_shapes(handle: Any) -> dict[str, tuple[int, ...]]:
+    """{tensor name: shape} of an open safetensors file (no tensor is read)."""
+    return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+
+
+def _unreadable(path: Path, error: Exception) -> CorruptCheckpointError:
+    return CorruptCheckpointError(
+        f"{path} is not a readable safetensors file ({error}). Delete it and download or export it again."
+    )
+
+
+def is_encoder_metadata(metadata: Mapping[str, str]) -> bool:
+    """True when safetensors `metadata` is the header of a file written by safe_encoders."""
+    return _META + "format_version" in metadata
 
 
 def is_encoder_file(path: str | os.PathLike) -> bool:
@@ -147,7 +193,7 @@ def is_encoder_file(path: str | os.PathLike) -> bool:
     if not (path.is_file() and path.suffix == ".safetensors"):
         return False
     try:
-        return _META + "format_version" in read_safetensors_metadata(path)
+        return is_encoder_metadata(read_safetensors_metadata(path))
     except CorruptCheckpointError:
         return False
 
@@ -155,8 +201,12 @@ def is_encoder_file(path: str | os.PathLike) -> bool:
 def read_encoder_header(path: str | os.PathLike) -> EncoderFileInfo:
     """Parse and check our metadata header (no tensor is read)."""
     path = Path(path)
-    meta = read_safetensors_metadata(path)
-    if _META + "format_version" not in meta:
+    return encoder_header_from_metadata(path, read_safetensors_metadata(path))
+
+
+def encoder_header_from_metadata(path: Path, meta: Mapping[str, str]) -> EncoderFileInfo:
+    """Parse and check our metadata header, already read from the file at `path`."""
+    if not is_encoder_metadata(meta):
         raise CorruptCheckpointError(
             f"{path} is a safetensors file but not a safe-encoders encoder file (no safe_encoders metadata). "
             "Pass the transformers folder that holds it (with its config.json), or convert it with "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -57,30 +58,43 @@ def encoder_class(kind: EncoderKind, with_projection: bool) -> type[nn.Module]:
     return getattr(transformers, name + ("WithProjection" if with_projection else ""))
 
 
+def empty_encoder(kind: EncoderKind, config: Any, with_projection: bool) -> tuple[nn.Module, dict[str, str]]:
+    """A `kind` CLIP tower built from `config` (a config object or its dict) without random init, and the map
+    published name -> key in its state dict (ignored buffers left out). Fill it with `fill_encoder`.
+
+    Parameters are created on the meta device; buffers such as position_ids are created for real
+    because checkpoints do not carry them.
+    """
+    from accelerate import init_empty_weights
+    from transformers import CLIPTextConfig, CLIPVisionConfig
+
+    if isinstance(config, Mapping):
+        config = (CLIPTextConfig if kind == "text" else CLIPVisionConfig).from_dict(dict(config))
+    with init_empty_weights(include_buffers=False):
+        model = encoder_class(kind, with_projection)(config)
+    return model, module_names(model.state_dict().keys(), kind)
+
+
+def fill_encoder(model: nn.Module, names: Mapping[str, str], tensors: Mapping[str, torch.Tensor]) -> None:
+    """Give `model` (from `empty_encoder`) the `tensors` (published names) as its own; every name is required."""
+    model.load_state_dict({key: tensors[name] for name, key in names.items()}, strict=True, assign=True)
+
+
 def _load_encoder(
     source: EncoderSource,
     torch_dtype: torch.dtype | None,
     device: str | torch.device | None,
     with_projection: bool | None,
 ) -> nn.Module:
-    from accelerate import init_empty_weights
-    from transformers import CLIPTextConfig, CLIPVisionConfig
-
     if with_projection and not source.has_projection:
         raise CorruptCheckpointError(
             f"{source.label} has no {source.kind} projection head; pass with_projection=False (or None)."
         )
     projection = source.has_projection if with_projection is None else with_projection
-    config_class = CLIPTextConfig if source.kind == "text" else CLIPVisionConfig
-    config = config_class.from_dict(source.config)
-    # Parameters are created on the meta device (no random init); buffers such as position_ids
-    # are created for real because checkpoints do not carry them.
-    with init_empty_weights(include_buffers=False):
-        model = encoder_class(source.kind, projection)(config)
-    names = module_names(model.state_dict().keys(), source.kind)
+    model, names = empty_encoder(source.kind, source.config, projection)
+    config = model.config
     tensors = source.read(names)
-    state = {key: _cast(tensors[name], torch_dtype) for name, key in names.items()}
-    model.load_state_dict(state, strict=True, assign=True)
+    fill_encoder(model, names, {name: _cast(tensor, torch_dtype) for name, tensor in tensors.items()})
     setattr(
         model.config,
         RECORD_KEY,

@@ -210,12 +210,21 @@ def list_checkpoints() -> list[Checkpoint]:
     return list(CHECKPOINTS.values())
 
 
-def get_checkpoint(name: str) -> Checkpoint:
-    """Look a checkpoint up by registry name or Hub id (case-insensitive)."""
+def lookup_checkpoint(name: str) -> Checkpoint | None:
+    """The checkpoint registered under `name` (registry name or Hub id, optionally `hf-hub:`-prefixed,
+    case-insensitive), or None."""
     wanted = name.removeprefix("hf-hub:").lower()
     for entry in CHECKPOINTS.values():
         if wanted in (entry.name.lower(), entry.repo_id.lower()):
             return entry
+    return None
+
+
+def get_checkpoint(name: str) -> Checkpoint:
+    """Look a checkpoint up by registry name or Hub id (case-insensitive)."""
+    entry = lookup_checkpoint(name)
+    if entry is not None:
+        return entry
     close = difflib.get_close_matches(name, list(CHECKPOINTS), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise CheckpointNotFoundError(

@@ -28,14 +28,20 @@ from .errors import (
     UnsafeFormatError,
 )
 from .format import (
+    CONFIG_NOISE,
     PROJECTION,
     canonical_name,
-    is_encoder_file,
+    encoder_file_name,
+    encoder_header_from_metadata,
+    is_encoder_metadata,
     is_ignored,
+    is_published_name,
     read_encoder_header,
+    read_safetensors_header,
+    safetensors_shapes,
     tensor_digest,
 )
-from .registry import CHECKPOINTS, Checkpoint, EncoderFingerprint, EncoderKind, get_checkpoint
+from .registry import CHECKPOINTS, Checkpoint, EncoderFingerprint, EncoderKind, lookup_checkpoint
 
 logger = logging.getLogger("safe_encoders")
 
@@ -49,7 +55,6 @@ _WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
-_CONFIG_NOISE = ("_name_or_path", "architectures", "transformers_version", "torch_dtype", "dtype")
 
 
 @dataclass
@@ -117,31 +122,22 @@ def resolve_source(source: Any, kind: EncoderKind, **hub_kwargs: Any) -> Encoder
     (`org/name` or `hf-hub:org/name`); a local transformers folder (config.json + weights); one of
     our `.safetensors` files; or a folder written by `convert_checkpoint`.
     """
-    unknown = set(hub_kwargs) - HUB_KWARGS
-    if unknown:
-        raise TypeError(f"Unknown keyword argument(s) {sorted(unknown)}; Hub options are {sorted(HUB_KWARGS)}.")
+    check_hub_kwargs(hub_kwargs)
     if isinstance(source, Checkpoint):
-        return _hub_source(source.repo_id, kind, {"revision": source.revision, **hub_kwargs}, source.base_model)
-    if not isinstance(source, str | os.PathLike):
+        entry: Checkpoint | None = source
+    elif not isinstance(source, str | os.PathLike):
         raise TypeError(
             f"checkpoint must be a registry name, Hub id, folder or .safetensors path, not {type(source).__name__}."
         )
-    path = Path(source).expanduser()
-    if path.exists():
-        return _local_source(path, kind)
-    name = str(source)
-    if name.startswith("hf-hub:") or name.lower() in {n.lower() for n in CHECKPOINTS}:
-        try:
-            entry = get_checkpoint(name)
-        except CheckpointNotFoundError:
-            entry = None
-        if entry is not None:
-            return _hub_source(entry.repo_id, kind, {"revision": entry.revision, **hub_kwargs}, entry.base_model)
-        name = name.removeprefix("hf-hub:")
+    else:
+        path = Path(source).expanduser()
+        if path.exists():
+            return _local_source(path, kind)
+        entry = lookup_checkpoint(str(source))  # registry name or registered repo id, with or without hf-hub:
+    if entry is not None:
+        return _hub_source(entry.repo_id, kind, {"revision": entry.revision, **hub_kwargs}, entry.base_model)
+    name = str(source).removeprefix("hf-hub:")
     if HUB_ID.match(name) and not name.endswith(".safetensors"):
-        for entry in CHECKPOINTS.values():
-            if entry.repo_id.lower() == name.lower():
-                return _hub_source(entry.repo_id, kind, {"revision": entry.revision, **hub_kwargs}, entry.base_model)
         return _hub_source(name, kind, hub_kwargs, None)
     raise CheckpointNotFoundError(
         f"Checkpoint {name!r} is not an existing file or folder, not a registered name "
@@ -149,12 +145,19 @@ def resolve_source(source: Any, kind: EncoderKind, **hub_kwargs: Any) -> Encoder
     )
 
 
+def check_hub_kwargs(hub_kwargs: Mapping[str, Any]) -> None:
+    """TypeError for keyword arguments that are not Hub options (`HUB_KWARGS`)."""
+    unknown = set(hub_kwargs) - HUB_KWARGS
+    if unknown:
+        raise TypeError(f"Unknown keyword argument(s) {sorted(unknown)}; Hub options are {sorted(HUB_KWARGS)}.")
+
+
 # ----------------------------------------------------------------------------- local sources
 
 
 def _local_source(path: Path, kind: EncoderKind) -> EncoderSource:
     if path.is_dir():
-        ours = path / f"{kind}_encoder.safetensors"
+        ours = path / encoder_file_name(kind)
         if ours.is_file():
             return _encoder_file_source(ours, kind)
         if (path / "config.json").is_file():
@@ -164,16 +167,30 @@ def _local_source(path: Path, kind: EncoderKind) -> EncoderSource:
             "Pass the folder of a CLIP checkpoint, a file written by export_encoder, or a Hub id."
         )
     if path.suffix == ".safetensors":
-        if is_encoder_file(path):
-            return _encoder_file_source(path, kind)
+        try:
+            header = read_safetensors_header(path)
+        except CorruptCheckpointError:
+            header = None
+        if header is not None and is_encoder_metadata(header[0]):
+            return _encoder_file_source(path, kind, header)
         if (path.parent / "config.json").is_file():
-            fetch = _local_fetch(path.parent, weights=path.name)
-            return _transformers_source(fetch, kind, label=str(path), identity=_local_identity(path.parent))
+            return _transformers_source(
+                _local_fetch(path.parent),
+                kind,
+                label=str(path),
+                identity=_local_identity(path.parent),
+                weight_files=(path.name,),
+            )
         read_encoder_header(path)  # raises with the precise reason (not ours / not safetensors)
     if path.suffix in PICKLE_SUFFIXES:
         if (path.parent / "config.json").is_file():
-            fetch = _local_fetch(path.parent, weights=path.name)
-            return _transformers_source(fetch, kind, label=str(path), identity=_local_identity(path.parent))
+            return _transformers_source(
+                _local_fetch(path.parent),
+                kind,
+                label=str(path),
+                identity=_local_identity(path.parent),
+                weight_files=(path.name,),
+            )
         raise CheckpointNotFoundError(
             f"{path} is a pickle weight file with no config.json beside it, so its architecture is unknown. "
             "Pass the transformers folder that holds it (config.json + weights), ideally with model.safetensors."
@@ -183,10 +200,8 @@ def _local_source(path: Path, kind: EncoderKind) -> EncoderSource:
     )
 
 
-def _local_fetch(folder: Path, weights: str | None = None) -> Callable[[str], Path | None]:
+def _local_fetch(folder: Path) -> Callable[[str], Path | None]:
     def fetch(filename: str) -> Path | None:
-        if weights is not None and filename in _WEIGHT_FILES and filename != weights:
-            return None
         candidate = folder / filename
         return candidate if candidate.is_file() else None
 
@@ -202,15 +217,17 @@ def _local_identity(folder: Path) -> str:
     return f"dir:{folder.resolve()}|" + "|".join(stamps)
 
 
-def _encoder_file_source(path: Path, kind: EncoderKind) -> EncoderSource:
-    info = read_encoder_header(path)
+def _encoder_file_source(
+    path: Path, kind: EncoderKind, header: tuple[dict[str, str], dict[str, tuple[int, ...]]] | None = None
+) -> EncoderSource:
+    """One of our files; `header` is its (metadata, shapes) when already read."""
+    metadata, shapes = header if header is not None else read_safetensors_header(path)
+    info = encoder_header_from_metadata(path, metadata)
     if info.kind != kind:
         raise ArchitectureMismatchError(
             f"{path} holds a {info.kind} encoder, but a {kind} encoder was asked for. "
-            f"Use the {kind}_encoder.safetensors file written beside it."
+            f"Use the {encoder_file_name(kind)} file written beside it."
         )
-    with safe_open(path, framework="pt") as handle:
-        shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
     missing = set(shapes) ^ set(info.tensor_digests)
     if missing:
         raise CorruptCheckpointError(f"{path}: tensors and digest list disagree on {sorted(missing)[:5]}.")
@@ -285,7 +302,7 @@ def _hub_source(
 
     config_path = fetch("config.json")
     if config_path is None:
-        ours = fetch(f"{kind}_encoder.safetensors")
+        ours = fetch(encoder_file_name(kind))
         if ours is not None:
             return _encoder_file_source(ours, kind)
         fetch("config.json", required=True)
@@ -302,8 +319,15 @@ def _hub_source(
 
 
 def _transformers_source(
-    fetch: Callable[[str], Path | None], kind: EncoderKind, *, label: str, identity: str
+    fetch: Callable[[str], Path | None],
+    kind: EncoderKind,
+    *,
+    label: str,
+    identity: str,
+    weight_files: tuple[str, ...] = _WEIGHT_FILES,
 ) -> EncoderSource:
+    """A transformers checkpoint: config.json and the first of `weight_files` found (default: the
+    standard names, in order of preference; a caller that was given one weight file passes its name)."""
     config_path = fetch("config.json")
     assert config_path is not None  # callers check
     raw = json.loads(config_path.read_text())
@@ -311,7 +335,8 @@ def _transformers_source(
 
     locations: dict[str, tuple[Path, str]] = {}
     pickled: dict[Path, dict[str, torch.Tensor]] = {}
-    for weights_name in _WEIGHT_FILES:
+    header_shapes: dict[Path, dict[str, tuple[int, ...]]] = {}  # safetensors headers, each read once
+    for weights_name in weight_files:
         weights = fetch(weights_name)
         if weights is None:
             continue
@@ -328,20 +353,24 @@ def _transformers_source(
         else:
             if weights.suffix != ".safetensors":
                 pickled[weights] = load_pickle_weights(weights)
-            keys = list(pickled[weights]) if weights in pickled else _safetensors_keys(weights)
+            else:
+                header_shapes[weights] = _safetensors_shapes(weights)
+            keys = list(pickled[weights]) if weights in pickled else list(header_shapes[weights])
             locations = {canonical_name(key, kind): (weights, key) for key in keys if belongs(key)}
         for path in {path for path, _ in locations.values() if path.suffix != ".safetensors"} - set(pickled):
             pickled[path] = load_pickle_weights(path)  # memory-mapped: only what is used gets paged in
         break
     else:
         raise CheckpointNotFoundError(
-            f"{label} has a config.json but no weights ({', '.join(_WEIGHT_FILES)}), "
+            f"{label} has a config.json but no weights ({', '.join(weight_files)}), "
             "or they are not in the local cache while offline."
         )
     if not locations:
         raise CorruptCheckpointError(f"{label}: the weights hold no {kind}-encoder tensors.")
+    for path in {path for path, _ in locations.values()} - set(pickled) - set(header_shapes):
+        header_shapes[path] = _safetensors_shapes(path)  # the shards of a sharded checkpoint
     shapes = {
-        name: tuple(pickled[path][key].shape) if path in pickled else _safetensors_shape(path, key)
+        name: tuple(pickled[path][key].shape) if path in pickled else header_shapes[path][key]
         for name, (path, key) in locations.items()
     }
     return EncoderSource(
@@ -364,9 +393,6 @@ def encoder_config_from_dict(
     from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 
     model_type = raw.get("model_type")
-    prefix, projection = (
-        ("text_model.", PROJECTION["text"]) if kind == "text" else ("vision_model.", PROJECTION["vision"])
-    )
     if model_type == "clip":
         full = CLIPConfig.from_dict(dict(raw))
         sub = (full.text_config if kind == "text" else full.vision_config).to_dict()
@@ -374,7 +400,7 @@ def encoder_config_from_dict(
         sub["projection_dim"] = full.projection_dim
 
         def belongs(key: str) -> bool:
-            return (key.startswith(prefix) or key == projection) and not is_ignored(key)
+            return is_published_name(key, kind) and not is_ignored(key)
 
     elif model_type in ("clip_text_model", "clip_vision_model"):
         own = "text" if model_type == "clip_text_model" else "vision"
@@ -392,20 +418,16 @@ def encoder_config_from_dict(
             f"{label} has model_type {model_type!r}; safe_encoders reads CLIP checkpoints "
             "(model_type clip, clip_text_model or clip_vision_model)."
         )
-    for key in _CONFIG_NOISE:
+    for key in CONFIG_NOISE:
         sub.pop(key, None)
     sub["model_type"] = "clip_text_model" if kind == "text" else "clip_vision_model"
     return sub, belongs
 
 
-def _safetensors_keys(path: Path) -> list[str]:
+def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """{tensor name: shape} of a safetensors weight file, from one opening of it."""
     with safe_open(path, framework="pt") as handle:
-        return list(handle.keys())
-
-
-def _safetensors_shape(path: Path, key: str) -> tuple[int, ...]:
-    with safe_open(path, framework="pt") as handle:
-        return tuple(handle.get_slice(key).get_shape())
+        return safetensors_shapes(handle)
 
 
 def load_pickle_weights(path: Path) -> dict[str, torch.Tensor]:

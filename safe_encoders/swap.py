@@ -16,14 +16,11 @@ import torch
 from torch import nn
 
 from .errors import ArchitectureMismatchError, CorruptCheckpointError, UnsupportedModelError
-from .format import PROJECTION, module_names
+from .format import PROJECTION, RECORD_KEY, module_names
 from .registry import EncoderFingerprint, EncoderKind, fitting_checkpoint_names
 from .sources import EncoderSource
 
 logger = logging.getLogger("safe_encoders")
-
-# Stored in the encoder's config, so it is saved with `save_pretrained` and survives a reload.
-RECORD_KEY = "safe_encoders"
 
 
 def encoder_kind(module: Any) -> EncoderKind | None:
@@ -32,10 +29,6 @@ def encoder_kind(module: Any) -> EncoderKind | None:
     if not isinstance(module, nn.Module):
         return None
     return {"clip_text_model": "text", "clip_vision_model": "vision"}.get(model_type)
-
-
-def module_fingerprint(module: nn.Module) -> EncoderFingerprint:
-    return EncoderFingerprint.from_config(module.config)
 
 
 def has_projection(module: nn.Module, kind: EncoderKind) -> bool:
@@ -62,7 +55,7 @@ def plan_swap(module: nn.Module, source: EncoderSource, label: str) -> SwapPlan:
     kind = encoder_kind(module)
     if kind is None:
         raise UnsupportedModelError(f"{label} is a {type(module).__name__}, not a transformers CLIP text/vision model.")
-    target = module_fingerprint(module)
+    target = EncoderFingerprint.from_config(module.config)
     projection = has_projection(module, kind)
     problems = source.fingerprint.mismatches(target, target_has_projection=projection)
     if problems:

@@ -25,8 +25,16 @@ import torch
 
 from ..atomic import atomic_write_text
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, UnsupportedModelError
-from ..registry import CHECKPOINTS, get_checkpoint
-from ..sources import HUB_ID, HUB_KWARGS, encoder_config_from_dict, hub_file, load_pickle_weights, resolve_source
+from ..format import encoder_file_name
+from ..registry import CHECKPOINTS, lookup_checkpoint
+from ..sources import (
+    HUB_ID,
+    check_hub_kwargs,
+    encoder_config_from_dict,
+    hub_file,
+    load_pickle_weights,
+    resolve_source,
+)
 from .bounds import HySACBounds
 from .release import build_tower, check_release, parse_release_state, read_bounds_file
 
@@ -38,8 +46,9 @@ RELEASE_WEIGHTS = "hysac_model.pth"
 RELEASE_BOUNDS = "hysac_bounds.json"
 FORMAT = "safe_encoders.hysac"
 FORMAT_VERSION = 1
-ENCODER_FILES = {"text": "text_encoder.safetensors", "vision": "vision_encoder.safetensors"}
-DEFAULT_BASE_MODEL = "openai/clip-vit-large-patch14"
+ENCODER_KINDS = ("text", "vision")
+# The CLIP the authors' release was trained from, used when none is given.
+DEFAULT_BASE_MODEL = CHECKPOINTS["hysac"].base_model
 
 
 @dataclass(frozen=True)
@@ -56,9 +65,7 @@ class LocatedCheckpoint:
 
 def locate(source: str | os.PathLike, hub_kwargs: dict[str, Any]) -> LocatedCheckpoint:
     """Find the files of `source`: a folder, a file inside one, the registry name "hysac" or a Hub id."""
-    unknown = set(hub_kwargs) - HUB_KWARGS
-    if unknown:
-        raise TypeError(f"Unknown keyword argument(s) {sorted(unknown)}; Hub options are {sorted(HUB_KWARGS)}.")
+    check_hub_kwargs(hub_kwargs)
     path = Path(source).expanduser()
     if path.exists():
         folder = path if path.is_dir() else path.parent
@@ -67,7 +74,7 @@ def locate(source: str | os.PathLike, hub_kwargs: dict[str, Any]) -> LocatedChec
                 f"{path} is neither {CONFIG_NAME} (our HySAC export) nor a .pth release file. Pass the folder."
             )
         if (folder / CONFIG_NAME).is_file() and not (path.is_file() and path.suffix == ".pth"):
-            files = {CONFIG_NAME: folder / CONFIG_NAME, **{k: folder / n for k, n in ENCODER_FILES.items()}}
+            files = {CONFIG_NAME: folder / CONFIG_NAME, **{k: folder / encoder_file_name(k) for k in ENCODER_KINDS}}
             return LocatedCheckpoint("export", str(folder), files, processor_source=str(folder))
         weights = path if path.is_file() else folder / RELEASE_WEIGHTS
         if weights.is_file():
@@ -82,10 +89,8 @@ def locate(source: str | os.PathLike, hub_kwargs: dict[str, Any]) -> LocatedChec
     name = str(source)
     kwargs = dict(hub_kwargs)
     bare = name.removeprefix("hf-hub:")
-    if bare.lower() in {n.lower() for n in CHECKPOINTS} or any(
-        e.repo_id.lower() == bare.lower() for e in CHECKPOINTS.values()
-    ):
-        entry = get_checkpoint(bare)
+    entry = lookup_checkpoint(name)
+    if entry is not None:
         repo_id = entry.repo_id
         kwargs.setdefault("revision", entry.revision)
     elif HUB_ID.match(bare):
@@ -99,8 +104,8 @@ def locate(source: str | os.PathLike, hub_kwargs: dict[str, Any]) -> LocatedChec
     config = hub_file(repo_id, CONFIG_NAME, required=False, **kwargs)
     if config is not None:
         files = {CONFIG_NAME: config}
-        for kind, filename in ENCODER_FILES.items():
-            files[kind] = hub_file(repo_id, filename, required=True, **kwargs)  # type: ignore[assignment]
+        for kind in ENCODER_KINDS:
+            files[kind] = hub_file(repo_id, encoder_file_name(kind), required=True, **kwargs)  # type: ignore[assignment]
         return LocatedCheckpoint("export", label, files, processor_source=repo_id, processor_kwargs=kwargs)
     weights = hub_file(repo_id, RELEASE_WEIGHTS, required=True, **kwargs)
     assert weights is not None
@@ -283,8 +288,7 @@ def _try(load: Any) -> Any:
 def save_hysac(model: HySAC, folder: Path, *, metadata: dict[str, Any] | None = None) -> Path:
     """See `HySAC.save_pretrained`."""
     from .. import __version__
-    from ..convert import export_encoder
-    from ..format import read_encoder_header
+    from ..convert import export_encoder_with_digest
 
     for name in ("text", "vision"):
         if hasattr(getattr(model, name), "merge_and_unload"):
@@ -295,8 +299,10 @@ def save_hysac(model: HySAC, folder: Path, *, metadata: dict[str, Any] | None = 
     provenance = {"provenance": "hysac", **(metadata or {})}
     encoders = {}
     for kind, tower in (("text", model.text), ("vision", model.vision)):
-        path = export_encoder(tower, folder / ENCODER_FILES[kind], base_model=model.base_model, metadata=provenance)
-        encoders[kind] = {"file": path.name, "digest": read_encoder_header(path).digest}
+        path, digest = export_encoder_with_digest(
+            tower, folder / encoder_file_name(kind), base_model=model.base_model, metadata=provenance
+        )
+        encoders[kind] = {"file": path.name, "digest": digest}
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -230,10 +230,10 @@ def _is_text_to_image_pipeline(obj: Any) -> bool:
 
 def _install_on_pipeline(handle: GateHandle) -> None:
     pipe, gate = handle.target, handle.gate
-    if gate.prompt_policy == "redirect":
-        handle._redirect = _redirect_encoders(pipe, gate)
     if gate.prompt_policy != "off" and handle.classifier.tokenizer is None:
         raise ValueError("SafetyGate: the classifier has no tokenizer; set classifier.tokenizer to check prompts.")
+    if gate.prompt_policy == "redirect":  # after the cheap checks: this copies encoders and may download
+        handle._redirect = _redirect_encoders(pipe, gate)
     # All checks done: change the pipeline.
     base = type(pipe)
     pipe.__class__ = _gated_class(base)
@@ -545,9 +545,8 @@ def _llava_hook(handle: GateHandle, module: nn.Module, args: tuple, kwargs: dict
     if pixel_values is None:
         report.image_action = "unchecked"
         return None
-    images = (pixel_values.detach().float().cpu() * _channel(gate.input_std, pixel_values.float().cpu())) + _channel(
-        gate.input_mean, pixel_values.float().cpu()
-    )
+    pixels = pixel_values.detach().float().cpu()
+    images = (pixels * _channel(gate.input_std, pixels)) + _channel(gate.input_mean, pixels)
     images = images.clamp(0, 1)
     flags = _apply_image_policy(handle, report, images, "input", "the model was not run")
     if not flags.any() or gate.image_policy == "flag":

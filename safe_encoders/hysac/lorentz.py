@@ -37,10 +37,7 @@ def _work(x: torch.Tensor) -> torch.Tensor:
 
 
 def _curvature(c: Curvature, like: torch.Tensor) -> torch.Tensor:
-    c = torch.as_tensor(c, dtype=like.dtype, device=like.device)
-    if not c.is_floating_point():
-        c = c.to(like.dtype)
-    return c
+    return torch.as_tensor(c, dtype=like.dtype, device=like.device)
 
 
 def _safe_norm(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,7 +28,6 @@ from .bounds import HySACBounds, Modality
 if TYPE_CHECKING:
     from .classify import UnsafeScores
 
-DEFAULT_BASE_MODEL = "openai/clip-vit-large-patch14"
 _MAX_LOGIT_SCALE = math.log(100.0)
 
 
@@ -88,10 +87,7 @@ class HySAC(nn.Module):
     @classmethod
     def from_clip_model(cls, clip: nn.Module, **kwargs: Any) -> HySAC:
         """Build on a transformers `CLIPModel`: its towers become `...WithProjection` models sharing its tensors."""
-        from accelerate import init_empty_weights
-        from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
-
-        from ..format import module_names
+        from ..loading import empty_encoder, fill_encoder
 
         config = getattr(clip, "config", None)
         if getattr(config, "model_type", None) != "clip":
@@ -101,15 +97,10 @@ class HySAC(nn.Module):
             )
         state = clip.state_dict()
         towers = []
-        for kind, tower_cls, sub in (
-            ("text", CLIPTextModelWithProjection, config.text_config),
-            ("vision", CLIPVisionModelWithProjection, config.vision_config),
-        ):
+        for kind, sub in (("text", config.text_config), ("vision", config.vision_config)):
             sub = sub.__class__.from_dict({**sub.to_dict(), "projection_dim": config.projection_dim})
-            with init_empty_weights(include_buffers=False):  # buffers (position_ids) are made for real
-                tower = tower_cls(sub)
-            names = module_names(tower.state_dict().keys(), kind)  # type: ignore[arg-type]
-            tower.load_state_dict({key: state[name] for name, key in names.items()}, strict=True, assign=True)
+            tower, names = empty_encoder(kind, sub, True)  # type: ignore[arg-type]
+            fill_encoder(tower, names, state)
             towers.append(tower.eval())
         kwargs.setdefault("base_model", getattr(config, "_name_or_path", None) or None)
         return cls(towers[0], towers[1], **kwargs)

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from ..errors import ArchitectureMismatchError, CorruptCheckpointError, UnsupportedModelError
-from ..format import PREFIX, module_names
+from ..format import PREFIX
 from ..registry import EncoderKind
 
 logger = logging.getLogger("safe_encoders")
@@ -193,15 +193,9 @@ def build_tower(
 ) -> nn.Module:
     """The `kind` tower (`CLIP...WithProjection`): base weights from the file, else from
     `base_weights(names) -> {published name: tensor}`, then the LoRA factors merged by peft."""
-    from accelerate import init_empty_weights
-    from transformers import CLIPTextConfig, CLIPVisionConfig
+    from ..loading import empty_encoder, fill_encoder
 
-    from ..loading import encoder_class
-
-    config_class = CLIPTextConfig if kind == "text" else CLIPVisionConfig
-    with init_empty_weights(include_buffers=False):
-        tower = encoder_class(kind, True)(config_class.from_dict(dict(config)))
-    names = module_names(tower.state_dict().keys(), kind)
+    tower, names = empty_encoder(kind, dict(config), True)
     given = contents.base[kind]
     unknown = sorted(set(given) - set(names))
     if unknown:
@@ -224,7 +218,7 @@ def build_tower(
             f"{label}: the {kind} tensors do not fit the base model's architecture ({'; '.join(wrong[:3])}). "
             "Pass the base_model the checkpoint was trained from."
         )
-    tower.load_state_dict({key: tensors[name] for name, key in names.items()}, strict=True, assign=True)
+    fill_encoder(tower, names, tensors)
     if contents.lora[kind]:
         tower = _merge_lora(tower, kind, contents.lora[kind], names, lora_alpha=lora_alpha, label=label)
     return tower.eval()

@@ -133,6 +133,35 @@ def test_text_only_checkpoint_has_no_vision_encoder(tmp_path):
     assert resolve_source(folder, "text").kind == "text"
     with pytest.raises(ArchitectureMismatchError, match=r"is a CLIP text encoder .*a vision encoder was asked for"):
         load_vision_encoder(folder)
+
+
+def test_explicit_weights_file_with_a_non_standard_name_is_loaded(tmp_path):
+    from tests.tiny_models import tiny_text_encoder
+
+    original = tiny_text_encoder(0)
+    folder = tmp_path / "te"
+    original.save_pretrained(folder)
+    renamed = folder / "model-fp16.safetensors"
+    (folder / "model.safetensors").rename(renamed)
+    loaded = load_text_encoder(renamed)
+    assert type(loaded).__name__ == "CLIPTextModel"
+    expected, actual = original.state_dict(), loaded.state_dict()
+    assert set(actual) == set(expected)
+    for key, value in expected.items():
+        torch.testing.assert_close(actual[key], value, rtol=0, atol=0)
+
+
+def test_a_stale_swap_record_in_a_saved_config_is_not_carried_over(tmp_path):
+    from tests.tiny_models import tiny_text_encoder
+
+    encoder = tiny_text_encoder(0)
+    encoder.config.safe_encoders = {"checkpoint": "old", "digest": "sha256:stale"}
+    folder = tmp_path / "te"
+    encoder.save_pretrained(folder)
+    assert "safe_encoders" in json.loads((folder / "config.json").read_text())
+    assert "safe_encoders" not in resolve_source(folder, "text").config
+    files = convert_checkpoint(folder, tmp_path / "out")
+    assert "safe_encoders" not in read_encoder_header(files["text"]).config
     assert set(convert_checkpoint(folder, tmp_path / "out")) == {"text"}
 
 
