@@ -15,8 +15,11 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _datasets(cfg, args: argparse.Namespace):
-    """(tokenizer, image processor, train set, validation set, collate_fn) of ``cfg.data``; None after an error."""
+def _datasets(cfg, args: argparse.Namespace, *, train: bool = True):
+    """(tokenizer, image processor, train set, validation set, collate_fn) of ``cfg.data``; None after an error.
+
+    With ``train=False`` only the validation set is built (the train set is None).
+    """
     from transformers import CLIPImageProcessor, CLIPTokenizer
 
     from train.data import EncodedQuadruplets, QuadrupletCollator, stack_encoded
@@ -46,19 +49,24 @@ def _datasets(cfg, args: argparse.Namespace):
             coco_root=args.coco_root,
             unsafe_images=args.unsafe_images,
             report_dir=cfg.output_dir,
+            splits=("train", "validation") if train else ("validation",),
             on_missing=args.on_missing,
             **({"token": args.token} if args.token else {}),
         )
         # Items are encoded batch by batch: pre-encoding 165k image pairs would not fit in memory.
-        return tokenizer, processor, IndexedQuadruplets(sets["train"]), IndexedQuadruplets(sets["validation"]), collator
+        train_set = IndexedQuadruplets(sets["train"]) if train else None
+        return tokenizer, processor, train_set, IndexedQuadruplets(sets["validation"]), collator
     from train.synthetic import SyntheticWorld
 
-    world = SyntheticWorld(cfg.data.train_size, cfg.data.seed, cfg.data.image_size)
     val_world = SyntheticWorld(cfg.data.val_size, cfg.data.seed + 1, cfg.data.image_size, distinct=True)
+    train_set = None
+    if train:
+        world = SyntheticWorld(cfg.data.train_size, cfg.data.seed, cfg.data.image_size)
+        train_set = EncodedQuadruplets(world, collator)
     return (
         tokenizer,
         processor,
-        EncodedQuadruplets(world, collator),
+        train_set,
         EncodedQuadruplets(val_world, collator),
         stack_encoded,
     )
@@ -123,22 +131,26 @@ def _export(args: argparse.Namespace) -> int:
     from safetensors.torch import load_file
 
     from train.config import load_config
-    from train.export import export_safe_clip
-    from train.model import SafeClipModel, load_base_encoders
 
     run = Path(args.run)
     missing = [name for name in ("config.yaml", "best_adapters.safetensors") if not (run / name).is_file()]
     if missing:
         print(
             f"error: {run} is not a finished training run (missing {', '.join(missing)}); pass the output_dir of "
-            "`python -m train safeclip` after at least one validation",
+            "`python -m train safeclip` (or `python -m train hysac`) after at least one validation",
             file=sys.stderr,
         )
         return 2
     cfg = load_config(run / "config.yaml")
+    adapters = run / "best_adapters.safetensors"
+    if cfg.method == "hysac":
+        return _export_hysac(cfg, adapters, args)
+    from train.export import export_safe_clip
+    from train.model import SafeClipModel, load_base_encoders
+
     text, vision = load_base_encoders(cfg.base_model)
     model = SafeClipModel(text, vision, cfg.lora)
-    model.load_trainable_state_dict(load_file(str(run / "best_adapters.safetensors")))
+    model.load_trainable_state_dict(load_file(str(adapters)))
     paths = export_safe_clip(
         model, args.out, base_model=cfg.base_model, config=cfg, data_description=args.data_description
     )
@@ -148,6 +160,39 @@ def _export(args: argparse.Namespace) -> int:
         from train.export import push_to_hub
 
         print(f"pushed: {push_to_hub(args.out, args.push_to_hub, private=not args.public)}")
+    return 0
+
+
+def _export_hysac(cfg, adapters: Path, args: argparse.Namespace) -> int:
+    """Export a HySAC run as `python -m train hysac` does at the end of training: the best weights,
+    root-distance bounds from the run's validation set, ``HySAC.save_pretrained``."""
+    from safetensors.torch import load_file
+
+    from train.hysac_export import export_hysac, validation_bounds
+    from train.model import HySACTrainModel, load_base_encoders
+
+    if args.push_to_hub:
+        print(
+            "error: --push-to-hub uploads Safe-CLIP encoders with a Safe-CLIP model card, and this is a HySAC run "
+            "(method: hysac); export without --push-to-hub, then upload the folder (e.g. `hf upload`)",
+            file=sys.stderr,
+        )
+        return 2
+    data = _datasets(cfg, args, train=False)  # the bounds come from the validation set
+    if data is None:
+        return 2
+    tokenizer, processor, _, val_set, collate = data
+    text, vision = load_base_encoders(cfg.base_model)
+    model = HySACTrainModel(
+        text, vision, cfg.lora, cfg.hysac, base_model=cfg.base_model, tokenizer=tokenizer, image_processor=processor
+    )
+    model.load_trainable_state_dict(load_file(str(adapters)))
+    bounds = validation_bounds(model, val_set, collate, cfg.data.batch_size)
+    folder = export_hysac(model, args.out, bounds=bounds, config=cfg, data_description=args.data_description)
+    print(
+        f"text / image thresholds {bounds.threshold('text'):.4f} / {bounds.threshold('image'):.4f}; "
+        f"HySAC saved to {folder}"
+    )
     return 0
 
 
@@ -188,7 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     hysac.add_argument("--out", default=None, help="export folder (default: OUTPUT_DIR/hysac_export)")
     hysac.add_argument("--data-description", default=None)
     hysac.set_defaults(func=_hysac)
-    export = sub.add_parser("export", help="merge the best adapters of a run and export both encoders")
+    export = sub.add_parser(
+        "export",
+        help="merge the best adapters of a run and export both encoders (HySAC runs: with bounds from validation)",
+    )
     export.add_argument("--run", required=True, help="run folder (holds config.yaml and best_adapters.safetensors)")
     export.add_argument("--out", required=True)
     export.add_argument("--data-description", default=None)
@@ -199,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         help="upload the exported encoders with a generated model card (needs `hf auth login`)",
     )
     export.add_argument("--public", action="store_true", help="with --push-to-hub: create a public repository")
+    _add_data_options(export)  # a HySAC run's bounds are recomputed on its validation set
     export.set_defaults(func=_export)
     from train.visu_images import add_visu_images_parser
 

@@ -8,12 +8,14 @@ import hashlib
 import json
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from safe_encoders.atomic import atomic_write_text
 from train.hysac_losses import HYSAC_TERM_NAMES, HySACWeights
 from train.losses import DEFAULT_LOGIT_SCALE, TERM_NAMES, SafeClipWeights
 
@@ -42,6 +44,17 @@ class LoraSettings:
             raise ValueError("lora: at least one of text_targets / vision_targets must be non-empty")
 
 
+_Weights = typing.TypeVar("_Weights")
+
+
+def _weights(cls: type[_Weights], names: Sequence[str], given: dict[str, float], where: str) -> _Weights:
+    """``cls`` (a weights dataclass) with its defaults overridden by ``given``; unknown term names refused."""
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise ValueError(f"{where}: unknown term(s) {unknown}; terms are {list(names)}")
+    return cls(**{**dataclasses.asdict(cls()), **given})
+
+
 @dataclass
 class LossSettings:
     weights: dict[str, float] = field(
@@ -51,10 +64,7 @@ class LossSettings:
     logit_scale: float = DEFAULT_LOGIT_SCALE
 
     def safe_clip_weights(self) -> SafeClipWeights:
-        unknown = sorted(set(self.weights) - set(TERM_NAMES))
-        if unknown:
-            raise ValueError(f"loss.weights: unknown term(s) {unknown}; terms are {list(TERM_NAMES)}")
-        return SafeClipWeights(**{**dataclasses.asdict(SafeClipWeights()), **self.weights})
+        return _weights(SafeClipWeights, TERM_NAMES, self.weights, "loss.weights")
 
 
 @dataclass
@@ -73,10 +83,7 @@ class HySACSettings:
     cone_k: float = field(default=0.1, metadata={"help": "aperture constant K of the entailment cones"})
 
     def hysac_weights(self) -> HySACWeights:
-        unknown = sorted(set(self.weights) - set(HYSAC_TERM_NAMES))
-        if unknown:
-            raise ValueError(f"hysac.weights: unknown term(s) {unknown}; terms are {list(HYSAC_TERM_NAMES)}")
-        return HySACWeights(**{**dataclasses.asdict(HySACWeights()), **self.weights})
+        return _weights(HySACWeights, HYSAC_TERM_NAMES, self.weights, "hysac.weights")
 
     def validate(self) -> None:
         self.hysac_weights()
@@ -250,4 +257,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
     """Write ``cfg`` as YAML (round-trips through :func:`load_config`)."""
     data = json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))

@@ -481,7 +481,7 @@ def run_hysac_demo(
     ``safe_t2v_r1`` / ``safe_v2t_r1`` and the pre-trained ones), ``bounds``, ``exported`` and ``training``.
     """
     from eval.hysac import evaluate_hysac
-    from train.hysac_export import bounds_from_embeddings, embed_quadruplets, export_hysac
+    from train.hysac_export import export_hysac, validation_bounds
     from train.model import HySACTrainModel
 
     settings = settings or HySACDemoSettings()
@@ -500,7 +500,7 @@ def run_hysac_demo(
     result = train_safe_clip(cfg, model, world.train_set, world.val_set, stack_encoded, resume=False)
     model.eval()
     curvature = model.hysac.curvature.detach()
-    bounds = bounds_from_embeddings(embed_quadruplets(model, world.val_set, stack_encoded), curvature)
+    bounds = validation_bounds(model, world.val_set, stack_encoded)
     with torch.no_grad():
         emb = {k: v.float() for k, v in embed(model.encode_text, model.encode_image, world.test_set).items()}
     report = evaluate_hysac(

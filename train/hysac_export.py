@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from safe_encoders.hysac import HySACBounds, compute_bounds
 from train.config import TrainConfig
+from train.data import batch_to
 from train.export import training_metadata
 from train.model import HySACTrainModel
 
@@ -37,7 +38,7 @@ def embed_quadruplets(
     parts: dict[str, list[torch.Tensor]] = {}
     try:
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn):
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            batch = batch_to(batch, device)
             for key, value in model(batch).items():
                 parts.setdefault(key, []).append(value.float().cpu())
     finally:

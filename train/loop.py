@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import random
 import shutil
@@ -26,12 +27,33 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from safe_encoders.atomic import atomic_write
+from safe_encoders.errors import SafeEncodersError
 from train.config import TrainConfig, save_config
+from train.data import batch_to
 from train.losses import safe_clip_loss
 from train.model import CachedReferences, HySACTrainModel, LiveReferences, SafeClipModel
 from train.retrieval import safe_clip_retrieval
 
 References = Callable[[dict[str, Any]], tuple[torch.Tensor, torch.Tensor]]
+
+RESUME_FREE_SETTINGS: tuple[str, ...] = (
+    "output_dir",
+    "progress",
+    "tensorboard",
+    "log_every_steps",
+    "save_every_steps",
+    "keep_checkpoints",
+    "data.num_workers",
+)
+"""Settings that may change between a checkpoint and its resume (where and how often the run reports and
+saves); changing any other setting would make the resumed run differ from an uninterrupted one."""
+
+logger = logging.getLogger("safe_encoders.train")
+
+
+class ResumeConfigError(SafeEncodersError, ValueError):
+    """The run's config differs from the one its newest checkpoint was written with."""
 
 
 class EpochSampler(Sampler[int]):
@@ -61,10 +83,6 @@ class TrainResult:
     best_metric: float | None
     stopped_early: bool
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-def _batch_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def _lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
@@ -130,6 +148,11 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> No
     random.setstate((version, tuple(state), gauss))
 
 
+def _save_tensors_atomically(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """``save_file`` through a temporary file: a reader (or a killed run) never sees half a file."""
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
     """Complete checkpoints of a run, oldest first (a checkpoint is complete once its state.json exists)."""
     root = Path(output_dir) / "checkpoints"
@@ -173,6 +196,44 @@ def _load_checkpoint(
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(load_file(str(path / "rng.safetensors")), state["rng"])
     return state
+
+
+def _flat_config(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"data.batch_size": 128, ...}`` of a config dict, tuples as lists (as JSON reads them back)."""
+    flat: dict[str, Any] = {}
+    for key, value in json.loads(json.dumps(data)).items():
+        if isinstance(value, dict):
+            flat.update(_flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _check_resume_config(cfg: TrainConfig, checkpoint: Path) -> None:
+    """Refuse to resume ``checkpoint`` with a config that changed (except :data:`RESUME_FREE_SETTINGS`)."""
+    saved = json.loads((checkpoint / "state.json").read_text())
+    digest = saved.get("config_digest")
+    if digest == cfg.digest():
+        return
+    advice = (
+        f"resume it with the config it was started with (its {Path(cfg.output_dir) / 'config.yaml'} records it), "
+        "or start a new run with another output_dir"
+    )
+    if "config" not in saved:  # written before checkpoints held their config: only the digest can tell
+        raise ResumeConfigError(
+            f"the config changed since the checkpoint {checkpoint} was written (config digest {digest} there, "
+            f"{cfg.digest()} now); {advice}"
+        )
+    old, new = _flat_config(saved["config"]), _flat_config(cfg.to_dict())
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k, "<absent>") != new.get(k, "<absent>"))
+    fixed = [k for k in changed if k not in RESUME_FREE_SETTINGS]
+    if fixed:
+        details = ", ".join(f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in fixed)
+        raise ResumeConfigError(
+            f"the config changed since the checkpoint {checkpoint} was written ({details}); a resumed run would "
+            f"not continue the same training; {advice}"
+        )
+    logger.warning("resuming %s with changed reporting settings: %s", checkpoint, ", ".join(changed))
 
 
 # ---------------------------------------------------------------------------- objective
@@ -222,7 +283,7 @@ def evaluate(
     loss_sum, count = 0.0, 0
     try:
         for batch in loader:
-            batch = _batch_to(batch, torch.device(device))
+            batch = batch_to(batch, torch.device(device))
             emb = model(batch)
             loss, _ = _objective(cfg, model, emb, batch, references)
             n = batch["index"].shape[0]
@@ -280,6 +341,12 @@ class _MetricsLog:
             lines = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= global_step]
             self.path.write_text("".join(ln + "\n" for ln in lines))
 
+    def close(self) -> None:
+        """Flush and close the TensorBoard writer (the JSONL file is opened per record)."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
@@ -327,6 +394,9 @@ def train_safe_clip(
     accelerator = _accelerator(Accelerator, cfg.mixed_precision)
     device, main = accelerator.device, accelerator.is_main_process
     out = Path(cfg.output_dir)
+    checkpoints = list_checkpoints(out) if resume else []
+    if checkpoints:  # before config.yaml is rewritten: on a refusal it still holds the run's config
+        _check_resume_config(cfg, checkpoints[-1])
     out.mkdir(parents=True, exist_ok=True)
     if main:
         save_config(cfg, out / "config.yaml")
@@ -366,7 +436,7 @@ def train_safe_clip(
         if cache is None:
             cache = CachedReferences.build(
                 model,
-                (_batch_to(b, device) for b in loader(dataset, 0, shuffle=False, shard=False)),
+                (batch_to(b, device) for b in loader(dataset, 0, shuffle=False, shard=False)),
                 len(dataset),
                 device,
             )
@@ -386,123 +456,126 @@ def train_safe_clip(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps_per_epoch * cfg.optim.epochs))
     prepared_model, optimizer = accelerator.prepare(model, optimizer)
     log = _MetricsLog(out / "metrics.jsonl", main, out / "tensorboard" if cfg.tensorboard else None)
+    try:
+        state: dict[str, Any] = {
+            "epoch": 0,
+            "batches_done": 0,
+            "global_step": 0,
+            "best_metric": None,
+            "best_epoch": None,
+            "bad_epochs": 0,
+            "history": [],
+            "stopped_early": False,
+            "config_digest": cfg.digest(),
+            "config": cfg.to_dict(),
+        }
+        if checkpoints:
+            saved = _load_checkpoint(checkpoints[-1], model, optimizer, scheduler)
+            # the config (checked above) stays this run's: new checkpoints carry the config they are written with
+            state.update({k: saved[k] for k in state if k in saved and k not in ("config_digest", "config")})
+            log.trim(state["global_step"])
+        elif main:
+            log.path.unlink(missing_ok=True)
 
-    state: dict[str, Any] = {
-        "epoch": 0,
-        "batches_done": 0,
-        "global_step": 0,
-        "best_metric": None,
-        "best_epoch": None,
-        "bad_epochs": 0,
-        "history": [],
-        "stopped_early": False,
-        "config_digest": cfg.digest(),
-    }
-    checkpoints = list_checkpoints(out) if resume else []
-    if checkpoints:
-        saved = _load_checkpoint(checkpoints[-1], model, optimizer, scheduler)
-        state.update({k: saved[k] for k in state if k in saved})
-        log.trim(state["global_step"])
-    elif main:
-        log.path.unlink(missing_ok=True)
+        sign = 1.0 if cfg.early_stopping_mode == "min" else -1.0
+        start_time = time.perf_counter()
+        while state["epoch"] < cfg.optim.epochs and not state["stopped_early"]:
+            epoch = state["epoch"]
+            batches = loader(train_set, epoch, skip=state["batches_done"] * cfg.data.batch_size)
+            prepared_model.train()
+            accum = cfg.optim.grad_accum_steps
+            bar = tqdm(
+                total=batches_per_epoch,
+                initial=state["batches_done"],
+                disable=not (cfg.progress and main),
+                desc=f"epoch {epoch}",
+                leave=False,
+            )
+            for i, batch in enumerate(batches, start=state["batches_done"]):
+                group_start = (i // accum) * accum
+                group_size = min(accum, batches_per_epoch - group_start)
+                last_in_group = i == group_start + group_size - 1
+                batch = batch_to(batch, device)
+                ctx = accelerator.no_sync(prepared_model) if not last_in_group else contextlib.nullcontext()
+                with ctx:
+                    emb = prepared_model(batch)
+                    with accelerator.autocast():
+                        loss, terms = _objective(cfg, model, emb, batch, train_refs)
+                    accelerator.backward(loss / group_size)
+                bar.update(1)
+                if not last_in_group:
+                    continue
+                grad_norm = None
+                if cfg.optim.max_grad_norm is not None:
+                    grad_norm = float(accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm))
+                optimizer.step()
+                if isinstance(model, HySACTrainModel):
+                    model.clamp_parameters_()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state["global_step"] += 1
+                state["batches_done"] = i + 1
+                if state["global_step"] % cfg.log_every_steps == 0:
+                    record = {
+                        "step": state["global_step"],
+                        "epoch": epoch,
+                        "loss": loss.item(),
+                        "lr": scheduler.get_last_lr()[0],
+                        "time": time.perf_counter() - start_time,
+                        **{k: v.item() for k, v in terms.items()},
+                    }
+                    if grad_norm is not None:
+                        record["grad_norm"] = grad_norm
+                    log.write(record)
+                    bar.set_postfix(loss=f"{loss.item():.4f}")
+                if cfg.save_every_steps and state["global_step"] % cfg.save_every_steps == 0 and main:
+                    _save_checkpoint(
+                        out, accelerator.unwrap_model(prepared_model), optimizer, scheduler, state, cfg.keep_checkpoints
+                    )
+                if on_step is not None:
+                    on_step(state["global_step"])
+            bar.close()
 
-    sign = 1.0 if cfg.early_stopping_mode == "min" else -1.0
-    start_time = time.perf_counter()
-    while state["epoch"] < cfg.optim.epochs and not state["stopped_early"]:
-        epoch = state["epoch"]
-        batches = loader(train_set, epoch, skip=state["batches_done"] * cfg.data.batch_size)
-        prepared_model.train()
-        accum = cfg.optim.grad_accum_steps
-        bar = tqdm(
-            total=batches_per_epoch,
-            initial=state["batches_done"],
-            disable=not (cfg.progress and main),
-            desc=f"epoch {epoch}",
-            leave=False,
-        )
-        for i, batch in enumerate(batches, start=state["batches_done"]):
-            group_start = (i // accum) * accum
-            group_size = min(accum, batches_per_epoch - group_start)
-            last_in_group = i == group_start + group_size - 1
-            batch = _batch_to(batch, device)
-            ctx = accelerator.no_sync(prepared_model) if not last_in_group else contextlib.nullcontext()
-            with ctx:
-                emb = prepared_model(batch)
+            epoch_record: dict[str, Any] = {"step": state["global_step"], "epoch": epoch}
+            if val_set is not None and val_refs is not None:
+                unwrapped = accelerator.unwrap_model(prepared_model)
                 with accelerator.autocast():
-                    loss, terms = _objective(cfg, model, emb, batch, train_refs)
-                accelerator.backward(loss / group_size)
-            bar.update(1)
-            if not last_in_group:
-                continue
-            grad_norm = None
-            if cfg.optim.max_grad_norm is not None:
-                grad_norm = float(accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm))
-            optimizer.step()
-            if isinstance(model, HySACTrainModel):
-                model.clamp_parameters_()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state["global_step"] += 1
-            state["batches_done"] = i + 1
-            if state["global_step"] % cfg.log_every_steps == 0:
-                record = {
-                    "step": state["global_step"],
-                    "epoch": epoch,
-                    "loss": loss.item(),
-                    "lr": scheduler.get_last_lr()[0],
-                    "time": time.perf_counter() - start_time,
-                    **{k: v.item() for k, v in terms.items()},
-                }
-                if grad_norm is not None:
-                    record["grad_norm"] = grad_norm
-                log.write(record)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-            if cfg.save_every_steps and state["global_step"] % cfg.save_every_steps == 0 and main:
+                    epoch_record.update(
+                        evaluate(unwrapped, loader(val_set, 0, shuffle=False, shard=False), val_refs, cfg, device)
+                    )
+                value = epoch_record[cfg.early_stopping_metric]
+                if state["best_metric"] is None or sign * value < sign * state["best_metric"]:
+                    state.update(best_metric=value, best_epoch=epoch, bad_epochs=0)
+                    if main:
+                        _save_tensors_atomically(
+                            out / "best_adapters.safetensors",
+                            {k: v.cpu().contiguous() for k, v in unwrapped.trainable_state_dict().items()},
+                            metadata={"epoch": str(epoch)},
+                        )
+                else:
+                    state["bad_epochs"] += 1
+                    state["stopped_early"] = state["bad_epochs"] >= cfg.patience
+            state["history"].append(epoch_record)
+            log.write(epoch_record)
+            state["epoch"], state["batches_done"] = epoch + 1, 0
+            if main:
                 _save_checkpoint(
                     out, accelerator.unwrap_model(prepared_model), optimizer, scheduler, state, cfg.keep_checkpoints
                 )
-            if on_step is not None:
-                on_step(state["global_step"])
-        bar.close()
+            accelerator.wait_for_everyone()
 
-        epoch_record: dict[str, Any] = {"step": state["global_step"], "epoch": epoch}
-        if val_set is not None and val_refs is not None:
-            unwrapped = accelerator.unwrap_model(prepared_model)
-            with accelerator.autocast():
-                epoch_record.update(
-                    evaluate(unwrapped, loader(val_set, 0, shuffle=False, shard=False), val_refs, cfg, device)
-                )
-            value = epoch_record[cfg.early_stopping_metric]
-            if state["best_metric"] is None or sign * value < sign * state["best_metric"]:
-                state.update(best_metric=value, best_epoch=epoch, bad_epochs=0)
-                if main:
-                    save_file(
-                        {k: v.cpu().contiguous() for k, v in unwrapped.trainable_state_dict().items()},
-                        str(out / "best_adapters.safetensors"),
-                        metadata={"epoch": str(epoch)},
-                    )
-            else:
-                state["bad_epochs"] += 1
-                state["stopped_early"] = state["bad_epochs"] >= cfg.patience
-        state["history"].append(epoch_record)
-        log.write(epoch_record)
-        state["epoch"], state["batches_done"] = epoch + 1, 0
-        if main:
-            _save_checkpoint(
-                out, accelerator.unwrap_model(prepared_model), optimizer, scheduler, state, cfg.keep_checkpoints
-            )
-        accelerator.wait_for_everyone()
-
-    unwrapped = accelerator.unwrap_model(prepared_model)
-    best_path = out / "best_adapters.safetensors"
-    if state["best_epoch"] is not None and best_path.exists():
-        unwrapped.load_trainable_state_dict({k: v.to(device) for k, v in load_file(str(best_path)).items()})
-    return TrainResult(
-        output_dir=out,
-        global_step=state["global_step"],
-        epochs_run=state["epoch"],
-        best_epoch=state["best_epoch"],
-        best_metric=state["best_metric"],
-        stopped_early=state["stopped_early"],
-        history=state["history"],
-    )
+        unwrapped = accelerator.unwrap_model(prepared_model)
+        best_path = out / "best_adapters.safetensors"
+        if state["best_epoch"] is not None and best_path.exists():
+            unwrapped.load_trainable_state_dict({k: v.to(device) for k, v in load_file(str(best_path)).items()})
+        return TrainResult(
+            output_dir=out,
+            global_step=state["global_step"],
+            epochs_run=state["epoch"],
+            best_epoch=state["best_epoch"],
+            best_metric=state["best_metric"],
+            stopped_early=state["stopped_early"],
+            history=state["history"],
+        )
+    finally:
+        log.close()

@@ -229,11 +229,11 @@ class CachedReferences:
         return self.text[idx].to(device), self.image[idx].to(device)
 
     def save(self, path: str | Path, fingerprint: str) -> None:
-        save_file(
-            {"text": self.text.contiguous(), "image": self.image.contiguous()},
-            str(path),
-            metadata={"fingerprint": fingerprint},
-        )
+        """Write the cache atomically: a killed run leaves the old file or none, never a truncated one."""
+        from safe_encoders.atomic import atomic_write
+
+        tensors = {"text": self.text.contiguous(), "image": self.image.contiguous()}
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"fingerprint": fingerprint}))
 
     @classmethod
     def load(cls, path: str | Path, fingerprint: str) -> CachedReferences | None:

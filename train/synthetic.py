@@ -17,7 +17,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from train.data import Quadruplet
@@ -115,10 +114,9 @@ class SyntheticWorld:
         self.size, self.seed, self.image_size, self.distinct = size, seed, image_size, distinct
         g = torch.Generator().manual_seed(seed)
         if distinct:
-            combos = torch.randperm(N_COMBINATIONS, generator=g)[:size]
+            rest = torch.randperm(N_COMBINATIONS, generator=g)[:size]
         else:
-            combos = torch.randint(N_COMBINATIONS, (size,), generator=g)
-        combos, rest = combos.clone(), combos.clone()
+            rest = torch.randint(N_COMBINATIONS, (size,), generator=g)
         digits = []
         for base in (len(SHAPES), len(COLOURS), len(POSITIONS), len(BACKGROUNDS)):
             digits.append(rest % base)
@@ -176,11 +174,6 @@ def _segment_distance(yy: torch.Tensor, xx: torch.Tensor, a: torch.Tensor, b: to
     p_y, p_x = yy - a[:, :, 0], xx - a[:, :, 1]
     t = ((p_y * d[:, :, 0] + p_x * d[:, :, 1]) / (d.pow(2).sum(2) + 1e-6)).clamp(0, 1)
     return torch.sqrt((p_y - t * d[:, :, 0]) ** 2 + (p_x - t * d[:, :, 1]) ** 2)
-
-
-def _paint(img: torch.Tensor, mask: torch.Tensor, rgb: tuple[int, int, int] | torch.Tensor) -> None:
-    colour = torch.as_tensor(rgb, dtype=img.dtype).view(-1, 3, 1, 1) if not torch.is_tensor(rgb) else rgb
-    img.copy_(torch.where(mask[:, None], colour.expand_as(img) if colour.shape[0] == img.shape[0] else colour, img))
 
 
 def _render(attrs: torch.Tensor, size: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -305,14 +298,3 @@ def build_image_processor(image_size: int = 32):
     from transformers import CLIPImageProcessor
 
     return CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
-
-
-def image_grid(images: torch.Tensor, columns: int = 8) -> np.ndarray:
-    """Tile uint8 images (n, 3, H, W) into one (rows*H, columns*W, 3) array, e.g. for a figure."""
-    n, _, h, w = images.shape
-    rows = math.ceil(n / columns)
-    grid = torch.zeros(3, rows * h, columns * w, dtype=torch.uint8)
-    for i in range(n):
-        r, c = divmod(i, columns)
-        grid[:, r * h : (r + 1) * h, c * w : (c + 1) * w] = images[i]
-    return grid.permute(1, 2, 0).numpy()

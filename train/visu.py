@@ -31,6 +31,7 @@ from PIL import Image
 
 from eval.errors import PromptSetError
 from eval.prompts import VISU_TAG_TO_I2P, _normalise_tag, canonical_visu_tag, read_visu_rows
+from eval.prompts import _parse_int as parse_int_cell
 from safe_encoders.atomic import atomic_write_text
 from train.data import Quadruplet
 
@@ -75,15 +76,12 @@ def coco_file_name(coco_id: int) -> str:
     return f"{int(coco_id):012d}.jpg"
 
 
-def _parse_int(value: str) -> int | None:
-    value = (value or "").strip()
-    if not value:
-        return None
+def _parse_int(value: str | None) -> int | None:
+    """An integer cell; None when empty or not an integer (NaN and infinities included)."""
     try:
-        f = float(value)
-    except ValueError:
+        return parse_int_cell(value or "", "value", "ViSU-Text")
+    except PromptSetError:
         return None
-    return int(f) if f == int(f) else None
 
 
 def _parse_seeds(value: str) -> tuple[int, ...]:
@@ -239,8 +237,10 @@ class VisuSource:
             a file of the split, or a folder with ``<split>.csv|json|jsonl|parquet``; or rows
             already read with :func:`read_visu`.
         split: ``train``, ``validation`` or ``test``.
-        coco_root: folder holding ``train2017/`` and/or ``val2017/``.
+        coco_root: folder holding ``train2017/`` and/or ``val2017/``, or a :class:`CocoIndex` of it
+            (splits of one run share one listing).
         unsafe_images: the regeneration folder or its manifest file.
+        manifest: that manifest already read with :func:`read_manifest` (else it is read here).
         on_missing: ``"skip"`` rows lacking an image (they are listed in the report) or ``"fail"``.
         report_path: where the JSON report is written (also before failing); None writes nothing.
     """
@@ -250,8 +250,9 @@ class VisuSource:
         text: str | Path | Sequence[VisuRow] | None,
         *,
         split: str,
-        coco_root: str | Path,
+        coco_root: str | Path | CocoIndex,
         unsafe_images: str | Path,
+        manifest: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
         on_missing: str = "skip",
         report_path: str | Path | None = None,
         **hub_kwargs: Any,
@@ -261,8 +262,9 @@ class VisuSource:
         rows = list(text) if isinstance(text, Sequence) and not isinstance(text, str) else None
         if rows is None:
             rows = read_visu(text, split=split, **hub_kwargs)  # type: ignore[arg-type]
-        coco = CocoIndex(coco_root)
-        manifest = read_manifest(unsafe_images)
+        coco = coco_root if isinstance(coco_root, CocoIndex) else CocoIndex(coco_root)
+        if manifest is None:
+            manifest = read_manifest(unsafe_images)
         self.split = split
         self.rows: list[VisuRow] = []
         self._images: list[tuple[Path, Path]] = []
@@ -353,13 +355,19 @@ def visu_splits(
     on_missing: str = "skip",
     **hub_kwargs: Any,
 ) -> dict[str, VisuSource]:
-    """One :class:`VisuSource` per split, each writing ``report_dir/visu-<split>-report.json``."""
+    """One :class:`VisuSource` per split, each writing ``report_dir/visu-<split>-report.json``.
+
+    The COCO folders are listed and the manifest is read once, for all splits.
+    """
+    coco = CocoIndex(coco_root)
+    manifest = read_manifest(unsafe_images)
     return {
         s: VisuSource(
             text,
             split=s,
-            coco_root=coco_root,
+            coco_root=coco,
             unsafe_images=unsafe_images,
+            manifest=manifest,
             on_missing=on_missing,
             report_path=Path(report_dir) / f"visu-{s}-report.json",
             **hub_kwargs,

@@ -192,10 +192,6 @@ def regen_items(rows: Mapping[str, Sequence[VisuRow]], n: int) -> list[RegenItem
     ]
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    atomic_write_text(path, text)
-
-
 # --------------------------------------------------------------------------- the runner
 
 
@@ -384,7 +380,7 @@ class RegenRunner:
             "rows": rows,
         }
         root = Path(self.cfg.out)
-        _atomic_write(root / "manifest.json", json.dumps(doc, indent=1, sort_keys=True) + "\n")
+        atomic_write_text(root / "manifest.json", json.dumps(doc, indent=1, sort_keys=True) + "\n")
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
         writer.writeheader()
@@ -392,7 +388,7 @@ class RegenRunner:
             writer.writerow(
                 {k: json.dumps(v) if isinstance(v, list) else ("" if v is None else v) for k, v in r.items()}
             )
-        _atomic_write(root / "manifest.csv", buf.getvalue())
+        atomic_write_text(root / "manifest.csv", buf.getvalue())
         return counts
 
     def run(self) -> dict[str, int] | None:

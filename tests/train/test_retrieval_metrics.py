@@ -67,3 +67,17 @@ def test_safe_clip_retrieval_on_hand_built_embeddings():
 def test_safe_clip_retrieval_checks_row_counts():
     with pytest.raises(ValueError, match="image_unsafe has 2 rows"):
         safe_clip_retrieval(torch.zeros(3, 2), torch.zeros(3, 2), torch.zeros(3, 2), torch.zeros(2, 2))
+
+
+def test_replaced_unsafe_queries_move_only_the_unsafe_directions():
+    """HySAC's traversal: other T* / V* queries, same galleries (which keep the original T* and V*)."""
+    ts = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    vs = ts.clone()
+    tu = torch.tensor([[-1.0, 0.2], [0.2, -1.0]])  # each nearest to its own unsafe image
+    vu = tu.clone()
+    plain = safe_clip_retrieval(ts, vs, tu, vu, ks=(1,))
+    moved = safe_clip_retrieval(ts, vs, tu, vu, ks=(1,), unsafe_text_queries=ts, unsafe_image_queries=vs)
+    assert plain["ut2v_r1"] == plain["uv2t_r1"] == 0.0 and plain["unsafe_text_top1_unsafe_share"] == 1.0
+    # the replaced queries sit on their safe counterparts: they now retrieve them, and no unsafe item
+    assert moved["ut2v_r1"] == moved["uv2t_r1"] == 1.0 and moved["unsafe_image_top1_unsafe_share"] == 0.0
+    assert (moved["t2v_r1"], moved["v2t_r1"]) == (plain["t2v_r1"], plain["v2t_r1"]) == (1.0, 1.0)

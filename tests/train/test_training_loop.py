@@ -155,3 +155,71 @@ def test_validation_early_stopping_and_best_weights(tokenizer, data, tmp_path):
     with pytest.raises(ValueError, match="not computed"):
         bad = small_config(tmp_path, "bad", **{"early_stopping_metric": "val_nope", "optim.epochs": 1})
         train_safe_clip(bad, make_model(tokenizer, bad), train_set, val_set, stack_encoded)
+
+
+def test_resume_refuses_a_changed_config_and_accepts_changed_reporting(tokenizer, data, tmp_path, caplog):
+    from train.loop import ResumeConfigError
+
+    train_set, val_set = data
+    cfg = small_config(tmp_path, "digest", **{"optim.epochs": 1, "save_every_steps": 0})
+    done = train_safe_clip(cfg, make_model(tokenizer, cfg), train_set, val_set, stack_encoded)
+    config_yaml = (tmp_path / "digest" / "config.yaml").read_text()
+    newest = list_checkpoints(cfg.output_dir)[-1]
+    assert json.loads((newest / "state.json").read_text())["config_digest"] == cfg.digest()
+
+    changed = small_config(tmp_path, "digest", **{"optim.epochs": 1, "save_every_steps": 0, "optim.lr": 0.5})
+    with pytest.raises(ResumeConfigError, match=r"optim\.lr: 0\.01 -> 0\.5.*another output_dir"):
+        train_safe_clip(changed, make_model(tokenizer, changed), train_set, val_set, stack_encoded)
+    assert (tmp_path / "digest" / "config.yaml").read_text() == config_yaml  # not overwritten
+    assert list_checkpoints(cfg.output_dir)[-1] == newest
+
+    # where and how often the run reports may change: a warning, and the new config is the run's from now on
+    reporting = small_config(
+        tmp_path, "digest", **{"optim.epochs": 1, "save_every_steps": 0, "log_every_steps": 3, "tensorboard": False}
+    )
+    with caplog.at_level("WARNING", logger="safe_encoders.train"):
+        again = train_safe_clip(reporting, make_model(tokenizer, reporting), train_set, val_set, stack_encoded)
+    assert again.global_step == done.global_step
+    assert "log_every_steps" in caplog.text and "tensorboard" in caplog.text
+
+    # a checkpoint written before checkpoints held their config: the digest alone decides
+    state = json.loads((newest / "state.json").read_text())
+    del state["config"]
+    (newest / "state.json").write_text(json.dumps(state))
+    with pytest.raises(ResumeConfigError, match="config digest"):
+        train_safe_clip(changed, make_model(tokenizer, changed), train_set, val_set, stack_encoded)
+
+
+def test_metrics_log_closes_its_tensorboard_writer_even_when_the_run_fails(tokenizer, data, tmp_path, monkeypatch):
+    from train.loop import _MetricsLog
+
+    class Writer:  # stands in for tensorboard's SummaryWriter (tensorboard is optional)
+        def __init__(self):
+            self.scalars, self.closed = [], 0
+
+        def add_scalar(self, key, value, step):
+            self.scalars.append((key, step))
+
+        def close(self):
+            self.closed += 1
+
+    log = _MetricsLog(tmp_path / "metrics.jsonl", True, None)
+    log.writer = writer = Writer()
+    log.write({"step": 1, "epoch": 0, "loss": 0.5})
+    log.close()
+    log.close()  # twice is harmless
+    assert writer.scalars == [("loss", 1)] and writer.closed == 1 and log.writer is None
+    log.write({"step": 2, "epoch": 0, "loss": 0.4})  # the JSONL log still works
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+
+    closed = []
+    monkeypatch.setattr(_MetricsLog, "close", lambda self: closed.append(self.path))
+    train_set, val_set = data
+    cfg = small_config(tmp_path, "closed", **{"optim.epochs": 1})
+
+    def crash(step: int) -> None:
+        raise Crash
+
+    with pytest.raises(Crash):
+        train_safe_clip(cfg, make_model(tokenizer, cfg), train_set, val_set, stack_encoded, on_step=crash)
+    assert closed == [tmp_path / "closed" / "metrics.jsonl"]

@@ -190,3 +190,50 @@ def test_visu_hub_path_as_a_user_runs_it(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "12,13,14"
+
+
+def test_visu_splits_list_coco_and_read_the_manifest_once(tmp_path, monkeypatch):
+    import shutil
+
+    import train.visu as visu
+
+    paths = build_visu_world(tmp_path)
+    shutil.copy(paths["text"] / "train.csv", paths["text"] / "validation.csv")  # rows absent from the manifest
+    calls = {"coco": 0, "manifest": 0}
+    coco_init, read_manifest = visu.CocoIndex.__init__, visu.read_manifest
+
+    def counting_coco_init(self, root):
+        calls["coco"] += 1
+        coco_init(self, root)
+
+    def counting_read_manifest(path):
+        calls["manifest"] += 1
+        return read_manifest(path)
+
+    monkeypatch.setattr(visu.CocoIndex, "__init__", counting_coco_init)
+    monkeypatch.setattr(visu, "read_manifest", counting_read_manifest)
+    sets = visu.visu_splits(
+        paths["text"], coco_root=paths["coco"], unsafe_images=paths["regen"], report_dir=tmp_path / "reports"
+    )
+    assert calls == {"coco": 1, "manifest": 1}
+    alone = _train_source(paths)  # paths still work, and give the same source
+    assert [r.row_id for r in sets["train"].rows] == [r.row_id for r in alone.rows]
+    assert sets["train"].report.to_dict() == alone.report.to_dict()
+    assert len(sets["validation"]) == 0 and sets["validation"].report.total_rows == len(ROWS)
+    assert (tmp_path / "reports" / "visu-validation-report.json").is_file()
+
+
+@pytest.mark.parametrize("cell", ["nan", "NaN", "inf", "-inf", "1.5", "x", ""])
+def test_a_coco_id_that_is_not_an_integer_is_no_coco_id(tmp_path, cell):
+    paths = build_visu_world(tmp_path)
+    csv_path = paths["text"] / "train.csv"
+    with csv_path.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    column = rows[0].index("coco_id")
+    rows[1][column] = cell
+    with csv_path.open("w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    first = read_visu(paths["text"], split="train")[0]
+    assert first.coco_id is None
+    missing = {m.row_id: m.reasons for m in _train_source(paths).report.missing}
+    assert "no coco_id" in missing[first.row_id]

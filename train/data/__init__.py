@@ -131,3 +131,8 @@ def stack_encoded(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     batch: dict[str, Any] = {k: torch.stack([it[k] for it in items]) for k in TENSOR_KEYS}
     batch["tags"] = [it["tags"] for it in items]
     return batch
+
+
+def batch_to(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """The batch with its tensors moved to ``device`` (other values, e.g. ``tags``, as they are)."""
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
