@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from safe_encoders.format import encoder_file_name
 from train.config import TrainConfig
 from train.model import SafeClipModel
 
@@ -61,7 +62,7 @@ def export_safe_clip(
         paths[kind] = Path(
             export_encoder(
                 encoder,
-                out / f"{kind}_encoder.safetensors",
+                out / encoder_file_name(kind),
                 base_model=base_model,
                 metadata={**common, "lora_targets": list(targets)},
             )
@@ -73,7 +74,7 @@ def model_card(export_dir: str | Path) -> str:
     """A Hub model card (README.md) describing the encoders in ``export_dir``, from their own headers."""
     from safe_encoders.format import read_encoder_header
 
-    infos = {kind: read_encoder_header(Path(export_dir) / f"{kind}_encoder.safetensors") for kind in ("text", "vision")}
+    infos = {kind: read_encoder_header(Path(export_dir) / encoder_file_name(kind)) for kind in ("text", "vision")}
     text = infos["text"]
     prov = text.provenance
     base = text.base_model or "unknown"
