@@ -11,8 +11,10 @@ gets a subclass of its own class (same name, same `__call__` signature) whose `_
      nothing for the unsafe prompts: they are replaced by "" and their images blacked out;
    - "redirect": generate unsafe prompts through Safe-CLIP text encoder(s): the pipeline's own when
      `is_safe(pipe)`, else a copy of each text encoder made safe with `make_safe(copy,
-     redirect_checkpoint)` when the gate is added, swapped in for that call only (safe prompts keep
-     the original encoder; the pipeline is never changed for good);
+     redirect_checkpoint)` when the gate is added, swapped in for a call that has an unsafe prompt
+     (the whole call: in a batch mixing safe and unsafe prompts the safe ones go through Safe-CLIP
+     too, which was trained to keep them where they were; calls with only safe prompts keep the
+     original encoder; the pipeline is never changed for good);
    - "flag": only report; "off": no check.
    A call with `prompt_embeds` and no `prompt` cannot be checked; the report says "unchecked".
 2. runs the pipeline, then scores the images (unless `output_type="latent"`) and applies
