@@ -46,9 +46,12 @@ def test_a_folder_failing_halfway_leaves_no_partial_folder_and_keeps_the_old_one
         atomic_write_text(folder / "small.txt", "s")
         atomic_write_text(folder / "big.txt", "b" * size)
 
-    with pytest.raises(FolderWriteError, match=r"could not write .*new.*nothing was written"):
-        with file_size_limit(1000), atomic_folder(tmp_path / "new") as tmp:
-            fill(tmp, 5000)
+    with (
+        pytest.raises(FolderWriteError, match=r"could not write .*new.*nothing was written"),
+        file_size_limit(1000),
+        atomic_folder(tmp_path / "new") as tmp,
+    ):
+        fill(tmp, 5000)
     assert tree(tmp_path) == {}  # no folder, no temporary sibling
 
     with atomic_folder(tmp_path / "old") as tmp:
@@ -69,9 +72,11 @@ def test_a_folder_holding_other_files_is_refused_not_deleted(tmp_path):
 
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("mine")
-    with pytest.raises(FolderWriteError, match=r"already holds other files \(notes\.txt\)"):
-        with atomic_folder(tmp_path / "out") as tmp:
-            atomic_write_text(tmp / "text_encoder.safetensors", "x")
+    with (
+        pytest.raises(FolderWriteError, match=r"already holds other files \(notes\.txt\)"),
+        atomic_folder(tmp_path / "out") as tmp,
+    ):
+        atomic_write_text(tmp / "text_encoder.safetensors", "x")
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"]
 
@@ -101,9 +106,11 @@ def test_convert_checkpoint_failing_on_the_second_encoder_leaves_nothing(tmp_pat
         files = convert_checkpoint(folder, tmp_path / "full")
     assert all(p.stat().st_mode & 0o777 == 0o644 for p in files.values())
     small, large = _encoder_sizes(files)
-    with pytest.raises(FolderWriteError, match="nothing was written"):
-        with file_size_limit((small + large) // 2):  # the first encoder fits, the second does not
-            convert_checkpoint(folder, tmp_path / "out")
+    with (
+        pytest.raises(FolderWriteError, match="nothing was written"),
+        file_size_limit((small + large) // 2),
+    ):  # the first encoder fits, the second does not
+        convert_checkpoint(folder, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip", "full"]
     assert tree(tmp_path / "full").keys() == {"text_encoder.safetensors", "vision_encoder.safetensors"}

@@ -100,7 +100,9 @@ def test_an_export_failing_on_the_vision_encoder_leaves_no_partial_folder(tmp_pa
     assert {p.stat().st_mode & 0o777 for p in full.values()} == {0o644}
     text_size, vision_size = full["text"].stat().st_size, full["vision"].stat().st_size
     assert text_size < vision_size  # the text encoder is written first and fits, the vision one does not
-    with pytest.raises(FolderWriteError, match=r"could not write .*out.*nothing was written"):
-        with file_size_limit((text_size + vision_size) // 2):
-            export_safe_clip(model(), tmp_path / "out", base_model="tiny")
+    with (
+        pytest.raises(FolderWriteError, match=r"could not write .*out.*nothing was written"),
+        file_size_limit((text_size + vision_size) // 2),
+    ):
+        export_safe_clip(model(), tmp_path / "out", base_model="tiny")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]
