@@ -73,6 +73,7 @@ def _datasets(cfg, args: argparse.Namespace, *, train: bool = True):
 
 
 def _safeclip(args: argparse.Namespace) -> int:
+    from train.checkpoints import seed_everything
     from train.config import load_config
     from train.loop import train_safe_clip
     from train.model import SafeClipModel, load_base_encoders
@@ -82,6 +83,7 @@ def _safeclip(args: argparse.Namespace) -> int:
     if data is None:
         return 2
     _, _, train_set, val_set, collate = data
+    seed_everything(cfg.seed)  # before the LoRA factors are drawn: same config + seed = same run
     text, vision = load_base_encoders(cfg.base_model)
     model = SafeClipModel(text, vision, cfg.lora)
     result = train_safe_clip(cfg, model, train_set, val_set, collate)
@@ -93,6 +95,7 @@ def _safeclip(args: argparse.Namespace) -> int:
 
 
 def _hysac(args: argparse.Namespace) -> int:
+    from train.checkpoints import seed_everything
     from train.config import load_config
     from train.hysac_export import export_hysac, validation_bounds
     from train.loop import train_safe_clip
@@ -106,6 +109,7 @@ def _hysac(args: argparse.Namespace) -> int:
     if data is None:
         return 2
     tokenizer, processor, train_set, val_set, collate = data
+    seed_everything(cfg.seed)  # before the LoRA factors are drawn: same config + seed = same run
     text, vision = load_base_encoders(cfg.base_model)
     model = HySACTrainModel(
         text, vision, cfg.lora, cfg.hysac, base_model=cfg.base_model, tokenizer=tokenizer, image_processor=processor

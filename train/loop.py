@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -235,7 +236,9 @@ def _accelerator(factory: Callable[..., Any], mixed_precision: str) -> Any:
     state = AcceleratorState._shared_state
     if state and str(state.get("mixed_precision")) != mixed_precision and not PartialState().use_distributed:
         AcceleratorState._reset_state()
-    return factory(mixed_precision=mixed_precision)
+    # accelerate runs several CPU processes as one distributed job (gloo) only when told cpu=True
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return factory(mixed_precision=mixed_precision, **({"cpu": True} if multi_cpu else {}))
 
 
 def _record_step(line: str) -> float:
@@ -329,7 +332,9 @@ def train_safe_clip(
     out.mkdir(parents=True, exist_ok=True)
     if main:
         save_config(cfg, out / "config.yaml")
-    seed_everything(cfg.seed)  # a fresh run's RNG; a resumed one takes each process's saved state
+    # a fresh run's RNG, one stream per process (dropout masks differ between processes, as with accelerate's
+    # set_seed(device_specific=True)); a resumed run takes each process's saved state instead
+    seed_everything(cfg.seed + accelerator.process_index)
     model.to(device)
 
     def loader(dataset: Dataset, epoch: int, skip: int = 0, shuffle: bool = True, shard: bool = True) -> DataLoader:
