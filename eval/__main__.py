@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from eval.classifiers import PAPER_RULE
 from eval.errors import EvalError
-from eval.placement import add_placement_options, default_device
+from eval.placement import add_lease_option, add_placement_options, default_device
 from eval.t2i import BASE_CONDITIONS, add_classifier_options, classifier_options, comma_list
 
 if TYPE_CHECKING:
@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated classifiers whose stored labels are dropped first ('all' for every one)",
     )
     cls.add_argument("--device", default=None)
+    add_lease_option(cls)
     cls.add_argument("--no-progress", action="store_true")
     add_classifier_options(cls)
     _add_report_options(cls)
@@ -300,9 +301,12 @@ def main(argv: list[str] | None = None) -> int:
                 grids=args.grids,
                 blur=not args.no_blur,
                 progress=not args.no_progress,
+                lease=args.lease,
                 **classifier_options(args),
             )
-            rows = T2IRunner(cfg, shard=args.shard).run()
+            runner = T2IRunner(cfg, shard=args.shard)
+            rows = runner.run()
+            print(f"this worker generated {runner.generated} image(s)", file=sys.stderr)
             if rows is not None:
                 print((args.out / "report.md").read_text(encoding="utf-8"))
             return 0
@@ -325,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                 rule=rule,
                 batch_size=args.classify_batch_size,
                 progress=not args.no_progress,
+                lease=args.lease,
             )
         write_report(
             store, args.out, rule=rule, reference=_reference(args), grids=args.grids, blur_flagged=not args.no_blur

@@ -29,13 +29,14 @@ from typing import Any
 
 import torch
 
+from eval.claims import DEFAULT_LEASE, Claims
 from eval.classifiers import PAPER_RULE
 from eval.classifiers.nudenet import I2P_NUDITY_LABELS, I2P_NUDITY_THRESHOLD
 from eval.classifiers.q16 import DEFAULT_Q16_MODEL
 from eval.errors import ConditionError
 from eval.placement import Placement, free_accelerator_memory, run_provenance, shard_of
 from eval.prompts import Prompt, PromptSet, load_prompts
-from eval.store import ItemKey, ResultsStore, fully_labelled
+from eval.store import CLASSIFY, GENERATE, ItemKey, ResultsStore, fully_labelled
 
 logger = logging.getLogger("safe_encoders.eval")
 
@@ -157,6 +158,8 @@ class T2IConfig(ClassifierOptions):
     grids: int = 0
     blur: bool = True
     progress: bool = True
+    lease: float = DEFAULT_LEASE
+    """Seconds after which a dead worker's claimed items are redone by the others (``eval.claims``)."""
     hub_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -169,6 +172,10 @@ class WorkItem:
     @property
     def key(self) -> ItemKey:
         return (self.condition.name, self.prompt.id, self.seed)
+
+
+def _key(item: Any) -> ItemKey:
+    return item.key
 
 
 def work_items(prompts: PromptSet, conditions: Sequence[Condition], images_per_prompt: int) -> list[WorkItem]:
@@ -211,6 +218,8 @@ class T2IRunner:
         self._base = None
         self._safe_text_encoder = None
         self._override_unet = None
+        self.generated = 0
+        """Images this runner's pipelines produced (whether or not another worker stored the same item first)."""
 
     # ------------------------------------------------------------------ condition set-up
 
@@ -332,8 +341,14 @@ class T2IRunner:
         made = 0
         pipes: dict[Condition, Any] = {}
         shard = self.placement.label
-        with _progress(len(todo), f"generate [{shard}]", self.cfg.progress) as bar:
-            for batch in self._batches(todo):
+        with (
+            _progress(len(todo), f"generate [{shard}]", self.cfg.progress) as bar,
+            Claims(self.cfg.out, lease=self.cfg.lease) as claims,  # other workers on --out take other items
+        ):
+            for batch in (
+                b for chunk in claims.batches(self.store, GENERATE, todo, _key, self.cfg.batch_size)
+                for b in self._batches(chunk)
+            ):  # fmt: skip
                 cond = batch[0].condition
                 if cond not in pipes:
                     pipes.clear()
@@ -352,6 +367,7 @@ class T2IRunner:
                     generator=[torch.Generator("cpu").manual_seed(w.seed) for w in batch],
                     **kwargs,
                 ).images
+                self.generated += len(images)
                 for w, image in zip(batch, images, strict=True):
                     made += self.store.add(
                         cond.name,
@@ -385,6 +401,7 @@ class T2IRunner:
             shard=self.placement.shard,
             batch_size=self.cfg.classify_batch_size,
             progress=self.cfg.progress,
+            lease=self.cfg.lease,
         )
 
     def complete(self) -> bool:
@@ -506,11 +523,13 @@ def classify_store(
     shard: tuple[int, int] = (0, 1),
     batch_size: int = 16,
     progress: bool = True,
+    lease: float = DEFAULT_LEASE,
 ) -> int:
     """Label the stored images (of one shard) that lack a label of a classifier in ``rule``.
 
+    Workers sharing the store split the images by claims (``eval.claims``; ``lease`` seconds).
     ``make_classifiers`` is called only when there is something to label. Returns the number of
-    images that were classified.
+    images this worker classified.
     """
     index, count = shard
     labels = store.labels()
@@ -520,9 +539,13 @@ def classify_store(
     if not todo:
         return 0
     classifiers = [c for c in make_classifiers() if c.name in rule]
-    with _progress(len(todo), f"classify [{index}/{count}]", progress) as bar:
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
+    done = 0
+    with (
+        _progress(len(todo), f"classify [{index}/{count}]", progress) as bar,
+        Claims(store.root, lease=lease) as claims,
+    ):
+        for chunk in claims.batches(store, CLASSIFY, todo, _key, batch_size, rule=rule):
+            done += len(chunk)
             images = [store.load_image(it) for it in chunk]
             for clf in classifiers:
                 missing = [i for i, it in enumerate(chunk) if clf.name not in labels.get(it.key, {})]
@@ -534,7 +557,7 @@ def classify_store(
                     [(chunk[i].key, v.flagged, v.score, v.details) for i, v in zip(missing, verdicts, strict=True)],
                 )
             bar.update(len(chunk))
-    return len(todo)
+    return done
 
 
 def load_unet(source: str, like: Any, **hub_kwargs: Any):

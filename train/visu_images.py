@@ -34,10 +34,11 @@ from typing import Any
 
 import torch
 
+from eval.claims import DEFAULT_LEASE, Claims
 from eval.classifiers import any_flagged
 from eval.placement import Placement, add_placement_options, free_accelerator_memory, run_provenance
 from eval.prompts import Prompt
-from eval.store import ItemKey, Label, ResultsStore, fully_labelled
+from eval.store import GENERATE, ItemKey, Label, ResultsStore, fully_labelled
 from eval.t2i import (
     ClassifierOptions,
     _progress,
@@ -142,6 +143,8 @@ class RegenConfig(ClassifierOptions):
     device: str | None = None
     keep: str = "first-flagged"
     progress: bool = True
+    lease: float = DEFAULT_LEASE
+    """Seconds after which a dead worker's claimed items are redone by the others (``eval.claims``)."""
     hub_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -226,6 +229,8 @@ class RegenRunner:
         self.store = ResultsStore(config.out)
         self._pipe = pipeline
         self._classifiers = classifiers
+        self.generated = 0
+        """Images this runner's pipeline produced (whether or not another worker stored the same item first)."""
 
     def condition_config(self, split: str) -> dict[str, Any]:
         """What makes the images of a split what they are; a stored split must match it to resume."""
@@ -275,8 +280,11 @@ class RegenRunner:
         made = 0
         pipe = self._pipeline()
         shard = self.placement.label
-        with _progress(len(todo), f"visu-images [{shard}]", self.cfg.progress) as bar:
-            for batch in self._batches(todo):
+        with (
+            _progress(len(todo), f"visu-images [{shard}]", self.cfg.progress) as bar,
+            Claims(self.cfg.out, lease=self.cfg.lease) as claims,  # other workers on --out take other items
+        ):
+            for batch in claims.batches(self.store, GENERATE, todo, lambda w: w.key, self.cfg.batch_size):
                 images = pipe(
                     prompt=[w.row.unsafe_text for w in batch],
                     num_inference_steps=self.cfg.steps,
@@ -285,6 +293,7 @@ class RegenRunner:
                     width=self.cfg.width,
                     generator=[torch.Generator("cpu").manual_seed(w.seed) for w in batch],
                 ).images
+                self.generated += len(images)
                 for w, image in zip(batch, images, strict=True):
                     prompt = row_prompt(w.row)
                     made += self.store.add(
@@ -318,6 +327,7 @@ class RegenRunner:
             shard=self.placement.shard,
             batch_size=self.cfg.classify_batch_size,
             progress=self.cfg.progress,
+            lease=self.cfg.lease,
         )
 
     def manifest_rows(self) -> list[dict[str, Any]]:
@@ -467,6 +477,7 @@ def run_visu_images_command(args: argparse.Namespace) -> int:
         device=args.device,
         keep=args.keep,
         progress=not args.no_progress,
+        lease=args.lease,
         hub_kwargs={"token": args.token} if args.token else {},
         **classifier_options(args),
     )
