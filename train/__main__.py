@@ -215,6 +215,9 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
+    from eval.cli_errors import add_debug_option
+
+    add_debug_option(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="offline end-to-end demo on the synthetic world (a few minutes on a CPU)")
     demo.add_argument("--out", required=True, help="output folder")
@@ -257,13 +260,9 @@ def main(argv: list[str] | None = None) -> int:
 
     add_visu_images_parser(sub)  # python -m train visu-images
     args = parser.parse_args(argv)
-    from safe_encoders.errors import SafeEncodersError
+    from eval.cli_errors import run_command
 
-    try:
-        return args.func(args)
-    except SafeEncodersError as exc:  # bad input: the message says what to fix, a traceback adds nothing
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(args.func, args)  # a user error: one line and exit status 2 (--debug: the traceback)
 
 
 if __name__ == "__main__":
