@@ -13,6 +13,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -45,6 +46,7 @@ from .streaming import CHUNK_BYTES, Span, check_weight, safetensors_spans, strea
 
 logger = logging.getLogger("safe_encoders")
 
+CHECK_THREADS = min(4, os.cpu_count() or 1)  # threads checking source tensors (each holds one 8 MB slice)
 HUB_KWARGS = frozenset({"revision", "token", "cache_dir", "local_files_only", "force_download", "subfolder"})
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".p")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -129,12 +131,17 @@ class EncoderSource:
         none of them whole; returns their digests (`format.tensor_digest`)."""
         names = list(names)
         self._check_known(names)
-        digests = {}
-        for name in names:
+
+        def check(name: str) -> str:
             digest = check_weight(self.label, name, self.dtype(name), self.shapes[name], self.chunks(name))
             self._check_digest(name, digest)
-            digests[name] = digest
-        return digests
+            return digest
+
+        for name in names:  # header-only work first, so that the threads share nothing they build
+            self.dtype(name)
+        # sha256, isfinite and file reads release the GIL: tensors are checked on a few threads, in order.
+        with ThreadPoolExecutor(max_workers=CHECK_THREADS) as pool:
+            return dict(zip(names, pool.map(check, names), strict=True))
 
     def _check_known(self, names: list[str]) -> None:
         missing = [name for name in names if name not in self._locations]

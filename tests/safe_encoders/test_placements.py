@@ -365,3 +365,14 @@ def test_torch_dtype_auto_keeps_and_a_bad_one_names_the_choices(safe_file):
         make_safe(tiny_text_encoder(seed=0), safe_file, torch_dtype="int8")
     with pytest.raises(ValueError, match=r"torch_dtype='fp16'"):
         load_text_encoder(safe_file, torch_dtype="fp16")
+
+
+def test_a_saved_and_reloaded_swapped_encoder_still_verifies(tmp_path, safe_file):
+    from transformers import CLIPTextModel
+
+    make_safe(tiny_text_encoder(seed=0), safe_file).save_pretrained(tmp_path / "saved")
+    reloaded = CLIPTextModel.from_pretrained(tmp_path / "saved")
+    assert is_safe(reloaded, verify=True)
+    with torch.no_grad():
+        reloaded.final_layer_norm.bias[0] = 5.0
+    assert swap_report(reloaded, verify=True)["CLIPTextModel"]["first_difference"] == "final_layer_norm.bias"
