@@ -60,7 +60,7 @@ def test_block_raises_before_generation_and_safe_prompts_are_untouched(classifie
     handle = add_safety_gate(pipe, _gate(classifier, prompts))
     assert torch.equal(generate(pipe, prompts.safe), reference)
     assert handle.last_report.prompt_action == "passed" and handle.last_report.image_action == "passed"
-    with pytest.raises(UnsafeContentError, match=r"prompt\(s\) \[0\] are unsafe") as error:
+    with pytest.raises(UnsafeContentError, match=r"unsafe prompt\(s\): prompt \[0\]") as error:
         generate(pipe, prompts.unsafe)
     assert error.value.report.prompts.unsafe.tolist() == [True]
     assert handle.calls == 2
