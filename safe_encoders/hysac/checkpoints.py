@@ -215,9 +215,7 @@ def read_config(path: Path) -> dict[str, Any]:
         if _finite(value, path, f"curvature_range[{i}]") <= 0:
             raise CorruptCheckpointError(f"{path}: curvature_range[{i}] must be > 0; got {value!r}.")
     if not isinstance(config.get("encoders"), dict):
-        raise CorruptCheckpointError(
-            f"{path}: encoders must be an object of file digests; got {config.get('encoders')!r}."
-        )
+        raise CorruptCheckpointError(f"{path}: encoders must be an object of digests; got {config.get('encoders')!r}.")
     if config.get("bounds") is not None and not isinstance(config["bounds"], dict):
         raise CorruptCheckpointError(f"{path}: bounds must be an object of groups or null; got {config['bounds']!r}.")
     return config
