@@ -67,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..hysac.collection import InputSpec
+    from ..hysac.collection import InputSpec, validate_input
     from ..hysac.scan import ScanConfig
 
     spec = InputSpec(
@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         thresholds=thresholds, batch_size=args.batch_size, shard_size=args.shard_size, embeddings=args.embeddings,
         dtype=args.dtype, progress=not args.no_progress, model_name=args.model,
     )  # fmt: skip
+    validate_input(spec)
     summary = ENGINES[args.engine](args, spec, config)
     print(
         f"scanned {summary.written} items ({summary.unsafe} unsafe, {summary.errors} unreadable); "

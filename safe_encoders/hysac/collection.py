@@ -106,6 +106,14 @@ def read_items(spec: InputSpec) -> Iterator[Item]:
             yield Item(position, item_id, "image", image=payload, error=error)
 
 
+def validate_input(spec: InputSpec) -> str:
+    """Fail now, before a model is loaded, if `spec` cannot be read (missing file, unknown column); its kind."""
+    kind = input_kind(spec)
+    if kind.name != "hf":  # a Hub dataset would be downloaded twice; it is checked when it is read
+        next(iter(kind.read(spec)), None)
+    return kind.name
+
+
 def input_kind(spec: InputSpec) -> InputKind:
     if spec.kind is not None:
         if spec.kind not in INPUT_KINDS:

@@ -33,6 +33,8 @@ from .scan import (
 class RayOptions:
     """Ray resources: `workers` model actors, each with `gpus_per_worker` GPUs and `cpus_per_worker` CPUs.
 
+    Leave CPUs free beyond `workers * cpus_per_worker`: Ray Data's read and write tasks need them.
+
     `address`: the Ray cluster to join (default: `RAY_ADDRESS`, else a local instance); ignored when
     Ray is already initialised.
     """
@@ -42,6 +44,7 @@ class RayOptions:
     cpus_per_worker: float = 1.0
     device: str | None = None
     address: str | None = None
+    blocks: int | None = None  # how many blocks Ray splits the input into (default: Ray's choice by size)
 
 
 class HySACScorer:
@@ -106,7 +109,7 @@ def scan_with_ray(
     del driver_model
     if not ray.is_initialized():
         ray.init(address=options.address, ignore_reinit_error=True)
-    dataset = ray.data.read_parquet(spec.source)
+    dataset = ray.data.read_parquet(spec.source, override_num_blocks=options.blocks)
     scored = dataset.map_batches(
         HySACScorer,
         fn_constructor_kwargs=dict(

@@ -33,7 +33,7 @@ from ..errors import SafeEncodersError
 from ..extras import require
 from . import lorentz
 from .classify import embed_images, embed_texts
-from .collection import InputSpec, Item, load_image, read_items
+from .collection import InputSpec, Item, load_image, read_items, validate_input
 
 if TYPE_CHECKING:
     from .model import HySAC
@@ -291,6 +291,7 @@ def scan(model: HySAC, spec: InputSpec, output: str | Path, config: ScanConfig |
     skipped without being read again.
     """
     config = config or ScanConfig()
+    validate_input(spec)
     thresholds = resolve_thresholds(model, config.thresholds)
     store = ScanOutput(output)
     store.claim(scan_manifest(model, spec, config, thresholds))

@@ -79,3 +79,11 @@ def webdataset_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> P
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
     return path
+
+
+def expected_image_scores(model, blobs: list[bytes]):
+    """Root distances of encoded image bytes through `unsafe_score` (the in-memory path), for comparison."""
+    from PIL import Image
+
+    images = [Image.open(io.BytesIO(blob)).convert("RGB") for blob in blobs]
+    return model.unsafe_score(images=images, image_threshold=0.0).image.scores

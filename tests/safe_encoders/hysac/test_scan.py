@@ -14,6 +14,7 @@ from safe_encoders.hysac.collection import InputError, InputSpec, read_items
 from safe_encoders.hysac.scan import ScanConfig, ScanError, read_scan, scan
 from tests.safe_encoders.hysac.scan_data import (
     TEXTS,
+    expected_image_scores,
     image_folder,
     png_bytes,
     saved_tiny_hysac,
@@ -36,15 +37,6 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model(model_dir):
     return HySAC.from_pretrained(model_dir)
-
-
-def expected_image_scores(model, blobs):
-    import io
-
-    from PIL import Image
-
-    images = [Image.open(io.BytesIO(blob)).convert("RGB") for blob in blobs]
-    return model.unsafe_score(images=images, image_threshold=0.0).image.scores
 
 
 def rows_by_key(table):
