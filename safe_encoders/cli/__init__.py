@@ -56,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# What a user can fix: printed as one line. (ImportError covers a missing optional extra.)
-USER_ERRORS: tuple[type[BaseException], ...] = (SafeEncodersError, FileNotFoundError, NotADirectoryError, ImportError)
+# What a user can fix: printed as one line. (OSError: an unreadable query image or output folder;
+# ImportError: a missing optional extra.)
+USER_ERRORS: tuple[type[BaseException], ...] = (SafeEncodersError, OSError, ImportError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,7 +44,7 @@ class RayOptions:
     cpus_per_worker: float = 1.0
     device: str | None = None
     address: str | None = None
-    blocks: int | None = None  # how many blocks Ray splits the input into (default: Ray's choice by size)
+    blocks: int | None = None  # split the input into this many blocks (default: Ray's choice, by size)
 
 
 class HySACScorer:
@@ -109,7 +109,9 @@ def scan_with_ray(
     del driver_model
     if not ray.is_initialized():
         ray.init(address=options.address, ignore_reinit_error=True)
-    dataset = ray.data.read_parquet(spec.source, override_num_blocks=options.blocks)
+    dataset = ray.data.read_parquet(spec.source)
+    if options.blocks is not None:  # small inputs come as one block, which only one actor would score
+        dataset = dataset.repartition(options.blocks)
     scored = dataset.map_batches(
         HySACScorer,
         fn_constructor_kwargs=dict(

@@ -44,6 +44,7 @@ def test_two_ray_workers_write_the_scores_of_the_single_process_scan(local_ray, 
     config = ScanConfig(batch_size=4, embeddings=True, progress=False, model_name=str(model_dir))
     summary = scan_with_ray(str(model_dir), spec, tmp_path / "ray", config, RayOptions(workers=2, blocks=2))
     assert (summary.written, summary.errors) == (24, 1)
+    assert len(list((tmp_path / "ray").glob("*.parquet"))) == 2  # one file per block: the input was split in two
     local = scan(HySAC.from_pretrained(model_dir), spec, tmp_path / "local", config)
     assert local.written == 24
     by_key = {}
