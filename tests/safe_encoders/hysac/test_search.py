@@ -63,6 +63,9 @@ def test_keep_and_filter_by_hand(index_type):
     assert [hit.distance for hit in filtered] == pytest.approx([4.7, 5.5, side], abs=1e-6)
     (texts,) = index.search(query, k=5, gallery="text")
     assert ids(texts) == ["side"]
+    # k below the gallery size: the index itself must pick the nearest (the exact re-ranking only orders them)
+    assert ids(index.search(query, k=2)[0]) == ["far", "mid"]
+    assert ids(index.search(query, k=2, safety="filter")[0]) == ["mid", "near"]
 
 
 def test_redirect_by_hand_under_the_released_traversal():
@@ -79,6 +82,7 @@ def test_redirect_by_hand_under_the_released_traversal():
     query = ray_point(0, 6.0)[None]
     (hits,) = index.search(query, k=5, safety="redirect", modality="text")
     assert ids(hits) == ["mid", "near", "side", "side-far", "far"]
+    assert ids(index.search(query, k=3, safety="redirect", modality="text")[0]) == ["mid", "near", "side"]
     redirected = hits[1].distance + 0.5  # root distance of the redirected query (> 0.5), from its distance to "near"
     released = math.asinh(2 + math.tanh(0.2))
     assert redirected == pytest.approx(released, abs=1e-5) or redirected == pytest.approx(1.0, abs=1e-5)
