@@ -212,3 +212,18 @@ def test_kill_9_mid_scan_then_resume_writes_every_id_exactly_once(model, model_d
     assert sorted(table.column("id").to_pylist(), key=int) == [str(i) for i in range(len(texts))]
     expected = model.unsafe_score(texts=texts, batch_size=256).text.scores
     assert table.column("score").to_pylist() == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_hugging_face_load_dataset_on_local_files(model, tmp_path, streaming):
+    """`--kind hf` on a folder that is not a saved dataset goes through `datasets.load_dataset` (imagefolder)."""
+    pytest.importorskip("datasets")
+    folder = image_folder(tmp_path / "photos", n=4)
+    scan(model, InputSpec(str(folder), kind="hf", streaming=streaming), tmp_path / "out", ScanConfig(progress=False))
+    rows = read_scan(tmp_path / "out").to_pylist()
+    assert [row["id"] for row in rows] == ["0", "1", "2", "3", "4"] and {row["modality"] for row in rows} == {"image"}
+    errors = [row for row in rows if row["error"] is not None]
+    assert len(errors) == 1 and errors[0]["error"].startswith("unreadable image")
+    expected = expected_image_scores(model, [png_bytes(i) for i in range(4)])
+    got = sorted(row["score"] for row in rows if row["error"] is None)
+    assert got == pytest.approx(sorted(expected.tolist()), abs=1e-5)
