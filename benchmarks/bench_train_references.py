@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = ROOT.parent / "shared" / "fixtures" / "hub" / "openai__clip-vit-large-patch14"
+FIXTURE = ROOT / "tests" / "fixtures" / "hub" / "openai__clip-vit-large-patch14"
 VARIANTS = ("cached", "adapter-disabled", "deep-copy")
 
 

@@ -17,7 +17,6 @@ from eval.retrieval import (
     retrieval_rows,
     run_retrieval,
 )
-from tests.tiny_models import requires_fixtures
 from tests.train.visu_builders import build_visu_world
 from train.visu import VisuSource
 
@@ -192,7 +191,6 @@ def test_backbone_pairs_name_each_backbone_and_its_original_clip():
         backbone_pairs(["ViT-B/32"])
 
 
-@requires_fixtures
 def test_backbone_table_through_the_hub_cache_as_a_user_runs_it(tmp_path, world):
     """`python -m eval retrieval --backbones ViT-L/14` in a real process with HF_HUB_OFFLINE=1 and HF_HUB_CACHE.
 
@@ -204,7 +202,7 @@ def test_backbone_table_through_the_hub_cache_as_a_user_runs_it(tmp_path, world)
     import sys
     from pathlib import Path
 
-    from tests.tiny_models import HUB_FIXTURES, save_clip_repo, tiny_clip_model, write_hub_cache
+    from tests.tiny_models import HUB_FIXTURES, TOKENIZER_DIR, save_clip_repo, tiny_clip_model, write_hub_cache
     from train.synthetic import build_image_processor
 
     real = HUB_FIXTURES / "openai__clip-vit-large-patch14"
@@ -213,8 +211,10 @@ def test_backbone_table_through_the_hub_cache_as_a_user_runs_it(tmp_path, world)
     for seed, repo in ((0, "openai/clip-vit-large-patch14"), (1, "aimagelab/safeclip_vit-l_14")):
         folder = save_clip_repo(tiny_clip_model(seed), tmp_path / repo.replace("/", "__"))
         build_image_processor(30).save_pretrained(folder)  # the tiny towers see 30 px images
-        for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        for name in ("tokenizer_config.json", "special_tokens_map.json"):
             (folder / name).write_bytes((real / name).read_bytes())
+        for name in ("vocab.json", "merges.txt"):  # the CLIP BPE files, as in every CLIP repo
+            (folder / name).write_bytes((TOKENIZER_DIR / name).read_bytes())
         files = {p.name: p for p in folder.iterdir() if p.is_file()}
         write_hub_cache(cache, repo, files)
         folders[repo] = folder
