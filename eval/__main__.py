@@ -23,7 +23,7 @@ from eval.placement import add_placement_options, default_device
 from eval.t2i import BASE_CONDITIONS, add_classifier_options, classifier_options, comma_list
 
 if TYPE_CHECKING:
-    from train.visu import VisuSource
+    from eval.visu import VisuSource
 
 
 def _add_report_options(p: argparse.ArgumentParser) -> None:
@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _visu_source(args: argparse.Namespace) -> VisuSource:
     """The ViSU split the ``--visu``, ``--split``, ``--coco-root``, ``--unsafe-images``, ``--on-missing`` and
     ``--token`` options name; its load report goes to ``OUT/visu-<split>-report.json``."""
-    from train.visu import VisuSource
+    from eval.visu import VisuSource
 
     args.out.mkdir(parents=True, exist_ok=True)
     return VisuSource(
@@ -181,7 +181,7 @@ def _hysac(args: argparse.Namespace) -> int:
     from safe_encoders.hysac import HySAC
 
     if args.synthetic is not None:
-        from train.synthetic import SyntheticWorld
+        from eval.synthetic import SyntheticWorld
 
         world = SyntheticWorld(args.synthetic, seed=args.seed, image_size=args.image_size, distinct=True)
         items = [world[i] for i in range(len(world))]

@@ -185,7 +185,7 @@ def diffusers_dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
     return {"dtype": dtype} if hasattr(deprecation_utils, "_resolve_dtype") else {"torch_dtype": dtype}
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def progress_bar(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, disable=not enabled or total == 0, mininterval=1.0, unit="img")
@@ -332,7 +332,7 @@ class T2IRunner:
         made = 0
         pipes: dict[Condition, Any] = {}
         shard = self.placement.label
-        with _progress(len(todo), f"generate [{shard}]", self.cfg.progress) as bar:
+        with progress_bar(len(todo), f"generate [{shard}]", self.cfg.progress) as bar:
             for batch in self._batches(todo):
                 cond = batch[0].condition
                 if cond not in pipes:
@@ -520,7 +520,7 @@ def classify_store(
     if not todo:
         return 0
     classifiers = [c for c in make_classifiers() if c.name in rule]
-    with _progress(len(todo), f"classify [{index}/{count}]", progress) as bar:
+    with progress_bar(len(todo), f"classify [{index}/{count}]", progress) as bar:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
             images = [store.load_image(it) for it in chunk]

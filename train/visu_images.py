@@ -16,7 +16,7 @@ its own generator, so no image depends on batching, sharding or resuming.
 The result is ``manifest.json`` and ``manifest.csv`` in the output folder (written atomically):
 one line per row with its candidates' seeds and flags, the kept candidate, the image path
 (relative to the folder) and a status: ``kept``, ``rejected`` (no candidate passes the keep rule)
-or ``pending`` (not generated / labelled yet). :class:`train.visu.VisuSource` reads it.
+or ``pending`` (not generated / labelled yet). :class:`eval.visu.VisuSource` reads it.
 """
 
 from __future__ import annotations
@@ -40,16 +40,16 @@ from eval.prompts import Prompt
 from eval.store import ItemKey, Label, ResultsStore, fully_labelled
 from eval.t2i import (
     ClassifierOptions,
-    _progress,
     add_classifier_options,
     classifier_options,
     classifiers_from_config,
     classify_store,
     comma_list,
     diffusers_dtype_kwarg,
+    progress_bar,
 )
+from eval.visu import VISU_SPLITS, VisuRow, read_visu
 from safe_encoders.atomic import atomic_write_text
-from train.visu import VISU_SPLITS, VisuRow, read_visu
 
 logger = logging.getLogger("safe_encoders.train")
 
@@ -275,7 +275,7 @@ class RegenRunner:
         made = 0
         pipe = self._pipeline()
         shard = self.placement.label
-        with _progress(len(todo), f"visu-images [{shard}]", self.cfg.progress) as bar:
+        with progress_bar(len(todo), f"visu-images [{shard}]", self.cfg.progress) as bar:
             for batch in self._batches(todo):
                 images = pipe(
                     prompt=[w.row.unsafe_text for w in batch],

@@ -17,8 +17,8 @@ from eval.retrieval import (
     retrieval_rows,
     run_retrieval,
 )
+from eval.visu import VisuSource
 from tests.train.visu_builders import build_visu_world
-from train.visu import VisuSource
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -52,8 +52,8 @@ def test_model_specs():
 @pytest.fixture
 def world(tmp_path):
     """Two tiny models sharing the vision tower (our export files) and a ViSU-shaped test split."""
+    from eval.synthetic import build_image_processor, build_tokenizer
     from safe_encoders import export_encoder
-    from train.synthetic import build_image_processor, build_tokenizer
     from train.tiny_clip import tiny_clip
 
     torch.set_num_threads(1)
@@ -105,8 +105,8 @@ def test_table_cache_and_agreement(tmp_path, world):
     assert again == rows
 
     # the table agrees with the metrics of embeddings computed here directly from the models
-    from train.retrieval import safe_clip_retrieval
-    from train.synthetic import build_image_processor
+    from eval.metrics import safe_clip_retrieval
+    from eval.synthetic import build_image_processor
 
     text_a, text_b, vision = world["models"]
     tok, proc = world["tok"], build_image_processor(32)
@@ -202,8 +202,8 @@ def test_backbone_table_through_the_hub_cache_as_a_user_runs_it(tmp_path, world)
     import sys
     from pathlib import Path
 
+    from eval.synthetic import build_image_processor
     from tests.tiny_models import HUB_FIXTURES, TOKENIZER_DIR, save_clip_repo, tiny_clip_model, write_hub_cache
-    from train.synthetic import build_image_processor
 
     real = HUB_FIXTURES / "openai__clip-vit-large-patch14"
     cache = tmp_path / "hub"
