@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from eval.classifiers import PAPER_RULE
+from eval.cli import add_classifier_options, add_placement_options, classifier_options, comma_list
 from eval.errors import EvalError
-from eval.placement import add_placement_options, default_device
-from eval.t2i import BASE_CONDITIONS, add_classifier_options, classifier_options, comma_list
+from eval.placement import default_device
+from eval.t2i import BASE_CONDITIONS
 
 if TYPE_CHECKING:
     from eval.visu import VisuSource
@@ -257,7 +258,7 @@ def _reference(args: argparse.Namespace) -> str | None:
 
 
 def _classifier_factory(args: argparse.Namespace):
-    from eval.t2i import ClassifierOptions, classifiers_from_config
+    from eval.classifiers import ClassifierOptions, classifiers_from_config
 
     options = ClassifierOptions(**classifier_options(args))
     return lambda: classifiers_from_config(options, device=default_device(args.device))
@@ -314,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         store = ResultsStore(args.out)
         rule = comma_list(args.rule)
         if args.command == "classify":
-            from eval.t2i import classify_store
+            from eval.generation import classify_store
 
             if args.reclassify:
                 for name in rule if args.reclassify == "all" else comma_list(args.reclassify):
