@@ -127,35 +127,3 @@ def parse_shard(text: str) -> tuple[int, int]:
         return int(index), int(count)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--shard takes INDEX/COUNT, e.g. 0/2; got {text!r}") from None
-
-
-def add_placement_options(p: argparse.ArgumentParser) -> None:
-    """``--dtype``, ``--device`` and ``--shard``: what :meth:`Placement.resolve` takes; and ``--lease``."""
-    p.add_argument(
-        "--dtype",
-        default=None,
-        choices=["float32", "float16", "bfloat16"],
-        help="default: float16 on GPU, float32 on CPU",
-    )
-    p.add_argument("--device", default=None)
-    p.add_argument(
-        "--shard",
-        type=parse_shard,
-        default=None,
-        help="INDEX/COUNT: run one shard by hand (default: one per accelerate process)",
-    )
-    add_lease_option(p)
-
-
-def add_lease_option(p: argparse.ArgumentParser) -> None:
-    """``--lease``: how long a dead worker's claims block its items (``eval.claims``)."""
-    from eval.claims import DEFAULT_LEASE
-
-    p.add_argument(
-        "--lease",
-        type=float,
-        default=DEFAULT_LEASE,
-        metavar="SECONDS",
-        help="workers on one --out split the work by claims; a dead worker's items are redone after this long "
-        f"(default {DEFAULT_LEASE:g})",
-    )

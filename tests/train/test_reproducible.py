@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def tiny_base(tokenizer, folder):
     from transformers import CLIPConfig, CLIPModel
 
-    from train.synthetic import build_image_processor
+    from eval.synthetic import build_image_processor
     from train.tiny_clip import tiny_clip_configs
 
     torch.manual_seed(0)
