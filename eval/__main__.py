@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from eval.classifiers import PAPER_RULE
 from eval.errors import EvalError
+from eval.paper_tables import T2I
 from eval.placement import add_placement_options, default_device
 from eval.t2i import BASE_CONDITIONS, add_classifier_options, classifier_options, comma_list
 
@@ -31,8 +32,8 @@ def _add_report_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--paper-reference",
         default="sd-v1.4",
-        choices=["sd-v1.4", "sd-v2.0", "none"],
-        help="published numbers shown next to the reproduction",
+        choices=[*T2I, "none"],
+        help="the published table printed beside ours, every cell: sd-v1.4 (Table 4) or sd-v2.0 (Table 12)",
     )
     g.add_argument("--grids", type=int, default=0, help="write an image grid for the first N prompts")
     g.add_argument("--no-blur", action="store_true", help="do not blur flagged images in the grids")
