@@ -41,7 +41,7 @@ from .format import (
     safetensors_shapes,
     tensor_digest,
 )
-from .registry import CHECKPOINTS, Checkpoint, EncoderFingerprint, EncoderKind, lookup_checkpoint
+from .registry import CHECKPOINTS, Checkpoint, EncoderFingerprint, EncoderKind, hub_spelling, lookup_checkpoint
 
 logger = logging.getLogger("safe_encoders")
 
@@ -135,7 +135,8 @@ def resolve_source(source: Any, kind: EncoderKind, **hub_kwargs: Any) -> Encoder
             return _local_source(path, kind)
         entry = lookup_checkpoint(str(source))  # registry name or registered repo id, with or without hf-hub:
     if entry is not None:
-        return _hub_source(entry.repo_id, kind, {"revision": entry.revision, **hub_kwargs}, entry.base_model)
+        repo_id = hub_spelling(entry, entry.name if source is entry else str(source), hub_kwargs.get("cache_dir"))
+        return _hub_source(repo_id, kind, {"revision": entry.revision, **hub_kwargs}, entry.base_model)
     name = str(source).removeprefix("hf-hub:")
     if HUB_ID.match(name) and not name.endswith(".safetensors"):
         return _hub_source(name, kind, hub_kwargs, None)

@@ -26,7 +26,7 @@ import torch
 from ..atomic import atomic_write_text
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, UnsupportedModelError
 from ..format import encoder_file_name
-from ..registry import CHECKPOINTS, lookup_checkpoint
+from ..registry import CHECKPOINTS, hub_spelling, lookup_checkpoint
 from ..sources import (
     HUB_ID,
     check_hub_kwargs,
@@ -91,7 +91,7 @@ def locate(source: str | os.PathLike, hub_kwargs: dict[str, Any]) -> LocatedChec
     bare = name.removeprefix("hf-hub:")
     entry = lookup_checkpoint(name)
     if entry is not None:
-        repo_id = entry.repo_id
+        repo_id = hub_spelling(entry, name, kwargs.get("cache_dir"))
         kwargs.setdefault("revision", entry.revision)
     elif HUB_ID.match(bare):
         repo_id = bare

@@ -270,20 +270,44 @@ def _cache_base(cache, seed=0):
     write_hub_cache(cache, "tiny/clip", {n: base / n for n in ("config.json", "model.safetensors")})
 
 
-def test_release_from_the_hub_cache_by_id_and_registry_name(tmp_path):
+@pytest.mark.parametrize("cached_as", ["aimagelab/HySAC", "aimagelab/hysac"])
+def test_release_from_the_hub_cache_by_id_and_registry_name(tmp_path, monkeypatch, cached_as):
+    """Either spelling in the cache (the authors' code fills models--aimagelab--HySAC) is found offline,
+    whichever spelling the user writes; HF_HUB_CACHE (huggingface_hub's default) as a user sets it."""
+    from huggingface_hub import constants
+
     cache = tmp_path / "cache"
     text, vision = peft_towers()
     release = _write_release(tmp_path / "release", release_state(text, vision))
-    write_hub_cache(cache, "aimagelab/hysac", {n: release / n for n in ("hysac_model.pth", "hysac_bounds.json")})
+    write_hub_cache(cache, cached_as, {n: release / n for n in ("hysac_model.pth", "hysac_bounds.json")})
     _cache_base(cache)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     input_ids, pixel_values = sample_inputs()
     expected_text, _ = expected_points(text, vision, input_ids, pixel_values)
-    for source in ("aimagelab/hysac", "hysac", "hf-hub:aimagelab/HySAC"):
-        model = HySAC.from_pretrained(source, base_model="tiny/clip", lora_alpha=2.0, cache_dir=cache)
+    for source in ("aimagelab/hysac", "aimagelab/HySAC", "hysac", "hf-hub:aimagelab/HySAC"):
+        model = HySAC.from_pretrained(source, base_model="tiny/clip", lora_alpha=2.0)
         with torch.no_grad():
             assert torch.allclose(model.encode_text(input_ids), expected_text, atol=1e-5)
         assert model.bounds.threshold("image") == 0.7
         assert model.tokenizer is None and model.image_processor is None  # none in the cache: skipped quietly
+
+
+def test_hub_spelling_keeps_the_users_spelling(tmp_path):
+    from safe_encoders.registry import get_checkpoint, hub_spelling
+
+    entry = get_checkpoint("aimagelab/hysac")
+    assert entry is get_checkpoint("aimagelab/HySAC") is get_checkpoint("hysac")
+    empty = tmp_path / "empty"
+    assert hub_spelling(entry, "aimagelab/hysac", empty) == "aimagelab/hysac"  # nothing cached: as written
+    assert hub_spelling(entry, "hf-hub:aimagelab/HySAC", empty) == "aimagelab/HySAC"
+    assert hub_spelling(entry, "hysac", empty) == "aimagelab/HySAC"  # the authors' link
+    both = tmp_path / "both"
+    for name in ("models--aimagelab--HySAC", "models--aimagelab--hysac"):
+        (both / name).mkdir(parents=True)
+    assert hub_spelling(entry, "aimagelab/hysac", both) == "aimagelab/hysac"
+    assert hub_spelling(entry, "aimagelab/HySAC", both) == "aimagelab/HySAC"
+    (both / "models--aimagelab--HySAC").rmdir()
+    assert hub_spelling(entry, "aimagelab/HySAC", both) == "aimagelab/hysac"  # the cached spelling
 
 
 def test_our_export_from_the_hub_cache(tmp_path):
