@@ -151,7 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["query", "gallery"],
         help="pull unsafe queries to the safe threshold of their own modality (as HySAC.traverse) or the gallery's",
     )
-    hy.add_argument("--strength", type=float, default=1.0, help="traversal strength (1: onto the boundary)")
+    hy.add_argument(
+        "--traversal",
+        default="release",
+        choices=["release", "geodesic"],
+        help="release: the authors' (rescale to norm tau = up95 + tanh((up95 - 0.8) / c) + 1); geodesic: ours",
+    )
+    hy.add_argument("--strength", type=float, default=1.0, help="geodesic traversal strength (1: onto the boundary)")
     hy.add_argument("--batch-size", type=int, default=32)
     hy.add_argument("--device", default=None)
     hy.add_argument("--out", required=True, type=Path)
@@ -216,7 +222,13 @@ def _hysac(args: argparse.Namespace) -> int:
         curvature = model.curvature.detach().cpu()
         reports.append(
             evaluate_hysac(
-                name.strip(), emb, curvature, model.bounds, target=args.traversal_target, strength=args.strength
+                name.strip(),
+                emb,
+                curvature,
+                model.bounds,
+                target=args.traversal_target,
+                strength=args.strength,
+                method=args.traversal,
             )
         )
     paths = write_hysac_reports(reports, args.out, split)

@@ -11,9 +11,19 @@ from .bounds import HySACBounds, calibrate_threshold, compute_bounds
 from .classify import UnsafeScores, Verdicts, embed_images, embed_texts, score_embeddings, unsafe_score
 from .gate import GateHandle, GateReport, SafetyGate, UnsafeContentError, add_safety_gate, remove_safety_gate
 from .model import HySAC
-from .traversal import Retrieved, retrieve, top_k, traverse_to_safe
+from .traversal import (
+    TRAVERSALS,
+    Retrieved,
+    release_tau,
+    retrieve,
+    top_k,
+    traverse,
+    traverse_as_released,
+    traverse_to_safe,
+)
 
 __all__ = [
+    "TRAVERSALS",
     "GateHandle",
     "GateReport",
     "HySAC",
@@ -29,10 +39,13 @@ __all__ = [
     "embed_images",
     "embed_texts",
     "lorentz",
+    "release_tau",
     "remove_safety_gate",
     "retrieve",
     "score_embeddings",
     "top_k",
+    "traverse",
+    "traverse_as_released",
     "traverse_to_safe",
     "unsafe_score",
 ]

@@ -272,17 +272,24 @@ class HySAC(nn.Module):
         x: torch.Tensor,
         modality: Modality = "text",
         *,
+        method: str = "release",
         strength: float = 1.0,
         boundary: float | None = None,
         margin: float = 0.0,
     ) -> torch.Tensor:
-        """Safety traversal of a batch of points (see `traversal.traverse_to_safe`); the boundary defaults
-        to the `modality` threshold of the bounds."""
-        from .traversal import traverse_to_safe
+        """Safety traversal of a batch of points of `modality` (`traversal.traverse`).
+
+        `method="release"` (default): the authors' traversal, with `boundary` (default: the modality's
+        bound, `S.up_95` for texts, `V.up_95` for images) as `up95`: points beyond
+        `tau = up95 + tanh((up95 - 0.8) / c) + 1` are rescaled to Euclidean norm `tau`.
+        `method="geodesic"`: `traverse_to_safe` to root distance `boundary` (same default), with
+        `strength` and `margin`.
+        """
+        from .traversal import traverse
 
         if boundary is None:
             boundary = self.threshold(modality)
-        return traverse_to_safe(x, self.curvature, boundary, strength=strength, margin=margin)
+        return traverse(x, self.curvature, boundary, method=method, strength=strength, margin=margin)
 
     def unsafe_score(
         self,
