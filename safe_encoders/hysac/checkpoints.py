@@ -138,6 +138,7 @@ def load_hysac(
     else:
         base_model = base_model or DEFAULT_BASE_MODEL
         model = _load_release(cls, located, base_model=base_model, lora_alpha=lora_alpha, base_kwargs=base_kwargs)
+    _check_scalars(model, located.label)
     if load_processors:
         candidates = [(located.processor_source, located.processor_kwargs)]
         if base_model:
@@ -225,6 +226,15 @@ def _load_release(
     )
     _set_scalars(model, contents.scalars)
     return model
+
+
+def _check_scalars(model: HySAC, label: str) -> None:
+    """The training clamps hold for the loaded scalars (out-of-range ones clamped with a warning); non-finite
+    ones are refused."""
+    try:
+        model.clamp_parameters_(label=label)
+    except ValueError as error:
+        raise CorruptCheckpointError(str(error)) from error
 
 
 def _base_config(base_model: str, base_kwargs: dict[str, Any]) -> dict[str, Any]:
