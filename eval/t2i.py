@@ -276,7 +276,9 @@ class T2IRunner:
 
     def pipeline_for(self, cond: Condition):
         """A pipeline for the condition, sharing the base pipeline's modules (no copy of the weights)."""
-        from diffusers import StableDiffusionPipeline, StableDiffusionPipelineSafe
+        from diffusers import StableDiffusionPipeline
+
+        from safe_encoders.diffusers import StableDiffusionPipelineSafe
 
         parts = dict(self._load_base().components)
         if cond.safe:
