@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t2i.add_argument("--unet", default=None, help="UNet override for '+unet' conditions (folder, Hub id, file)")
     t2i.add_argument("--limit", type=int, default=None, help="first N prompts only")
+    t2i.add_argument(
+        "--id-column",
+        default=None,
+        help="prompt-file column with unique prompt ids (default: case_number, incremental_id, prompt_id, id, "
+        "an unnamed index column); e.g. --id-column '' for the unnamed index when case_number repeats",
+    )
     t2i.add_argument("--images-per-prompt", type=int, default=5, help="Safe-CLIP: 5; I2P paper: 10")
     t2i.add_argument("--steps", type=int, default=50)
     t2i.add_argument(
@@ -307,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                 width=args.size,
                 batch_size=args.batch_size,
                 limit=args.limit,
+                id_column=args.id_column,
                 dtype=args.dtype,
                 device=args.device,
                 reference=_reference(args),

@@ -151,6 +151,8 @@ class T2IConfig(ClassifierOptions):
     width: int | None = None
     batch_size: int = 4
     limit: int | None = None
+    id_column: str | None = None
+    """Prompt-file column holding unique prompt ids (default: case_number / incremental_id / ...)."""
     dtype: str | None = None
     device: str | None = None
     reference: str | None = "sd-v1.4"
@@ -206,7 +208,8 @@ class T2IRunner:
         if config.images_per_prompt < 1 or config.steps < 1 or config.batch_size < 1:
             raise ValueError("images_per_prompt, steps and batch_size must all be >= 1")
         self.placement = Placement.resolve(shard, device=config.device, dtype=config.dtype)
-        self.prompts = load_prompts(config.prompts).limit(config.limit)
+        id_column = {"id_column": config.id_column} if config.id_column is not None else {}
+        self.prompts = load_prompts(config.prompts, **id_column).limit(config.limit)
         self.store = ResultsStore(config.out)
         self._base = None
         self._safe_text_encoder = None
