@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from eval.synthetic import build_image_processor
 from safe_encoders.hysac import HySAC, lorentz
 from tests.train.synthetic_builders import encoded_worlds
 from train.config import load_config
@@ -17,7 +18,6 @@ from train.hysac_losses import HYSAC_TERM_NAMES
 from train.loop import list_checkpoints, train_safe_clip
 from train.model import HySACTrainModel, SafeClipModel
 from train.optim import build_optimizer
-from train.synthetic import build_image_processor
 from train.tiny_clip import tiny_clip
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

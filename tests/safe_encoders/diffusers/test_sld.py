@@ -13,7 +13,7 @@ import torch
 from safe_encoders import export_encoder, is_safe, make_safe, swap_report
 from safe_encoders.diffusers import SLDUnavailableError, sld_classes
 from safe_encoders.diffusers import sld as sld_module
-from tests.tiny_models import requires_fixtures, tiny_sd_pipeline, tiny_text_encoder
+from tests.tiny_models import tiny_sd_pipeline, tiny_text_encoder
 
 README = Path(__file__).resolve().parents[3] / "README.md"
 
@@ -56,7 +56,6 @@ def _readme_sld_snippet() -> str:
     return text[start : text.index("\n\n#", start)]
 
 
-@requires_fixtures
 def test_readme_sld_example_runs_on_a_tiny_pipeline(tmp_path):
     snippet = _readme_sld_snippet()
     assert "from safe_encoders.diffusers import SafetyConfig, StableDiffusionPipelineSafe" in snippet
