@@ -30,9 +30,9 @@ from eval.synthetic import CONCEPTS, SyntheticWorld, build_image_processor, buil
 from train.config import TrainConfig, load_config
 from train.data import EncodedQuadruplets, QuadrupletCollator, stack_encoded
 from train.export import export_safe_clip
-from train.loop import train_safe_clip
+from train.loop import run_training
 from train.losses import info_nce
-from train.model import SafeClipModel
+from train.methods import method_of
 from train.tiny_clip import tiny_clip
 
 RESULT_KEYS = ("safe_t2v_r1", "safe_v2t_r1", "unsafe_text_top1_unsafe_share", "unsafe_image_top1_unsafe_share")
@@ -482,22 +482,14 @@ def run_hysac_demo(
     """
     from eval.hysac import evaluate_hysac
     from train.hysac_export import export_hysac, validation_bounds
-    from train.model import HySACTrainModel
 
     settings = settings or HySACDemoSettings()
     s = world.settings
     out = Path(out_dir)
     cfg = _run_config(out / "hysac", s, progress, ["method=hysac", *settings.finetune])
     torch.manual_seed(s.seed)
-    model = HySACTrainModel(
-        *towers,
-        cfg.lora,
-        cfg.hysac,
-        base_model=BASE_MODEL_NAME,
-        tokenizer=world.tokenizer,
-        image_processor=world.image_processor,
-    )
-    result = train_safe_clip(cfg, model, world.train_set, world.val_set, stack_encoded, resume=False)
+    model = method_of(cfg).build(cfg, *towers, world.tokenizer, world.image_processor)
+    result = run_training(cfg, model, world.train_set, world.val_set, stack_encoded, resume=False)
     model.eval()
     curvature = model.hysac.curvature.detach()
     bounds = validation_bounds(model, world.val_set, stack_encoded)
@@ -622,8 +614,8 @@ def run_demo(
 
     say("[3/6] Safe-CLIP fine-tuning (LoRA on both towers, eight-term loss, cached frozen references)")
     cfg = _run_config(out / "safeclip", s, progress, s.finetune)
-    model = SafeClipModel(text, vision, cfg.lora)
-    result = train_safe_clip(cfg, model, train_set, val_set, stack_encoded, resume=False)
+    model = method_of(cfg).build(cfg, text, vision, world.tokenizer, world.image_processor)
+    result = run_training(cfg, model, train_set, val_set, stack_encoded, resume=False)
     model.eval()
     tuned_emb = embed(model.encode_text, model.encode_image, test_set)
     safe = measure_deployed(tuned_emb, original_emb, tags)
