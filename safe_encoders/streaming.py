@@ -19,7 +19,7 @@ import torch
 
 from .errors import CorruptCheckpointError
 
-CHUNK_BYTES = 8 << 20
+CHUNK_BYTES = 2 << 20
 # safetensors dtype names (the format's spec) -> torch dtypes.
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
