@@ -49,11 +49,17 @@ class EncoderSlot:
 
 @dataclass(frozen=True)
 class TargetHandler:
-    """Where one kind of target keeps its encoders."""
+    """Where one kind of target keeps its encoders, and (optionally) how a HySAC safety gate attaches to it.
+
+    `install_gate(handle)` is called by `hysac.add_safety_gate` with a `hysac.GateHandle` once the gate's
+    classifier and thresholds are checked; it changes `handle.target` and registers the undo with
+    `handle.on_remove`. A handler without it cannot be gated.
+    """
 
     name: str
     matches: Callable[[Any], bool]
     slots: Callable[[Any], list[EncoderSlot]]
+    install_gate: Callable[[Any], None] | None = None
 
 
 HANDLERS: list[TargetHandler] = []

@@ -42,8 +42,15 @@ def pipeline_slots(pipe: Any) -> list[EncoderSlot]:
     return slots
 
 
+def _install_gate(handle: Any) -> None:
+    from ..hysac.gate import install_pipeline_gate  # lazy: the gate imports this module
+
+    install_pipeline_gate(handle)
+
+
 DIFFUSERS_PIPELINE = TargetHandler(
     name="diffusers pipelines with a CLIP text_encoder (SD 1.x, SD 2.x, SDXL, StableDiffusionPipelineSafe, ...)",
     matches=is_diffusers_pipeline,
     slots=pipeline_slots,
+    install_gate=_install_gate,
 )

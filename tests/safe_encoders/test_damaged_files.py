@@ -17,7 +17,7 @@ from safe_encoders import (
     load_text_encoder,
     make_safe,
 )
-from tests.tiny_models import requires_fixtures, save_clip_repo, tiny_clip_model, tiny_sd_pipeline, tiny_text_encoder
+from tests.tiny_models import save_clip_repo, tiny_clip_model, tiny_sd_pipeline, tiny_text_encoder
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,6 @@ def test_hub_arguments_of_the_wrong_type(kwargs, message):
         load_text_encoder("someorg/some-model", **kwargs)
 
 
-@requires_fixtures
 def test_a_tokenizer_smaller_than_the_embedding_table_is_warned_about(tmp_path, our_file):
     from transformers import CLIPTokenizer
 

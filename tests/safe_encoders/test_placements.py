@@ -21,7 +21,7 @@ from safe_encoders import (
 from safe_encoders.errors import SwapVerificationError
 from safe_encoders.format import write_encoder_file
 from safe_encoders.placement import PLACEMENTS, InMemory, Placement
-from tests.tiny_models import requires_fixtures, tiny_sd_pipeline, tiny_text_encoder
+from tests.tiny_models import tiny_sd_pipeline, tiny_text_encoder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -144,7 +144,6 @@ def test_device_map_disk_never_writes_into_the_models_own_checkpoint(tmp_path, s
     assert torch.equal(run(encoder), expected)
 
 
-@requires_fixtures
 def test_diffusers_model_cpu_offload_runs_the_checkpoint(safe_file, expected):
     pipe = tiny_sd_pipeline("v1")
     pipe.enable_model_cpu_offload(device="cpu")
@@ -153,7 +152,6 @@ def test_diffusers_model_cpu_offload_runs_the_checkpoint(safe_file, expected):
     assert is_safe(pipe, verify=True)
 
 
-@requires_fixtures
 def test_diffusers_sequential_cpu_offload_holds_the_checkpoint_where_its_hooks_read(safe_file):
     pipe = tiny_sd_pipeline("v1")
     pipe.enable_sequential_cpu_offload(device="cpu")  # offloads to "cpu:0", which it cannot run on without a GPU
@@ -164,7 +162,6 @@ def test_diffusers_sequential_cpu_offload_holds_the_checkpoint_where_its_hooks_r
     assert is_safe(pipe, verify=True)
 
 
-@requires_fixtures
 def test_pipeline_group_offload_to_disk_runs_the_checkpoint(tmp_path, safe_file, expected):
     pipe = tiny_sd_pipeline("v1")
     pipe.enable_group_offload(

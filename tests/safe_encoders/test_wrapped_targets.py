@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from safe_encoders import UnsupportedModelError, export_encoder, is_safe, load_text_encoder, make_safe, swap_report
-from tests.tiny_models import requires_fixtures, tiny_sd_pipeline, tiny_text_encoder
+from tests.tiny_models import tiny_sd_pipeline, tiny_text_encoder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -43,7 +43,6 @@ def test_a_compiled_encoder_is_swapped_through_orig_mod_and_runs_the_checkpoint(
     assert swap_report(compiled)["OptimizedModule"]["checkpoint"] == str(safe_file)
 
 
-@requires_fixtures
 def test_a_compiled_text_encoder_inside_a_pipeline(safe_file):
     pipe = tiny_sd_pipeline("v1")
     pipe.text_encoder = torch.compile(pipe.text_encoder, backend="eager")
@@ -52,7 +51,6 @@ def test_a_compiled_text_encoder_inside_a_pipeline(safe_file):
     assert is_safe(pipe, verify=True)
 
 
-@requires_fixtures
 def test_lora_injected_text_encoder_is_refused_with_the_fix(safe_file):
     from peft import LoraConfig, inject_adapter_in_model
 
