@@ -58,6 +58,7 @@ def _model_hook(handle: GateHandle, module: nn.Module, args: tuple, kwargs: dict
     why = "they may carry image features the vision tower never saw"
     if INPUTS_EMBEDS in handle.gate.allow_unchecked:
         allow_unchecked(report, INPUTS_EMBEDS, why)
+        handle.state["carry"] = list(report.inputs)  # the towers' report of this forward starts with it
         return
     refuse_unchecked(report, INPUTS_EMBEDS, why)
 
@@ -65,6 +66,8 @@ def _model_hook(handle: GateHandle, module: nn.Module, args: tuple, kwargs: dict
 def _tower_hook(handle: GateHandle, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
     gate = handle.gate
     report = handle.new_report()
+    for check in handle.state.pop("carry", []):
+        report.add(check)
     report.image_action = "off"
     if gate.image_policy == "off":
         report.add(InputCheck("pixel_values", "unchecked", "off", note="image_policy='off'"))
