@@ -51,14 +51,20 @@ def install_llava_gate(handle: GateHandle) -> None:
 
 
 def _model_hook(handle: GateHandle, module: nn.Module, args: tuple, kwargs: dict) -> None:
-    """Refuse the caller's own `inputs_embeds` (generate() passes input_ids unless the caller gave embeddings)."""
+    """Refuse the caller's own `inputs_embeds` (generate() passes input_ids unless the caller gave embeddings).
+
+    The opt-out joins the report of this call's images: transformers 5 runs the tower before the model's
+    forward (`fresh`), transformers 4 inside it (`carry`).
+    """
+    fresh = handle.state.pop("fresh", None)
     if kwargs.get(INPUTS_EMBEDS) is None:
         return
-    report = handle.new_report()
+    report = fresh if fresh is not None and fresh is handle.last_report else handle.new_report()
     why = "they may carry image features the vision tower never saw"
     if INPUTS_EMBEDS in handle.gate.allow_unchecked:
         allow_unchecked(report, INPUTS_EMBEDS, why)
-        handle.state["carry"] = list(report.inputs)  # the towers' report of this forward starts with it
+        if report is not fresh:
+            handle.state["carry"] = list(report.inputs)  # the towers' report of this forward starts with it
         return
     refuse_unchecked(report, INPUTS_EMBEDS, why)
 
@@ -68,6 +74,7 @@ def _tower_hook(handle: GateHandle, module: nn.Module, args: tuple, kwargs: dict
     report = handle.new_report()
     for check in handle.state.pop("carry", []):
         report.add(check)
+    handle.state["fresh"] = report
     report.image_action = "off"
     if gate.image_policy == "off":
         report.add(InputCheck("pixel_values", "unchecked", "off", note="image_policy='off'"))

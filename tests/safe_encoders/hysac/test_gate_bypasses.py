@@ -153,8 +153,8 @@ def test_a_step_end_callback_may_change_the_latents_only(classifier, prompts):
         return {**tensors, "prompt_embeds": torch.cat([negative, unsafe])}
 
     def change_in_place(pipe_, step, timestep, tensors):
-        tensors["prompt_embeds"][1:] = unsafe
-        return tensors
+        tensors["prompt_embeds"][1:] = unsafe  # the pipeline's own tensor; nothing returned but the latents
+        return {"latents": tensors["latents"]}
 
     def scale_latents(pipe_, step, timestep, tensors):
         return {"latents": tensors["latents"] * 0.9}
@@ -354,8 +354,9 @@ def test_llava_refuses_caller_inputs_embeds_and_treats_a_nan_image_score_as_unsa
     handle = add_safety_gate(model, SafetyGate(classifier=classifier, image_policy="blur", image_threshold=1e9,
                                                allow_unchecked=("inputs_embeds",)))  # fmt: skip
     with torch.no_grad():
-        model.generate(inputs_embeds=embeds, attention_mask=inputs["attention_mask"], max_new_tokens=2)
-    assert handle.last_report.opt_outs == ["inputs_embeds"]
+        model.generate(inputs_embeds=embeds, attention_mask=inputs["attention_mask"],
+                       pixel_values=inputs["pixel_values"], max_new_tokens=2)  # fmt: skip
+    assert handle.last_report.opt_outs == ["inputs_embeds"] and handle.last_report.image_action == "passed"
     handle.remove()
 
     broken = copy.deepcopy(classifier)
