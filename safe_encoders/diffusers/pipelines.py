@@ -31,7 +31,8 @@ def pipeline_slots(pipe: Any) -> list[EncoderSlot]:
             continue
         kind = encoder_kind(component)
         if kind == "text":
-            slots.append(EncoderSlot(label=f"pipe.{name}", module=component, kind="text"))
+            tokenizer = pipe.components.get("tokenizer" + name.removeprefix("text_encoder"))
+            slots.append(EncoderSlot(label=f"pipe.{name}", module=component, kind="text", tokenizer=tokenizer))
         else:
             why = f"{type(component).__name__} is not a CLIP text encoder; no Safe-CLIP exists for it"
             slots.append(EncoderSlot(label=f"pipe.{name}", module=component, kind=None, why_not=why))
