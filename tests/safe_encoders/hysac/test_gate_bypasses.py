@@ -3,6 +3,7 @@ or checked and handled. Tiny SD 1.x / SDXL pipelines and a tiny LLaVA; the tiny 
 from its own scores (see conftest.py), so which prompt is "unsafe" is controlled."""
 
 import copy
+import inspect
 
 import pytest
 import torch
@@ -356,6 +357,14 @@ def test_llava_refuses_caller_inputs_embeds_and_treats_a_nan_image_score_as_unsa
                        pixel_values=inputs["pixel_values"], max_new_tokens=2)  # fmt: skip
     assert handle.last_report.opt_outs == ["inputs_embeds"] and handle.last_report.image_action == "passed"
     handle.remove()
+
+    if "mm_encoder_outputs" in inspect.signature(model.forward).parameters:  # transformers 5
+        features = {"image": model.model.get_image_features(pixel_values=inputs["pixel_values"], return_dict=True)}
+        handle = add_safety_gate(model, SafetyGate(classifier=classifier, image_policy="block", image_threshold=-1.0))
+        with pytest.raises(UnsafeContentError, match=r"mm_encoder_outputs was given"), torch.no_grad():
+            model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                           mm_encoder_outputs=features, max_new_tokens=2)  # fmt: skip
+        handle.remove()
 
     broken = copy.deepcopy(classifier)
     add_safety_gate(model, SafetyGate(classifier=broken, image_policy="block", image_threshold=1e9))
