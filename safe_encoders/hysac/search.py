@@ -240,8 +240,9 @@ class LorentzIndex:
             "embedding": pa.array(self.embeddings.float().tolist(), pa.list_(pa.float32(), dim)),
         })  # fmt: skip
         atomic_write(folder / "items.parquet", lambda tmp: pq.write_table(table, tmp))
-        meta = dict(format=INDEX_FORMAT, curvature=self.curvature, thresholds=self.thresholds, index_type=self.index_type,
-                    nprobe=self.nprobe, count=len(self), fingerprint=fingerprint)  # fmt: skip
+        meta = dict(format=INDEX_FORMAT, curvature=self.curvature, thresholds=self.thresholds,
+                    index_type=self.index_type, nprobe=self.nprobe, count=len(self),
+                    fingerprint=fingerprint)  # fmt: skip
         atomic_write_text(folder / "index.json", json.dumps(meta, indent=2, sort_keys=True))
         return folder
 
