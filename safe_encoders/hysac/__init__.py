@@ -14,7 +14,15 @@ search(model, build_index("scan_out"), texts=["a beach"], k=10, safety="redirect
 from . import lorentz
 from .bounds import HySACBounds, calibrate_threshold, compute_bounds
 from .classify import UnsafeScores, Verdicts, embed_images, embed_texts, score_embeddings, unsafe_score
-from .gate import GateHandle, GateReport, SafetyGate, UnsafeContentError, add_safety_gate, remove_safety_gate
+from .gate import (
+    GateHandle,
+    GateReport,
+    InputCheck,
+    SafetyGate,
+    UnsafeContentError,
+    add_safety_gate,
+    remove_safety_gate,
+)
 from .model import HySAC
 from .traversal import Retrieved, retrieve, top_k, traverse_to_safe
 
@@ -23,6 +31,7 @@ __all__ = [
     "GateReport",
     "HySAC",
     "HySACBounds",
+    "InputCheck",
     "Retrieved",
     "SafetyGate",
     "UnsafeContentError",

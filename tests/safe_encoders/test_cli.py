@@ -14,7 +14,6 @@ from tests.safe_encoders.hysac.scan_data import (
     saved_tiny_hysac,
     write_table,
 )
-from tests.tiny_models import requires_fixtures
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -36,7 +35,6 @@ def test_help_names_both_commands_and_their_options(capsys):
     assert "--safety {keep,redirect,filter}" in out and "redirect  an unsafe query" in out
 
 
-@requires_fixtures
 def test_scan_then_search_end_to_end(model_dir, tmp_path, capsys):
     from safe_encoders.hysac import HySAC, lorentz, top_k
     from safe_encoders.hysac.scan import read_scan
@@ -69,7 +67,6 @@ def test_scan_then_search_end_to_end(model_dir, tmp_path, capsys):
     assert lorentz.root_distance(query, model.curvature.detach()).item() > 0
 
 
-@requires_fixtures
 def test_errors_are_one_line_with_exit_status_2(model_dir, tmp_path, capsys, monkeypatch):
     table = str(write_table(tmp_path / "t.jsonl", [{"text": "a"}]))
     cases = [

@@ -10,10 +10,9 @@ from safe_encoders.hysac.collection import InputSpec
 from safe_encoders.hysac.scale import RayOptions, scan_with_ray
 from safe_encoders.hysac.scan import ScanConfig, read_scan, scan
 from tests.safe_encoders.hysac.scan_data import TEXTS, png_bytes, saved_tiny_hysac, write_table
-from tests.tiny_models import requires_fixtures
 
 ray = pytest.importorskip("ray")
-pytestmark = [requires_fixtures, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = [pytest.mark.usefixtures("one_torch_thread")]
 
 ROOT = Path(__file__).resolve().parents[3]
 

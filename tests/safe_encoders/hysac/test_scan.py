@@ -21,9 +21,8 @@ from tests.safe_encoders.hysac.scan_data import (
     webdataset_tar,
     write_table,
 )
-from tests.tiny_models import requires_fixtures
 
-pytestmark = [requires_fixtures, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = [pytest.mark.usefixtures("one_torch_thread")]
 pytest.importorskip("pyarrow")
 
 ROOT = Path(__file__).resolve().parents[3]
