@@ -89,3 +89,11 @@ def test_errors_are_one_line_with_exit_status_2(model_dir, tmp_path, capsys, mon
     capsys.readouterr()
     assert main(["search", str(plain), "--text", "a"]) == 2
     assert "the scan has no embeddings; rescan with --embeddings" in capsys.readouterr().err
+
+
+def test_each_launched_process_takes_its_share():
+    from safe_encoders.cli.scan import process_share
+
+    assert process_share(0, 1, {}) == (0, 1)
+    assert process_share(3, 4, {"WORLD_SIZE": "4", "RANK": "3"}) == (3, 4)  # accelerate knows (GPUs)
+    assert process_share(0, 1, {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}) == (1, 2)  # CPU processes
