@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from . import Command
+
+if TYPE_CHECKING:
+    from ..hysac.collection import InputSpec
+    from ..hysac.scan import ScanConfig, ScanSummary
 
 DESCRIPTION = """\
 Score every image and / or text of a collection with HySAC (distance from the root of the
@@ -94,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _local(args: argparse.Namespace, spec, config):
+def _local(args: argparse.Namespace, spec: InputSpec, config: ScanConfig) -> ScanSummary:
     """One process, or one of several under `accelerate launch` (each takes `p % n == rank`)."""
     import dataclasses
 
@@ -121,14 +126,14 @@ def process_share(index: int, count: int, environ: Mapping[str, str]) -> tuple[i
     return index, count
 
 
-def _ray(args: argparse.Namespace, spec, config):
+def _ray(args: argparse.Namespace, spec: InputSpec, config: ScanConfig) -> ScanSummary:
     from ..hysac.scale import RayOptions, scan_with_ray
 
     options = RayOptions(workers=args.workers, gpus_per_worker=args.gpus_per_worker, device=args.device)
     return scan_with_ray(args.model, spec, args.out, config, options)
 
 
-ENGINES: dict[str, Callable] = {"local": _local, "ray": _ray}
+ENGINES: dict[str, Callable[[argparse.Namespace, InputSpec, ScanConfig], ScanSummary]] = {"local": _local, "ray": _ray}
 
 COMMAND = Command(
     "scan", "score a collection for unsafe content (Parquet out, resumable)", DESCRIPTION, add_arguments, run
