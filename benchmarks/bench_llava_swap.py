@@ -1,6 +1,6 @@
 """make_safe vs loading the same encoder once: time and peak memory, before and after, side by side in one run.
 
-Two full-size encoders built from the real configs in ../shared/fixtures/hub (random fp32 weights):
+Two full-size encoders built from the real configs in tests/fixtures/hub (random fp32 weights):
 the LLaVA 1.5 vision tower (CLIP ViT-L/14-336, inside a LLaVA model whose language model is tiny:
 only the tower matters here) and Stable Diffusion v1.4's text encoder (CLIP ViT-L/14 text). For
 each, `make_safe` on a loaded target is compared with one `load_*_encoder` of the same file, with
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HUB = ROOT.parent / "shared" / "fixtures" / "hub"
+HUB = ROOT / "tests" / "fixtures" / "hub"
 LLAVA_CONFIG = HUB / "llava-hf__llava-1.5-7b-hf" / "config.json"
 SD_TEXT_CONFIG = HUB / "CompVis__stable-diffusion-v1-4" / "text_encoder" / "config.json"
 
