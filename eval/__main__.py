@@ -7,6 +7,7 @@ Commands:
   retrieval Safe-CLIP Table 2 (T->V, V->T, T*->V+V*, V*->T+T*; R@1/10/20) for encoder pairs on ViSU
   hysac     HySAC: safe/unsafe classification (accuracy at the bounds, AUROC) and retrieval with and
             without safety traversal, on ViSU or (--synthetic N) on the offline synthetic world
+  nsfw-retrieval  Safe-CLIP Tables 3 / 11: share of queries whose top-1 is NSFW among distractors
 """
 
 from __future__ import annotations
@@ -154,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     hy.add_argument("--batch-size", type=int, default=32)
     hy.add_argument("--device", default=None)
     hy.add_argument("--out", required=True, type=Path)
+
+    from eval import nsfw_retrieval
+
+    nsfw_retrieval.add_command(sub)
     return parser
 
 
@@ -277,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
             return _retrieval(args)
         if args.command == "hysac":
             return _hysac(args)
+        if args.command == "nsfw-retrieval":
+            from eval.nsfw_retrieval import run_command
+
+            return run_command(args)
         if args.command == "t2i":
             from eval.t2i import T2IConfig, T2IRunner
 
