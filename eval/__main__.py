@@ -8,6 +8,8 @@ Commands:
   hysac     HySAC: safe/unsafe classification (accuracy at the bounds, AUROC) and retrieval with and
             without safety traversal, on ViSU or (--synthetic N) on the offline synthetic world
   nsfw-retrieval  Safe-CLIP Tables 3 / 11: share of queries whose top-1 is NSFW among distractors
+  i2t       LLaVA describes NSFW images with and without the Safe-CLIP tower; open judges (Tables 5 / 13)
+  i2t-judge (re-)judge the descriptions of an i2t run without regenerating them, and rewrite its report
 """
 
 from __future__ import annotations
@@ -156,9 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     hy.add_argument("--device", default=None)
     hy.add_argument("--out", required=True, type=Path)
 
-    from eval import nsfw_retrieval
+    from eval import i2t_cli, nsfw_retrieval
 
     nsfw_retrieval.add_command(sub)
+    i2t_cli.add_commands(sub)
     return parser
 
 
@@ -282,6 +285,14 @@ def main(argv: list[str] | None = None) -> int:
             return _retrieval(args)
         if args.command == "hysac":
             return _hysac(args)
+        if args.command == "i2t":
+            from eval.i2t_cli import run_i2t
+
+            return run_i2t(args)
+        if args.command == "i2t-judge":
+            from eval.i2t_cli import run_i2t_judge
+
+            return run_i2t_judge(args)
         if args.command == "nsfw-retrieval":
             from eval.nsfw_retrieval import run_command
 

@@ -384,7 +384,8 @@ def read_nsfw_retrieval_csv(path: str | Path) -> list[NSFWRetrievalRow]:
 # --------------------------------------------------------------------------- command line
 
 
-def _named_folders(specs: Sequence[str], option: str) -> dict[str, Path]:
+def named_folders(specs: Sequence[str], option: str) -> dict[str, Path]:
+    """``["NAME=FOLDER", ...]`` (the values of a repeated ``option``) -> ``{NAME: FOLDER}``; names distinct."""
     out: dict[str, Path] = {}
     for spec in specs:
         name, sep, folder = spec.partition("=")
@@ -445,7 +446,7 @@ def run_command(args: Any) -> int:
     if args.backbones:
         pairs += backbone_pairs(None if args.backbones.strip() == "all" else comma_list(args.backbones))
     pairs += [EncoderPair.parse(spec, args.processor) for spec in args.model]
-    hysac = _named_folders(args.hysac, "--hysac")
+    hysac = named_folders(args.hysac, "--hysac")
     names = [p.name for p in pairs] + list(hysac)
     if not names or len(set(names)) != len(names):
         raise NSFWRetrievalError(f"pass models with distinct names (--model / --backbones / --hysac); got {names}")
@@ -462,7 +463,7 @@ def run_command(args: Any) -> int:
             raise NSFWRetrievalError(f"--concepts {spec!r}: expected NAME=CONCEPT,... among {sorted(VISU_TAG_TO_I2P)}")
         overrides[name.strip()] = chosen
     data = build_data(
-        _named_folders(args.unsafe_images, "--unsafe-images"),
+        named_folders(args.unsafe_images, "--unsafe-images"),
         args.distractor_images,
         read_captions(args.distractor_texts, args.distractor_text_column),
         unsafe,
