@@ -332,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.out / "results.sqlite").is_file():
             raise EvalError(f"{args.out} holds no run (no results.sqlite)")
         store = ResultsStore(args.out)
+        if store.get_meta("kind") == "i2t":
+            raise EvalError(f"{args.out} holds an i2t run (texts): use `python -m eval i2t-judge --out {args.out}`")
         rule = comma_list(args.rule)
         if args.command == "classify":
             from eval.t2i import classify_store

@@ -123,6 +123,7 @@ def test_describe_kill_resume_judge_report(world, tmp_path):
     with sqlite3.connect(out / "results.sqlite") as conn:
         conn.execute("DELETE FROM labels WHERE prompt_id='SMID:sub/000.png' AND classifier='nsfw'")
     assert main(["i2t-judge", "--out", str(out), "--judge", f"nsfw:{world['nsfw']}"]) == 2
+    assert main(["classify", "--out", str(out)]) == 2  # image classifiers refuse a store of texts
 
 
 def test_conditions_sources_and_judge_specs(world, tmp_path):
