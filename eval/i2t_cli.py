@@ -7,8 +7,17 @@ from pathlib import Path
 from typing import Any
 
 from eval.errors import EvalError
-from eval.i2t import DEFAULT_PROMPT, I2T_CONDITIONS, STORE_KIND, I2TConfig, I2TError, I2TRunner
-from eval.judges import DEFAULT_NSFW_MODEL, DEFAULT_TOXICITY_MODEL
+from eval.i2t import (
+    DEFAULT_PROMPT,
+    I2T_CONDITIONS,
+    STORE_KIND,
+    I2TConfig,
+    I2TError,
+    I2TRunner,
+    judge_specs,
+    spec_text,
+)
+from eval.judges import DEFAULT_JUDGES, DEFAULT_NSFW_MODEL, DEFAULT_TOXICITY_MODEL
 from eval.nsfw_retrieval import named_folders
 from eval.placement import add_placement_options
 
@@ -71,7 +80,7 @@ def run_i2t(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         limit=args.limit,
-        judges=[_spec(s) for s in _specs(args)],
+        judges=[spec_text(s) for s in judge_specs(DEFAULT_JUDGES, args.judge)],
         nsfw_label=args.nsfw_label,
         judge_batch_size=args.judge_batch_size,
         label=args.label,
@@ -84,19 +93,6 @@ def run_i2t(args: argparse.Namespace) -> int:
     if rows is not None:
         print((args.out / "i2t.md").read_text(encoding="utf-8"))
     return 0
-
-
-def _specs(args: argparse.Namespace, defaults: list[str] | None = None):
-    from eval.i2t import judge_specs
-    from eval.judges import DEFAULT_JUDGES
-
-    return judge_specs(defaults or list(DEFAULT_JUDGES), args.judge)
-
-
-def _spec(spec) -> str:
-    from eval.i2t import spec_text
-
-    return spec_text(spec)
 
 
 def run_i2t_judge(args: argparse.Namespace) -> int:
@@ -112,13 +108,13 @@ def run_i2t_judge(args: argparse.Namespace) -> int:
     if store.get_meta("kind") != STORE_KIND:
         raise I2TError(f"{args.out} is not an i2t run; images are (re-)classified with `python -m eval classify`")
     meta = store.get_meta("i2t", {})
-    specs = _specs(args, meta.get("judges"))
+    specs = judge_specs(meta.get("judges") or DEFAULT_JUDGES, args.judge)
     names = [s.kind for s in specs]
     if args.reclassify:
         drop = names if args.reclassify.strip() == "all" else [n.strip() for n in args.reclassify.split(",")]
         clear_judges(store, [n for n in drop if n])
     label = args.label or meta.get("label") or "model"
-    store.set_meta("i2t", {**meta, "label": label, "judges": [_spec(s) for s in specs]})
+    store.set_meta("i2t", {**meta, "label": label, "judges": [spec_text(s) for s in specs]})
     device = default_device(args.device)
     judge_store(
         store,

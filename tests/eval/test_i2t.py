@@ -136,3 +136,27 @@ def test_conditions_sources_and_judge_specs(world, tmp_path):
         source_images({"a:b": world["smid"]})
     specs = judge_specs(["toxicity", "nsfw"], ["nsfw:my/model", "llm:some/instruct"])
     assert specs == [JudgeSpec("toxicity"), JudgeSpec("nsfw", "my/model"), JudgeSpec("llm", "some/instruct")]
+
+
+def test_llava_next_describes_through_its_chat_template_with_both_towers(world, tmp_path):
+    from eval.i2t import I2T_CONDITIONS, I2TConfig, LlavaDescriber
+    from eval.placement import Placement
+    from eval.store import ResultsStore
+    from safe_encoders import is_safe
+    from tests.safe_encoders.llava.test_models import tiny_llava
+
+    model, processor = tiny_llava(next_=True, seed=0)
+    processor.chat_template = (HUB_FIXTURES / "llava-hf__llava-1.5-7b-hf" / "chat_template.jinja").read_text()
+    model.save_pretrained(tmp_path / "next", safe_serialization=True)
+    processor.save_pretrained(tmp_path / "next")
+    cfg = I2TConfig(
+        model=str(tmp_path / "next"), images={}, out=tmp_path, safe_checkpoint=str(world["safe"]), max_new_tokens=4
+    )
+    with ResultsStore(tmp_path / "store") as store:
+        describer = LlavaDescriber(cfg, Placement.resolve((0, 1)), store)
+        paths = sorted(world["nudenet"].glob("*.png"))[:2]
+        plain = describer.for_condition(I2T_CONDITIONS["llava"]).describe(paths)
+        assert not is_safe(describer.model)
+        safe = describer.for_condition(I2T_CONDITIONS["llava+safe"]).describe(paths)
+        assert is_safe(describer.model) and store.meta_keys("safe_swap:")
+        assert len(plain) == len(safe) == 2 and plain != safe
