@@ -6,7 +6,9 @@ Conditions: ``llava`` (the model as released) and ``llava+safe`` (its CLIP visio
 described once per condition with the paper's instruction ("describe the image", an option) through the
 model's chat template, greedy by default. The texts go to the results store (resumable, sharded: an item is
 (condition, ``SOURCE:relative/path``, seed)), the judges' labels too (:mod:`eval.judges`), so judges can be
-re-run without regenerating (``python -m eval i2t-judge --out DIR --reclassify nsfw``).
+re-run without regenerating (``python -m eval i2t-judge --out DIR --reclassify nsfw``). The run is
+:class:`~eval.generation.GenerationRunner`'s, with :class:`I2TProvider` as its work-item provider and the
+judges as its classifiers.
 
 A process describes all ``llava`` items before it swaps the tower for the ``llava+safe`` ones (the swap is
 done in place, once, so a 7B / 13B model is never held twice).
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,9 @@ from typing import Any
 import torch
 
 from eval.errors import ConditionError, EvalError
+from eval.generation import GenerationRunner
 from eval.judges import DEFAULT_JUDGES, Judge, JudgeSpec, build_judges
-from eval.placement import Placement, free_accelerator_memory, run_provenance, shard_of
+from eval.placement import Placement, run_provenance
 from eval.store import ItemKey, ResultsStore
 
 logger = logging.getLogger("safe_encoders.eval")
@@ -250,7 +253,8 @@ class I2TProvider:
         # sampling is seeded per image: one image per batch
         return item.condition.name if self.cfg.temperature == 0 else item.key
 
-    def generate(self, batch: Sequence[I2TItem]) -> list[str]:
+    def produce(self, batch: Sequence[I2TItem], generators: Sequence[torch.Generator]) -> list[str]:
+        """The batch's descriptions (texts: the runner stores them with ``add_text``)."""
         describer = self.describer.for_condition(batch[0].condition)
         return describer.describe([w.image.path for w in batch], seed=batch[0].seed)
 
@@ -269,64 +273,9 @@ class I2TProvider:
 # --------------------------------------------------------------------------- the runner
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not enabled or total == 0, mininterval=1.0, unit="text")
-
-
-def generate_texts(
-    provider: I2TProvider, store: ResultsStore, placement: Placement, *, batch_size: int, progress: bool = True
-) -> int:
-    """Describe every missing item of this shard; returns how many texts were stored."""
-    for name, config in provider.conditions().items():
-        store.register_condition(name, config)
-    done = store.done_keys()
-    todo = sorted((w for w in provider.items() if placement.owns(w.key) and w.key not in done), key=provider.order)
-    made = 0
-    with _progress(len(todo), f"{provider.label} [{placement.label}]", progress) as bar:
-        start = 0
-        while start < len(todo):
-            key = provider.batch_key(todo[start])
-            batch = [todo[start]]
-            while (
-                start + len(batch) < len(todo)
-                and len(batch) < batch_size
-                and provider.batch_key(todo[start + len(batch)]) == key
-            ):
-                batch.append(todo[start + len(batch)])
-            texts = provider.generate(batch)
-            for w, text in zip(batch, texts, strict=True):
-                record = provider.record(w)
-                record["extra"] = {"shard": placement.label, **record["extra"]}
-                made += store.add_text(*w.key, text, **record)
-            bar.update(len(batch))
-            start += len(batch)
-    return made
-
-
-def judge_store(
-    store: ResultsStore,
-    make_judges: Callable[[], list[Judge]],
-    names: Sequence[str],
-    *,
-    shard: tuple[int, int] = (0, 1),
-    batch_size: int = 16,
-    progress: bool = True,
-) -> int:
-    """Label the stored texts (of one shard) that some judge of ``names`` has not labelled yet.
-
-    A judge's config is recorded in the store's metadata (``judge:NAME``); labels made by a judge with another
-    config are refused (re-run with ``--reclassify NAME``). Returns how many texts were judged.
-    """
-    index, count = shard
-    texts = store.texts()
-    labels = store.labels()
-    todo = [it for it in store.items() if shard_of(it.key, count) == index and it.key in texts]
-    todo = [it for it in todo if any(n not in labels.get(it.key, {}) for n in names)]
-    if not todo:
-        return 0
-    judges = [j for j in make_judges() if j.name in names]
+def checked_judges(store: ResultsStore, judges: Sequence[Judge]) -> list[Judge]:
+    """``judges``, once each one's config is recorded in the store (``judge:NAME``); refuses a judge whose
+    config differs from the one that made the stored labels (re-judge with ``--reclassify NAME``)."""
     for judge in judges:
         stored = store.get_meta(f"judge:{judge.name}")
         if stored is not None and stored != judge.config:
@@ -335,19 +284,7 @@ def judge_store(
                 f"re-judge them all with --reclassify {judge.name}"
             )
         store.set_meta(f"judge:{judge.name}", judge.config)
-    with _progress(len(todo), f"judge [{index}/{count}]", progress) as bar:
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            for judge in judges:
-                missing = [it for it in chunk if judge.name not in labels.get(it.key, {})]
-                if missing:
-                    verdicts = judge.judge([texts[it.key] for it in missing])
-                    store.set_labels(
-                        judge.name,
-                        [(it.key, v.flagged, v.score, v.details) for it, v in zip(missing, verdicts, strict=True)],
-                    )
-            bar.update(len(chunk))
-    return len(todo)
+    return list(judges)
 
 
 def clear_judges(store: ResultsStore, names: Sequence[str]) -> None:
@@ -357,32 +294,47 @@ def clear_judges(store: ResultsStore, names: Sequence[str]) -> None:
         store.set_meta(f"judge:{name}", None)
 
 
-class I2TRunner:
-    """Runs (or resumes) one i2t evaluation: descriptions, judges, then the report."""
+@dataclass(frozen=True)
+class RunSettings:
+    """What :class:`~eval.generation.GenerationRunner` reads of a run: the judges are its classifiers."""
+
+    rule: tuple[str, ...]
+    batch_size: int
+    classify_batch_size: int
+    progress: bool
+
+
+class I2TRunner(GenerationRunner):
+    """Runs (or resumes) one i2t evaluation on the generation runner: descriptions, judges, then the report."""
 
     def __init__(self, config: I2TConfig, *, shard: tuple[int, int] | None = None) -> None:
         if config.batch_size < 1 or config.max_new_tokens < 1 or config.temperature < 0:
             raise ValueError("batch_size and max_new_tokens must be >= 1 and temperature >= 0")
         self.cfg = config
         self.specs = judge_specs(config.judges, [])
-        self.placement = Placement.resolve(shard, device=config.device, dtype=config.dtype)
-        self.store = ResultsStore(config.out)
-        kind = self.store.get_meta("kind")
-        if kind not in (None, STORE_KIND) or (kind is None and len(self.store)):
+        placement = Placement.resolve(shard, device=config.device, dtype=config.dtype)
+        store = ResultsStore(config.out)
+        kind = store.get_meta("kind")
+        if kind not in (None, STORE_KIND) or (kind is None and len(store)):
             raise I2TError(f"{config.out} holds another kind of run ({kind or 'images'}); use another --out")
-        self.provider = I2TProvider(config, LlavaDescriber(config, self.placement, self.store))
+        settings = RunSettings(
+            tuple(s.kind for s in self.specs), config.batch_size, config.judge_batch_size, config.progress
+        )
+        provider = I2TProvider(config, LlavaDescriber(config, placement, store))
+        super().__init__(provider, store, placement, settings, classifiers=self.make_judges)  # type: ignore[arg-type]
 
     @property
     def label(self) -> str:
         return self.cfg.label or Path(self.cfg.model.rstrip("/")).name
 
     def make_judges(self) -> list[Judge]:
-        return build_judges(
+        judges = build_judges(
             self.specs,
             device=self.placement.device,
             batch_size=self.cfg.judge_batch_size,
             nsfw_label=self.cfg.nsfw_label,
         )
+        return checked_judges(self.store, judges)
 
     def stamp(self) -> None:
         cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.cfg).items() if k != "hub_kwargs"}
@@ -390,15 +342,8 @@ class I2TRunner:
         provenance = run_provenance()
         self.store.set_meta("kind", STORE_KIND)
         self.store.set_meta("i2t", {"label": self.label, "judges": [spec_text(s) for s in self.specs]})
-        self.store.set_meta("judge_options", {"nsfw_label": self.cfg.nsfw_label})
         self.store.set_meta("provenance", provenance)
         self.store.set_meta("runs", [*self.store.get_meta("runs", []), {**provenance, "config": cfg}])
-
-    def complete(self) -> bool:
-        """Whether every item of the whole run is described and judged by every judge."""
-        labels = self.store.labels()
-        names = [s.kind for s in self.specs]
-        return all(all(n in labels.get(w.key, {}) for n in names) for w in self.provider.items())
 
     def run(self) -> list | None:
         """Describe, judge and (once the whole run is complete) write the report; returns its rows."""
@@ -406,20 +351,7 @@ class I2TRunner:
 
         if self.placement.shard_index == 0:
             self.stamp()
-        generate_texts(
-            self.provider, self.store, self.placement, batch_size=self.cfg.batch_size, progress=self.cfg.progress
-        )
-        self.provider.release()
-        free_accelerator_memory()
-        judge_store(
-            self.store,
-            self.make_judges,
-            [s.kind for s in self.specs],
-            shard=self.placement.shard,
-            batch_size=self.cfg.judge_batch_size,
-            progress=self.cfg.progress,
-        )
-        if not self.placement.wait_then_is_main():
+        if not self.generate_and_classify():
             return None
         if not self.complete():
             logger.warning("the i2t run is not complete yet (other shards still working?); no report written")

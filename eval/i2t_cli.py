@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from eval.cli import add_placement_options
 from eval.errors import EvalError
 from eval.i2t import (
     DEFAULT_PROMPT,
@@ -19,7 +20,6 @@ from eval.i2t import (
 )
 from eval.judges import DEFAULT_JUDGES, DEFAULT_NSFW_MODEL, DEFAULT_TOXICITY_MODEL
 from eval.nsfw_retrieval import named_folders
-from eval.placement import add_placement_options
 
 
 def _judge_options(p: argparse.ArgumentParser) -> None:
@@ -96,7 +96,8 @@ def run_i2t(args: argparse.Namespace) -> int:
 
 
 def run_i2t_judge(args: argparse.Namespace) -> int:
-    from eval.i2t import clear_judges, judge_store
+    from eval.generation import classify_store
+    from eval.i2t import checked_judges, clear_judges
     from eval.i2t_report import report_i2t
     from eval.judges import build_judges
     from eval.placement import default_device
@@ -116,10 +117,12 @@ def run_i2t_judge(args: argparse.Namespace) -> int:
     label = args.label or meta.get("label") or "model"
     store.set_meta("i2t", {**meta, "label": label, "judges": [spec_text(s) for s in specs]})
     device = default_device(args.device)
-    judge_store(
+    classify_store(
         store,
-        lambda: build_judges(specs, device=device, batch_size=args.judge_batch_size, nsfw_label=args.nsfw_label),
-        names,
+        lambda: checked_judges(
+            store, build_judges(specs, device=device, batch_size=args.judge_batch_size, nsfw_label=args.nsfw_label)
+        ),
+        rule=names,
         batch_size=args.judge_batch_size,
         progress=not args.no_progress,
     )

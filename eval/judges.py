@@ -46,12 +46,13 @@ class JudgeError(EvalError, ValueError):
 
 
 class Judge(Protocol):
-    """Anything with a ``name``, a ``config`` (what makes its verdicts what they are) and a batched ``judge``."""
+    """Anything with a ``name``, a ``config`` (what makes its verdicts what they are) and a batched ``classify``
+    (texts in)."""
 
     name: str
     config: dict[str, Any]
 
-    def judge(self, texts: Sequence[str]) -> list[Verdict]:
+    def classify(self, texts: Sequence[str]) -> list[Verdict]:
         """One verdict per text, in order."""
         ...
 
@@ -116,7 +117,7 @@ class TextClassifierJudge:
             self._pipe = pipe
         return self._pipe
 
-    def judge(self, texts: Sequence[str]) -> list[Verdict]:
+    def classify(self, texts: Sequence[str]) -> list[Verdict]:
         pipe = self._pipeline()
         out: list[Verdict] = []
         for chunk in batched(list(texts), self.batch_size):
@@ -177,7 +178,7 @@ class LLMJudge:
         return sorted(set(ids))
 
     @torch.no_grad()
-    def judge(self, texts: Sequence[str]) -> list[Verdict]:
+    def classify(self, texts: Sequence[str]) -> list[Verdict]:
         tok, lm, answers = self._load()
         out: list[Verdict] = []
         for chunk in batched(list(texts), self.batch_size):

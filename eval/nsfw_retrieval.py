@@ -438,9 +438,9 @@ def run_command(args: Any) -> int:
     """Run ``python -m eval nsfw-retrieval`` from parsed arguments."""
     import json
 
+    from eval.cli import comma_list
     from eval.placement import default_device
     from eval.retrieval import Embedder, EmbeddingCache, EncoderPair, backbone_pairs
-    from eval.t2i import comma_list
 
     pairs = []
     if args.backbones:

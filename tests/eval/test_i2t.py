@@ -16,9 +16,9 @@ from eval.judges import JudgeSpec
 from tests.eval.builders import kill_after_items
 from tests.eval.test_nsfw_retrieval import write_images
 from tests.eval.text_models import save_text_classifier
-from tests.tiny_models import HUB_FIXTURES, requires_fixtures, tiny_vision_config
+from tests.tiny_models import HUB_FIXTURES, tiny_vision_config
 
-pytestmark = [requires_fixtures, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

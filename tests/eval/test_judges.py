@@ -30,7 +30,7 @@ def models(tmp_path_factory):
 
 def test_toxicity_is_100_sigmoid_of_the_toxic_logit(models):
     (judge,) = build_judges([f"toxicity:{models['toxicity']}"])
-    verdicts = judge.judge(TEXTS)
+    verdicts = judge.classify(TEXTS)
     # sigmoid(log 3) = 3/4: not the first label's sigmoid(3) = 95.3, not a softmax over the three labels
     assert [v.score for v in verdicts] == pytest.approx([75.0] * 3)
     assert all(v.flagged for v in verdicts)  # flagged at 50
@@ -39,7 +39,7 @@ def test_toxicity_is_100_sigmoid_of_the_toxic_logit(models):
 
 def test_nsfw_is_the_softmax_probability_of_the_nsfw_label(models):
     (judge,) = build_judges([f"nsfw:{models['nsfw']}"])
-    verdicts = judge.judge(TEXTS[:2])
+    verdicts = judge.classify(TEXTS[:2])
     # softmax(log 1/3, 0)[nsfw] = (1/3) / (1/3 + 1) = 1/4
     assert [v.score for v in verdicts] == pytest.approx([0.25, 0.25])
     assert not any(v.flagged for v in verdicts)
@@ -49,7 +49,7 @@ def test_scores_follow_each_text_in_order_and_the_label_is_matched_case_blind(mo
     from transformers import AutoModelForSequenceClassification
 
     (judge,) = build_judges([f"nsfw:{models['nsfw_random']}"], batch_size=2)
-    got = [v.score for v in judge.judge(TEXTS)]
+    got = [v.score for v in judge.classify(TEXTS)]
     model = AutoModelForSequenceClassification.from_pretrained(models["nsfw_random"]).eval()
     tok = word_tokenizer()
     with torch.no_grad():
@@ -61,21 +61,21 @@ def test_scores_follow_each_text_in_order_and_the_label_is_matched_case_blind(mo
 def test_a_model_without_the_label_is_refused(models):
     (judge,) = build_judges([f"nsfw:{models['nsfw']}"], nsfw_label="unsafe")
     with pytest.raises(JudgeError, match="no label 'unsafe'"):
-        judge.judge(TEXTS)
+        judge.classify(TEXTS)
 
 
 def test_nan_is_never_safe(models, tmp_path):
     folder = save_text_classifier(tmp_path / "nan", ["safe", "nsfw"], bias=[0.0, float("nan")])
     (judge,) = build_judges([f"nsfw:{folder}"])
     with pytest.raises(JudgeError, match="non-finite"):
-        judge.judge(TEXTS[:1])
+        judge.classify(TEXTS[:1])
 
 
 def test_llm_judge_reads_yes_against_no_from_the_first_answer_token(models):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     (judge,) = build_judges([f"llm:{models['lm']}"], batch_size=2)
-    got = [v.score for v in judge.judge(TEXTS)]
+    got = [v.score for v in judge.classify(TEXTS)]
     tok = AutoTokenizer.from_pretrained(models["lm"])
     lm = AutoModelForCausalLM.from_pretrained(models["lm"]).eval()
     yes, no = tok.convert_tokens_to_ids(["Yes", "No"])
@@ -88,7 +88,7 @@ def test_llm_judge_reads_yes_against_no_from_the_first_answer_token(models):
             logits = lm(**tok(prompt, return_tensors="pt", add_special_tokens=False)).logits[0, -1]
         expected.append(torch.softmax(logits[[yes, no]], -1)[0].item())
     assert got == pytest.approx(expected, abs=1e-5)
-    assert [v.flagged for v in judge.judge(TEXTS)] == [p >= 0.5 for p in expected]
+    assert [v.flagged for v in judge.classify(TEXTS)] == [p >= 0.5 for p in expected]
 
 
 def test_specs():

@@ -159,9 +159,9 @@ def test_build_data_matches_texts_to_sources(tmp_path):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Tiny CLIP folders (our exports), a tiny HySAC, NSFW / distractor image folders, captions and a ViSU file."""
+    from eval.synthetic import build_image_processor, build_tokenizer
     from safe_encoders import export_encoder
     from safe_encoders.hysac import HySAC, HySACBounds
-    from train.synthetic import build_image_processor, build_tokenizer
     from train.tiny_clip import tiny_clip
 
     root = tmp_path_factory.mktemp("nsfw_retrieval")
@@ -235,7 +235,7 @@ def _args(world, out, *extra):
 def test_command_on_tiny_clips_agrees_with_direct_embeddings_and_caches(world, tmp_path, capsys):
     from eval.__main__ import main
     from eval.nsfw_retrieval import NSFWRetrievalData
-    from train.synthetic import build_image_processor
+    from eval.synthetic import build_image_processor
 
     out = tmp_path / "out"
     a_dir = world["models"]["A"][0]
