@@ -7,6 +7,9 @@ Commands:
   retrieval Safe-CLIP Table 2 (T->V, V->T, T*->V+V*, V*->T+T*; R@1/10/20) for encoder pairs on ViSU
   hysac     HySAC: safe/unsafe classification (accuracy at the bounds, AUROC) and retrieval with and
             without safety traversal, on ViSU or (--synthetic N) on the offline synthetic world
+  nsfw-retrieval  Safe-CLIP Tables 3 / 11: share of queries whose top-1 is NSFW among distractors
+  i2t       LLaVA describes NSFW images with and without the Safe-CLIP tower; open judges (Tables 5 / 13)
+  i2t-judge (re-)judge the descriptions of an i2t run without regenerating them, and rewrite its report
 """
 
 from __future__ import annotations
@@ -168,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     hy.add_argument("--batch-size", type=int, default=32)
     hy.add_argument("--device", default=None)
     hy.add_argument("--out", required=True, type=Path)
+
+    from eval import i2t_cli, nsfw_retrieval
+
+    nsfw_retrieval.add_command(sub)
+    i2t_cli.add_commands(sub)
     return parser
 
 
@@ -297,6 +305,18 @@ def main(argv: list[str] | None = None) -> int:
             return _retrieval(args)
         if args.command == "hysac":
             return _hysac(args)
+        if args.command == "i2t":
+            from eval.i2t_cli import run_i2t
+
+            return run_i2t(args)
+        if args.command == "i2t-judge":
+            from eval.i2t_cli import run_i2t_judge
+
+            return run_i2t_judge(args)
+        if args.command == "nsfw-retrieval":
+            from eval.nsfw_retrieval import run_command
+
+            return run_command(args)
         if args.command == "t2i":
             from eval.t2i import T2IConfig, T2IRunner
 
@@ -324,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.out / "results.sqlite").is_file():
             raise EvalError(f"{args.out} holds no run (no results.sqlite)")
         store = ResultsStore(args.out)
+        if store.get_meta("kind") == "i2t":
+            raise EvalError(f"{args.out} holds an i2t run (texts): use `python -m eval i2t-judge --out {args.out}`")
         rule = comma_list(args.rule)
         if args.command == "classify":
             from eval.generation import classify_store

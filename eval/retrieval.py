@@ -350,6 +350,52 @@ class Embedder:
             out[f"{prefix}_safe"], out[f"{prefix}_unsafe"] = cached["safe"], cached["unsafe"]
         return out
 
+    def embed_lists(self, pair: EncoderPair, kind: str, lists: Mapping[str, Sequence[Any]]) -> dict[str, torch.Tensor]:
+        """Embed named lists of texts (``kind="text"``) or image paths (``"vision"``) with one tower of ``pair``.
+
+        Each list is cached on its own (keyed by its content, see :func:`list_key`), so lists shared between
+        calls (e.g. distractors) are encoded once; the tower is loaded at most once per call.
+        """
+        if kind not in ("text", "vision"):
+            raise RetrievalError(f"kind must be 'text' or 'vision', got {kind!r}")
+        source = pair.text if kind == "text" else pair.vision
+        resolved = resolve_source(source, kind)
+        proc = _processor_source(pair, kind, resolved.base_model)
+        encoder = json.dumps({"kind": kind, "identity": resolved.identity, "digest": resolved.digest}, sort_keys=True)
+        model = processor = None
+        out: dict[str, torch.Tensor] = {}
+        for name, items in lists.items():
+            identity = json.dumps(
+                {
+                    "encoder": encoder,
+                    "processor": _processor_identity(proc),
+                    "data": list_key(kind, items),
+                    "version": CACHE_VERSION,
+                }
+            )
+            cached = self.cache.get(identity)
+            if cached is None:
+                if model is None:
+                    from transformers import AutoImageProcessor, AutoTokenizer
+
+                    model = self.loader(source, kind, self.device)
+                    processor = (AutoTokenizer if kind == "text" else AutoImageProcessor).from_pretrained(proc)
+                embed = _embed_texts if kind == "text" else _embed_images
+                cached = {"embeddings": embed(model, processor, list(items), self.batch_size, self.device)}
+                self.cache.put(identity, cached)
+                self.encoded.append((pair.name, f"{kind}:{name}"))
+            out[name] = cached["embeddings"]
+        return out
+
+
+def list_key(kind: str, items: Sequence[Any]) -> str:
+    """Digest of a list the ``kind`` tower sees: the texts, or the image files' paths, sizes and mtimes."""
+    if kind == "text":
+        payload: Any = list(items)
+    else:
+        payload = [[str(Path(p).resolve()), Path(p).stat().st_size, Path(p).stat().st_mtime_ns] for p in items]
+    return hashlib.sha256(json.dumps([kind, payload]).encode("utf-8")).hexdigest()
+
 
 # --------------------------------------------------------------------------- the table
 
