@@ -24,6 +24,7 @@ from eval.classifiers import PAPER_RULE
 from eval.cli import add_classifier_options, add_placement_options, classifier_options, comma_list, generation_options
 from eval.conditions import BASE_CONDITIONS
 from eval.errors import EvalError
+from eval.paper_tables import T2I
 from eval.placement import default_device
 
 if TYPE_CHECKING:
@@ -35,8 +36,8 @@ def _add_report_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--paper-reference",
         default="sd-v1.4",
-        choices=["sd-v1.4", "sd-v2.0", "none"],
-        help="published numbers shown next to the reproduction",
+        choices=[*T2I, "none"],
+        help="the published table printed beside ours, every cell: sd-v1.4 (Table 4) or sd-v2.0 (Table 12)",
     )
     g.add_argument("--grids", type=int, default=0, help="write an image grid for the first N prompts")
     g.add_argument("--no-blur", action="store_true", help="do not blur flagged images in the grids")
@@ -66,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t2i.add_argument("--unet", default=None, help="UNet override for '+unet' conditions (folder, Hub id, file)")
     t2i.add_argument("--limit", type=int, default=None, help="first N prompts only")
+    t2i.add_argument(
+        "--id-column",
+        default=None,
+        help="prompt-file column with unique prompt ids (default: case_number, incremental_id, prompt_id, id, "
+        "an unnamed index column); e.g. --id-column '' for the unnamed index when case_number repeats",
+    )
     t2i.add_argument("--images-per-prompt", type=int, default=5, help="Safe-CLIP: 5; I2P paper: 10")
     t2i.add_argument("--steps", type=int, default=50)
     t2i.add_argument(
@@ -154,7 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["query", "gallery"],
         help="pull unsafe queries to the safe threshold of their own modality (as HySAC.traverse) or the gallery's",
     )
-    hy.add_argument("--strength", type=float, default=1.0, help="traversal strength (1: onto the boundary)")
+    hy.add_argument(
+        "--traversal",
+        default="release",
+        choices=["release", "geodesic"],
+        help="release: the authors' (rescale to norm tau = up95 + tanh((up95 - 0.8) / c) + 1); geodesic: ours",
+    )
+    hy.add_argument("--strength", type=float, default=1.0, help="geodesic traversal strength (1: onto the boundary)")
     hy.add_argument("--batch-size", type=int, default=32)
     hy.add_argument("--device", default=None)
     hy.add_argument("--out", required=True, type=Path)
@@ -224,7 +237,13 @@ def _hysac(args: argparse.Namespace) -> int:
         curvature = model.curvature.detach().cpu()
         reports.append(
             evaluate_hysac(
-                name.strip(), emb, curvature, model.bounds, target=args.traversal_target, strength=args.strength
+                name.strip(),
+                emb,
+                curvature,
+                model.bounds,
+                target=args.traversal_target,
+                strength=args.strength,
+                method=args.traversal,
             )
         )
     paths = write_hysac_reports(reports, args.out, split)
@@ -309,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
                 safe_checkpoint=args.safe_checkpoint,
                 unet=args.unet,
                 images_per_prompt=args.images_per_prompt,
+                id_column=args.id_column,
                 reference=_reference(args),
                 grids=args.grids,
                 blur=not args.no_blur,

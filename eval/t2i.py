@@ -61,6 +61,8 @@ class T2IConfig(ClassifierOptions):
     width: int | None = None
     batch_size: int = 4
     limit: int | None = None
+    id_column: str | None = None
+    """Prompt-file column holding unique prompt ids (default: case_number / incremental_id / ...)."""
     dtype: str | None = None
     device: str | None = None
     reference: str | None = "sd-v1.4"
@@ -183,6 +185,8 @@ class T2IProvider:
         """A pipeline for the item's condition, sharing the base pipeline's modules (no copy of the weights)."""
         import diffusers
 
+        import safe_encoders.diffusers
+
         cond = item if isinstance(item, Condition) else item.condition
         if self._pipe is not None and self._pipe[0] == cond:
             return self._pipe[1]
@@ -190,7 +194,9 @@ class T2IProvider:
         for modifier in cond.modifiers:
             parts[MODIFIERS[modifier]] = self._replacement(modifier)
         parts["requires_safety_checker"] = False
-        pipe = getattr(diffusers, cond.spec.pipeline_class)(**parts)
+        # SLD from wherever the installed diffusers keeps it (safe_encoders.diffusers), the others from diffusers
+        name = cond.spec.pipeline_class
+        pipe = (getattr(safe_encoders.diffusers, name, None) or getattr(diffusers, name))(**parts)
         if cond.sld_preset:
             pipe.safety_concept = SAFETY_CONCEPT
         pipe.set_progress_bar_config(disable=True)
@@ -235,7 +241,8 @@ class T2IRunner(GenerationRunner):
         if config.images_per_prompt < 1 or config.steps < 1 or config.batch_size < 1:
             raise ValueError("images_per_prompt, steps and batch_size must all be >= 1")
         placement = Placement.resolve(shard, device=config.device, dtype=config.dtype)
-        self.prompts = load_prompts(config.prompts).limit(config.limit)
+        id_column = {"id_column": config.id_column} if config.id_column is not None else {}
+        self.prompts = load_prompts(config.prompts, **id_column).limit(config.limit)
         store = ResultsStore(config.out)
         super().__init__(
             T2IProvider(config, self.conditions, self.prompts, placement, store),

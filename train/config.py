@@ -109,9 +109,12 @@ class DataSettings:
 
 @dataclass
 class OptimSettings:
+    optimizer: str = field(default="adam", metadata={"help": "'adam' (Safe-CLIP's release) or 'adamw' (HySAC's)"})
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
+    weight_decay: float = field(
+        default=0.0, metadata={"help": "not applied to the tensors the model lists in no_weight_decay() (HySAC)"}
+    )
     epochs: int = 50
     grad_accum_steps: int = 1
     warmup_steps: int = 0
@@ -121,6 +124,8 @@ class OptimSettings:
     def validate(self) -> None:
         if self.lr <= 0 or self.epochs < 1 or self.grad_accum_steps < 1 or self.warmup_steps < 0:
             raise ValueError(f"optim: need lr > 0, epochs >= 1, grad_accum_steps >= 1, warmup_steps >= 0; got {self}")
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"optim.optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"optim.schedule must be 'constant' or 'cosine', got {self.schedule!r}")
 

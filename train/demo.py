@@ -68,6 +68,9 @@ class HySACDemoSettings:
     """Unsafe queries are pulled to the safe threshold of their own modality ('query', as ``HySAC.traverse``
     does) or of the gallery's ('gallery')."""
     traversal_strength: float = 1.0
+    traversal_method: str = "geodesic"
+    """Our geodesic traversal: the released one (``"release"``) rescales queries beyond
+    ``tau = up95 + tanh((up95 - 0.8) / c) + 1``, constants fitted to ViT-L's distances, not the tiny world's."""
 
 
 def _run_config(output_dir: Path, s: DemoSettings, progress: bool, overrides: list[str]) -> TrainConfig:
@@ -128,6 +131,7 @@ def run_hysac_demo(
         bounds,
         target=settings.traversal_target,  # type: ignore[arg-type]
         strength=settings.traversal_strength,
+        method=settings.traversal_method,
         ks=(1, 5),
     )
     exported = export_hysac(

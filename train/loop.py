@@ -34,6 +34,7 @@ from train.config import TrainConfig, save_config
 from train.data import batch_to
 from train.methods import References, check_model, method_of
 from train.model import CachedReferences, LiveReferences, SafeClipModel
+from train.optim import build_optimizer
 
 RESUME_FREE_SETTINGS: tuple[str, ...] = (
     "output_dir",
@@ -442,9 +443,7 @@ def run_training(
     val_refs = references_for(val_set, "val") if val_set is not None else None
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(
-        params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
-    )
+    optimizer = build_optimizer(cfg.optim, model)
     batches_per_epoch = len(loader(train_set, 0))
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.optim.grad_accum_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps_per_epoch * cfg.optim.epochs))

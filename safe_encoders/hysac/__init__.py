@@ -24,9 +24,19 @@ from .gate import (
     remove_safety_gate,
 )
 from .model import HySAC
-from .traversal import Retrieved, retrieve, top_k, traverse_to_safe
+from .traversal import (
+    TRAVERSALS,
+    Retrieved,
+    release_tau,
+    retrieve,
+    top_k,
+    traverse,
+    traverse_as_released,
+    traverse_to_safe,
+)
 
 __all__ = [
+    "TRAVERSALS",
     "GateHandle",
     "GateReport",
     "HySAC",
@@ -43,10 +53,13 @@ __all__ = [
     "embed_images",
     "embed_texts",
     "lorentz",
+    "release_tau",
     "remove_safety_gate",
     "retrieve",
     "score_embeddings",
     "top_k",
+    "traverse",
+    "traverse_as_released",
     "traverse_to_safe",
     "unsafe_score",
 ]

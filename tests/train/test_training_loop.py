@@ -129,6 +129,12 @@ def test_run_killed_mid_epoch_and_resumed_ends_with_identical_weights(tokenizer,
 
 
 def test_validation_early_stopping_and_best_weights(tokenizer, data, tmp_path):
+    """The validation metric worsens on a schedule: after epoch 0 every epoch ends with the LoRA B factors
+    pushed far off (noise of growing size, added after the epoch's last step, before its validation). With
+    patience 2 the run must stop after epoch 2 and hand back epoch 0's weights, the ones in
+    best_adapters.safetensors."""
+    from safetensors.torch import load_file
+
     train_set, val_set = data
     # also exercises the fallback references (adapter-disabled forwards) and bf16 autocast
     cfg = small_config(
@@ -136,19 +142,38 @@ def test_validation_early_stopping_and_best_weights(tokenizer, data, tmp_path):
         "es",
         **{
             "optim.epochs": 6,
-            "patience": 1,
-            "optim.lr": 0.5,
+            "patience": 2,
             "cache_references": "false",
             "mixed_precision": "bf16",
-            "early_stopping_metric": "val_t2v_r1",
-            "early_stopping_mode": "max",
+            "early_stopping_metric": "val_loss",
+            "early_stopping_mode": "min",
+            "save_every_steps": 0,
         },
     )
     model = make_model(tokenizer, cfg)
-    result = run_training(cfg, model, train_set, val_set, stack_encoded)
-    values = [h["val_t2v_r1"] for h in result.history]
-    assert result.best_metric == max(values)
-    assert result.stopped_early == (result.epochs_run < 6)
+    steps_per_epoch = len(train_set) // cfg.data.batch_size  # 48 / 8
+    noise = torch.Generator().manual_seed(1)
+    pushed = {}
+
+    def worsen(step):
+        epoch, last = divmod(step, steps_per_epoch)
+        if last == 0 and epoch >= 2:  # the last step of epochs 1, 2, ...
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if "lora_B" in name:
+                        p.add_(torch.randn(p.shape, generator=noise) * 2.0 * (epoch - 1))
+            pushed[epoch - 1] = {k: v.clone() for k, v in model.trainable_state_dict().items()}
+
+    result = run_training(cfg, model, train_set, val_set, stack_encoded, on_step=worsen)
+    values = [h["val_loss"] for h in result.history]
+    assert len(values) == 3 and values[1] > values[0] and values[2] > values[0]  # the schedule took hold
+    assert result.stopped_early and result.epochs_run == 3 and result.global_step == 3 * steps_per_epoch
+    assert (result.best_epoch, result.best_metric) == (0, values[0])
+    best = load_file(str(tmp_path / "es" / "best_adapters.safetensors"))
+    restored = model.trainable_state_dict()
+    assert best.keys() == restored.keys()
+    assert all(torch.equal(restored[k].cpu(), best[k]) for k in best)  # epoch 0's weights are back
+    assert any(not torch.equal(pushed[2][k].cpu(), best[k]) for k in best)  # ... not the last epoch's
     assert all(0.0 <= h["val_unsafe_text_top1_unsafe_share"] <= 1.0 for h in result.history)
     records = [json.loads(ln) for ln in (tmp_path / "es" / "metrics.jsonl").read_text().splitlines()]
     assert any("cos_text_unsafe" in r for r in records) and any("val_loss" in r for r in records)
