@@ -7,6 +7,8 @@ Commands:
   retrieval Safe-CLIP Table 2 (T->V, V->T, T*->V+V*, V*->T+T*; R@1/10/20) for encoder pairs on ViSU
   hysac     HySAC: safe/unsafe classification (accuracy at the bounds, AUROC) and retrieval with and
             without safety traversal, on ViSU or (--synthetic N) on the offline synthetic world
+  quality   FID and CLIP score of conditions on a caption set (COCO-30k; Safe-CLIP Table 14)
+  attack    attack success rate of adversarial prompt sets (Ring-A-Bell, MMA-Diffusion, UnlearnDiffAtk, P4D)
 """
 
 from __future__ import annotations
@@ -154,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     hy.add_argument("--batch-size", type=int, default=32)
     hy.add_argument("--device", default=None)
     hy.add_argument("--out", required=True, type=Path)
+
+    from eval import attack_run, quality
+
+    quality.add_parser(sub)
+    attack_run.add_parser(sub)
     return parser
 
 
@@ -277,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
             return _retrieval(args)
         if args.command == "hysac":
             return _hysac(args)
+        if args.command in ("quality", "attack"):
+            from eval import attack_run, quality
+
+            return (quality if args.command == "quality" else attack_run).command(args)
         if args.command == "t2i":
             from eval.t2i import T2IConfig, T2IRunner
 

@@ -148,6 +148,8 @@ class FIDMetric:
             sync_on_compute=False,
         ).to(self.device)
         self.real_source: str | None = None
+        self.real_key: str | None = None
+        """The fingerprint of the real images loaded (None until :meth:`load_real`)."""
 
     # ------------------------------------------------------------------ features
 
@@ -183,6 +185,7 @@ class FIDMetric:
         folder = Path(folder)
         files = image_files(folder)
         key = folder_fingerprint(files, folder, self.settings)
+        self.real_key = key
         cached = Path(cache_dir) / f"real-{key[:32]}.safetensors" if cache_dir is not None else None
         self.metric.reset_real_features = True
         self.metric.reset()

@@ -158,24 +158,6 @@ def test_fid_refuses_what_it_cannot_compute(tmp_path):
 # --------------------------------------------------------------------------- CLIP score
 
 
-@pytest.fixture(scope="module")
-def tiny_clip_folder(tmp_path_factory):
-    """A tiny random CLIPModel (30 px images) with its processor, saved as a local folder."""
-    from transformers import CLIPImageProcessor, CLIPProcessor
-
-    from tests.tiny_models import clip_tokenizer, tiny_clip_model
-
-    folder = tmp_path_factory.mktemp("tiny_clip_score")
-    # seed 6: cosines of both signs on the photos of the tests below
-    tiny_clip_model(seed=6).save_pretrained(folder)
-    processor = CLIPProcessor(
-        image_processor=CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}),
-        tokenizer=clip_tokenizer(),
-    )
-    processor.save_pretrained(folder)
-    return folder
-
-
 def hand_cosines(folder: Path, images, captions) -> np.ndarray:
     """Cosines of CLIP image and caption embeddings, computed step by step from the model's parts."""
     from transformers import CLIPModel
@@ -196,34 +178,34 @@ def hand_cosines(folder: Path, images, captions) -> np.ndarray:
     return (img * txt).sum(-1).numpy()
 
 
-def test_clip_score_matches_a_hand_computation_on_a_tiny_clip(tiny_clip_folder, photos):
+def test_clip_score_matches_a_hand_computation_on_a_tiny_clip(tiny_clip_score_dir, photos):
     images = [p.resize((30, 30), Image.Resampling.BICUBIC) for p in photos]
     captions = ["an astronaut in a white suit", "a cat", "a cup of coffee on a saucer"]
-    cos = hand_cosines(tiny_clip_folder, images, captions)
-    scorer = CLIPScorer(str(tiny_clip_folder), batch_size=2)  # a local folder; batches of 2 over 3 pairs
+    cos = hand_cosines(tiny_clip_score_dir, images, captions)
+    scorer = CLIPScorer(str(tiny_clip_score_dir), batch_size=2)  # a local folder; batches of 2 over 3 pairs
     assert scorer.score(images, captions) == pytest.approx(max(100 * cos.mean(), 0.0), abs=1e-3)
     # Order matters: pairing each image with another caption gives another score.
-    shifted = hand_cosines(tiny_clip_folder, images, captions[1:] + captions[:1])
+    shifted = hand_cosines(tiny_clip_score_dir, images, captions[1:] + captions[:1])
     assert scorer.score(images, captions[1:] + captions[:1]) == pytest.approx(max(100 * shifted.mean(), 0), abs=1e-3)
 
 
-def test_clip_score_clips_the_mean_at_zero(tiny_clip_folder, photos):
+def test_clip_score_clips_the_mean_at_zero(tiny_clip_score_dir, photos):
     """torchmetrics' definition clips the mean of 100 cos at 0, not each image's (they differ when signs mix)."""
     images = [p.resize((30, 30), Image.Resampling.BICUBIC) for p in photos]
-    scorer = CLIPScorer(str(tiny_clip_folder))
+    scorer = CLIPScorer(str(tiny_clip_score_dir))
     captions = ["an astronaut in a white suit", "a cat", "a cup of coffee on a saucer"]
-    cos = hand_cosines(tiny_clip_folder, images, captions)
+    cos = hand_cosines(tiny_clip_score_dir, images, captions)
     assert cos.min() < 0 < cos.mean()  # mixed signs, positive mean
     got = scorer.score(images, captions)
     assert got == pytest.approx(100 * cos.mean(), abs=1e-3)
     assert abs(got - 100 * np.clip(cos, 0, None).mean()) > 1  # clipping each image's cosine would show
-    negative = hand_cosines(tiny_clip_folder, images, [captions[0]] * 3)
+    negative = hand_cosines(tiny_clip_score_dir, images, [captions[0]] * 3)
     assert negative.mean() < 0
     assert scorer.score(images, [captions[0]] * 3) == 0.0
 
 
-def test_clip_score_refuses_unequal_lengths_and_bad_models(tiny_clip_folder, photos, tmp_path):
-    scorer = CLIPScorer(str(tiny_clip_folder))
+def test_clip_score_refuses_unequal_lengths_and_bad_models(tiny_clip_score_dir, photos, tmp_path):
+    scorer = CLIPScorer(str(tiny_clip_score_dir))
     with pytest.raises(ValueError):
         scorer.score(photos, ["only one caption"])
     with pytest.raises(QualityError, match="cannot load a CLIP"):
