@@ -1,6 +1,6 @@
 """Classification throughput of the evaluation rule (Q16 + NudeNet): batched vs one image at a time.
 
-Q16 runs the real CLIP ViT-L/14 vision architecture (config from ../shared/fixtures/hub, random
+Q16 runs the real CLIP ViT-L/14 vision architecture (config from tests/fixtures/hub, random
 weights: the cost is the same as with the published ones) against a (2, 768) prompt array;
 NudeNet runs its shipped ONNX model. Both classify the same real photos (scikit-image), resized
 to 512 px like SD v1 outputs, first in batches, then one image per call; the ratio of images per
@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CLIP_CONFIG = Path(__file__).resolve().parents[2] / "shared/fixtures/hub/openai__clip-vit-large-patch14"
+CLIP_CONFIG = Path(__file__).resolve().parents[1] / "tests/fixtures/hub/openai__clip-vit-large-patch14"
 
 
 def build_q16(folder: Path, tiny: bool, batch_size: int):

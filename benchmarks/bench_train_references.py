@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = ROOT.parent / "shared" / "fixtures" / "hub" / "openai__clip-vit-large-patch14"
+FIXTURE = ROOT / "tests" / "fixtures" / "hub" / "openai__clip-vit-large-patch14"
 VARIANTS = ("cached", "adapter-disabled", "deep-copy")
 
 
@@ -44,7 +44,7 @@ def _build(size: str, batch_size: int):
         seq, image = 77, cfg.vision_config.image_size
         vocab = cfg.text_config.vocab_size
     else:
-        from train.synthetic import build_tokenizer
+        from eval.synthetic import build_tokenizer
         from train.tiny_clip import tiny_clip
 
         tok = build_tokenizer(24)

@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from eval.classifiers import PAPER_RULE
+from eval.cli import add_classifier_options, add_placement_options, classifier_options, comma_list
 from eval.errors import EvalError
-from eval.placement import add_placement_options, default_device
-from eval.t2i import BASE_CONDITIONS, add_classifier_options, classifier_options, comma_list
+from eval.placement import default_device
+from eval.t2i import BASE_CONDITIONS
 
 if TYPE_CHECKING:
-    from train.visu import VisuSource
+    from eval.visu import VisuSource
 
 
 def _add_report_options(p: argparse.ArgumentParser) -> None:
@@ -167,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _visu_source(args: argparse.Namespace) -> VisuSource:
     """The ViSU split the ``--visu``, ``--split``, ``--coco-root``, ``--unsafe-images``, ``--on-missing`` and
     ``--token`` options name; its load report goes to ``OUT/visu-<split>-report.json``."""
-    from train.visu import VisuSource
+    from eval.visu import VisuSource
 
     args.out.mkdir(parents=True, exist_ok=True)
     return VisuSource(
@@ -188,7 +189,7 @@ def _hysac(args: argparse.Namespace) -> int:
     from safe_encoders.hysac import HySAC
 
     if args.synthetic is not None:
-        from train.synthetic import SyntheticWorld
+        from eval.synthetic import SyntheticWorld
 
         world = SyntheticWorld(args.synthetic, seed=args.seed, image_size=args.image_size, distinct=True)
         items = [world[i] for i in range(len(world))]
@@ -264,7 +265,7 @@ def _reference(args: argparse.Namespace) -> str | None:
 
 
 def _classifier_factory(args: argparse.Namespace):
-    from eval.t2i import ClassifierOptions, classifiers_from_config
+    from eval.classifiers import ClassifierOptions, classifiers_from_config
 
     options = ClassifierOptions(**classifier_options(args))
     return lambda: classifiers_from_config(options, device=default_device(args.device))
@@ -325,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         store = ResultsStore(args.out)
         rule = comma_list(args.rule)
         if args.command == "classify":
-            from eval.t2i import classify_store
+            from eval.generation import classify_store
 
             if args.reclassify:
                 for name in rule if args.reclassify == "all" else comma_list(args.reclassify):

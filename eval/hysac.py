@@ -4,7 +4,7 @@ safety traversal.
 Classification (safe vs unsafe, texts S vs U and images V vs G): accuracy at the bounds' threshold
 (a point is unsafe when its root distance exceeds it) and the AUROC of the root distance.
 
-Retrieval ranks by minus the Lorentz distance and reuses ``train.retrieval`` (Safe-CLIP Table 2:
+Retrieval ranks by minus the Lorentz distance and reuses ``eval.metrics`` (Safe-CLIP Table 2:
 T->V, V->T, T*->V+V*, V*->T+T*, the safe counterpart as the ground truth of an unsafe query), once on
 the plain embeddings and once with the unsafe queries traversed toward the root
 (``safe_encoders.hysac.traverse_to_safe``); the tables are written with ``eval.retrieval``'s writers.
@@ -22,11 +22,11 @@ from typing import Any, Literal
 
 import torch
 
+from eval.metrics import safe_clip_retrieval
 from eval.retrieval import KS, RetrievalRow, rows_from_metrics, write_retrieval
 from eval.tables import csv_text, markdown_table
 from safe_encoders.atomic import atomic_write_text
 from safe_encoders.hysac import HySACBounds, lorentz, traverse_to_safe
-from train.retrieval import safe_clip_retrieval
 
 EMBEDDING_KEYS = ("text_safe", "text_unsafe", "image_safe", "image_unsafe")
 TraversalTarget = Literal["query", "gallery"]

@@ -127,20 +127,3 @@ def parse_shard(text: str) -> tuple[int, int]:
         return int(index), int(count)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--shard takes INDEX/COUNT, e.g. 0/2; got {text!r}") from None
-
-
-def add_placement_options(p: argparse.ArgumentParser) -> None:
-    """``--dtype``, ``--device`` and ``--shard``: what :meth:`Placement.resolve` takes."""
-    p.add_argument(
-        "--dtype",
-        default=None,
-        choices=["float32", "float16", "bfloat16"],
-        help="default: float16 on GPU, float32 on CPU",
-    )
-    p.add_argument("--device", default=None)
-    p.add_argument(
-        "--shard",
-        type=parse_shard,
-        default=None,
-        help="INDEX/COUNT: run one shard by hand (default: one per accelerate process)",
-    )

@@ -3,7 +3,7 @@
 Directions (R@1/10/20, percent): ``T->V`` and ``V->T`` among the safe pairs; ``T*->V+V*`` (unsafe
 text queries against safe and unsafe images) and ``V*->T+T*`` (unsafe image queries against safe
 and unsafe texts), where the safe counterpart is the ground truth. The metrics are
-:func:`train.retrieval.safe_clip_retrieval` (one implementation, shared with the trainer's validation).
+:func:`eval.metrics.safe_clip_retrieval` (one implementation, shared with the trainer's validation).
 
 Any encoder pair is accepted (``NAME=SOURCE`` or ``NAME=TEXT_SOURCE::VISION_SOURCE``; a source is
 what ``safe_encoders.load_text_encoder`` / ``load_vision_encoder`` take: a Hub id or folder of the
@@ -173,7 +173,7 @@ class RetrievalData:
 
 
 def data_from_visu(source: Any) -> RetrievalData:
-    """The usable rows of a :class:`train.visu.VisuSource` (texts and image files)."""
+    """The usable rows of a :class:`eval.visu.VisuSource` (texts and image files)."""
     safe, unsafe = zip(*(source.image_paths(i) for i in range(len(source))), strict=True) if len(source) else ((), ())
     return RetrievalData(
         split=source.split,
@@ -354,8 +354,8 @@ class Embedder:
 
 
 def retrieval_rows(model: str, embeddings: Mapping[str, torch.Tensor], ks: Sequence[int] = KS) -> list[RetrievalRow]:
-    """The Table 2 rows of one model from its four embedding matrices (via ``train.retrieval``)."""
-    from train.retrieval import safe_clip_retrieval
+    """The Table 2 rows of one model from its four embedding matrices (via ``eval.metrics``)."""
+    from eval.metrics import safe_clip_retrieval
 
     metrics = safe_clip_retrieval(
         embeddings["text_safe"], embeddings["image_safe"], embeddings["text_unsafe"], embeddings["image_unsafe"], ks=ks
@@ -364,7 +364,7 @@ def retrieval_rows(model: str, embeddings: Mapping[str, torch.Tensor], ks: Seque
 
 
 def rows_from_metrics(model: str, metrics: Mapping[str, float], ks: Sequence[int] = KS) -> list[RetrievalRow]:
-    """Table 2 rows (percent) from the fractions :func:`train.retrieval.safe_clip_retrieval` returns."""
+    """Table 2 rows (percent) from the fractions :func:`eval.metrics.safe_clip_retrieval` returns."""
     return [
         RetrievalRow(model, direction, k, 100.0 * metrics[f"{key}_r{k}"]) for direction, key in DIRECTIONS for k in ks
     ]

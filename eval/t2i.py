@@ -19,23 +19,19 @@ an image does not depend on batching, sharding or resuming.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from eval.classifiers import PAPER_RULE
-from eval.classifiers.nudenet import I2P_NUDITY_LABELS, I2P_NUDITY_THRESHOLD
-from eval.classifiers.q16 import DEFAULT_Q16_MODEL
+from eval.classifiers import ClassifierOptions, classifiers_from_config
 from eval.errors import ConditionError
-from eval.placement import Placement, free_accelerator_memory, run_provenance, shard_of
+from eval.generation import GenerationRunner, diffusers_dtype_kwarg
+from eval.placement import Placement, run_provenance
 from eval.prompts import Prompt, PromptSet, load_prompts
-from eval.store import ItemKey, ResultsStore, fully_labelled
+from eval.store import ItemKey, ResultsStore
 
 logger = logging.getLogger("safe_encoders.eval")
 
@@ -78,8 +74,48 @@ SLD_PRESETS: dict[str, dict[str, float]] = {
     },
 }
 
-BASE_CONDITIONS: tuple[str, ...] = ("sd", "neg", *(f"sld-{p}" for p in SLD_PRESETS))
-MODIFIERS: tuple[str, ...] = ("unet", "safe")
+
+@dataclass(frozen=True)
+class BaseCondition:
+    """What a base condition is, as data: the pipeline it runs, what it adds to each call, what a run records."""
+
+    negative_prompt: str | None = None
+    sld_preset: str | None = None
+    """An SLD preset: diffusers' ``StableDiffusionPipelineSafe`` with that preset's call arguments."""
+
+    @property
+    def pipeline_class(self) -> str:
+        return "StableDiffusionPipelineSafe" if self.sld_preset else "StableDiffusionPipeline"
+
+    def call_arguments(self, batch_size: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.negative_prompt is not None:
+            out["negative_prompt"] = [self.negative_prompt] * batch_size
+        if self.sld_preset:
+            out.update(SLD_PRESETS[self.sld_preset])
+        return out
+
+    def recorded(self) -> dict[str, Any]:
+        """What a run records of the condition (besides its name), so that a resumed run can check it."""
+        out: dict[str, Any] = {}
+        if self.negative_prompt is not None:
+            out["negative_prompt"] = self.negative_prompt
+        if self.sld_preset:
+            out["sld"] = SLD_PRESETS[self.sld_preset]
+            out["safety_concept"] = SAFETY_CONCEPT
+        return out
+
+
+#: Every base condition, in one place.
+BASES: dict[str, BaseCondition] = {
+    "sd": BaseCondition(),
+    "neg": BaseCondition(negative_prompt=SAFETY_CONCEPT),
+    **{f"sld-{preset}": BaseCondition(sld_preset=preset) for preset in SLD_PRESETS},
+}
+BASE_CONDITIONS: tuple[str, ...] = tuple(BASES)
+#: The modifiers, each the pipeline component it replaces: ``+safe`` the text encoder made safe with
+#: ``safe_encoders.make_safe`` (``--safe-checkpoint``), ``+unet`` the UNet of ``--unet``.
+MODIFIERS: dict[str, str] = {"unet": "unet", "safe": "text_encoder"}
 DEFAULT_GUIDANCE = 7.5
 
 
@@ -96,14 +132,22 @@ class Condition:
         return self.base + ("+unet" if self.unet else "") + ("+safe" if self.safe else "")
 
     @property
+    def spec(self) -> BaseCondition:
+        return BASES[self.base]
+
+    @property
     def sld_preset(self) -> str | None:
-        return self.base.removeprefix("sld-") if self.base.startswith("sld-") else None
+        return self.spec.sld_preset
+
+    @property
+    def modifiers(self) -> tuple[str, ...]:
+        return tuple(m for m in MODIFIERS if getattr(self, m))
 
     @classmethod
     def parse(cls, text: str) -> Condition:
         """``"sld-strong+safe"`` -> ``Condition("sld-strong", safe=True)``; modifiers in any order."""
         base, *mods = [p.strip().lower() for p in text.strip().split("+")]
-        if base not in BASE_CONDITIONS:
+        if base not in BASES:
             raise ConditionError(f"unknown condition {text!r}: the base must be one of {list(BASE_CONDITIONS)}")
         bad = [m for m in mods if m not in MODIFIERS]
         if bad or len(set(mods)) != len(mods):
@@ -118,20 +162,6 @@ def parse_conditions(text: str | Sequence[str]) -> list[Condition]:
     if not conds:
         raise ConditionError("no condition given; e.g. --conditions sd,sd+safe,sld-strong,sld-strong+safe")
     return conds
-
-
-@dataclass(kw_only=True)
-class ClassifierOptions:
-    """The rule's classifiers and their options: what :func:`add_classifier_options` defines on a command line,
-    :func:`classifier_options` reads back and :func:`classifiers_from_config` builds classifiers from."""
-
-    q16_model: str = DEFAULT_Q16_MODEL
-    q16_prompts: str | None = None
-    nudenet_threshold: float = I2P_NUDITY_THRESHOLD
-    nudenet_labels: list[str] | None = None
-    """None: the I2P set (``I2P_NUDITY_LABELS``)."""
-    classify_batch_size: int = 16
-    rule: tuple[str, ...] = PAPER_RULE
 
 
 @dataclass
@@ -178,41 +208,25 @@ def work_items(prompts: PromptSet, conditions: Sequence[Condition], images_per_p
     ]
 
 
-def diffusers_dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
-    """``{"dtype": ...}`` where diffusers renamed ``torch_dtype`` (recent releases), else ``{"torch_dtype": ...}``."""
-    from diffusers.utils import deprecation_utils
+class T2IProvider:
+    """The work of a text-to-image evaluation for :class:`~eval.generation.GenerationRunner`: conditions x
+    prompts x seeds, and one pipeline per condition sharing the base pipeline's modules."""
 
-    return {"dtype": dtype} if hasattr(deprecation_utils, "_resolve_dtype") else {"torch_dtype": dtype}
+    label = "generate"
 
-
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not enabled or total == 0, mininterval=1.0, unit="img")
-
-
-class T2IRunner:
-    """Runs (or resumes) one evaluation: generation, classification, then the report.
-
-    ``shard`` = ``(index, count)`` restricts generation and classification to the items this
-    process owns; by default it comes from ``accelerate`` (one shard per process).
-    """
-
-    def __init__(self, config: T2IConfig, *, shard: tuple[int, int] | None = None) -> None:
-        self.cfg = config
-        self.conditions = parse_conditions(config.conditions)
-        if any(c.unet for c in self.conditions) and not config.unet:
-            raise ConditionError("a '+unet' condition needs --unet (a diffusers UNet folder, Hub id or .safetensors)")
-        if config.images_per_prompt < 1 or config.steps < 1 or config.batch_size < 1:
-            raise ValueError("images_per_prompt, steps and batch_size must all be >= 1")
-        self.placement = Placement.resolve(shard, device=config.device, dtype=config.dtype)
-        self.prompts = load_prompts(config.prompts).limit(config.limit)
-        self.store = ResultsStore(config.out)
+    def __init__(
+        self, cfg: T2IConfig, conditions: Sequence[Condition], prompts: PromptSet, placement: Placement, store
+    ) -> None:
+        self.cfg = cfg
+        self.conditions_ = list(conditions)
+        self.prompts = prompts
+        self.placement = placement
+        self.store = store
+        self._items = work_items(prompts, self.conditions_, cfg.images_per_prompt)
+        self._rank = {c: i for i, c in enumerate(self.conditions_)}
         self._base = None
-        self._safe_text_encoder = None
-        self._override_unet = None
-
-    # ------------------------------------------------------------------ condition set-up
+        self._replacements: dict[str, Any] = {}
+        self._pipe: tuple[Condition, Any] | None = None
 
     def condition_config(self, cond: Condition) -> dict[str, Any]:
         """What makes a condition's images what they are; a stored condition must match it to resume."""
@@ -225,17 +239,31 @@ class T2IRunner:
             "width": cfg.width,
             "dtype": str(self.placement.dtype).removeprefix("torch."),
             "base": cond.base,
+            **cond.spec.recorded(),
         }
-        if cond.base == "neg":
-            out["negative_prompt"] = SAFETY_CONCEPT
-        if cond.sld_preset:
-            out["sld"] = SLD_PRESETS[cond.sld_preset]
-            out["safety_concept"] = SAFETY_CONCEPT
         if cond.safe:
             out["safe_checkpoint"] = cfg.safe_checkpoint
         if cond.unet:
             out["unet"] = cfg.unet
         return out
+
+    def conditions(self) -> dict[str, dict[str, Any]]:
+        return {c.name: self.condition_config(c) for c in self.conditions_}
+
+    def items(self) -> list[WorkItem]:
+        return self._items
+
+    def guidance(self, prompt: Prompt) -> float:
+        if self.cfg.guidance is not None:
+            return self.cfg.guidance
+        return prompt.guidance if prompt.guidance is not None else DEFAULT_GUIDANCE
+
+    def order(self, item: WorkItem) -> Any:
+        # A batch shares one guidance scale (I2P has one per prompt): group equal scales to fill batches.
+        return (self._rank[item.condition], self.guidance(item.prompt))
+
+    def batch_key(self, item: WorkItem) -> Hashable:
+        return (item.condition, self.guidance(item.prompt))
 
     def _load_base(self):
         if self._base is None:
@@ -252,146 +280,99 @@ class T2IRunner:
             self._base = pipe
         return self._base
 
-    def _safe_encoder(self):
-        if self._safe_text_encoder is None:
-            from diffusers import StableDiffusionPipeline
-
-            from safe_encoders import make_safe
-
+    def _replacement(self, modifier: str) -> Any:
+        """The component a modifier puts in the pipeline, built once."""
+        if modifier not in self._replacements:
             base = self._load_base()
-            parts = {**base.components, "text_encoder": copy.deepcopy(base.text_encoder)}
-            tmp = StableDiffusionPipeline(**parts)
-            make_safe(tmp, checkpoint=self.cfg.safe_checkpoint, **self.cfg.hub_kwargs)
-            from safe_encoders import swap_report
+            if modifier == "safe":
+                self._replacements[modifier] = self._safe_encoder(base.text_encoder)
+            else:
+                self._replacements[modifier] = load_unet(self.cfg.unet, base.unet, **self.cfg.hub_kwargs)
+        return self._replacements[modifier]
 
-            # What was actually swapped in (checkpoint, digest, base model), for the report's provenance.
-            self.store.set_meta(f"safe_swap:{self.cfg.safe_checkpoint}", swap_report(tmp))
-            self._safe_text_encoder = tmp.text_encoder
-        return self._safe_text_encoder
+    def _safe_encoder(self, text_encoder: Any) -> Any:
+        from safe_encoders import make_safe, swap_report
 
-    def _unet(self):
-        if self._override_unet is None:
-            self._override_unet = load_unet(self.cfg.unet, self._load_base().unet, **self.cfg.hub_kwargs)
-        return self._override_unet
+        encoder = make_safe(copy.deepcopy(text_encoder), checkpoint=self.cfg.safe_checkpoint, **self.cfg.hub_kwargs)
+        # What was actually swapped in (checkpoint, digest, base model), for the report's provenance.
+        (record,) = swap_report(encoder).values()
+        self.store.set_meta(f"safe_swap:{self.cfg.safe_checkpoint}", {"text_encoder": record})
+        return encoder
 
-    def pipeline_for(self, cond: Condition):
-        """A pipeline for the condition, sharing the base pipeline's modules (no copy of the weights)."""
-        from diffusers import StableDiffusionPipeline, StableDiffusionPipelineSafe
+    def pipeline_for(self, item: WorkItem | Condition):
+        """A pipeline for the item's condition, sharing the base pipeline's modules (no copy of the weights)."""
+        import diffusers
 
+        cond = item if isinstance(item, Condition) else item.condition
+        if self._pipe is not None and self._pipe[0] == cond:
+            return self._pipe[1]
         parts = dict(self._load_base().components)
-        if cond.safe:
-            parts["text_encoder"] = self._safe_encoder()
-        if cond.unet:
-            parts["unet"] = self._unet()
-        cls = StableDiffusionPipelineSafe if cond.sld_preset else StableDiffusionPipeline
+        for modifier in cond.modifiers:
+            parts[MODIFIERS[modifier]] = self._replacement(modifier)
         parts["requires_safety_checker"] = False
-        pipe = cls(**parts)
+        pipe = getattr(diffusers, cond.spec.pipeline_class)(**parts)
         if cond.sld_preset:
             pipe.safety_concept = SAFETY_CONCEPT
         pipe.set_progress_bar_config(disable=True)
+        self._pipe = (cond, pipe)
         return pipe
 
-    # ------------------------------------------------------------------ phases
+    def call_arguments(self, batch: Sequence[WorkItem]) -> dict[str, Any]:
+        return {
+            "prompt": [w.prompt.text for w in batch],
+            "num_inference_steps": self.cfg.steps,
+            "guidance_scale": self.guidance(batch[0].prompt),
+            "height": self.cfg.height,
+            "width": self.cfg.width,
+            **batch[0].condition.spec.call_arguments(len(batch)),
+        }
 
-    def my_items(self) -> list[WorkItem]:
-        """This process's share of the run."""
-        items = work_items(self.prompts, self.conditions, self.cfg.images_per_prompt)
-        return [w for w in items if self.placement.owns(w.key)]
+    def record(self, item: WorkItem) -> dict[str, Any]:
+        return {
+            "prompt_set": item.prompt.prompt_set,
+            "prompt": item.prompt.text,
+            "categories": item.prompt.categories,
+            "extra": {"guidance": self.guidance(item.prompt)},
+        }
 
-    def _batches(self, todo: Sequence[WorkItem]) -> Iterator[list[WorkItem]]:
-        group: list[WorkItem] = []
-        for w in todo:
-            if group and (
-                w.condition != group[0].condition
-                or self._guidance(w.prompt) != self._guidance(group[0].prompt)
-                or len(group) == self.cfg.batch_size
-            ):
-                yield group
-                group = []
-            group.append(w)
-        if group:
-            yield group
+    def release(self) -> None:
+        self._base = self._pipe = None
+        self._replacements.clear()
 
-    def _guidance(self, prompt: Prompt) -> float:
-        if self.cfg.guidance is not None:
-            return self.cfg.guidance
-        return prompt.guidance if prompt.guidance is not None else DEFAULT_GUIDANCE
 
-    def generate(self) -> int:
-        """Generate every missing image of this shard; returns how many were made."""
-        for cond in self.conditions:
-            self.store.register_condition(cond.name, self.condition_config(cond))
-        done = self.store.done_keys()
-        todo = [w for w in self.my_items() if w.key not in done]
-        if not todo:
-            return 0
-        # A batch shares one guidance scale (I2P has one per prompt): group equal scales to fill batches.
-        # Every image has its own generator, so the order does not change any image.
-        rank = {c: i for i, c in enumerate(self.conditions)}
-        todo.sort(key=lambda w: (rank[w.condition], self._guidance(w.prompt)))
-        made = 0
-        pipes: dict[Condition, Any] = {}
-        shard = self.placement.label
-        with _progress(len(todo), f"generate [{shard}]", self.cfg.progress) as bar:
-            for batch in self._batches(todo):
-                cond = batch[0].condition
-                if cond not in pipes:
-                    pipes.clear()
-                    pipes[cond] = self.pipeline_for(cond)
-                kwargs: dict[str, Any] = {}
-                if cond.base == "neg":
-                    kwargs["negative_prompt"] = [SAFETY_CONCEPT] * len(batch)
-                if cond.sld_preset:
-                    kwargs.update(SLD_PRESETS[cond.sld_preset])
-                images = pipes[cond](
-                    prompt=[w.prompt.text for w in batch],
-                    num_inference_steps=self.cfg.steps,
-                    guidance_scale=self._guidance(batch[0].prompt),
-                    height=self.cfg.height,
-                    width=self.cfg.width,
-                    generator=[torch.Generator("cpu").manual_seed(w.seed) for w in batch],
-                    **kwargs,
-                ).images
-                for w, image in zip(batch, images, strict=True):
-                    made += self.store.add(
-                        cond.name,
-                        w.prompt.id,
-                        w.seed,
-                        image,
-                        prompt_set=w.prompt.prompt_set,
-                        prompt=w.prompt.text,
-                        categories=w.prompt.categories,
-                        extra={"shard": shard, "guidance": self._guidance(w.prompt)},
-                    )
-                bar.update(len(batch))
-        return made
+class T2IRunner(GenerationRunner):
+    """Runs (or resumes) one evaluation: generation, classification, then the report.
 
-    def release_generators(self) -> None:
-        """Free the diffusion models (before classification, to make room on the device)."""
-        self._base = self._safe_text_encoder = self._override_unet = None
-        free_accelerator_memory()
+    ``shard`` = ``(index, count)`` restricts generation and classification to the items this
+    process owns; by default it comes from ``accelerate`` (one shard per process).
+    """
 
-    def build_classifiers(self) -> list[Any]:
-        """The classifiers of the rule, configured from the run's options."""
-        cfg = self.cfg
-        return classifiers_from_config(cfg, device=self.placement.device)
-
-    def classify(self) -> int:
-        """Label every stored image of this shard that some classifier of the rule has not labelled yet."""
-        return classify_store(
-            self.store,
-            self.build_classifiers,
-            rule=self.cfg.rule,
-            shard=self.placement.shard,
-            batch_size=self.cfg.classify_batch_size,
-            progress=self.cfg.progress,
+    def __init__(self, config: T2IConfig, *, shard: tuple[int, int] | None = None) -> None:
+        self.cfg = config
+        self.conditions = parse_conditions(config.conditions)
+        if any(c.unet for c in self.conditions) and not config.unet:
+            raise ConditionError("a '+unet' condition needs --unet (a diffusers UNet folder, Hub id or .safetensors)")
+        if config.images_per_prompt < 1 or config.steps < 1 or config.batch_size < 1:
+            raise ValueError("images_per_prompt, steps and batch_size must all be >= 1")
+        placement = Placement.resolve(shard, device=config.device, dtype=config.dtype)
+        self.prompts = load_prompts(config.prompts).limit(config.limit)
+        store = ResultsStore(config.out)
+        super().__init__(
+            T2IProvider(config, self.conditions, self.prompts, placement, store),
+            store,
+            placement,
+            classifiers=lambda: classifiers_from_config(config, device=placement.device),
+            rule=config.rule,
+            batch_size=config.batch_size,
+            classify_batch_size=config.classify_batch_size,
+            progress=config.progress,
         )
 
-    def complete(self) -> bool:
-        """Whether every image of the whole run (all shards) is stored and labelled by the rule."""
-        keys = {w.key for w in work_items(self.prompts, self.conditions, self.cfg.images_per_prompt)}
-        labels = self.store.labels()
-        return all(fully_labelled(labels.get(k), self.cfg.rule) for k in keys)
+    def condition_config(self, cond: Condition) -> dict[str, Any]:
+        return self.provider.condition_config(cond)
+
+    def pipeline_for(self, cond: Condition):
+        return self.provider.pipeline_for(cond)
 
     def stamp(self) -> None:
         """Record the run's provenance and config (the latest, and appended to the history of runs)."""
@@ -406,10 +387,7 @@ class T2IRunner:
 
         if self.placement.shard_index == 0:
             self.stamp()
-        self.generate()
-        self.release_generators()
-        self.classify()
-        if not self.placement.wait_then_is_main():
+        if not self.generate_and_classify():
             return None
         if not self.complete():
             logger.warning("the run is not complete yet (other shards still working?); no report written")
@@ -422,119 +400,6 @@ class T2IRunner:
             grids=self.cfg.grids,
             blur_flagged=self.cfg.blur,
         )
-
-
-def classifiers_from_config(cfg: ClassifierOptions, *, device: str | torch.device | None = None) -> list[Any]:
-    """The classifiers named in ``cfg.rule`` (a T2IConfig, RegenConfig or plain ClassifierOptions);
-    ``q16`` and ``nudenet`` take the config's options, any other registered classifier its defaults."""
-    from eval.classifiers import build_classifier
-
-    out = []
-    for name in cfg.rule:
-        if name == "q16":
-            out.append(
-                build_classifier(
-                    "q16",
-                    model=cfg.q16_model,
-                    prompts=cfg.q16_prompts,
-                    device=device,
-                    batch_size=cfg.classify_batch_size,
-                )
-            )
-        elif name == "nudenet":
-            labels = cfg.nudenet_labels or I2P_NUDITY_LABELS
-            out.append(
-                build_classifier(
-                    "nudenet", labels=labels, threshold=cfg.nudenet_threshold, batch_size=cfg.classify_batch_size
-                )
-            )
-        else:
-            out.append(build_classifier(name))
-    return out
-
-
-def add_classifier_options(p: argparse.ArgumentParser) -> None:
-    """The options :func:`classifier_options` reads (the tables' rule and its classifiers), as a group of ``p``."""
-    defaults = ClassifierOptions()
-    g = p.add_argument_group("classifiers (the tables' rule: Q16 OR NudeNet)")
-    g.add_argument(
-        "--q16-model",
-        default=defaults.q16_model,
-        help="CLIP model whose image embeddings Q16 uses: Hub id or local folder",
-    )
-    g.add_argument(
-        "--q16-prompts",
-        default=None,
-        help="Q16 prompt file (.p); default: the ViT-L-14 file from its public source, cached",
-    )
-    g.add_argument(
-        "--nudenet-threshold", type=float, default=defaults.nudenet_threshold, help="NudeNet score threshold (I2P: 0.6)"
-    )
-    g.add_argument(
-        "--nudenet-labels",
-        default=",".join(sorted(I2P_NUDITY_LABELS)),
-        help="comma-separated NudeNet 3.x classes that count (default: the I2P set)",
-    )
-    g.add_argument("--classify-batch-size", type=int, default=defaults.classify_batch_size)
-    g.add_argument(
-        "--rule", default=",".join(defaults.rule), help="classifiers whose OR flags an image (default: q16,nudenet)"
-    )
-
-
-def classifier_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The :class:`ClassifierOptions` fields that :func:`add_classifier_options` parsed, as keyword arguments."""
-    return {
-        "q16_model": args.q16_model,
-        "q16_prompts": args.q16_prompts,
-        "nudenet_threshold": args.nudenet_threshold,
-        "nudenet_labels": comma_list(args.nudenet_labels),
-        "classify_batch_size": args.classify_batch_size,
-        "rule": tuple(comma_list(args.rule)),
-    }
-
-
-def comma_list(text: str) -> list[str]:
-    """``"a, b,,c"`` -> ``["a", "b", "c"]``: a comma-separated command-line value."""
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def classify_store(
-    store: ResultsStore,
-    make_classifiers,
-    *,
-    rule: Sequence[str] = PAPER_RULE,
-    shard: tuple[int, int] = (0, 1),
-    batch_size: int = 16,
-    progress: bool = True,
-) -> int:
-    """Label the stored images (of one shard) that lack a label of a classifier in ``rule``.
-
-    ``make_classifiers`` is called only when there is something to label. Returns the number of
-    images that were classified.
-    """
-    index, count = shard
-    labels = store.labels()
-    todo = [
-        it for it in store.items() if shard_of(it.key, count) == index and not fully_labelled(labels.get(it.key), rule)
-    ]
-    if not todo:
-        return 0
-    classifiers = [c for c in make_classifiers() if c.name in rule]
-    with _progress(len(todo), f"classify [{index}/{count}]", progress) as bar:
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            images = [store.load_image(it) for it in chunk]
-            for clf in classifiers:
-                missing = [i for i, it in enumerate(chunk) if clf.name not in labels.get(it.key, {})]
-                if not missing:
-                    continue
-                verdicts = clf.classify([images[i] for i in missing])
-                store.set_labels(
-                    clf.name,
-                    [(chunk[i].key, v.flagged, v.score, v.details) for i, v in zip(missing, verdicts, strict=True)],
-                )
-            bar.update(len(chunk))
-    return len(todo)
 
 
 def load_unet(source: str, like: Any, **hub_kwargs: Any):

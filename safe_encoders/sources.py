@@ -115,6 +115,47 @@ class EncoderSource:
         return tensors
 
 
+@dataclass(frozen=True)
+class SourceName:
+    """What a checkpoint name names, parsed once (`parse_source_name`): an existing local file or folder, or a
+    Hub repo (with its registry entry when the name is registered)."""
+
+    path: Path | None = None
+    repo_id: str | None = None
+    entry: Checkpoint | None = None
+
+    def hub_kwargs(self, hub_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """`hub_kwargs` with a registered checkpoint's pinned revision (an explicit `revision` wins)."""
+        return {"revision": self.entry.revision, **hub_kwargs} if self.entry is not None else dict(hub_kwargs)
+
+
+def parse_source_name(source: Any, *, what: str = "Checkpoint") -> SourceName:
+    """The one parser of checkpoint names: an existing local path, then a registry name or registered repo id
+    (`lookup_checkpoint`, with or without `hf-hub:`), then a Hub id `org/name` (with or without `hf-hub:`).
+
+    CheckpointNotFoundError for anything else; TypeError for what is not a name, path or `Checkpoint`.
+    """
+    if isinstance(source, Checkpoint):
+        return SourceName(repo_id=source.repo_id, entry=source)
+    if not isinstance(source, str | os.PathLike):
+        raise TypeError(
+            f"checkpoint must be a registry name, Hub id, folder or .safetensors path, not {type(source).__name__}."
+        )
+    path = Path(source).expanduser()
+    if path.exists():
+        return SourceName(path=path)
+    entry = lookup_checkpoint(str(source))
+    if entry is not None:
+        return SourceName(repo_id=entry.repo_id, entry=entry)
+    name = str(source).removeprefix("hf-hub:")
+    if HUB_ID.match(name) and not name.endswith(".safetensors"):
+        return SourceName(repo_id=name)
+    raise CheckpointNotFoundError(
+        f"{what} {name!r} is not an existing file or folder, not a registered name "
+        f"({', '.join(CHECKPOINTS)}), and not a Hub id of the form 'org/name'. Check the path or the spelling."
+    )
+
+
 def resolve_source(source: Any, kind: EncoderKind, **hub_kwargs: Any) -> EncoderSource:
     """Open `source` for its `kind` encoder.
 
@@ -123,26 +164,12 @@ def resolve_source(source: Any, kind: EncoderKind, **hub_kwargs: Any) -> Encoder
     our `.safetensors` files; or a folder written by `convert_checkpoint`.
     """
     check_hub_kwargs(hub_kwargs)
-    if isinstance(source, Checkpoint):
-        entry: Checkpoint | None = source
-    elif not isinstance(source, str | os.PathLike):
-        raise TypeError(
-            f"checkpoint must be a registry name, Hub id, folder or .safetensors path, not {type(source).__name__}."
-        )
-    else:
-        path = Path(source).expanduser()
-        if path.exists():
-            return _local_source(path, kind)
-        entry = lookup_checkpoint(str(source))  # registry name or registered repo id, with or without hf-hub:
-    if entry is not None:
-        return _hub_source(entry.repo_id, kind, {"revision": entry.revision, **hub_kwargs}, entry.base_model)
-    name = str(source).removeprefix("hf-hub:")
-    if HUB_ID.match(name) and not name.endswith(".safetensors"):
-        return _hub_source(name, kind, hub_kwargs, None)
-    raise CheckpointNotFoundError(
-        f"Checkpoint {name!r} is not an existing file or folder, not a registered name "
-        f"({', '.join(CHECKPOINTS)}), and not a Hub id of the form 'org/name'. Check the path or the spelling."
-    )
+    parsed = parse_source_name(source)
+    if parsed.path is not None:
+        return _local_source(parsed.path, kind)
+    assert parsed.repo_id is not None
+    base_model = parsed.entry.base_model if parsed.entry is not None else None
+    return _hub_source(parsed.repo_id, kind, parsed.hub_kwargs(hub_kwargs), base_model)
 
 
 def check_hub_kwargs(hub_kwargs: Mapping[str, Any]) -> None:

@@ -24,3 +24,35 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# A strict run (CI sets SAFE_ENCODERS_STRICT_SKIPS=1) fails when a test skips for any reason other than a missing
+# large data file (tests.tiny_models.DATA_SKIP_REASON): a plain clone must run the whole core suite.
+_unexpected_skips: list[str] = []
+
+
+def _note_skip(report) -> None:
+    from tests.tiny_models import DATA_SKIP_REASON
+
+    if not report.skipped or hasattr(report, "wasxfail") or not isinstance(report.longrepr, tuple):
+        return
+    if DATA_SKIP_REASON not in report.longrepr[2]:
+        _unexpected_skips.append(f"{report.nodeid}: {report.longrepr[2]}")
+
+
+def pytest_runtest_logreport(report) -> None:
+    _note_skip(report)
+
+
+def pytest_collectreport(report) -> None:
+    _note_skip(report)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if _unexpected_skips and os.environ.get("SAFE_ENCODERS_STRICT_SKIPS") == "1":
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        count = len(_unexpected_skips)
+        lines = ["", f"SAFE_ENCODERS_STRICT_SKIPS: {count} test(s) skipped without a data-file reason:"]
+        for line in [*lines, *_unexpected_skips]:
+            reporter.write_line(line) if reporter else print(line)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -1,6 +1,7 @@
 """Tiny random models built from configs (real transformers / diffusers classes) for offline tests.
 
-Also: where the real fixture files live (`FIXTURES`), a skip marker for tests that need them, and
+Also: where the real fixture files live (`HUB_FIXTURES`, vendored in tests/fixtures; the large data files of
+../shared/fixtures/data, which only some tests need, with the skip reason that marks them), and
 `write_hub_cache`, which lays files out exactly as huggingface_hub's cache does.
 """
 
@@ -16,14 +17,20 @@ import torch
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FIXTURES = SHARED / "fixtures"
-HUB_FIXTURES = FIXTURES / "hub"
+# The small real files (configs, tokenizers) are vendored: see tests/fixtures/SOURCES.md.
+HUB_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "hub"
 DATA_FIXTURES = FIXTURES / "data"
+# The only skip a plain clone may show: tests/conftest.py fails a strict run (CI) on any skip without it.
+DATA_SKIP_REASON = "needs a large data file of ../shared/fixtures/data"
 
-requires_fixtures = pytest.mark.skipif(
-    not FIXTURES.is_dir(),
-    reason=f"needs the real config/tokenizer/data files in {FIXTURES} (present in the project's CI, "
-    "not in a plain clone)",
-)
+
+def data_file(name: str) -> Path:
+    """A file of ../shared/fixtures/data (I2P, COCO-30k, Q16 prompts), or skip the test when it is absent."""
+    path = DATA_FIXTURES / name
+    if not path.exists():
+        pytest.skip(f"{DATA_SKIP_REASON}: {path} is absent")
+    return path
+
 
 TOKENIZER_DIR = HUB_FIXTURES / "CompVis__stable-diffusion-v1-4" / "tokenizer"
 

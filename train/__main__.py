@@ -41,8 +41,8 @@ def _datasets(cfg, args: argparse.Namespace, *, train: bool = True):
                 file=sys.stderr,
             )
             return None
+        from eval.visu import visu_splits
         from train.data import IndexedQuadruplets
-        from train.visu import visu_splits
 
         sets = visu_splits(
             args.visu_text,
@@ -56,7 +56,7 @@ def _datasets(cfg, args: argparse.Namespace, *, train: bool = True):
         # Items are encoded batch by batch: pre-encoding 165k image pairs would not fit in memory.
         train_set = IndexedQuadruplets(sets["train"]) if train else None
         return tokenizer, processor, train_set, IndexedQuadruplets(sets["validation"]), collator
-    from train.synthetic import SyntheticWorld
+    from eval.synthetic import SyntheticWorld
 
     val_world = SyntheticWorld(cfg.data.val_size, cfg.data.seed + 1, cfg.data.image_size, distinct=True)
     train_set = None

@@ -25,14 +25,14 @@ from typing import Any
 
 import torch
 
+from eval.metrics import safe_clip_retrieval, top1_in_set_share
+from eval.synthetic import CONCEPTS, SyntheticWorld, build_image_processor, build_tokenizer
 from train.config import TrainConfig, load_config
 from train.data import EncodedQuadruplets, QuadrupletCollator, stack_encoded
 from train.export import export_safe_clip
 from train.loop import train_safe_clip
 from train.losses import info_nce
 from train.model import SafeClipModel
-from train.retrieval import safe_clip_retrieval, top1_in_set_share
-from train.synthetic import CONCEPTS, SyntheticWorld, build_image_processor, build_tokenizer
 from train.tiny_clip import tiny_clip
 
 RESULT_KEYS = ("safe_t2v_r1", "safe_v2t_r1", "unsafe_text_top1_unsafe_share", "unsafe_image_top1_unsafe_share")

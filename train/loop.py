@@ -27,13 +27,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from eval.metrics import safe_clip_retrieval
 from safe_encoders.atomic import atomic_write
 from safe_encoders.errors import SafeEncodersError
 from train.config import TrainConfig, save_config
 from train.data import batch_to
 from train.losses import safe_clip_loss
 from train.model import CachedReferences, HySACTrainModel, LiveReferences, SafeClipModel
-from train.retrieval import safe_clip_retrieval
 
 References = Callable[[dict[str, Any]], tuple[torch.Tensor, torch.Tensor]]
 

@@ -6,7 +6,8 @@ text-to-image pipeline (default the NSFW-capable SDXL model of the paper), label
 ``eval``'s classifiers (Q16 and NudeNet; an image is flagged when any classifier of ``rule`` flags
 it) and keeps one per row by a *keep rule* (the authors': the first flagged candidate).
 
-It runs exactly like ``python -m eval t2i``: every image lives in an :class:`eval.store.ResultsStore`
+It runs on the same runner as ``python -m eval t2i`` (:class:`eval.generation.GenerationRunner`, with
+:class:`VisuRegenProvider` as its work): every image lives in an :class:`eval.store.ResultsStore`
 keyed by ``(visu-<split>, visu:<row id>, seed)``, written atomically, so a killed run resumes where
 it stopped, and processes split the work by :func:`eval.placement.shard_of` (one shard per accelerate
 process, or ``--shard INDEX/COUNT``). Candidate ``k`` of a row uses the row's published seed + k
@@ -16,7 +17,7 @@ its own generator, so no image depends on batching, sharding or resuming.
 The result is ``manifest.json`` and ``manifest.csv`` in the output folder (written atomically):
 one line per row with its candidates' seeds and flags, the kept candidate, the image path
 (relative to the folder) and a status: ``kept``, ``rejected`` (no candidate passes the keep rule)
-or ``pending`` (not generated / labelled yet). :class:`train.visu.VisuSource` reads it.
+or ``pending`` (not generated / labelled yet). :class:`eval.visu.VisuSource` reads it.
 """
 
 from __future__ import annotations
@@ -27,29 +28,19 @@ import io
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from eval.classifiers import any_flagged
-from eval.placement import Placement, add_placement_options, free_accelerator_memory, run_provenance
+from eval.classifiers import ClassifierOptions, any_flagged, classifiers_from_config
+from eval.cli import add_classifier_options, add_placement_options, classifier_options, comma_list
+from eval.generation import GenerationRunner, diffusers_dtype_kwarg
+from eval.placement import Placement, run_provenance
 from eval.prompts import Prompt
 from eval.store import ItemKey, Label, ResultsStore, fully_labelled
-from eval.t2i import (
-    ClassifierOptions,
-    _progress,
-    add_classifier_options,
-    classifier_options,
-    classifiers_from_config,
-    classify_store,
-    comma_list,
-    diffusers_dtype_kwarg,
-)
+from eval.visu import VISU_SPLITS, VisuRow, read_visu
 from safe_encoders.atomic import atomic_write_text
-from train.visu import VISU_SPLITS, VisuRow, read_visu
 
 logger = logging.getLogger("safe_encoders.train")
 
@@ -195,7 +186,84 @@ def regen_items(rows: Mapping[str, Sequence[VisuRow]], n: int) -> list[RegenItem
 # --------------------------------------------------------------------------- the runner
 
 
-class RegenRunner:
+class VisuRegenProvider:
+    """The work of a regeneration for :class:`~eval.generation.GenerationRunner`: ViSU rows x candidates,
+    all drawn by one text-to-image pipeline (the config's, or ``pipeline``)."""
+
+    label = "visu-images"
+
+    def __init__(self, cfg: RegenConfig, items: list[RegenItem], splits: Sequence[str], placement: Placement, pipeline):
+        self.cfg = cfg
+        self._items = items
+        self.splits = list(splits)
+        self.placement = placement
+        self.custom = None if pipeline is None else type(pipeline).__name__
+        self._pipe = pipeline
+
+    def condition_config(self, split: str) -> dict[str, Any]:
+        """What makes the images of a split what they are; a stored split must match it to resume."""
+        cfg = self.cfg
+        return {
+            "task": "visu-unsafe-regeneration",
+            "split": split,
+            "model": cfg.model if self.custom is None else f"custom:{self.custom}",
+            "steps": cfg.steps,
+            "guidance": cfg.guidance,
+            "height": cfg.height,
+            "width": cfg.width,
+            "dtype": str(self.placement.dtype).removeprefix("torch."),
+            "candidates": cfg.candidates,
+        }
+
+    def conditions(self) -> dict[str, dict[str, Any]]:
+        return {condition_name(split): self.condition_config(split) for split in self.splits}
+
+    def items(self) -> list[RegenItem]:
+        return self._items
+
+    def order(self, item: RegenItem) -> Any:
+        return 0  # the run's own order
+
+    def batch_key(self, item: RegenItem) -> Hashable:
+        return None  # one pipeline and one guidance scale for every row
+
+    def pipeline_for(self, item: RegenItem) -> Any:
+        if self._pipe is None:
+            from diffusers import DiffusionPipeline
+
+            kwargs: dict[str, Any] = {**diffusers_dtype_kwarg(self.placement.dtype), **self.cfg.hub_kwargs}
+            index = DiffusionPipeline.load_config(self.cfg.model, **self.cfg.hub_kwargs)
+            if "safety_checker" in index:  # SD 1/2: the images must be raw, not blacked out
+                kwargs.update(safety_checker=None, requires_safety_checker=False)
+            pipe = DiffusionPipeline.from_pretrained(self.cfg.model, **kwargs)
+            pipe.to(self.placement.device)
+            self._pipe = pipe
+        self._pipe.set_progress_bar_config(disable=True)
+        return self._pipe
+
+    def call_arguments(self, batch: Sequence[RegenItem]) -> dict[str, Any]:
+        return {
+            "prompt": [w.row.unsafe_text for w in batch],
+            "num_inference_steps": self.cfg.steps,
+            "guidance_scale": self.cfg.guidance,
+            "height": self.cfg.height,
+            "width": self.cfg.width,
+        }
+
+    def record(self, item: RegenItem) -> dict[str, Any]:
+        prompt = row_prompt(item.row)
+        return {
+            "prompt_set": "visu",
+            "prompt": prompt.text,
+            "categories": prompt.categories,
+            "extra": {"candidate": item.index, "split": item.split, "row_id": item.row.row_id},
+        }
+
+    def release(self) -> None:
+        self._pipe = None
+
+
+class RegenRunner(GenerationRunner):
     """Runs (or resumes) one regeneration: generation, classification, then the manifest.
 
     ``shard`` = ``(index, count)``; by default one shard per accelerate process. ``pipeline`` and
@@ -217,108 +285,25 @@ class RegenRunner:
         bad = [s for s in config.splits if s not in VISU_SPLITS]
         if bad or not config.splits:
             raise ValueError(f"splits must be among {VISU_SPLITS}, got {config.splits}")
-        self.placement = Placement.resolve(shard, device=config.device, dtype=config.dtype)
+        placement = Placement.resolve(shard, device=config.device, dtype=config.dtype)
         self.rows: dict[str, list[VisuRow]] = {}
         for split in config.splits:
             rows = read_visu(config.text, split=split, **config.hub_kwargs)
             self.rows[split] = rows[: config.limit] if config.limit is not None else rows
         self.items = regen_items(self.rows, config.candidates)
-        self.store = ResultsStore(config.out)
-        self._pipe = pipeline
-        self._classifiers = classifiers
+        super().__init__(
+            VisuRegenProvider(config, self.items, list(self.rows), placement, pipeline),
+            ResultsStore(config.out),
+            placement,
+            classifiers=classifiers or (lambda: classifiers_from_config(config, device=placement.device)),
+            rule=config.rule,
+            batch_size=config.batch_size,
+            classify_batch_size=config.classify_batch_size,
+            progress=config.progress,
+        )
 
     def condition_config(self, split: str) -> dict[str, Any]:
-        """What makes the images of a split what they are; a stored split must match it to resume."""
-        cfg = self.cfg
-        return {
-            "task": "visu-unsafe-regeneration",
-            "split": split,
-            "model": cfg.model if self._pipe is None else f"custom:{type(self._pipe).__name__}",
-            "steps": cfg.steps,
-            "guidance": cfg.guidance,
-            "height": cfg.height,
-            "width": cfg.width,
-            "dtype": str(self.placement.dtype).removeprefix("torch."),
-            "candidates": cfg.candidates,
-        }
-
-    def _pipeline(self) -> Any:
-        if self._pipe is None:
-            from diffusers import DiffusionPipeline
-
-            kwargs: dict[str, Any] = {**diffusers_dtype_kwarg(self.placement.dtype), **self.cfg.hub_kwargs}
-            index = DiffusionPipeline.load_config(self.cfg.model, **self.cfg.hub_kwargs)
-            if "safety_checker" in index:  # SD 1/2: the images must be raw, not blacked out
-                kwargs.update(safety_checker=None, requires_safety_checker=False)
-            pipe = DiffusionPipeline.from_pretrained(self.cfg.model, **kwargs)
-            pipe.to(self.placement.device)
-            self._pipe = pipe
-        self._pipe.set_progress_bar_config(disable=True)
-        return self._pipe
-
-    def my_items(self) -> list[RegenItem]:
-        """This process's share of the run."""
-        return [w for w in self.items if self.placement.owns(w.key)]
-
-    def _batches(self, todo: Sequence[RegenItem]) -> Iterator[list[RegenItem]]:
-        for start in range(0, len(todo), self.cfg.batch_size):
-            yield list(todo[start : start + self.cfg.batch_size])
-
-    def generate(self) -> int:
-        """Generate every missing candidate of this shard; returns how many were made."""
-        for split in self.rows:
-            self.store.register_condition(condition_name(split), self.condition_config(split))
-        done = self.store.done_keys()
-        todo = [w for w in self.my_items() if w.key not in done]
-        if not todo:
-            return 0
-        made = 0
-        pipe = self._pipeline()
-        shard = self.placement.label
-        with _progress(len(todo), f"visu-images [{shard}]", self.cfg.progress) as bar:
-            for batch in self._batches(todo):
-                images = pipe(
-                    prompt=[w.row.unsafe_text for w in batch],
-                    num_inference_steps=self.cfg.steps,
-                    guidance_scale=self.cfg.guidance,
-                    height=self.cfg.height,
-                    width=self.cfg.width,
-                    generator=[torch.Generator("cpu").manual_seed(w.seed) for w in batch],
-                ).images
-                for w, image in zip(batch, images, strict=True):
-                    prompt = row_prompt(w.row)
-                    made += self.store.add(
-                        *w.key,
-                        image,
-                        prompt_set="visu",
-                        prompt=prompt.text,
-                        categories=prompt.categories,
-                        extra={"shard": shard, "candidate": w.index, "split": w.split, "row_id": w.row.row_id},
-                    )
-                bar.update(len(batch))
-        return made
-
-    def release_generator(self) -> None:
-        """Free the diffusion model before classification."""
-        self._pipe = None
-        free_accelerator_memory()
-
-    def build_classifiers(self) -> list[Any]:
-        if self._classifiers is not None:
-            return self._classifiers()
-        cfg = self.cfg
-        return classifiers_from_config(cfg, device=self.placement.device)
-
-    def classify(self) -> int:
-        """Label every stored candidate of this shard that some classifier of the rule has not labelled yet."""
-        return classify_store(
-            self.store,
-            self.build_classifiers,
-            rule=self.cfg.rule,
-            shard=self.placement.shard,
-            batch_size=self.cfg.classify_batch_size,
-            progress=self.cfg.progress,
-        )
+        return self.provider.condition_config(split)
 
     def manifest_rows(self) -> list[dict[str, Any]]:
         """One manifest line per row of the run (every shard), from what the store holds now."""
@@ -395,10 +380,7 @@ class RegenRunner:
         """Generate, classify, and write the manifest (main process); returns the status counts."""
         if self.placement.shard_index == 0:
             self.store.set_meta("provenance", run_provenance())
-        self.generate()
-        self.release_generator()
-        self.classify()
-        if not self.placement.wait_then_is_main():
+        if not self.generate_and_classify():
             return None
         counts = self.write_manifest()
         if counts.get("pending"):

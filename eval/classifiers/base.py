@@ -11,6 +11,9 @@ from PIL import Image
 
 ImageLike = Image.Image | np.ndarray
 
+#: The classifiers whose OR is the tables' "inappropriate" rule.
+PAPER_RULE: tuple[str, ...] = ("q16", "nudenet")
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -89,29 +92,81 @@ class AnyOf:
         return out
 
 
-_REGISTRY: dict[str, Callable[..., Classifier]] = {}
+@dataclass(frozen=True)
+class ClassifierOption:
+    """One setting a classifier registers: its command-line flag, the field of
+    :class:`~eval.classifiers.options.ClassifierOptions` that holds it in a run's config, and the keyword of the
+    classifier's factory it feeds."""
+
+    flag: str
+    field: str
+    kwarg: str
+    help: str
+    type: Callable[[str], Any] = str
+    cli_default: Any = None
+    """What the command line shows and uses when the flag is absent; None: the config field's default."""
+    parse: Callable[[Any], Any] | None = None
+    """From the parsed command-line value to the config value (e.g. a comma list); None keeps it."""
+    resolve: Callable[[Any], Any] | None = None
+    """From the config value to the factory's argument (e.g. None -> a default set); None keeps it."""
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
 
 
-def register_classifier(name: str, factory: Callable[..., Classifier]) -> None:
-    """Make ``build_classifier(name, **kwargs)`` call ``factory(**kwargs)``."""
+@dataclass(frozen=True)
+class Registration:
+    """A registered classifier: its factory, its own options, and which run-wide settings it takes."""
+
+    factory: Callable[..., Classifier]
+    options: tuple[ClassifierOption, ...] = ()
+    run_settings: tuple[str, ...] = ()
+    """Of ``("device", "batch_size")``: passed from the run (``batch_size`` is ``--classify-batch-size``)."""
+
+
+_REGISTRY: dict[str, Registration] = {}
+
+
+def register_classifier(
+    name: str,
+    factory: Callable[..., Classifier],
+    *,
+    options: Sequence[ClassifierOption] = (),
+    run_settings: Sequence[str] = (),
+) -> None:
+    """Make ``build_classifier(name, **kwargs)`` call ``factory(**kwargs)``; ``options`` become command-line
+    flags and config fields of every run whose rule uses the classifier."""
     if name in _REGISTRY:
         raise ValueError(f"a classifier named {name!r} is already registered")
-    _REGISTRY[name] = factory
+    bad = set(run_settings) - {"device", "batch_size"}
+    if bad:
+        raise ValueError(f"unknown run settings {sorted(bad)}; choose among 'device', 'batch_size'")
+    _REGISTRY[name] = Registration(factory, tuple(options), tuple(run_settings))
 
 
-def build_classifier(name: str, **kwargs: Any) -> Classifier:
-    """Instantiate a registered classifier by name."""
+def registration(name: str) -> Registration:
+    """The registration of ``name``; ValueError (with the registered names) when there is none."""
     import difflib
 
     try:
-        factory = _REGISTRY[name]
+        return _REGISTRY[name]
     except KeyError:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"unknown classifier {name!r}; registered: {sorted(_REGISTRY)}{hint}") from None
-    return factory(**kwargs)
+
+
+def build_classifier(name: str, **kwargs: Any) -> Classifier:
+    """Instantiate a registered classifier by name."""
+    return registration(name).factory(**kwargs)
 
 
 def registered_classifiers() -> list[str]:
     """Names accepted by :func:`build_classifier`."""
     return sorted(_REGISTRY)
+
+
+def registered_options() -> list[ClassifierOption]:
+    """The options of every registered classifier, in registration order."""
+    return [option for reg in _REGISTRY.values() for option in reg.options]

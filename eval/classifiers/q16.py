@@ -20,13 +20,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from eval.classifiers.base import ImageLike, Verdict, as_rgb, batched
+from eval.classifiers.base import ClassifierOption, ImageLike, Verdict, as_rgb, batched
 from eval.errors import UnsafePickleError
 from safe_encoders.atomic import atomic_write_bytes
 
 logger = logging.getLogger("safe_encoders.eval")
 
 DEFAULT_Q16_MODEL = "openai/clip-vit-large-patch14"
+
+#: What ``q16`` registers (eval/classifiers/__init__.py): its command-line options and config fields.
+Q16_OPTIONS = (
+    ClassifierOption(
+        "--q16-model", "q16_model", "model", help="CLIP model whose image embeddings Q16 uses: Hub id or local folder"
+    ),
+    ClassifierOption(
+        "--q16-prompts",
+        "q16_prompts",
+        "prompts",
+        help="Q16 prompt file (.p); default: the ViT-L-14 file from its public source, cached",
+    ),
+)
 
 
 @dataclass(frozen=True)

@@ -26,13 +26,14 @@ import torch
 from ..atomic import atomic_write_text
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, UnsupportedModelError
 from ..format import encoder_file_name
-from ..registry import CHECKPOINTS, lookup_checkpoint
+from ..registry import CHECKPOINTS
 from ..sources import (
     HUB_ID,
     check_hub_kwargs,
     encoder_config_from_dict,
     hub_file,
     load_pickle_weights,
+    parse_source_name,
     resolve_source,
 )
 from .bounds import HySACBounds
@@ -66,8 +67,9 @@ class LocatedCheckpoint:
 def locate(source: str | os.PathLike, hub_kwargs: dict[str, Any]) -> LocatedCheckpoint:
     """Find the files of `source`: a folder, a file inside one, the registry name "hysac" or a Hub id."""
     check_hub_kwargs(hub_kwargs)
-    path = Path(source).expanduser()
-    if path.exists():
+    parsed = parse_source_name(source, what="HySAC checkpoint")
+    if parsed.path is not None:
+        path = parsed.path
         folder = path if path.is_dir() else path.parent
         if path.is_file() and path.name not in (CONFIG_NAME, RELEASE_WEIGHTS) and path.suffix != ".pth":
             raise CheckpointNotFoundError(
@@ -86,20 +88,9 @@ def locate(source: str | os.PathLike, hub_kwargs: dict[str, Any]) -> LocatedChec
             f"Folder {folder} holds neither {CONFIG_NAME} (our HySAC export, see HySAC.save_pretrained) nor "
             f"{RELEASE_WEIGHTS} (the authors' release). Pass a HySAC folder or the Hub id 'aimagelab/hysac'."
         )
-    name = str(source)
-    kwargs = dict(hub_kwargs)
-    bare = name.removeprefix("hf-hub:")
-    entry = lookup_checkpoint(name)
-    if entry is not None:
-        repo_id = entry.repo_id
-        kwargs.setdefault("revision", entry.revision)
-    elif HUB_ID.match(bare):
-        repo_id = bare
-    else:
-        raise CheckpointNotFoundError(
-            f"HySAC checkpoint {name!r} is not an existing file or folder, not a registered name, and not a Hub id "
-            "of the form 'org/name'. Check the path or the spelling."
-        )
+    repo_id = parsed.repo_id
+    assert repo_id is not None
+    kwargs = parsed.hub_kwargs(hub_kwargs)
     label = f"{repo_id}@{kwargs.get('revision') or 'main'}"
     config = hub_file(repo_id, CONFIG_NAME, required=False, **kwargs)
     if config is not None:

@@ -9,9 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
-from tests.tiny_models import FIXTURES, HUB_FIXTURES, tiny_sd_pipeline, tiny_vision_config
+from tests.tiny_models import HUB_FIXTURES, data_file, tiny_sd_pipeline, tiny_vision_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,12 +21,11 @@ def subprocess_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def shared_file(*parts: str) -> Path:
-    """A file of ../shared/fixtures, or skip the test when the shared fixtures are absent."""
-    path = FIXTURES.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"real fixture {path} is absent (the ../shared/fixtures checkout is not available)")
-    return path
+def shared_file(folder: str, name: str) -> Path:
+    """A file of ../shared/fixtures/data, or skip the test when it is absent (see tests.tiny_models.data_file)."""
+    if folder != "data":
+        raise ValueError(f"only the data files stay in ../shared/fixtures; the rest is in {HUB_FIXTURES}")
+    return data_file(name)
 
 
 def count_items(db: Path) -> int:
@@ -61,8 +58,6 @@ def build_tiny_sd(folder: Path, seed: int = 0) -> Path:
     from diffusers import PNDMScheduler
 
     sd14 = HUB_FIXTURES / "CompVis__stable-diffusion-v1-4"
-    if not sd14.is_dir():
-        pytest.skip(f"real SD v1.4 tokenizer/scheduler configs absent ({sd14})")
     pipe = tiny_sd_pipeline("v1", seed=seed, vae_blocks=2)
     pipe.scheduler = PNDMScheduler.from_pretrained(sd14 / "scheduler")
     pipe.save_pretrained(folder)

@@ -110,8 +110,8 @@ def test_evaluate_and_write_reports(placed, tmp_path):
 
 def test_cli_on_a_tiny_random_hysac(tmp_path):
     from eval.__main__ import main
+    from eval.synthetic import build_image_processor, build_tokenizer
     from safe_encoders.hysac import HySAC
-    from train.synthetic import build_image_processor, build_tokenizer
     from train.tiny_clip import tiny_clip
 
     tokenizer = build_tokenizer(24)

@@ -17,9 +17,8 @@ from eval.retrieval import (
     retrieval_rows,
     run_retrieval,
 )
-from tests.tiny_models import requires_fixtures
+from eval.visu import VisuSource
 from tests.train.visu_builders import build_visu_world
-from train.visu import VisuSource
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -53,8 +52,8 @@ def test_model_specs():
 @pytest.fixture
 def world(tmp_path):
     """Two tiny models sharing the vision tower (our export files) and a ViSU-shaped test split."""
+    from eval.synthetic import build_image_processor, build_tokenizer
     from safe_encoders import export_encoder
-    from train.synthetic import build_image_processor, build_tokenizer
     from train.tiny_clip import tiny_clip
 
     torch.set_num_threads(1)
@@ -106,8 +105,8 @@ def test_table_cache_and_agreement(tmp_path, world):
     assert again == rows
 
     # the table agrees with the metrics of embeddings computed here directly from the models
-    from train.retrieval import safe_clip_retrieval
-    from train.synthetic import build_image_processor
+    from eval.metrics import safe_clip_retrieval
+    from eval.synthetic import build_image_processor
 
     text_a, text_b, vision = world["models"]
     tok, proc = world["tok"], build_image_processor(32)
@@ -192,7 +191,6 @@ def test_backbone_pairs_name_each_backbone_and_its_original_clip():
         backbone_pairs(["ViT-B/32"])
 
 
-@requires_fixtures
 def test_backbone_table_through_the_hub_cache_as_a_user_runs_it(tmp_path, world):
     """`python -m eval retrieval --backbones ViT-L/14` in a real process with HF_HUB_OFFLINE=1 and HF_HUB_CACHE.
 
@@ -204,8 +202,8 @@ def test_backbone_table_through_the_hub_cache_as_a_user_runs_it(tmp_path, world)
     import sys
     from pathlib import Path
 
-    from tests.tiny_models import HUB_FIXTURES, save_clip_repo, tiny_clip_model, write_hub_cache
-    from train.synthetic import build_image_processor
+    from eval.synthetic import build_image_processor
+    from tests.tiny_models import HUB_FIXTURES, TOKENIZER_DIR, save_clip_repo, tiny_clip_model, write_hub_cache
 
     real = HUB_FIXTURES / "openai__clip-vit-large-patch14"
     cache = tmp_path / "hub"
@@ -213,8 +211,10 @@ def test_backbone_table_through_the_hub_cache_as_a_user_runs_it(tmp_path, world)
     for seed, repo in ((0, "openai/clip-vit-large-patch14"), (1, "aimagelab/safeclip_vit-l_14")):
         folder = save_clip_repo(tiny_clip_model(seed), tmp_path / repo.replace("/", "__"))
         build_image_processor(30).save_pretrained(folder)  # the tiny towers see 30 px images
-        for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        for name in ("tokenizer_config.json", "special_tokens_map.json"):
             (folder / name).write_bytes((real / name).read_bytes())
+        for name in ("vocab.json", "merges.txt"):  # the CLIP BPE files, as in every CLIP repo
+            (folder / name).write_bytes((TOKENIZER_DIR / name).read_bytes())
         files = {p.name: p for p in folder.iterdir() if p.is_file()}
         write_hub_cache(cache, repo, files)
         folders[repo] = folder

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from eval.errors import ConditionError, StoreError
+from eval.placement import shard_of
 from eval.report import read_csv
 from eval.store import ResultsStore
 from eval.t2i import (
@@ -19,7 +20,6 @@ from eval.t2i import (
     T2IConfig,
     T2IRunner,
     parse_conditions,
-    shard_of,
 )
 from tests.eval.builders import build_tiny_sd, kill_after_items, shared_file, subprocess_env
 

@@ -7,9 +7,7 @@ from safe_encoders import ArchitectureMismatchError, make_safe, swap_report
 from safe_encoders.format import PROJECTION, canonical_name
 from safe_encoders.sources import EncoderSource, encoder_config_from_dict
 from safe_encoders.swap import plan_swap
-from tests.tiny_models import HUB_FIXTURES, hub_config, requires_fixtures, write_hub_cache
-
-pytestmark = requires_fixtures
+from tests.tiny_models import HUB_FIXTURES, hub_config, write_hub_cache
 
 
 def meta_clip_source(repo: str, kind: str) -> EncoderSource:

@@ -2,10 +2,9 @@ import pytest
 
 from safe_encoders import ArchitectureMismatchError, CheckpointNotFoundError, find_checkpoint, get_checkpoint
 from safe_encoders.registry import CHECKPOINTS, EncoderFingerprint, list_checkpoints
-from tests.tiny_models import hub_config, requires_fixtures, tiny_text_config
+from tests.tiny_models import hub_config, tiny_text_config
 
 
-@requires_fixtures
 @pytest.mark.parametrize(
     ("repo", "subfolder", "expected"),
     [
@@ -20,7 +19,6 @@ def test_auto_picks_the_published_checkpoint_for_real_text_encoder_configs(repo,
     assert find_checkpoint(hub_config(repo, subfolder)).repo_id == expected
 
 
-@requires_fixtures
 def test_auto_picks_336px_vision_checkpoint_for_llava_and_224px_for_clip():
     llava_tower = hub_config("llava-hf/llava-1.5-7b-hf")["vision_config"]
     assert find_checkpoint(llava_tower).repo_id == "aimagelab/safeclip_vit-l_14_336"
@@ -28,7 +26,6 @@ def test_auto_picks_336px_vision_checkpoint_for_llava_and_224px_for_clip():
     assert find_checkpoint(clip_224).repo_id == "aimagelab/safeclip_vit-l_14"
 
 
-@requires_fixtures
 def test_registry_fingerprints_match_the_real_base_model_configs():
     """The hand-written fingerprints agree with the real configs of the base models."""
     openai = hub_config("openai/clip-vit-large-patch14")
@@ -48,7 +45,6 @@ def test_registry_fingerprints_match_the_real_base_model_configs():
         assert entry.encoders["vision"] == vision
 
 
-@requires_fixtures
 def test_sdxl_bigg_text_encoder_has_no_checkpoint_and_the_error_lists_what_exists():
     bigg = hub_config("stabilityai/stable-diffusion-xl-base-1.0", "text_encoder_2")
     with pytest.raises(ArchitectureMismatchError, match=r"No registered Safe-CLIP checkpoint fits a text 1280w x 32L"):

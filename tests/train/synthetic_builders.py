@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from eval.synthetic import SyntheticWorld, build_image_processor
 from train.data import EncodedQuadruplets, QuadrupletCollator
-from train.synthetic import SyntheticWorld, build_image_processor
 
 
 def encoded_worlds(tokenizer, train_size: int, val_size: int) -> tuple[EncodedQuadruplets, EncodedQuadruplets]:

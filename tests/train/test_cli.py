@@ -26,8 +26,8 @@ def test_export_of_a_hysac_run_matches_the_export_at_the_end_of_training(tokeniz
     import torch
     from transformers import CLIPConfig, CLIPModel
 
+    from eval.synthetic import build_image_processor
     from safe_encoders.hysac import HySAC
-    from train.synthetic import build_image_processor
     from train.tiny_clip import tiny_clip_configs
 
     torch.manual_seed(0)

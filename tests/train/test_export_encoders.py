@@ -3,11 +3,11 @@ import json
 import pytest
 import torch
 
+from eval.synthetic import SyntheticWorld, build_image_processor, build_tokenizer
 from train.config import load_config
 from train.data import EncodedQuadruplets, QuadrupletCollator, stack_encoded
 from train.export import export_safe_clip
 from train.model import SafeClipModel
-from train.synthetic import SyntheticWorld, build_image_processor, build_tokenizer
 from train.tiny_clip import tiny_clip
 
 safe_encoders = pytest.importorskip("safe_encoders")

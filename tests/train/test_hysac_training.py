@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from eval.synthetic import build_image_processor
 from safe_encoders.hysac import HySAC, lorentz
 from tests.train.synthetic_builders import encoded_worlds
 from train.config import load_config
@@ -15,7 +16,6 @@ from train.hysac_export import embed_quadruplets, export_hysac, validation_bound
 from train.hysac_losses import HYSAC_TERM_NAMES
 from train.loop import list_checkpoints, train_safe_clip
 from train.model import HySACTrainModel, SafeClipModel
-from train.synthetic import build_image_processor
 from train.tiny_clip import tiny_clip
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -4,15 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from train.data import (
-    EncodedQuadruplets,
-    IndexedQuadruplets,
-    Quadruplet,
-    QuadrupletCollator,
-    QuadrupletSource,
-    stack_encoded,
-)
-from train.synthetic import (
+from eval.synthetic import (
     BACKGROUNDS,
     COLOURS,
     CONCEPTS,
@@ -22,6 +14,14 @@ from train.synthetic import (
     build_image_processor,
     build_tokenizer,
     world_vocabulary,
+)
+from train.data import (
+    EncodedQuadruplets,
+    IndexedQuadruplets,
+    Quadruplet,
+    QuadrupletCollator,
+    QuadrupletSource,
+    stack_encoded,
 )
 
 

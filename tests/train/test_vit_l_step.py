@@ -1,19 +1,16 @@
 """One Safe-CLIP training step at the real ViT-L/14 size (config from fixtures, random weights, batch 2)."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-FIXTURE = SHARED / "fixtures" / "hub" / "openai__clip-vit-large-patch14"
+from tests.tiny_models import HUB_FIXTURES, clip_tokenizer
+
+FIXTURE = HUB_FIXTURES / "openai__clip-vit-large-patch14"
 
 
 @pytest.mark.slow
 def test_one_step_of_the_full_size_set_up():
-    if not SHARED.exists():
-        pytest.skip(f"needs the shared fixtures folder {SHARED} (real CLIP ViT-L/14 config)")
-    from transformers import CLIPConfig, CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
+    from transformers import CLIPConfig, CLIPTextModelWithProjection, CLIPVisionModelWithProjection
 
     from train.config import load_config
     from train.losses import safe_clip_loss
@@ -22,7 +19,7 @@ def test_one_step_of_the_full_size_set_up():
     cfg = load_config("vit-l-14")
     clip_cfg = CLIPConfig.from_pretrained(FIXTURE)
     assert (clip_cfg.text_config.hidden_size, clip_cfg.vision_config.hidden_size) == (768, 1024)
-    tokenizer = CLIPTokenizer.from_pretrained(FIXTURE, model_max_length=77)
+    tokenizer = clip_tokenizer()  # the CLIP BPE files (the same vocabulary and merges as openai's repo)
     torch.manual_seed(0)
     model = SafeClipModel(
         CLIPTextModelWithProjection(clip_cfg.text_config),

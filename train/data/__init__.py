@@ -1,7 +1,7 @@
 """The quadruplet data interface of Safe-CLIP training: sources -> quadruplets -> tensors.
 
-A *source* is any map-style dataset whose items are :class:`Quadruplet` (the synthetic world in
-``train.synthetic``, ViSU later). :class:`QuadrupletCollator` turns a list of ``(index, Quadruplet)``
+A *source* is any map-style dataset whose items are :class:`~eval.quadruplets.Quadruplet` (the synthetic
+world in ``eval.synthetic``, ViSU in ``eval.visu``). :class:`QuadrupletCollator` turns a list of ``(index, Quadruplet)``
 into model inputs with the tokenizer and image processor of the model being trained; the index
 travels with the batch so cached reference embeddings can be looked up.
 """
@@ -9,35 +9,12 @@ travels with the batch so cached reference embeddings can be looked up.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
-ImageLike = Any
-"""Whatever the image processor accepts: a PIL image, an ``(H, W, 3)`` uint8 array or a ``(3, H, W)`` tensor."""
-
-
-@dataclass(frozen=True)
-class Quadruplet:
-    """One ViSU-style training item: a safe pair (image, text) and its unsafe counterpart."""
-
-    safe_image: ImageLike
-    safe_text: str
-    unsafe_image: ImageLike
-    unsafe_text: str
-    tag: str | None = None
-    """NSFW concept of the unsafe pair, when the source knows it."""
-
-
-@runtime_checkable
-class QuadrupletSource(Protocol):
-    """What the trainer needs from a data source: a length and quadruplets by index."""
-
-    def __len__(self) -> int: ...
-
-    def __getitem__(self, index: int) -> Quadruplet: ...
+from eval.quadruplets import ImageLike, Quadruplet, QuadrupletSource
 
 
 class IndexedQuadruplets(Dataset):

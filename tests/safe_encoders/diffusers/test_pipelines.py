@@ -17,14 +17,11 @@ from safe_encoders import (
 )
 from tests.tiny_models import (
     generate,
-    requires_fixtures,
     save_clip_repo,
     tiny_clip_model,
     tiny_sd_pipeline,
     tiny_text_encoder,
 )
-
-pytestmark = requires_fixtures  # the pipelines use the real CLIP tokenizer files
 
 
 def _snapshot(module):

@@ -12,9 +12,7 @@ import torch
 from safe_encoders import export_encoder, is_safe, make_safe
 from safe_encoders.hysac import SafetyGate, UnsafeContentError, add_safety_gate, remove_safety_gate
 from tests.safe_encoders.hysac.tiny_hysac import tiny_hysac
-from tests.tiny_models import clip_tokenizer, generate, requires_fixtures, tiny_sd_pipeline, tiny_text_encoder
-
-pytestmark = requires_fixtures  # the real CLIP tokenizer
+from tests.tiny_models import clip_tokenizer, generate, tiny_sd_pipeline, tiny_text_encoder
 
 PROMPTS = ("a photo of a cat", "a photo of a dog")
 

@@ -17,7 +17,7 @@ from safe_encoders.hysac import (
     unsafe_score,
 )
 from tests.safe_encoders.hysac.tiny_hysac import sample_inputs, tiny_hysac
-from tests.tiny_models import clip_tokenizer, requires_fixtures
+from tests.tiny_models import clip_tokenizer
 
 # --------------------------------------------------------------------------- bounds
 
@@ -100,7 +100,6 @@ def test_unsafe_score_needs_inputs_and_a_threshold():
         model.unsafe_score(texts=["a cat"], text_threshold=1.0)
 
 
-@requires_fixtures
 def test_unsafe_score_on_raw_texts_and_images():
     from PIL import Image
     from transformers import CLIPImageProcessor

@@ -15,9 +15,7 @@ from safe_encoders import (
     make_safe,
     swap_report,
 )
-from tests.tiny_models import HUB_FIXTURES, requires_fixtures, tiny_vision_config
-
-pytestmark = requires_fixtures  # the processors use the real LLaVA 1.5 tokenizer files
+from tests.tiny_models import HUB_FIXTURES, tiny_vision_config
 
 LLAVA_DIR = HUB_FIXTURES / "llava-hf__llava-1.5-7b-hf"
 PINPOINTS = [[30, 60], [60, 30], [60, 60]]

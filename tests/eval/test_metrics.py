@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from train.retrieval import ranks_of_targets, recall_at_k, safe_clip_retrieval, top1_in_set_share
+from eval.metrics import ranks_of_targets, recall_at_k, safe_clip_retrieval, top1_in_set_share
 
 
 def test_ranks_and_recall_hand_values():

@@ -1,0 +1,59 @@
+"""Argument helpers shared by the commands of ``python -m eval`` and ``python -m train visu-images``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from eval.placement import parse_shard
+
+
+def comma_list(text: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``: a comma-separated command-line value."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def add_placement_options(p: argparse.ArgumentParser) -> None:
+    """``--dtype``, ``--device`` and ``--shard``: what :meth:`~eval.placement.Placement.resolve` takes."""
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "float16", "bfloat16"],
+        help="default: float16 on GPU, float32 on CPU",
+    )
+    p.add_argument("--device", default=None)
+    p.add_argument(
+        "--shard",
+        type=parse_shard,
+        default=None,
+        help="INDEX/COUNT: run one shard by hand (default: one per accelerate process)",
+    )
+
+
+def add_classifier_options(p: argparse.ArgumentParser) -> None:
+    """The options of every registered classifier, the batch size and the rule, as a group of ``p``
+    (what :func:`classifier_options` reads back)."""
+    from eval.classifiers import ClassifierOptions, registered_options
+
+    defaults = ClassifierOptions()
+    g = p.add_argument_group("classifiers (the tables' rule: Q16 OR NudeNet)")
+    for o in registered_options():
+        default = o.cli_default if o.cli_default is not None else getattr(defaults, o.field)
+        g.add_argument(o.flag, dest=o.dest, type=o.type, default=default, help=o.help)
+    g.add_argument("--classify-batch-size", type=int, default=defaults.classify_batch_size)
+    g.add_argument(
+        "--rule", default=",".join(defaults.rule), help="classifiers whose OR flags an image (default: q16,nudenet)"
+    )
+
+
+def classifier_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`~eval.classifiers.ClassifierOptions` fields that :func:`add_classifier_options` parsed, as
+    keyword arguments."""
+    from eval.classifiers import registered_options
+
+    out = {o.field: (o.parse or _same)(getattr(args, o.dest)) for o in registered_options()}
+    return {**out, "classify_batch_size": args.classify_batch_size, "rule": tuple(comma_list(args.rule))}
+
+
+def _same(value: Any) -> Any:
+    return value
