@@ -27,12 +27,12 @@ from eval.attacks import (
     union_rule,
     write_asr_report,
 )
-from eval.classifiers import registered_classifiers
+from eval.classifiers import ClassifierOptions, registered_classifiers
 from eval.errors import EvalError, StoreError
 from eval.prompts import PromptSet
 from eval.runs import condition_names, run_prompt_set
 from eval.store import ResultsStore
-from eval.t2i import ClassifierOptions, T2IConfig
+from eval.t2i import T2IConfig
 
 logger = logging.getLogger("safe_encoders.eval")
 
@@ -160,8 +160,8 @@ def run_attacks(cfg: AttackConfig, *, shard: tuple[int, int] | None = None) -> l
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """The ``attack`` subcommand of ``python -m eval``."""
     from eval.attacks import ATTACK_PRESETS, CONCEPT_RULES
+    from eval.cli import add_classifier_options
     from eval.runs import add_generation_options, positive_int
-    from eval.t2i import add_classifier_options
 
     p = sub.add_parser("attack", help="attack success rate of adversarial prompt sets (Ring-A-Bell, P4D ...)")
     add_generation_options(p, default_conditions="sd,sd+safe")
@@ -186,8 +186,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def command(args: argparse.Namespace) -> int:
     """Run ``python -m eval attack`` from parsed arguments."""
+    from eval.cli import classifier_options
     from eval.runs import generation_kwargs
-    from eval.t2i import classifier_options
 
     options = classifier_options(args)
     cfg = AttackConfig(

@@ -316,8 +316,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def command(args: argparse.Namespace) -> int:
     """Run ``python -m eval quality`` from parsed arguments."""
+    from eval.cli import comma_list
     from eval.runs import generation_kwargs
-    from eval.t2i import comma_list
 
     metrics = comma_list(args.metrics)
     unknown = sorted(set(metrics) - {"fid", "clip"})

@@ -7,15 +7,17 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from eval.classifiers import classifiers_from_config
 from eval.errors import ConditionError
-from eval.placement import Placement
+from eval.generation import GenerationRunner
+from eval.placement import Placement, run_provenance
 from eval.prompts import PromptSet
 from eval.store import ResultsStore
-from eval.t2i import T2IConfig, T2IRunner, WorkItem, parse_conditions, work_items
+from eval.t2i import T2IConfig, T2IProvider, parse_conditions
 
 
 @dataclass
@@ -28,52 +30,45 @@ class PromptSetRun:
     complete: bool
 
 
-class _GivenPrompts(T2IRunner):
-    """``T2IRunner`` over a prompt set given as an object (its own constructor loads ``config.prompts``)."""
-
-    def __init__(self, config: T2IConfig, prompts: PromptSet, *, shard: tuple[int, int] | None) -> None:
-        self.cfg = config
-        self.conditions = parse_conditions(config.conditions)
-        if any(c.unet for c in self.conditions) and not config.unet:
-            raise ConditionError("a '+unet' condition needs --unet (a diffusers UNet folder, Hub id or .safetensors)")
-        if config.images_per_prompt < 1 or config.steps < 1 or config.batch_size < 1:
-            raise ConditionError("images per prompt, steps and batch size must all be >= 1")
-        self.placement = Placement.resolve(shard, device=config.device, dtype=config.dtype)
-        self.prompts = prompts.limit(config.limit)
-        self.store = ResultsStore(config.out)
-        self._base = self._safe_text_encoder = self._override_unet = None
-
-    def all_items(self) -> list[WorkItem]:
-        return work_items(self.prompts, self.conditions, self.cfg.images_per_prompt)
-
-
-def run_prompt_set(
-    config: T2IConfig,
-    prompts: PromptSet,
-    *,
-    shard: tuple[int, int] | None = None,
-) -> PromptSetRun:
+def run_prompt_set(config: T2IConfig, prompts: PromptSet, *, shard: tuple[int, int] | None = None) -> PromptSetRun:
     """Generate every image of ``prompts`` x ``config.conditions`` (``config.images_per_prompt`` each) into the
-    store at ``config.out``, then label them with ``config.rule`` (skipped when the rule is empty); wait for the
-    other processes. ``complete`` tells (in the main process) whether every image of the run is stored and
-    labelled."""
-    runner = _GivenPrompts(config, prompts, shard=shard)
-    if runner.placement.shard_index == 0:
-        runner.stamp()
-    runner.generate()
-    runner.release_generators()
+    store at ``config.out`` with :class:`~eval.generation.GenerationRunner` and ``eval t2i``'s provider, label
+    them with ``config.rule`` (nothing to label when the rule is empty), and wait for the other processes.
+    ``complete`` tells (in the main process) whether every image of the run is stored and labelled."""
+    conditions = parse_conditions(config.conditions)
+    if any(c.unet for c in conditions) and not config.unet:
+        raise ConditionError("a '+unet' condition needs --unet (a diffusers UNet folder, Hub id or .safetensors)")
+    if config.images_per_prompt < 1 or config.steps < 1 or config.batch_size < 1:
+        raise ConditionError("images per prompt, steps and batch size must all be >= 1")
+    placement = Placement.resolve(shard, device=config.device, dtype=config.dtype)
+    prompts = prompts.limit(config.limit)
+    store = ResultsStore(config.out)
+    runner = GenerationRunner(
+        T2IProvider(config, conditions, prompts, placement, store),
+        store,
+        placement,
+        classifiers=lambda: classifiers_from_config(config, device=placement.device),
+        rule=config.rule,
+        batch_size=config.batch_size,
+        classify_batch_size=config.classify_batch_size,
+        progress=config.progress,
+    )
+    if placement.shard_index == 0:
+        cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k != "hub_kwargs"}
+        provenance = run_provenance()
+        store.set_meta("provenance", provenance)
+        store.set_meta("runs", [*store.get_meta("runs", []), {**provenance, "config": cfg}])
     if config.rule:
-        runner.classify()
-    is_main = runner.placement.wait_then_is_main()
+        is_main = runner.generate_and_classify()
+    else:
+        runner.generate()
+        runner.release_generators()
+        is_main = placement.wait_then_is_main()
     complete = False
     if is_main:
-        complete = runner.complete() if config.rule else _all_generated(runner)
-    return PromptSetRun(runner.store, runner.placement, is_main, complete)
-
-
-def _all_generated(runner: _GivenPrompts) -> bool:
-    done = runner.store.done_keys()
-    return all(w.key in done for w in runner.all_items())
+        done = store.done_keys()
+        complete = runner.complete() if config.rule else all(w.key in done for w in runner.provider.items())
+    return PromptSetRun(store, placement, is_main, complete)
 
 
 def condition_names(conditions: Sequence[str]) -> list[str]:
@@ -108,7 +103,7 @@ def positive_float(text: str) -> float:
 
 def add_generation_options(p: argparse.ArgumentParser, *, default_conditions: str) -> None:
     """The options of ``eval t2i`` that say how images are made: model, conditions, sampling, placement, output."""
-    from eval.placement import add_placement_options
+    from eval.cli import add_placement_options
     from eval.t2i import BASE_CONDITIONS
 
     p.add_argument("--model", required=True, help="diffusers SD pipeline: Hub id or local folder")
@@ -133,7 +128,7 @@ def add_generation_options(p: argparse.ArgumentParser, *, default_conditions: st
 
 def generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """What :func:`add_generation_options` parsed, as keyword arguments of the commands' configs."""
-    from eval.t2i import comma_list
+    from eval.cli import comma_list
 
     return {
         "model": args.model,
