@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from eval.classifiers import PAPER_RULE
-from eval.cli import add_classifier_options, add_placement_options, classifier_options, comma_list
+from eval.cli import add_classifier_options, add_placement_options, classifier_options, comma_list, generation_options
 from eval.errors import EvalError
 from eval.placement import default_device
 from eval.t2i import BASE_CONDITIONS
@@ -300,19 +300,10 @@ def main(argv: list[str] | None = None) -> int:
                 safe_checkpoint=args.safe_checkpoint,
                 unet=args.unet,
                 images_per_prompt=args.images_per_prompt,
-                steps=args.steps,
-                guidance=args.guidance,
-                height=args.size,
-                width=args.size,
-                batch_size=args.batch_size,
-                limit=args.limit,
-                dtype=args.dtype,
-                device=args.device,
                 reference=_reference(args),
                 grids=args.grids,
                 blur=not args.no_blur,
-                progress=not args.no_progress,
-                **classifier_options(args),
+                **generation_options(args),
             )
             rows = T2IRunner(cfg, shard=args.shard).run()
             if rows is not None:

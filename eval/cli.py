@@ -55,5 +55,22 @@ def classifier_options(args: argparse.Namespace) -> dict[str, Any]:
     return {**out, "classify_batch_size": args.classify_batch_size, "rule": tuple(comma_list(args.rule))}
 
 
+def generation_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings every image-generating command shares (steps, guidance, ``--size``, batch size, limit,
+    placement, progress and the classifiers), as config keyword arguments."""
+    return {
+        "steps": args.steps,
+        "guidance": args.guidance,
+        "height": args.size,
+        "width": args.size,
+        "batch_size": args.batch_size,
+        "limit": args.limit,
+        "dtype": args.dtype,
+        "device": args.device,
+        "progress": not args.no_progress,
+        **classifier_options(args),
+    }
+
+
 def _same(value: Any) -> Any:
     return value

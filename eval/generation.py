@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import torch
 
-from eval.classifiers import PAPER_RULE
+from eval.classifiers import PAPER_RULE, ClassifierOptions, classifiers_from_config
 from eval.placement import Placement, free_accelerator_memory, shard_of
 from eval.store import ItemKey, ResultsStore, fully_labelled
 
@@ -87,7 +87,9 @@ def progress_bar(total: int, desc: str, enabled: bool):
 class GenerationRunner:
     """Generates, stores and classifies the work items of ``provider``, resuming whatever the store holds.
 
-    ``classifiers`` builds the classifiers of ``rule`` (called only when something is left to label).
+    ``settings``: the run's config (a ``ClassifierOptions`` with ``batch_size`` and ``progress``, e.g. a
+    ``T2IConfig``). ``classifiers`` builds the classifiers of its rule (called only when something is left to
+    label); by default :func:`~eval.classifiers.classifiers_from_config` on the placement's device.
     """
 
     def __init__(
@@ -95,21 +97,18 @@ class GenerationRunner:
         provider: Provider,
         store: ResultsStore,
         placement: Placement,
+        settings: ClassifierOptions,
         *,
-        classifiers: Callable[[], list[Any]],
-        rule: Sequence[str] = PAPER_RULE,
-        batch_size: int = 4,
-        classify_batch_size: int = 16,
-        progress: bool = True,
+        classifiers: Callable[[], list[Any]] | None = None,
     ) -> None:
         self.provider = provider
         self.store = store
         self.placement = placement
-        self.make_classifiers = classifiers
-        self.rule = tuple(rule)
-        self.batch_size = batch_size
-        self.classify_batch_size = classify_batch_size
-        self.progress = progress
+        self.make_classifiers = classifiers or (lambda: classifiers_from_config(settings, device=placement.device))
+        self.rule = tuple(settings.rule)
+        self.batch_size: int = settings.batch_size  # type: ignore[attr-defined]
+        self.classify_batch_size = settings.classify_batch_size
+        self.progress: bool = settings.progress  # type: ignore[attr-defined]
 
     def my_items(self) -> list[Any]:
         """This process's share of the run."""

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eval.classifiers import ClassifierOptions, classifiers_from_config
+from eval.classifiers import ClassifierOptions
 from eval.errors import ConditionError
 from eval.generation import GenerationRunner, diffusers_dtype_kwarg
 from eval.placement import Placement, run_provenance
@@ -361,11 +361,7 @@ class T2IRunner(GenerationRunner):
             T2IProvider(config, self.conditions, self.prompts, placement, store),
             store,
             placement,
-            classifiers=lambda: classifiers_from_config(config, device=placement.device),
-            rule=config.rule,
-            batch_size=config.batch_size,
-            classify_batch_size=config.classify_batch_size,
-            progress=config.progress,
+            config,
         )
 
     def condition_config(self, cond: Condition) -> dict[str, Any]:

@@ -21,12 +21,15 @@ from .registry import EncoderKind, find_checkpoint
 from .sources import EncoderSource, resolve_source
 from .swap import (
     SwapPlan,
-    apply_swap,
-    cast_encoder,
     encoder_kind,
     has_projection,
+    install,
     installed_record,
+    parse_dtype,
+    place,
     plan_swap,
+    recast,
+    verify_installed,
 )
 
 logger = logging.getLogger("safe_encoders")
@@ -41,15 +44,22 @@ class EncoderSlot:
     module: nn.Module | None
     kind: EncoderKind | None
     why_not: str = ""
+    tokenizer: Any = None  # the tokenizer that feeds this (text) encoder, when the target has one
 
 
 @dataclass(frozen=True)
 class TargetHandler:
-    """Where one kind of target keeps its encoders."""
+    """Where one kind of target keeps its encoders, and (optionally) how a HySAC safety gate attaches to it.
+
+    `install_gate(handle)` is called by `hysac.add_safety_gate` with a `hysac.GateHandle` once the gate's
+    classifier and thresholds are checked; it changes `handle.target` and registers the undo with
+    `handle.on_remove`. A handler without it cannot be gated.
+    """
 
     name: str
     matches: Callable[[Any], bool]
     slots: Callable[[Any], list[EncoderSlot]]
+    install_gate: Callable[[Any], None] | None = None
 
 
 HANDLERS: list[TargetHandler] = []
@@ -76,7 +86,7 @@ def make_safe(
     obj: T,
     checkpoint: Any = "auto",
     *,
-    torch_dtype: torch.dtype | None = None,
+    torch_dtype: torch.dtype | str | None = None,
     allow_partial: bool = False,
     **hub_kwargs: Any,
 ) -> T:
@@ -87,15 +97,21 @@ def make_safe(
             inpaint, ...), a transformers LLaVA model, or a bare CLIP text / vision model.
         checkpoint: "auto" (pick the registered checkpoint whose architecture fits each
             encoder), a registry name, a Hub id, a local folder or one of our `.safetensors` files.
-        torch_dtype: cast the swapped encoder(s) to this dtype; None keeps their current dtype.
+        torch_dtype: cast the swapped encoder(s) to this dtype (`torch.float16`, "float16", "bfloat16", ...);
+            None or "auto" keeps their current dtype.
         allow_partial: swap what can be swapped when some encoder has no Safe-CLIP counterpart
             (e.g. SDXL's OpenCLIP bigG `text_encoder_2`), with a warning, instead of raising.
         **hub_kwargs: `revision`, `token`, `cache_dir`, `local_files_only`, `force_download`.
 
-    Everything is checked (architectures, tensor names and shapes, digests) before the first
-    weight is changed: either every planned encoder is swapped or none is. Calling it again with
-    the same checkpoint does nothing.
+    Everything is checked before the first weight is changed (architectures, wrappers, tensor names
+    and shapes, where every weight lives, and every source tensor: digest, floating point, finite),
+    reading the checkpoint a slice at a time. The weights are then copied where the forward pass reads
+    them (offloaded copies included), read back through the same hooks and compared; if anything
+    fails, every original weight is restored and the error raised: either every planned encoder is
+    swapped or none is. Calling it again with the same checkpoint does nothing (after checking that
+    the encoder still holds it).
     """
+    dtype = parse_dtype(torch_dtype)
     handler = _handler_for(obj)
     slots = handler.slots(obj)
     clip_slots = [slot for slot in slots if slot.kind is not None]
@@ -112,7 +128,8 @@ def make_safe(
         assert slot.module is not None and slot.kind is not None
         try:
             source = _source_for(slot, checkpoint, sources, hub_kwargs)
-            plans.append(plan_swap(slot.module, source, slot.label))
+            plans.append(place(plan_swap(slot.module, source, slot.label), dtype))
+            _check_tokenizer(slot, source)
         except ArchitectureMismatchError as error:
             first_error = first_error or error
             misses.append((slot, str(error)))
@@ -128,19 +145,51 @@ def make_safe(
                 "their unsafe concepts)."
             )
         warnings.warn(f"make_safe: partial swap, {detail} left unchanged.", UserWarning, stacklevel=2)
-    todo = [plan for plan in plans if (installed_record(plan.module) or {}).get("identity") != plan.source.identity]
+    todo = [plan for plan in plans if not _already_holds(plan)]
     for plan in plans:
         if plan not in todo:
             logger.info("safe_encoders: %s already holds %s; nothing to do.", plan.label, plan.source.label)
-    # Read (and verify) everything first, so that a corrupt file cannot leave a half-swapped target.
-    loaded = [plan.source.read(plan.names) for plan in todo]
-    for plan, tensors in zip(todo, loaded, strict=True):
-        apply_swap(plan, tensors, torch_dtype=torch_dtype)
-    if torch_dtype is not None:
+    # Check every source tensor first (a slice at a time), so that a bad file cannot leave a half-swapped target.
+    digests = [plan.source.validate(plan.names) for plan in todo]
+    install(todo, digests, torch_dtype=dtype)
+    if dtype is not None:
         for plan in plans:
             if plan not in todo:
-                cast_encoder(plan.module, torch_dtype, plan.label)
+                recast(plan, dtype)
     return obj
+
+
+def _already_holds(plan: SwapPlan) -> bool:
+    if (installed_record(plan.module) or {}).get("identity") != plan.source.identity:
+        return False
+    check = verify_installed(plan.module, plan.label)
+    if not check.verified:
+        logger.warning(
+            "safe_encoders: %s records %s but its weights differ (%s%s); swapping again.",
+            plan.label,
+            plan.source.label,
+            check.reason,
+            f", first at {check.first_difference}" if check.first_difference else "",
+        )
+    return check.verified
+
+
+def _check_tokenizer(slot: EncoderSlot, source: EncoderSource) -> None:
+    rows = source.shapes.get("text_model.embeddings.token_embedding.weight", (0,))[0]
+    if slot.tokenizer is None or not rows:
+        return
+    try:
+        size = len(slot.tokenizer)
+    except TypeError:
+        return
+    if size < rows:
+        warnings.warn(
+            f"{slot.label}: its tokenizer has {size} tokens but the encoder's embedding table has {rows} rows; "
+            "rows past the tokenizer's vocabulary are never used. Check that the tokenizer belongs to this "
+            "encoder (a CLIP tokenizer has 49408 tokens).",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _source_for(
@@ -158,23 +207,39 @@ def _source_for(
     return cache[slot.kind]
 
 
-def swap_report(obj: Any) -> dict[str, dict[str, Any] | None]:
-    """For each encoder of `obj`: the record of its Safe-CLIP swap, or None if it is not swapped."""
+def swap_report(obj: Any, *, verify: bool = False) -> dict[str, dict[str, Any] | None]:
+    """For each encoder of `obj`: the record of its Safe-CLIP swap, or None if it is not swapped.
+
+    With `verify=True` each record also says whether the weights the forward pass reads (through any
+    offload hooks) are still the ones installed: `verified` (bool), `first_difference` (the first
+    tensor that differs, or None) and `reason`. That costs one pass over each encoder's bytes.
+    """
     try:
         handler = _handler_for(obj)
     except UnsupportedModelError:
         return {}
-    return {slot.label: installed_record(slot.module) if slot.kind else None for slot in handler.slots(obj)}
+    report: dict[str, dict[str, Any] | None] = {}
+    for slot in handler.slots(obj):
+        record = installed_record(slot.module) if slot.kind else None
+        if record is not None:
+            record = {key: value for key, value in record.items() if key != "installed_tensors"}
+            if verify:
+                check = verify_installed(slot.module, slot.label)
+                record.update(verified=check.verified, first_difference=check.first_difference, reason=check.reason)
+        report[slot.label] = record
+    return report
 
 
-def is_safe(obj: Any) -> bool:
+def is_safe(obj: Any, *, verify: bool = False) -> bool:
     """True when every encoder of `obj` that conditions generation carries a Safe-CLIP swap.
 
     A partial swap (`allow_partial=True`) reports False: an unswapped encoder still knows the
-    unsafe concepts. `swap_report` says which encoder holds what.
+    unsafe concepts. With `verify=True` the weights the forward reads are also re-read and compared
+    with what was installed (one pass over the encoders' bytes). `swap_report` says which encoder
+    holds what.
     """
-    report = swap_report(obj)
-    return bool(report) and all(record is not None for record in report.values())
+    report = swap_report(obj, verify=verify)
+    return bool(report) and all(record is not None and (not verify or record["verified"]) for record in report.values())
 
 
 # ----------------------------------------------------------------------- built-in handlers

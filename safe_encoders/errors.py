@@ -29,6 +29,10 @@ class CorruptCheckpointError(SafeEncodersError, ValueError):
     """A checkpoint file exists but its content is damaged or inconsistent."""
 
 
+class SwapVerificationError(SafeEncodersError, RuntimeError):
+    """After a swap, the weights the forward pass reads are not the checkpoint's (the originals were restored)."""
+
+
 class UnsafeFormatError(SafeEncodersError, ValueError):
     """A weight file is a pickle that cannot be read without executing code."""
 

@@ -212,8 +212,14 @@ def encoder_header_from_metadata(path: Path, meta: Mapping[str, str]) -> Encoder
             "Pass the transformers folder that holds it (with its config.json), or convert it with "
             "safe_encoders.convert_checkpoint."
         )
+    raw_version = meta[_META + "format_version"]
+    if not raw_version.strip().isdigit():
+        raise CorruptCheckpointError(
+            f"{path}: damaged safe_encoders metadata: format_version {raw_version!r} is not a number. "
+            "Download or export the file again."
+        )
     try:
-        version = int(meta[_META + "format_version"])
+        version = int(raw_version)
         if version > FORMAT_VERSION:
             raise CorruptCheckpointError(
                 f"{path} uses safe-encoders format version {version}; this library reads up to "
@@ -235,7 +241,15 @@ def encoder_header_from_metadata(path: Path, meta: Mapping[str, str]) -> Encoder
             library_version=meta.get(_META + "library_version", "unknown"),
         )
     except (KeyError, json.JSONDecodeError) as error:
-        raise CorruptCheckpointError(f"{path}: damaged safe_encoders metadata ({error!r}).") from error
+        raise CorruptCheckpointError(
+            f"{path}: damaged safe_encoders metadata ({error!r}). Download or export the file again."
+        ) from error
+    for field_name, value in (("config", info.config), ("provenance", info.provenance), ("tensor_digests", digests)):
+        if not isinstance(value, dict):
+            raise CorruptCheckpointError(
+                f"{path}: damaged safe_encoders metadata: {field_name} is a JSON {type(value).__name__}, not an "
+                "object. Download or export the file again."
+            )
     if combined_digest(info.tensor_digests) != info.digest:
         raise CorruptCheckpointError(f"{path}: the tensor digest list does not match the file digest.")
     return info

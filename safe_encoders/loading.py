@@ -9,16 +9,16 @@ import torch
 from torch import nn
 
 from .errors import CorruptCheckpointError
-from .format import module_names
+from .format import RECORD_KEY, module_names, tensor_digest
 from .registry import EncoderKind
 from .sources import EncoderSource, resolve_source
-from .swap import RECORD_KEY
+from .swap import installed_fields, parse_dtype
 
 
 def load_text_encoder(
     source: Any,
     *,
-    torch_dtype: torch.dtype | None = None,
+    torch_dtype: torch.dtype | str | None = None,
     device: str | torch.device | None = None,
     with_projection: bool | None = None,
     **hub_kwargs: Any,
@@ -27,19 +27,21 @@ def load_text_encoder(
 
     Args:
         source: a registry name, Hub id, local transformers folder, or one of our `.safetensors` files.
-        torch_dtype: dtype of the returned model; None keeps the stored dtype.
+        torch_dtype: dtype of the returned model (`torch.float16`, "float16", "bfloat16", ...); None or
+            "auto" keeps the stored dtype.
         device: where to put the model (default CPU).
         with_projection: return `CLIPTextModelWithProjection` (True) or `CLIPTextModel` (False);
             None picks `...WithProjection` when the checkpoint has a projection head.
         **hub_kwargs: `revision`, `token`, `cache_dir`, `local_files_only`, `force_download`.
     """
-    return _load_encoder(resolve_source(source, "text", **hub_kwargs), torch_dtype, device, with_projection)
+    dtype = parse_dtype(torch_dtype)
+    return _load_encoder(resolve_source(source, "text", **hub_kwargs), dtype, device, with_projection)
 
 
 def load_vision_encoder(
     source: Any,
     *,
-    torch_dtype: torch.dtype | None = None,
+    torch_dtype: torch.dtype | str | None = None,
     device: str | torch.device | None = None,
     with_projection: bool | None = None,
     **hub_kwargs: Any,
@@ -48,7 +50,8 @@ def load_vision_encoder(
 
     Arguments as for `load_text_encoder`.
     """
-    return _load_encoder(resolve_source(source, "vision", **hub_kwargs), torch_dtype, device, with_projection)
+    dtype = parse_dtype(torch_dtype)
+    return _load_encoder(resolve_source(source, "vision", **hub_kwargs), dtype, device, with_projection)
 
 
 def encoder_class(kind: EncoderKind, with_projection: bool) -> type[nn.Module]:
@@ -93,13 +96,19 @@ def _load_encoder(
     projection = source.has_projection if with_projection is None else with_projection
     model, names = empty_encoder(source.kind, source.config, projection)
     config = model.config
-    tensors = source.read(names)
-    fill_encoder(model, names, {name: _cast(tensor, torch_dtype) for name, tensor in tensors.items()})
+    digests: dict[str, str] = {}
+    tensors = source.read(names, digests)
+    cast = {name: _cast(tensor, torch_dtype) for name, tensor in tensors.items()}
+    fill_encoder(model, names, cast)
+    installed = {
+        key: digests[name] if cast[name] is tensors[name] else tensor_digest(cast[name]) for name, key in names.items()
+    }
     setattr(
         model.config,
         RECORD_KEY,
         {"checkpoint": source.label, "identity": source.identity, "digest": source.digest,
-         "base_model": source.base_model, "layers": f"{config.num_hidden_layers}/{config.num_hidden_layers}"},
+         "base_model": source.base_model, "layers": f"{config.num_hidden_layers}/{config.num_hidden_layers}",
+         **installed_fields(installed)},
     )  # fmt: skip
     if device is not None:
         model.to(device)

@@ -12,7 +12,8 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -39,12 +40,13 @@ from .format import (
     read_encoder_header,
     read_safetensors_header,
     safetensors_shapes,
-    tensor_digest,
 )
 from .registry import CHECKPOINTS, Checkpoint, EncoderFingerprint, EncoderKind, lookup_checkpoint
+from .streaming import CHUNK_BYTES, Span, check_weight, safetensors_spans, stream_span, stream_tensor
 
 logger = logging.getLogger("safe_encoders")
 
+CHECK_THREADS = min(4, os.cpu_count() or 1)  # threads checking source tensors (each holds one 8 MB slice)
 HUB_KWARGS = frozenset({"revision", "token", "cache_dir", "local_files_only", "force_download", "subfolder"})
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".p")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -72,6 +74,7 @@ class EncoderSource:
     _locations: dict[str, tuple[Path, str]] = field(default_factory=dict, repr=False)
     # Pickle weight files already loaded (memory-mapped) while listing their tensors.
     _pickled: dict[Path, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
+    _spans: dict[Path, dict[str, Span]] = field(default_factory=dict, repr=False)
 
     @cached_property
     def fingerprint(self) -> EncoderFingerprint:
@@ -86,12 +89,11 @@ class EncoderSource:
         """The content digest when the source is one of our files (None otherwise)."""
         return self.provenance.get("digest") if self.expected_digests is not None else None
 
-    def read(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
-        """Read the named tensors on CPU, checking our files' digests tensor by tensor."""
+    def read(self, names: Iterable[str], digests: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+        """Read the named tensors on CPU, each checked (floating point, finite, our files' digests); their
+        digests (`format.tensor_digest`) go into `digests` when given."""
         names = list(names)
-        missing = [name for name in names if name not in self._locations]
-        if missing:
-            raise CorruptCheckpointError(f"{self.label} lacks tensors {missing[:5]} (of {len(missing)} missing).")
+        self._check_known(names)
         by_file: dict[Path, list[str]] = {}
         for name in names:
             by_file.setdefault(self._locations[name][0], []).append(name)
@@ -105,14 +107,58 @@ class EncoderSource:
                 state = self._pickled.get(path) or load_pickle_weights(path)
                 for name in file_names:
                     tensors[name] = state[self._locations[name][1]]
-        if self.expected_digests is not None:
-            for name, tensor in tensors.items():
-                if tensor_digest(tensor) != self.expected_digests.get(name):
-                    raise CorruptCheckpointError(
-                        f"{self.label}: tensor {name} does not match the digest recorded in the file; "
-                        "the file is corrupt or was modified. Download or export it again."
-                    )
+        for name, tensor in tensors.items():
+            digest = check_weight(self.label, name, tensor.dtype, tuple(tensor.shape), stream_tensor(tensor))
+            self._check_digest(name, digest)
+            if digests is not None:
+                digests[name] = digest
         return tensors
+
+    def dtype(self, name: str) -> torch.dtype:
+        """The stored dtype of tensor `name` (nothing is read)."""
+        path, key = self._locations[name]
+        return self._span(path, key).dtype if path.suffix == ".safetensors" else self._pickled[path][key].dtype
+
+    def chunks(self, name: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[torch.Tensor]:
+        """Tensor `name` as flat slices in its stored dtype, each valid until the next is asked for."""
+        path, key = self._locations[name]
+        if path.suffix == ".safetensors":
+            return stream_span(self._span(path, key), chunk_bytes)
+        return stream_tensor(self._pickled[path][key], chunk_bytes)
+
+    def validate(self, names: Iterable[str]) -> dict[str, str]:
+        """Check the named tensors a slice at a time (floating point, finite, our files' digests), holding
+        none of them whole; returns their digests (`format.tensor_digest`)."""
+        names = list(names)
+        self._check_known(names)
+
+        def check(name: str) -> str:
+            digest = check_weight(self.label, name, self.dtype(name), self.shapes[name], self.chunks(name))
+            self._check_digest(name, digest)
+            return digest
+
+        for name in names:  # header-only work first, so that the threads share nothing they build
+            self.dtype(name)
+        # sha256, isfinite and file reads release the GIL: tensors are checked on a few threads, in order.
+        with ThreadPoolExecutor(max_workers=CHECK_THREADS) as pool:
+            return dict(zip(names, pool.map(check, names), strict=True))
+
+    def _check_known(self, names: list[str]) -> None:
+        missing = [name for name in names if name not in self._locations]
+        if missing:
+            raise CorruptCheckpointError(f"{self.label} lacks tensors {missing[:5]} (of {len(missing)} missing).")
+
+    def _check_digest(self, name: str, digest: str) -> None:
+        if self.expected_digests is not None and digest != self.expected_digests.get(name):
+            raise CorruptCheckpointError(
+                f"{self.label}: tensor {name} does not match the digest recorded in the file; "
+                "the file is corrupt or was modified. Download or export it again."
+            )
+
+    def _span(self, path: Path, key: str) -> Span:
+        if path not in self._spans:
+            self._spans[path] = safetensors_spans(path)
+        return self._spans[path][key]
 
 
 @dataclass(frozen=True)
@@ -142,6 +188,8 @@ def parse_source_name(source: Any, *, what: str = "Checkpoint") -> SourceName:
             f"checkpoint must be a registry name, Hub id, folder or .safetensors path, not {type(source).__name__}."
         )
     path = Path(source).expanduser()
+    if path.is_symlink():
+        _check_symlink(path)
     if path.exists():
         return SourceName(path=path)
     entry = lookup_checkpoint(str(source))
@@ -173,10 +221,37 @@ def resolve_source(source: Any, kind: EncoderKind, **hub_kwargs: Any) -> Encoder
 
 
 def check_hub_kwargs(hub_kwargs: Mapping[str, Any]) -> None:
-    """TypeError for keyword arguments that are not Hub options (`HUB_KWARGS`)."""
+    """TypeError for keyword arguments that are not Hub options (`HUB_KWARGS`) or have the wrong type."""
     unknown = set(hub_kwargs) - HUB_KWARGS
     if unknown:
         raise TypeError(f"Unknown keyword argument(s) {sorted(unknown)}; Hub options are {sorted(HUB_KWARGS)}.")
+    for name, value in hub_kwargs.items():
+        allowed, what = _HUB_KWARG_TYPES[name]
+        if value is not None and not isinstance(value, allowed):
+            raise TypeError(f"{name}={value!r} is a {type(value).__name__}; {name} must be {what}.")
+
+
+_HUB_KWARG_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "revision": ((str,), "a string (a branch, tag or commit hash)"),
+    "subfolder": ((str,), "a string (a folder inside the repository)"),
+    "token": ((str, bool), "a string (a Hugging Face token) or a bool"),
+    "cache_dir": ((str, os.PathLike), "a path"),
+    "local_files_only": ((bool,), "True or False"),
+    "force_download": ((bool,), "True or False"),
+}
+
+
+def _check_symlink(path: Path) -> None:
+    """CheckpointNotFoundError for a symlink that loops or points nowhere (never taken for a Hub id)."""
+    try:
+        path.resolve(strict=True)
+    except RuntimeError as error:  # Python < 3.13 reports loops this way
+        raise CheckpointNotFoundError(f"{path} is a symlink loop ({error}); fix or remove the link.") from None
+    except OSError as error:
+        import errno
+
+        what = "a symlink loop" if error.errno == errno.ELOOP else "a symlink to a missing file"
+        raise CheckpointNotFoundError(f"{path} is {what} ({error.strerror}); fix or remove the link.") from None
 
 
 # ----------------------------------------------------------------------------- local sources
@@ -357,7 +432,7 @@ def _transformers_source(
     standard names, in order of preference; a caller that was given one weight file passes its name)."""
     config_path = fetch("config.json")
     assert config_path is not None  # callers check
-    raw = json.loads(config_path.read_text())
+    raw = read_json_object(config_path)
     config, belongs = encoder_config_from_dict(raw, kind, label=label)
 
     locations: dict[str, tuple[Path, str]] = {}
@@ -368,10 +443,17 @@ def _transformers_source(
         if weights is None:
             continue
         if weights_name.endswith(".index.json"):
-            weight_map: dict[str, str] = json.loads(weights.read_text())["weight_map"]
+            weight_map = read_json_object(weights).get("weight_map")
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise CorruptCheckpointError(
+                    f"{weights}: an index file needs a 'weight_map' object {{tensor name: shard file name}}; "
+                    f"this one has {type(weight_map).__name__ if weight_map is not None else 'none'}. "
+                    "Download the checkpoint again."
+                )
             wanted = {key: shard for key, shard in weight_map.items() if belongs(key)}
             shard_paths = {}
             for shard in sorted(set(wanted.values())):
+                _check_shard_name(weights, shard)
                 shard_path = fetch(shard)
                 if shard_path is None:
                     raise CorruptCheckpointError(f"{label}: shard {shard} named in {weights_name} is missing.")
@@ -411,6 +493,31 @@ def _transformers_source(
         _locations=locations,
         _pickled=pickled,
     )
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file that must hold an object; CorruptCheckpointError naming the file otherwise."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CorruptCheckpointError(
+            f"{path} is not valid JSON ({error}); the file is truncated or damaged. Download it again."
+        ) from None
+    if not isinstance(value, dict):
+        raise CorruptCheckpointError(
+            f"{path} holds a JSON {type(value).__name__}, not an object; the file is damaged. Download it again."
+        )
+    return value
+
+
+def _check_shard_name(index: Path, shard: str) -> None:
+    """A shard named in an index must be a file beside it: no absolute path, no '..', no backslash."""
+    parts = shard.replace("\\", "/").split("/")
+    if not shard or shard.startswith(("/", "\\")) or ".." in parts or os.path.isabs(shard) or "\\" in shard:
+        raise CorruptCheckpointError(
+            f"{index} names a shard {shard!r} outside its folder; refusing to open it. "
+            "An index may only name files of its own checkpoint."
+        )
 
 
 def encoder_config_from_dict(

@@ -1,26 +1,32 @@
-"""Putting an encoder's weights into an existing CLIP module, in place.
+"""Putting an encoder's weights into an existing CLIP module, in place, and checking that the forward uses them.
 
-Weights are copied into the module's own tensors, so its dtype, device, wrappers and accelerate
-hooks stay as they are and no second copy of the encoder is kept alive. Tensors that accelerate
-offloaded (the parameter is on the `meta` device, the values live in the hook's `weights_map`) are
-updated where they live.
+Weights are written where the forward pass reads them (`placement`): the module's own tensors, or
+the copies accelerate / diffusers offloading keeps in memory or on disk, so dtype, device, wrappers
+and hooks stay as they are and no second copy of the encoder is kept alive. Everything is checked
+before the first write (`plan_swap`, `EncoderSource.validate`); `install` then copies tensor by
+tensor, re-reads what the forward will use, and restores the original weights if anything fails.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from .errors import ArchitectureMismatchError, CorruptCheckpointError, UnsupportedModelError
-from .format import PROJECTION, RECORD_KEY, module_names
+from .errors import ArchitectureMismatchError, CorruptCheckpointError, SwapVerificationError, UnsupportedModelError
+from .format import PROJECTION, RECORD_KEY, combined_digest, module_names, tensor_digest
+from .placement import TensorHome, locate
 from .registry import EncoderFingerprint, EncoderKind, fitting_checkpoint_names
 from .sources import EncoderSource
+from .streaming import as_bytes, digest_start
+from .targets import refuse_wrapped, unwrap
 
 logger = logging.getLogger("safe_encoders")
+_SHORT = 16  # hex digits kept per tensor in the record: enough to name the first tensor that differs
 
 
 def encoder_kind(module: Any) -> EncoderKind | None:
@@ -32,7 +38,7 @@ def encoder_kind(module: Any) -> EncoderKind | None:
 
 
 def has_projection(module: nn.Module, kind: EncoderKind) -> bool:
-    return PROJECTION[kind] in module_names(module.state_dict().keys(), kind)
+    return PROJECTION[kind] in module_names(unwrap(module).state_dict().keys(), kind)
 
 
 @dataclass(frozen=True)
@@ -40,10 +46,11 @@ class SwapPlan:
     """What will be copied where; built and checked before anything is changed."""
 
     label: str
-    module: nn.Module
+    module: nn.Module  # the encoder itself (inside a torch.compile wrapper, the wrapped module)
     source: EncoderSource
     names: dict[str, str]  # published name -> key in module.state_dict()
     layers_used: int
+    homes: dict[str, TensorHome] = field(default_factory=dict, repr=False)  # key -> where the forward reads it
 
     @property
     def truncated(self) -> bool:
@@ -51,10 +58,13 @@ class SwapPlan:
 
 
 def plan_swap(module: nn.Module, source: EncoderSource, label: str) -> SwapPlan:
-    """Check that `source` fits `module` (architecture, tensor names, shapes) and say what to copy."""
+    """Check that `source` fits `module` (architecture, wrappers, tensor names and shapes) and say what to
+    copy. Nothing is read from `source` and nothing is written; `place` then says where each weight lives."""
     kind = encoder_kind(module)
     if kind is None:
         raise UnsupportedModelError(f"{label} is a {type(module).__name__}, not a transformers CLIP text/vision model.")
+    module = unwrap(module)
+    refuse_wrapped(module, label)
     target = EncoderFingerprint.from_config(module.config)
     projection = has_projection(module, kind)
     problems = source.fingerprint.mismatches(target, target_has_projection=projection)
@@ -83,53 +93,213 @@ def plan_swap(module: nn.Module, source: EncoderSource, label: str) -> SwapPlan:
     ]
     if wrong:
         raise ArchitectureMismatchError(f"{source.label} does not fit {label}: shapes differ for {wrong[:3]}.")
-    quantized = [key for key in names.values() if not (state[key].is_floating_point() or state[key].is_complex())]
-    if quantized:
-        raise UnsupportedModelError(
-            f"{label} holds quantized weights ({quantized[0]}: {state[quantized[0]].dtype}); Safe-CLIP weights "
-            "cannot be copied into them. Keep the encoder unquantized, e.g. for bitsandbytes pass "
-            "BitsAndBytesConfig(..., llm_int8_skip_modules=['vision_tower', 'multi_modal_projector'])."
-        )
-    return SwapPlan(label=label, module=module, source=source, names=names, layers_used=target.num_layers)
+    return SwapPlan(label, module, source, names, target.num_layers)
 
 
-def apply_swap(plan: SwapPlan, tensors: dict[str, torch.Tensor], *, torch_dtype: torch.dtype | None = None) -> None:
-    """Copy `tensors` (read from `plan.source`) into `plan.module` and record the swap."""
-    module = plan.module
-    if torch_dtype is not None:
-        cast_encoder(module, torch_dtype, plan.label)
+def place(plan: SwapPlan, torch_dtype: torch.dtype | None = None) -> SwapPlan:
+    """`plan` with the home of every weight (where the forward reads it); refuses, before anything is written,
+    weights no placement can update and a dtype change of offloaded weights."""
+    homes = locate(plan.module, list(plan.names.values()), plan.label)
+    if torch_dtype is not None and any(h.dtype != torch_dtype for h in homes.values()):
+        offloaded = [h for h in homes.values() if h.where != "parameter"]
+        if offloaded:
+            raise UnsupportedModelError(
+                f"{plan.label} is offloaded ({offloaded[0].where}); torch_dtype cannot change it in place. Nothing "
+                "was changed. Load the pipeline in the dtype you want, or pass torch_dtype=None."
+            )
+    return replace(plan, homes=homes)
+
+
+class Rollback:
+    """The original bytes of every tensor about to change, spilled to an unlinked temporary file (not kept in
+    memory), and everything else a swap changes; `restore` puts it all back."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile(prefix="safe-encoders-rollback-")  # noqa: SIM115 (closed by close())
+        self._saved: list[tuple[TensorHome, int, torch.dtype, int]] = []  # home, file offset, dtype, numel
+        self._seen: set[int] = set()
+        self._casts: list[tuple[nn.Module, torch.dtype]] = []
+        self._records: list[tuple[Any, Any]] = []
+
+    def save(self, home: TensorHome) -> None:
+        if id(home) in self._seen:
+            return
+        self._seen.add(id(home))
+        value = home.read().detach().to("cpu").contiguous().view(-1)
+        offset = self._file.seek(0, 2)
+        self._file.write(as_bytes(value))
+        self._saved.append((home, offset, value.dtype, value.numel()))
+
+    def cast(self, module: nn.Module, dtype: torch.dtype, homes: dict[str, TensorHome]) -> None:
+        for home in homes.values():
+            self.save(home)
+        self._casts.append((module, _module_dtype(module)))
+        module.to(dtype)
+        for home in homes.values():
+            home.retype(dtype)
+
+    def record(self, module: nn.Module, record: dict[str, Any]) -> None:
+        self._records.append((module.config, getattr(module.config, RECORD_KEY, None)))
+        setattr(module.config, RECORD_KEY, record)
+
+    def restore(self) -> None:
+        for config, old in reversed(self._records):
+            setattr(config, RECORD_KEY, old)
+        for module, dtype in reversed(self._casts):
+            module.to(dtype)
+        for home, offset, dtype, numel in self._saved:
+            home.retype(dtype)
+            self._file.seek(offset)
+            data = bytearray(numel * dtype.itemsize)
+            self._file.readinto(data)
+            home.write(0, torch.frombuffer(data, dtype=dtype, count=numel) if numel else torch.empty(0, dtype=dtype))
+            home.finish()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def install(plans: list[SwapPlan], digests: list[dict[str, str]], *, torch_dtype: torch.dtype | None = None) -> None:
+    """Copy each plan's (already validated) source into its module tensor by tensor, check that the forward
+    reads the new weights, and record the swap; on any failure restore every original weight and re-raise."""
+    rollback = Rollback()
+    try:
+        for plan, source_digests in zip(plans, digests, strict=True):
+            _install_one(plan, source_digests, torch_dtype, rollback)
+    except BaseException:
+        rollback.restore()
+        raise
+    finally:
+        rollback.close()
+
+
+def _install_one(
+    plan: SwapPlan, source_digests: dict[str, str], torch_dtype: torch.dtype | None, rollback: Rollback
+) -> None:
+    module, source = plan.module, plan.source
+    if torch_dtype is not None and _module_dtype(module) != torch_dtype:
+        rollback.cast(module, torch_dtype, plan.homes)
+    installed: dict[str, str] = {}
     with torch.no_grad():
         for name, key in plan.names.items():
-            _writable_tensor(module, key, plan.label).copy_(tensors[name])
-    record = {
-        "checkpoint": plan.source.label,
-        "identity": plan.source.identity,
-        "digest": plan.source.digest,
-        "base_model": plan.source.base_model,
-        "layers": f"{plan.layers_used}/{plan.source.fingerprint.num_layers}",
-    }
-    setattr(module.config, RECORD_KEY, record)
+            home = plan.homes[key]
+            rollback.save(home)
+            dtype = home.dtype
+            digest = None if dtype == source.dtype(name) else digest_start(dtype, source.shapes[name])
+            offset = 0
+            for chunk in source.chunks(name):
+                value = chunk.to(dtype)
+                home.write(offset, value)
+                if digest is not None:
+                    digest.update(as_bytes(value))
+                offset += value.numel()
+            installed[key] = digest.hexdigest() if digest is not None else source_digests[name]
+        for home in plan.homes.values():
+            home.finish()
+        for name, key in plan.names.items():
+            if not _reads_back(plan.homes[key], source, name):
+                raise SwapVerificationError(
+                    f"{plan.label}: after the swap, {key} as the forward reads it ({plan.homes[key].where}) is not "
+                    f"the checkpoint's tensor {name}. The original weights were restored. Call make_safe before "
+                    "offloading the model, or load it without offloading."
+                )
+    rollback.record(module, _record(plan, installed))
     logger.info(
         "safe_encoders: %s <- %s (%s%s) [%s, %s]",
         plan.label,
-        plan.source.label,
-        plan.source.fingerprint.describe(),
+        source.label,
+        source.fingerprint.describe(),
         f", first {plan.layers_used} layers" if plan.truncated else "",
         _module_dtype(module),
         _module_device(module),
     )
 
 
-def cast_encoder(module: nn.Module, torch_dtype: torch.dtype, label: str) -> None:
-    """Convert `module` to `torch_dtype` unless accelerate offloads it (then it cannot be changed in place)."""
+def _reads_back(home: TensorHome, source: EncoderSource, name: str) -> bool:
+    """Whether the live tensor is, bit for bit, the source tensor cast to the live dtype."""
+    live = home.read().detach().to("cpu").contiguous().view(-1)
+    offset = 0
+    for chunk in source.chunks(name):
+        expected = chunk.to(live.dtype)
+        got = live[offset : offset + expected.numel()]
+        if got.numel() != expected.numel() or not torch.equal(got.view(torch.uint8), expected.view(torch.uint8)):
+            return False
+        offset += expected.numel()
+    return offset == live.numel()
+
+
+def _record(plan: SwapPlan, installed: dict[str, str]) -> dict[str, Any]:
+    return {
+        "checkpoint": plan.source.label,
+        "identity": plan.source.identity,
+        "digest": plan.source.digest,
+        "base_model": plan.source.base_model,
+        "layers": f"{plan.layers_used}/{plan.source.fingerprint.num_layers}",
+        **installed_fields(installed),
+    }
+
+
+def installed_fields(installed: dict[str, str]) -> dict[str, Any]:
+    """The record's digest of what was installed: {state-dict key: tensor_digest} -> "installed" (the
+    combined digest) and "installed_tensors" (a short prefix per tensor, to name the first that differs)."""
+    return {
+        "installed": combined_digest(installed),
+        "installed_tensors": {key: digest[:_SHORT] for key, digest in installed.items()},
+    }
+
+
+def recast(plan: SwapPlan, torch_dtype: torch.dtype) -> None:
+    """Cast an encoder that already holds its swap to `torch_dtype` and re-record what it now holds."""
+    module = plan.module
     if _module_dtype(module) == torch_dtype:
         return
-    if _is_offloaded(module):
-        raise UnsupportedModelError(
-            f"{label} is offloaded by accelerate; torch_dtype cannot change it in place. "
-            "Load the pipeline in the dtype you want, or pass torch_dtype=None."
-        )
-    module.to(torch_dtype)
+    rollback = Rollback()
+    try:
+        rollback.cast(module, torch_dtype, plan.homes)
+        installed = {key: tensor_digest(plan.homes[key].read()) for key in plan.names.values()}
+        rollback.record(module, {**(installed_record(module) or {}), **installed_fields(installed)})
+    except BaseException:
+        rollback.restore()
+        raise
+    finally:
+        rollback.close()
+
+
+@dataclass(frozen=True)
+class Verification:
+    verified: bool
+    first_difference: str | None = None
+    reason: str = ""
+
+
+def verify_installed(module: nn.Module, label: str) -> Verification:
+    """Re-read every recorded tensor as the forward would (through offload hooks) and compare with the record.
+
+    Costs one pass over the encoder's bytes (a sha256 of each tensor)."""
+    record = installed_record(module)
+    if record is None:
+        return Verification(False, reason="no swap recorded")
+    expected = record.get("installed_tensors")
+    if not isinstance(expected, dict) or not expected or "installed" not in record:
+        return Verification(False, reason="the record holds no digest of the installed weights (an older record)")
+    module = unwrap(module)
+    state = module.state_dict(keep_vars=True)
+    absent = [key for key in expected if key not in state]
+    if absent:
+        return Verification(False, absent[0], "the encoder has no such tensor")
+    try:
+        homes = locate(module, list(expected), label)
+    except UnsupportedModelError as error:
+        return Verification(False, reason=str(error))
+    live: dict[str, str] = {}
+    first = None
+    for key in expected:
+        live[key] = tensor_digest(homes[key].read())
+        if first is None and live[key][:_SHORT] != expected[key]:
+            first = key
+    if combined_digest(live) == record["installed"]:
+        return Verification(True)
+    return Verification(False, first, "a tensor differs from what was installed")
 
 
 def installed_record(module: Any) -> dict[str, Any] | None:
@@ -138,29 +308,23 @@ def installed_record(module: Any) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def _writable_tensor(module: nn.Module, key: str, label: str) -> torch.Tensor:
-    owner_name, _, local = key.rpartition(".")
-    owner = module.get_submodule(owner_name) if owner_name else module
-    tensor = owner._parameters.get(local)
-    if tensor is None:
-        tensor = owner._buffers[local]
-    if tensor.device.type != "meta":
-        return tensor
-    hook = getattr(owner, "_hf_hook", None)
-    for candidate in getattr(hook, "hooks", None) or ([hook] if hook is not None else []):
-        weights_map = getattr(candidate, "weights_map", None)
-        if getattr(candidate, "offload", False) and weights_map is not None:
-            value = weights_map[local]
-            if isinstance(value, torch.Tensor) and value.device.type != "meta":
-                return value
-    raise UnsupportedModelError(
-        f"{label}.{key} has no materialised weights (meta device, offloaded to disk or not loaded). "
-        "Load the model without disk offload before calling make_safe."
+def parse_dtype(value: Any) -> torch.dtype | None:
+    """A `torch_dtype` argument as transformers accepts it: a torch.dtype, its name ("float16", "torch.float16",
+    "bfloat16", ...), or None / "auto" (keep the current dtype)."""
+    if value is None or (isinstance(value, str) and value == "auto"):
+        return None
+    if isinstance(value, torch.dtype) and value in _DTYPES.values():
+        return value
+    if isinstance(value, str) and value.removeprefix("torch.") in _DTYPES:
+        return _DTYPES[value.removeprefix("torch.")]
+    raise ValueError(
+        f"torch_dtype={value!r} is not a floating-point dtype; use one of {', '.join(sorted(_DTYPES))}, a "
+        "torch.dtype such as torch.float16, or 'auto' / None to keep the current dtype."
     )
 
 
-def _is_offloaded(module: nn.Module) -> bool:
-    return any(p.device.type == "meta" for p in module.parameters())
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
+           "float": torch.float32, "half": torch.float16, "double": torch.float64}  # fmt: skip
 
 
 def _module_dtype(module: nn.Module) -> torch.dtype:

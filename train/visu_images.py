@@ -33,8 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eval.classifiers import ClassifierOptions, any_flagged, classifiers_from_config
-from eval.cli import add_classifier_options, add_placement_options, classifier_options, comma_list
+from eval.classifiers import ClassifierOptions, any_flagged
+from eval.cli import add_classifier_options, add_placement_options, comma_list, generation_options
 from eval.generation import GenerationRunner, diffusers_dtype_kwarg
 from eval.placement import Placement, run_provenance
 from eval.prompts import Prompt
@@ -295,11 +295,8 @@ class RegenRunner(GenerationRunner):
             VisuRegenProvider(config, self.items, list(self.rows), placement, pipeline),
             ResultsStore(config.out),
             placement,
-            classifiers=classifiers or (lambda: classifiers_from_config(config, device=placement.device)),
-            rule=config.rule,
-            batch_size=config.batch_size,
-            classify_batch_size=config.classify_batch_size,
-            progress=config.progress,
+            config,
+            classifiers=classifiers,
         )
 
     def condition_config(self, split: str) -> dict[str, Any]:
@@ -439,18 +436,9 @@ def run_visu_images_command(args: argparse.Namespace) -> int:
         splits=comma_list(args.splits),
         model=args.model,
         candidates=args.candidates,
-        steps=args.steps,
-        guidance=args.guidance,
-        height=args.size,
-        width=args.size,
-        batch_size=args.batch_size,
-        limit=args.limit,
-        dtype=args.dtype,
-        device=args.device,
         keep=args.keep,
-        progress=not args.no_progress,
         hub_kwargs={"token": args.token} if args.token else {},
-        **classifier_options(args),
+        **generation_options(args),
     )
     counts = RegenRunner(cfg, shard=args.shard).run()
     if counts is not None:

@@ -31,15 +31,23 @@ def pipeline_slots(pipe: Any) -> list[EncoderSlot]:
             continue
         kind = encoder_kind(component)
         if kind == "text":
-            slots.append(EncoderSlot(label=f"pipe.{name}", module=component, kind="text"))
+            tokenizer = pipe.components.get("tokenizer" + name.removeprefix("text_encoder"))
+            slots.append(EncoderSlot(label=f"pipe.{name}", module=component, kind="text", tokenizer=tokenizer))
         else:
             why = f"{type(component).__name__} is not a CLIP text encoder; no Safe-CLIP exists for it"
             slots.append(EncoderSlot(label=f"pipe.{name}", module=component, kind=None, why_not=why))
     return slots
 
 
+def _install_gate(handle: Any) -> None:
+    from ..hysac.gate import install_pipeline_gate  # lazy: the gate imports this module
+
+    install_pipeline_gate(handle)
+
+
 DIFFUSERS_PIPELINE = TargetHandler(
     name="diffusers pipelines with a CLIP text_encoder (SD 1.x, SD 2.x, SDXL, StableDiffusionPipelineSafe, ...)",
     matches=is_diffusers_pipeline,
     slots=pipeline_slots,
+    install_gate=_install_gate,
 )

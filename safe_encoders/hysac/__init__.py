@@ -9,7 +9,15 @@ model.unsafe_score(texts=["a photo of a cat"]).text.unsafe
 from . import lorentz
 from .bounds import HySACBounds, calibrate_threshold, compute_bounds
 from .classify import UnsafeScores, Verdicts, embed_images, embed_texts, score_embeddings, unsafe_score
-from .gate import GateHandle, GateReport, SafetyGate, UnsafeContentError, add_safety_gate, remove_safety_gate
+from .gate import (
+    GateHandle,
+    GateReport,
+    InputCheck,
+    SafetyGate,
+    UnsafeContentError,
+    add_safety_gate,
+    remove_safety_gate,
+)
 from .model import HySAC
 from .traversal import Retrieved, retrieve, top_k, traverse_to_safe
 
@@ -18,6 +26,7 @@ __all__ = [
     "GateReport",
     "HySAC",
     "HySACBounds",
+    "InputCheck",
     "Retrieved",
     "SafetyGate",
     "UnsafeContentError",

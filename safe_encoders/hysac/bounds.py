@@ -37,6 +37,13 @@ class HySACBounds:
     stats: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     threshold_key: str = "up_95"
 
+    def __post_init__(self) -> None:
+        bad = non_finite_entries(self.stats)
+        if bad:
+            raise ValueError(f"HySACBounds: {', '.join(bad)} not finite numbers; every statistic must be finite.")
+        if not isinstance(self.threshold_key, str):
+            raise TypeError(f"HySACBounds: threshold_key must be a string, got {self.threshold_key!r}.")
+
     def threshold(self, modality: Modality) -> float:
         """The unsafe threshold of `modality` ("text" -> `S[threshold_key]`, "image" -> `V[threshold_key]`)."""
         if modality not in SAFE_GROUP:
@@ -72,12 +79,31 @@ class HySACBounds:
             }
             if numbers:
                 stats[str(group)] = numbers
+        bad = non_finite_entries(stats)
+        if bad:
+            raise CorruptCheckpointError(
+                f"{label}: {', '.join(bad)} not finite numbers (NaN / Infinity); the bounds give the unsafe "
+                "thresholds, so they must be finite. Recompute them (compute_bounds) or fix the file."
+            )
         if not stats:
             raise CorruptCheckpointError(
                 f"{label}: no group statistics found (expected e.g. {{'S': {{'up_95': 1.2}}, 'V': {{...}}}}); "
                 f"top-level keys: {sorted(map(str, raw))[:8]}."
             )
         return cls(stats=stats, threshold_key=threshold_key)
+
+
+def non_finite_entries(stats: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """`group.key (value) is` for each statistic that is not a finite real number."""
+    bad = []
+    for group, values in stats.items():
+        if not isinstance(values, Mapping):
+            bad.append(f"{group} ({values!r}) is")
+            continue
+        for key, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                bad.append(f"{group}.{key} ({value!r}) is")
+    return bad
 
 
 def compute_bounds(
@@ -93,6 +119,11 @@ def compute_bounds(
         values = torch.as_tensor(values).detach().double().flatten().cpu()
         if values.numel() == 0:
             raise ValueError(f"compute_bounds: group {group!r} has no distances.")
+        if not bool(torch.isfinite(values).all()):
+            raise ValueError(
+                f"compute_bounds: group {group!r} has {int((~torch.isfinite(values)).sum())} non-finite distance(s); "
+                "bounds from them would make every threshold NaN."
+            )
         entry = {
             "count": float(values.numel()),
             "mean": values.mean().item(),
@@ -128,6 +159,8 @@ def calibrate_threshold(
     labels = torch.as_tensor(unsafe).detach().bool().flatten().cpu()
     if scores.shape != labels.shape:
         raise ValueError(f"calibrate_threshold: {scores.numel()} scores but {labels.numel()} labels.")
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError("calibrate_threshold: some scores are NaN or infinite; a threshold from them would be too.")
     n_unsafe = int(labels.sum())
     n_safe = labels.numel() - n_unsafe
     if method == "safe_percentile":

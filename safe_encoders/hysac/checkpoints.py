@@ -16,7 +16,9 @@ The authors' release is `hysac_model.pth` + `hysac_bounds.json` (see `release`).
 from __future__ import annotations
 
 import json
+import math
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -144,24 +146,14 @@ def _load_export(cls: type[HySAC], located: LocatedCheckpoint) -> HySAC:
     from ..swap import installed_record
 
     path = located.files[CONFIG_NAME]
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise CorruptCheckpointError(f"{path} is not a readable JSON file ({error}).") from error
-    if config.get("format") != FORMAT:
-        raise CorruptCheckpointError(f"{path} is not a HySAC config (format {config.get('format')!r}, not {FORMAT!r}).")
-    if int(config.get("format_version", 0)) > FORMAT_VERSION:
-        raise CorruptCheckpointError(
-            f"{path} uses HySAC format version {config['format_version']}; this library reads up to "
-            f"{FORMAT_VERSION}. Upgrade safe-encoders."
-        )
+    config = read_config(path)
     towers = {}
     for kind, loader in (("text", load_text_encoder), ("vision", load_vision_encoder)):
         file = located.files[kind]
         if not file.is_file():
             raise CheckpointNotFoundError(f"{located.label}: {file.name} is missing beside {CONFIG_NAME}.")
         tower = loader(file, with_projection=True)
-        recorded = config.get("encoders", {}).get(kind, {}).get("digest")
+        recorded = config["encoders"].get(kind, {}).get("digest")
         actual = (installed_record(tower) or {}).get("digest")
         if recorded != actual:
             raise CorruptCheckpointError(
@@ -169,8 +161,8 @@ def _load_export(cls: type[HySAC], located: LocatedCheckpoint) -> HySAC:
                 f"({recorded}). Export the model again."
             )
         towers[kind] = tower
+    bounds = HySACBounds.from_dict(config["bounds"], label=f"{path} (bounds)") if config.get("bounds") else None
     try:
-        bounds = HySACBounds.from_dict(config["bounds"], label=str(path)) if config.get("bounds") else None
         model = cls(
             towers["text"],
             towers["vision"],
@@ -178,17 +170,59 @@ def _load_export(cls: type[HySAC], located: LocatedCheckpoint) -> HySAC:
             bounds=bounds,
             base_model=config.get("base_model"),
         )
-        scalars = {name: config[name] for name in ("log_curvature", "log_text_alpha", "log_image_alpha", "logit_scale")}
-    except (KeyError, TypeError, ValueError) as error:
-        raise CorruptCheckpointError(f"{path}: missing or malformed entry ({error!r}).") from error
-    _set_scalars(model, {name: torch.tensor(float(value)) for name, value in scalars.items()})
+    except (TypeError, ValueError) as error:
+        raise CorruptCheckpointError(f"{path}: curvature_range {config['curvature_range']} ({error}).") from error
+    _set_scalars(model, {name: torch.tensor(config[name]) for name in _CONFIG_SCALARS})
     return model
+
+
+_CONFIG_SCALARS = ("log_curvature", "log_text_alpha", "log_image_alpha", "logit_scale")
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """`hysac_config.json`, checked: a JSON object of our format, a readable version, finite numbers."""
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CorruptCheckpointError(f"{path} is not a readable JSON file ({error}).") from error
+    if not isinstance(config, dict):
+        raise CorruptCheckpointError(f"{path}: expected a JSON object, got a {type(config).__name__}.")
+    if config.get("format") != FORMAT:
+        raise CorruptCheckpointError(f"{path} is not a HySAC config (format {config.get('format')!r}, not {FORMAT!r}).")
+    version = config.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CorruptCheckpointError(f"{path}: format_version must be a whole number >= 1; got {version!r}.")
+    if version > FORMAT_VERSION:
+        raise CorruptCheckpointError(
+            f"{path} uses HySAC format version {version}; this library reads up to {FORMAT_VERSION}. "
+            "Upgrade safe-encoders."
+        )
+    for name in _CONFIG_SCALARS:
+        _finite(config.get(name), path, name)
+    bounds = config.get("curvature_range")
+    if not isinstance(bounds, list) or len(bounds) != 2:
+        raise CorruptCheckpointError(f"{path}: curvature_range must be [low, high]; got {bounds!r}.")
+    for i, value in enumerate(bounds):
+        if _finite(value, path, f"curvature_range[{i}]") <= 0:
+            raise CorruptCheckpointError(f"{path}: curvature_range[{i}] must be > 0; got {value!r}.")
+    if not isinstance(config.get("encoders"), dict):
+        raise CorruptCheckpointError(f"{path}: encoders must be an object of digests; got {config.get('encoders')!r}.")
+    if config.get("bounds") is not None and not isinstance(config["bounds"], dict):
+        raise CorruptCheckpointError(f"{path}: bounds must be an object of groups or null; got {config['bounds']!r}.")
+    return config
+
+
+def _finite(value: Any, path: Path, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise CorruptCheckpointError(f"{path}: {field} must be a finite number; got {value!r}.")
+    return float(value)
 
 
 def _load_release(
     cls: type[HySAC], located: LocatedCheckpoint, *, base_model: str, lora_alpha: float, base_kwargs: dict[str, Any]
 ) -> HySAC:
     weights = located.files[RELEASE_WEIGHTS]
+    check_archive(weights)
     state = load_pickle_weights(weights)  # torch.load(weights_only=True), or UnsafeFormatError
     contents = parse_release_state(state)
     check_release(contents, located.label)
@@ -216,6 +250,30 @@ def _load_release(
     )
     _set_scalars(model, contents.scalars)
     return model
+
+
+def check_archive(path: Path) -> None:
+    """Refuse an empty, truncated or damaged torch zip file (torch reads a damaged member without complaint)."""
+    with open(path, "rb") as file:
+        head = file.read(4)
+    if not head:
+        raise CorruptCheckpointError(f"{path} is empty.")
+    if head != b"PK\x03\x04":
+        return  # torch's legacy (pre-1.6) format; torch.load(weights_only=True) reads or refuses it
+    if not zipfile.is_zipfile(path):
+        raise CorruptCheckpointError(
+            f"{path} is truncated or damaged: its zip directory is missing (an interrupted download?). "
+            "Delete it and download it again."
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        raise CorruptCheckpointError(f"{path} is damaged ({error}). Delete it and download it again.") from error
+    if bad is not None:
+        raise CorruptCheckpointError(
+            f"{path} is damaged: the member {bad!r} fails its checksum. Delete it and download it again."
+        )
 
 
 def _base_config(base_model: str, base_kwargs: dict[str, Any]) -> dict[str, Any]:

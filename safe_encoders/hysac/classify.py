@@ -7,6 +7,7 @@ An input is unsafe when its score exceeds the threshold of its modality: by defa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,10 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Verdicts:
-    """Scores (root distances, `(N,)`, CPU float32), `unsafe = scores > threshold`, and the threshold used."""
+    """Scores (root distances, `(N,)`, CPU float32), `unsafe`, and the threshold used.
+
+    `unsafe = (scores > threshold) | ~isfinite(scores)`: a NaN or infinite score is never "safe".
+    """
 
     scores: torch.Tensor
     unsafe: torch.Tensor
@@ -41,9 +45,15 @@ class UnsafeScores:
 
 
 def score_embeddings(embeddings: torch.Tensor, curvature: lorentz.Curvature, threshold: float) -> Verdicts:
-    """Verdicts for points already on the hyperboloid (space components), e.g. from `encode_text`."""
+    """Verdicts for points already on the hyperboloid (space components), e.g. from `encode_text`.
+
+    A non-finite score (NaN / Inf) counts as unsafe; a non-finite threshold is refused.
+    """
+    if isinstance(threshold, bool) or not math.isfinite(float(threshold)):
+        raise ValueError(f"score_embeddings: the threshold must be a finite number; got {threshold!r}.")
     scores = lorentz.root_distance(embeddings.detach(), curvature).float().cpu()
-    return Verdicts(scores=scores, unsafe=scores > threshold, threshold=float(threshold))
+    unsafe = (scores > threshold) | ~torch.isfinite(scores)
+    return Verdicts(scores=scores, unsafe=unsafe, threshold=float(threshold))
 
 
 @torch.no_grad()

@@ -64,6 +64,14 @@ class HySAC(nn.Module):
         image_processor: Any = None,
     ) -> None:
         super().__init__()
+        _check_positive("curvature", curvature)
+        if len(curvature_range) != 2:
+            raise ValueError(f"HySAC: curvature_range must be (low, high); got {curvature_range!r}.")
+        for value in curvature_range:
+            _check_positive("curvature_range", value)
+        for name, value in (("alpha_init", alpha_init), ("logit_scale_init", logit_scale_init)):
+            if value is not None:
+                _check_positive(name, value)
         low, high = lorentz.curvature_log_bounds(*curvature_range)
         if not curvature_range[0] <= curvature <= curvature_range[1]:
             raise ValueError(f"HySAC: curvature {curvature} is outside curvature_range {curvature_range}.")
@@ -313,6 +321,11 @@ class HySAC(nn.Module):
 
     def tower(self, modality: Literal["text", "image"]) -> nn.Module:
         return self.text if modality == "text" else self.vision
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"HySAC: {name} must be a finite number > 0; got {value!r}.")
 
 
 def _first_present(output: Any, *names: str) -> torch.Tensor:

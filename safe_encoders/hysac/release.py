@@ -158,6 +158,10 @@ def check_release(contents: ReleaseContents, label: str) -> None:
     for name, value in contents.scalars.items():
         if value.numel() != 1 or not value.is_floating_point():
             raise CorruptCheckpointError(f"{label}: {contents.sources[name]} should be one float, got {value.shape}.")
+        if not bool(torch.isfinite(value).all()):
+            raise CorruptCheckpointError(
+                f"{label}: {contents.sources[name]} is {value.item()}, not a finite number; the file is damaged."
+            )
     for kind, modules in contents.lora.items():
         half = sorted(module for module, factors in modules.items() if set(factors) != {"A", "B"})
         if half:

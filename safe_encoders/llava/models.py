@@ -60,9 +60,16 @@ def _is_other_vision_tower(module: nn.Module) -> bool:
     return type(module).__name__.endswith(("VisionModel", "VisionTransformer")) and encoder_kind(module) is None
 
 
+def _install_gate(handle: Any) -> None:
+    from ..hysac.gate import install_llava_gate  # lazy: the gate imports this module
+
+    install_llava_gate(handle)
+
+
 LLAVA_MODEL = TargetHandler(
     name="LLaVA models (transformers LlavaForConditionalGeneration / LlavaNextForConditionalGeneration, "
     "the original llava package's LlavaLlamaForCausalLM, ...)",
     matches=is_llava_model,
     slots=vision_tower_slots,
+    install_gate=_install_gate,
 )

@@ -3,48 +3,14 @@ thresholds are set from its own scores so that the outcome is controlled."""
 
 import copy
 import inspect
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
 
-from safe_encoders import export_encoder, is_safe, make_safe
+from safe_encoders import is_safe, make_safe
 from safe_encoders.hysac import SafetyGate, UnsafeContentError, add_safety_gate, remove_safety_gate
-from tests.safe_encoders.hysac.tiny_hysac import tiny_hysac
-from tests.tiny_models import clip_tokenizer, generate, tiny_sd_pipeline, tiny_text_encoder
-
-PROMPTS = ("a photo of a cat", "a photo of a dog")
-
-
-@pytest.fixture(scope="module")
-def classifier():
-    from transformers import CLIPImageProcessor
-
-    model = tiny_hysac(seed=3)
-    model.tokenizer = clip_tokenizer()
-    model.image_processor = CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30})
-    return model
-
-
-@dataclass(frozen=True)
-class Prompts:
-    safe: str
-    unsafe: str
-    threshold: float
-
-
-@pytest.fixture(scope="module")
-def prompts(classifier):
-    """The prompt farther from the root is the unsafe one; the threshold lies halfway between the two."""
-    scores = classifier.unsafe_score(texts=list(PROMPTS), text_threshold=0.0).text.scores
-    safe, unsafe = PROMPTS if scores[0] < scores[1] else PROMPTS[::-1]
-    return Prompts(safe, unsafe, scores.mean().item())
-
-
-@pytest.fixture(scope="module")
-def safe_clip_file(tmp_path_factory):
-    return export_encoder(tiny_text_encoder(42), tmp_path_factory.mktemp("safeclip") / "text.safetensors")
+from tests.tiny_models import generate, tiny_sd_pipeline
 
 
 def _gate(classifier, prompts, **kwargs):
@@ -58,7 +24,7 @@ def test_block_raises_before_generation_and_safe_prompts_are_untouched(classifie
     handle = add_safety_gate(pipe, _gate(classifier, prompts))
     assert torch.equal(generate(pipe, prompts.safe), reference)
     assert handle.last_report.prompt_action == "passed" and handle.last_report.image_action == "passed"
-    with pytest.raises(UnsafeContentError, match=r"prompt\(s\) \[0\] are unsafe") as error:
+    with pytest.raises(UnsafeContentError, match=r"unsafe prompt\(s\): prompt \[0\]") as error:
         generate(pipe, prompts.unsafe)
     assert error.value.report.prompts.unsafe.tolist() == [True]
     assert handle.calls == 2
