@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from eval.classifiers import classifiers_from_config
 from eval.errors import ConditionError
 from eval.generation import GenerationRunner
 from eval.placement import Placement, run_provenance
@@ -43,16 +42,7 @@ def run_prompt_set(config: T2IConfig, prompts: PromptSet, *, shard: tuple[int, i
     placement = Placement.resolve(shard, device=config.device, dtype=config.dtype)
     prompts = prompts.limit(config.limit)
     store = ResultsStore(config.out)
-    runner = GenerationRunner(
-        T2IProvider(config, conditions, prompts, placement, store),
-        store,
-        placement,
-        classifiers=lambda: classifiers_from_config(config, device=placement.device),
-        rule=config.rule,
-        batch_size=config.batch_size,
-        classify_batch_size=config.classify_batch_size,
-        progress=config.progress,
-    )
+    runner = GenerationRunner(T2IProvider(config, conditions, prompts, placement, store), store, placement, config)
     if placement.shard_index == 0:
         cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k != "hub_kwargs"}
         provenance = run_provenance()
