@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 
 from eval.classifiers import PAPER_RULE
 from eval.cli import add_classifier_options, add_placement_options, classifier_options, comma_list, generation_options
+from eval.conditions import BASE_CONDITIONS
 from eval.errors import EvalError
 from eval.placement import default_device
-from eval.t2i import BASE_CONDITIONS
 
 if TYPE_CHECKING:
     from eval.visu import VisuSource

@@ -21,7 +21,6 @@ from train.losses import DEFAULT_LOGIT_SCALE, TERM_NAMES, SafeClipWeights
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 CONFIG_VERSION = 1
-METHODS = ("safe-clip", "hysac")
 
 TEXT_TARGETS = ["k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 VISION_TARGETS = [*TEXT_TARGETS, "patch_embedding"]
@@ -163,6 +162,8 @@ class TrainConfig:
         self.optim.validate()
         self.loss.safe_clip_weights()
         self.hysac.validate()
+        from train.methods import METHODS  # the table imports this module
+
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):

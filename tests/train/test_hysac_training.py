@@ -14,7 +14,7 @@ from train.config import load_config
 from train.data import stack_encoded
 from train.hysac_export import embed_quadruplets, export_hysac, validation_bounds
 from train.hysac_losses import HYSAC_TERM_NAMES
-from train.loop import list_checkpoints, train_safe_clip
+from train.loop import list_checkpoints, run_training
 from train.model import HySACTrainModel, SafeClipModel
 from train.tiny_clip import tiny_clip
 
@@ -77,7 +77,7 @@ def test_method_and_model_must_match(tokenizer, data, tmp_path):
     torch.manual_seed(0)
     text, vision = tiny_clip(tokenizer, 32, width=32, layers=1, projection_dim=32)
     with pytest.raises(TypeError, match="HySACTrainModel"):
-        train_safe_clip(cfg, SafeClipModel(text, vision, cfg.lora), *data, stack_encoded)
+        run_training(cfg, SafeClipModel(text, vision, cfg.lora), *data, stack_encoded)
 
 
 def test_hysac_run_trains_scalars_resumes_exactly_and_exports(tokenizer, data, tmp_path):
@@ -86,7 +86,7 @@ def test_hysac_run_trains_scalars_resumes_exactly_and_exports(tokenizer, data, t
     cfg_full = config(tmp_path, "full", "hysac.curvature_range=[0.5,2.0]")
     full_model = make_model(tokenizer, cfg_full)
     start = {n: p.detach().clone() for n, p in full_model.named_parameters() if p.requires_grad}
-    full = train_safe_clip(cfg_full, full_model, train_set, val_set, stack_encoded)
+    full = run_training(cfg_full, full_model, train_set, val_set, stack_encoded)
     assert full.global_step == 8 and full.epochs_run == 2
     final = load_file(str(list_checkpoints(cfg_full.output_dir)[-1] / "adapters.safetensors"))
     for name in ("hysac.log_curvature", "hysac.log_text_alpha", "hysac.log_image_alpha", "hysac.logit_scale"):
@@ -105,14 +105,14 @@ def test_hysac_run_trains_scalars_resumes_exactly_and_exports(tokenizer, data, t
 
     cfg = config(tmp_path, "crash", "hysac.curvature_range=[0.5,2.0]")
     with pytest.raises(Crash):
-        train_safe_clip(cfg, make_model(tokenizer, cfg), train_set, val_set, stack_encoded, on_step=crash)
+        run_training(cfg, make_model(tokenizer, cfg), train_set, val_set, stack_encoded, on_step=crash)
     shutil.rmtree(list_checkpoints(cfg.output_dir)[-1])  # resume mid-epoch, from step 5
     resumed_model = make_model(tokenizer, cfg)
     with torch.no_grad():
         for p in resumed_model.parameters():
             if p.requires_grad:
                 p.add_(0.5)
-    assert train_safe_clip(cfg, resumed_model, train_set, val_set, stack_encoded).global_step == 8
+    assert run_training(cfg, resumed_model, train_set, val_set, stack_encoded).global_step == 8
     again = load_file(str(list_checkpoints(cfg.output_dir)[-1] / "adapters.safetensors"))
     assert final.keys() == again.keys()
     for key in final:
