@@ -11,12 +11,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from eval.conditions import parse_conditions
 from eval.errors import ConditionError
 from eval.generation import GenerationRunner
 from eval.placement import Placement, run_provenance
 from eval.prompts import PromptSet
 from eval.store import ResultsStore
-from eval.t2i import T2IConfig, T2IProvider, parse_conditions
+from eval.t2i import T2IConfig, T2IProvider
 
 
 @dataclass
@@ -94,7 +95,7 @@ def positive_float(text: str) -> float:
 def add_generation_options(p: argparse.ArgumentParser, *, default_conditions: str) -> None:
     """The options of ``eval t2i`` that say how images are made: model, conditions, sampling, placement, output."""
     from eval.cli import add_placement_options
-    from eval.t2i import BASE_CONDITIONS
+    from eval.conditions import BASE_CONDITIONS
 
     p.add_argument("--model", required=True, help="diffusers SD pipeline: Hub id or local folder")
     p.add_argument(
