@@ -10,6 +10,8 @@ Commands:
   nsfw-retrieval  Safe-CLIP Tables 3 / 11: share of queries whose top-1 is NSFW among distractors
   i2t       LLaVA describes NSFW images with and without the Safe-CLIP tower; open judges (Tables 5 / 13)
   i2t-judge (re-)judge the descriptions of an i2t run without regenerating them, and rewrite its report
+  quality   FID and CLIP score of conditions on a caption set (COCO-30k; Safe-CLIP Table 14)
+  attack    attack success rate of adversarial prompt sets (Ring-A-Bell, MMA-Diffusion, UnlearnDiffAtk, P4D)
 """
 
 from __future__ import annotations
@@ -172,10 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     hy.add_argument("--device", default=None)
     hy.add_argument("--out", required=True, type=Path)
 
-    from eval import i2t_cli, nsfw_retrieval
+    from eval import attack_run, i2t_cli, nsfw_retrieval, quality
 
     nsfw_retrieval.add_command(sub)
     i2t_cli.add_commands(sub)
+    quality.add_parser(sub)
+    attack_run.add_parser(sub)
     return parser
 
 
@@ -317,6 +321,10 @@ def main(argv: list[str] | None = None) -> int:
             from eval.nsfw_retrieval import run_command
 
             return run_command(args)
+        if args.command in ("quality", "attack"):
+            from eval import attack_run, quality
+
+            return (quality if args.command == "quality" else attack_run).command(args)
         if args.command == "t2i":
             from eval.t2i import T2IConfig, T2IRunner
 

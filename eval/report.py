@@ -29,7 +29,7 @@ from eval import paper_tables
 from eval.classifiers import PAPER_RULE, any_flagged
 from eval.errors import require
 from eval.prompts import I2P_CATEGORIES
-from eval.store import ResultsStore, StoredItem, fully_labelled, path_part
+from eval.store import DB_NAME, ResultsStore, StoredItem, fully_labelled, path_part
 from eval.tables import csv_text, latex_table, markdown_table
 from safe_encoders.atomic import atomic_write_text
 
@@ -427,6 +427,40 @@ def provenance_markdown(store: ResultsStore, rule: Sequence[str] = PAPER_RULE) -
     return "\n".join(lines) + "\n"
 
 
+#: Tables other commands write into the same output folder, shown in ``report.md`` beside the safety table.
+EXTRA_SECTIONS: dict[str, str] = {
+    "quality.md": "Image quality (eval quality)",
+    "attack.md": "Adversarial prompt sets (eval attack)",
+}
+
+
+def extra_sections(out: str | Path) -> str:
+    """The Markdown sections of :data:`EXTRA_SECTIONS` whose files exist in ``out``."""
+    parts = [
+        f"\n## {title}\n\n{(Path(out) / name).read_text(encoding='utf-8')}"
+        for name, title in EXTRA_SECTIONS.items()
+        if (Path(out) / name).is_file()
+    ]
+    return "".join(parts)
+
+
+def refresh_report_md(out: str | Path) -> Path | None:
+    """Rewrite ``out/report.md`` when ``out`` holds an ``eval t2i`` run (so that it shows the extra sections),
+    with the rule and reference of that run's last command. Returns the path, or None when there is no such run."""
+    out = Path(out)
+    if not (out / "report.md").is_file() or not (out / DB_NAME).is_file():
+        return None
+    with ResultsStore(out) as store:
+        runs = store.get_meta("runs") or []
+        config = runs[-1].get("config", {}) if runs else {}
+        rule = tuple(config.get("rule") or PAPER_RULE)
+        items = store.items()
+        flags = flags_from_store(store, rule, items)
+        rows = aggregate(store, rule, items=items, flags=flags)
+        md = to_markdown(rows, config.get("reference"), rule) + extra_sections(out) + provenance_markdown(store, rule)
+    return atomic_write_text(out / "report.md", md)
+
+
 def write_report(
     store: ResultsStore,
     out_dir: str | Path | None = None,
@@ -448,7 +482,8 @@ def write_report(
     write_csv(rows, out / "report.csv")
     if reference:
         write_reference_csv(rows, reference, out / "report_reference.csv")
-    atomic_write_text(out / "report.md", to_markdown(rows, reference, rule) + provenance_markdown(store, rule))
+    md = to_markdown(rows, reference, rule) + extra_sections(out) + provenance_markdown(store, rule)
+    atomic_write_text(out / "report.md", md)
     atomic_write_text(out / "report.tex", to_latex(rows, reference))
     if chart and rows:
         bar_chart(rows, out / "report.png")
