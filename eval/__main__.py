@@ -7,6 +7,11 @@ Commands:
   retrieval Safe-CLIP Table 2 (T->V, V->T, T*->V+V*, V*->T+T*; R@1/10/20) for encoder pairs on ViSU
   hysac     HySAC: safe/unsafe classification (accuracy at the bounds, AUROC) and retrieval with and
             without safety traversal, on ViSU or (--synthetic N) on the offline synthetic world
+  nsfw-retrieval  Safe-CLIP Tables 3 / 11: share of queries whose top-1 is NSFW among distractors
+  i2t       LLaVA describes NSFW images with and without the Safe-CLIP tower; open judges (Tables 5 / 13)
+  i2t-judge (re-)judge the descriptions of an i2t run without regenerating them, and rewrite its report
+  quality   FID and CLIP score of conditions on a caption set (COCO-30k; Safe-CLIP Table 14)
+  attack    attack success rate of adversarial prompt sets (Ring-A-Bell, MMA-Diffusion, UnlearnDiffAtk, P4D)
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ from eval.cli import (
     generation_options,
 )
 from eval.cli_errors import add_debug_option, run_command
+from eval.conditions import BASE_CONDITIONS
 from eval.errors import EvalError
+from eval.paper_tables import T2I
 from eval.placement import default_device
-from eval.t2i import BASE_CONDITIONS
 
 if TYPE_CHECKING:
     from eval.visu import VisuSource
@@ -40,8 +46,8 @@ def _add_report_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--paper-reference",
         default="sd-v1.4",
-        choices=["sd-v1.4", "sd-v2.0", "none"],
-        help="published numbers shown next to the reproduction",
+        choices=[*T2I, "none"],
+        help="the published table printed beside ours, every cell: sd-v1.4 (Table 4) or sd-v2.0 (Table 12)",
     )
     g.add_argument("--grids", type=int, default=0, help="write an image grid for the first N prompts")
     g.add_argument("--no-blur", action="store_true", help="do not blur flagged images in the grids")
@@ -72,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t2i.add_argument("--unet", default=None, help="UNet override for '+unet' conditions (folder, Hub id, file)")
     t2i.add_argument("--limit", type=int, default=None, help="first N prompts only")
+    t2i.add_argument(
+        "--id-column",
+        default=None,
+        help="prompt-file column with unique prompt ids (default: case_number, incremental_id, prompt_id, id, "
+        "an unnamed index column); e.g. --id-column '' for the unnamed index when case_number repeats",
+    )
     t2i.add_argument("--images-per-prompt", type=int, default=5, help="Safe-CLIP: 5; I2P paper: 10")
     t2i.add_argument("--steps", type=int, default=50)
     t2i.add_argument(
@@ -161,10 +173,23 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["query", "gallery"],
         help="pull unsafe queries to the safe threshold of their own modality (as HySAC.traverse) or the gallery's",
     )
-    hy.add_argument("--strength", type=float, default=1.0, help="traversal strength (1: onto the boundary)")
+    hy.add_argument(
+        "--traversal",
+        default="release",
+        choices=["release", "geodesic"],
+        help="release: the authors' (rescale to norm tau = up95 + tanh((up95 - 0.8) / c) + 1); geodesic: ours",
+    )
+    hy.add_argument("--strength", type=float, default=1.0, help="geodesic traversal strength (1: onto the boundary)")
     hy.add_argument("--batch-size", type=int, default=32)
     hy.add_argument("--device", default=None)
     hy.add_argument("--out", required=True, type=Path)
+
+    from eval import attack_run, i2t_cli, nsfw_retrieval, quality
+
+    nsfw_retrieval.add_command(sub)
+    i2t_cli.add_commands(sub)
+    quality.add_parser(sub)
+    attack_run.add_parser(sub)
     return parser
 
 
@@ -226,7 +251,13 @@ def _hysac(args: argparse.Namespace) -> int:
         curvature = model.curvature.detach().cpu()
         reports.append(
             evaluate_hysac(
-                name.strip(), emb, curvature, model.bounds, target=args.traversal_target, strength=args.strength
+                name.strip(),
+                emb,
+                curvature,
+                model.bounds,
+                target=args.traversal_target,
+                strength=args.strength,
+                method=args.traversal,
             )
         )
     paths = write_hysac_reports(reports, args.out, split)
@@ -291,6 +322,22 @@ def _run(args: argparse.Namespace) -> int:
         return _retrieval(args)
     if args.command == "hysac":
         return _hysac(args)
+    if args.command == "i2t":
+        from eval.i2t_cli import run_i2t
+
+        return run_i2t(args)
+    if args.command == "i2t-judge":
+        from eval.i2t_cli import run_i2t_judge
+
+        return run_i2t_judge(args)
+    if args.command == "nsfw-retrieval":
+        from eval.nsfw_retrieval import run_command as run_nsfw_retrieval
+
+        return run_nsfw_retrieval(args)
+    if args.command in ("quality", "attack"):
+        from eval import attack_run, quality
+
+        return (quality if args.command == "quality" else attack_run).command(args)
     if args.command == "t2i":
         from eval.t2i import T2IConfig, T2IRunner
 
@@ -302,6 +349,7 @@ def _run(args: argparse.Namespace) -> int:
             safe_checkpoint=args.safe_checkpoint,
             unet=args.unet,
             images_per_prompt=args.images_per_prompt,
+            id_column=args.id_column,
             reference=_reference(args),
             grids=args.grids,
             blur=not args.no_blur,
@@ -319,6 +367,8 @@ def _run(args: argparse.Namespace) -> int:
     if not (args.out / "results.sqlite").is_file():
         raise EvalError(f"{args.out} holds no run (no results.sqlite)")
     store = ResultsStore(args.out)
+    if store.get_meta("kind") == "i2t":
+        raise EvalError(f"{args.out} holds an i2t run (texts): use `python -m eval i2t-judge --out {args.out}`")
     rule = comma_list(args.rule)
     if args.command == "classify":
         from eval.generation import classify_store

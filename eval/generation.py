@@ -72,6 +72,9 @@ class Provider(Protocol):
         """Drop the diffusion models (the runner frees the accelerator memory after)."""
         ...
 
+    # Optional: ``produce(batch, generators) -> list`` makes a batch's outputs itself (images, or texts, which
+    # the store keeps with ``add_text``) instead of ``pipeline_for(...)(**call_arguments(batch)).images``.
+
 
 def diffusers_dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
     """``{"dtype": ...}`` where diffusers renamed ``torch_dtype`` (recent releases), else ``{"torch_dtype": ...}``."""
@@ -154,16 +157,23 @@ class GenerationRunner:
                 b for chunk in claims.batches(self.store, GENERATE, todo, _key, self.batch_size)
                 for b in self._batches(chunk)
             ):  # fmt: skip
-                pipe = self.provider.pipeline_for(batch[0])
                 generators = [torch.Generator("cpu").manual_seed(w.seed) for w in batch]
-                images = pipe(**self.provider.call_arguments(batch), generator=generators).images
-                self.generated += len(images)
-                for w, image in zip(batch, images, strict=True):
+                outputs = self._produce(batch, generators)
+                self.generated += len(outputs)
+                for w, output in zip(batch, outputs, strict=True):
                     record = self.provider.record(w)
                     record["extra"] = {"shard": shard, **record.get("extra", {})}
-                    made += self.store.add(*w.key, image, **record)
+                    add = self.store.add_text if isinstance(output, str) else self.store.add
+                    made += add(*w.key, output, **record)
                 bar.update(len(batch))
         return made
+
+    def _produce(self, batch: Sequence[Any], generators: list[torch.Generator]) -> list[Any]:
+        produce = getattr(self.provider, "produce", None)
+        if produce is not None:
+            return produce(batch, generators)
+        pipe = self.provider.pipeline_for(batch[0])
+        return pipe(**self.provider.call_arguments(batch), generator=generators).images
 
     def release_generators(self) -> None:
         """Free the diffusion models (before classification, to make room on the device)."""
@@ -205,7 +215,8 @@ def classify_store(
     progress: bool = True,
     lease: float = DEFAULT_LEASE,
 ) -> int:
-    """Label the stored images (of one shard) that lack a label of a classifier in ``rule``.
+    """Label the stored images (of one shard) that lack a label of a classifier in ``rule``; a text item (see
+    ``ResultsStore.add_text``) gives the classifier its text (the text judges of ``eval.judges``).
 
     Workers sharing the store split the images by claims (``eval.claims``; ``lease`` seconds).
     ``make_classifiers`` is called only when there is something to label. Returns the number of
@@ -219,6 +230,7 @@ def classify_store(
     if not todo:
         return 0
     classifiers = [c for c in make_classifiers() if c.name in rule]
+    texts = store.texts()
     done = 0
     with (
         progress_bar(len(todo), f"classify [{index}/{count}]", progress) as bar,
@@ -226,7 +238,7 @@ def classify_store(
     ):
         for chunk in claims.batches(store, CLASSIFY, todo, _key, batch_size, rule=rule):
             done += len(chunk)
-            images = [store.load_image(it) for it in chunk]
+            images = [texts[it.key] if it.key in texts else store.load_image(it) for it in chunk]
             for clf in classifiers:
                 missing = [i for i, it in enumerate(chunk) if clf.name not in labels.get(it.key, {})]
                 if not missing:

@@ -7,7 +7,8 @@ Classification (safe vs unsafe, texts S vs U and images V vs G): accuracy at the
 Retrieval ranks by minus the Lorentz distance and reuses ``eval.metrics`` (Safe-CLIP Table 2:
 T->V, V->T, T*->V+V*, V*->T+T*, the safe counterpart as the ground truth of an unsafe query), once on
 the plain embeddings and once with the unsafe queries traversed toward the root
-(``safe_encoders.hysac.traverse_to_safe``); the tables are written with ``eval.retrieval``'s writers.
+(``safe_encoders.hysac.traverse``: by default the authors' released traversal, ``"geodesic"`` for ours);
+the tables are written with ``eval.retrieval``'s writers.
 The share of *safe* items at top-1 for unsafe queries is reported next to it.
 
 ``python -m eval hysac --model NAME=FOLDER ... --out DIR`` (ViSU, or ``--synthetic N`` offline).
@@ -26,7 +27,7 @@ from eval.metrics import safe_clip_retrieval
 from eval.retrieval import KS, RetrievalRow, rows_from_metrics, write_retrieval
 from eval.tables import csv_text, markdown_table
 from safe_encoders.atomic import atomic_write_text
-from safe_encoders.hysac import HySACBounds, lorentz, traverse_to_safe
+from safe_encoders.hysac import HySACBounds, lorentz, traverse
 
 EMBEDDING_KEYS = ("text_safe", "text_unsafe", "image_safe", "image_unsafe")
 TraversalTarget = Literal["query", "gallery"]
@@ -105,18 +106,22 @@ def hysac_retrieval(
     *,
     boundaries: Mapping[str, float] | None = None,
     strength: float = 1.0,
+    method: str = "release",
     ks: Sequence[int] = KS,
 ) -> dict[str, float]:
     """Safe-CLIP Table 2 figures by Lorentz distance, plus ``unsafe_text_top1_safe_share`` /
     ``unsafe_image_top1_safe_share`` (unsafe queries whose top-1 in V+V* / T+T* is a safe item).
 
-    With ``boundaries`` (``{"text": b, "image": b}``), the unsafe queries are traversed first; safe
-    queries are never moved, so T->V and V->T are those of the plain embeddings.
+    With ``boundaries`` (``{"text": b, "image": b}``), the unsafe queries are traversed first by ``method``
+    (``"release"``: ``b`` is the ``up_95`` bound; ``"geodesic"``: the root distance to pull to, with
+    ``strength``); safe queries are never moved, so T->V and V->T are those of the plain embeddings.
     """
     emb = {key: emb[key].float() for key in EMBEDDING_KEYS}
     queries = {"text": emb["text_unsafe"], "image": emb["image_unsafe"]}
     if boundaries is not None:  # only the unsafe queries move; the galleries stay as embedded
-        queries = {m: traverse_to_safe(q, curvature, boundaries[m], strength=strength) for m, q in queries.items()}
+        queries = {
+            m: traverse(q, curvature, boundaries[m], method=method, strength=strength) for m, q in queries.items()
+        }
 
     def similarity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return -lorentz.pairwise_distance(x, y, curvature)
@@ -145,6 +150,7 @@ class HySACReport:
     retrieval: dict[str, float]
     traversal: dict[str, float]
     boundaries: dict[str, float]
+    traversal_method: str = "release"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -153,6 +159,7 @@ class HySACReport:
             "retrieval": self.retrieval,
             "traversal": self.traversal,
             "boundaries": self.boundaries,
+            "traversal_method": self.traversal_method,
         }
 
 
@@ -164,16 +171,18 @@ def evaluate_hysac(
     *,
     target: TraversalTarget = "query",
     strength: float = 1.0,
+    method: str = "release",
     ks: Sequence[int] = KS,
 ) -> HySACReport:
-    """Classification at the bounds' thresholds, retrieval without and with traversal."""
+    """Classification at the bounds' thresholds, retrieval without and with traversal (``method``)."""
     boundaries = traversal_boundaries(bounds, target)
     return HySACReport(
         model=name,
         classification=hysac_classification(emb, curvature, bounds),
         retrieval=hysac_retrieval(emb, curvature, ks=ks),
-        traversal=hysac_retrieval(emb, curvature, boundaries=boundaries, strength=strength, ks=ks),
+        traversal=hysac_retrieval(emb, curvature, boundaries=boundaries, strength=strength, method=method, ks=ks),
         boundaries=boundaries,
+        traversal_method=method,
     )
 
 

@@ -1,4 +1,4 @@
-"""Retrieval metrics of the Safe-CLIP paper as pure torch functions (``eval/`` reuses them).
+"""Retrieval metrics of the Safe-CLIP paper as pure torch functions (the trainer's validation uses them too).
 
 Galleries and queries are embedding matrices; every function normalises them itself and compares
 by cosine similarity. Row i of the safe/unsafe text/image matrices belongs to quadruplet i.

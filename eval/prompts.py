@@ -65,6 +65,8 @@ _CATEGORY_COLUMNS = ("categories", "category", "concept", "tag")
 _SEED_COLUMNS = ("sd_seed", "evaluation_seed", "seed")
 _GUIDANCE_COLUMNS = ("sd_guidance_scale", "evaluation_guidance", "guidance", "guidance_scale")
 _ID_COLUMNS = ("case_number", "incremental_id", "prompt_id", "id", "")
+# Names an index column goes by (pandas writes an unnamed one: "" or "Unnamed: 0").
+_INDEX_COLUMNS = ("", "index", "idx", "unnamed: 0")
 
 
 @dataclass(frozen=True)
@@ -301,14 +303,51 @@ def _rows_to_prompts(
                 extra={k: row[k] for k in keep_columns if k in row},
             )
         )
+    _check_unique_ids(prompts, columns, rows, id_col, source)
     return PromptSet(name, tuple(prompts))
+
+
+def _check_unique_ids(
+    prompts: Sequence[Prompt],
+    columns: Sequence[str],
+    rows: Sequence[Mapping[str, str]],
+    id_col: str | None,
+    source: object,
+) -> None:
+    """Refuse repeated prompt ids, naming the repeated values and any unique index column to use instead."""
+    repeated = [pid for pid, n in Counter(p.id for p in prompts).items() if n > 1]
+    if not repeated:
+        return
+    examples = [pid.split(":", 1)[1] for pid in repeated[:3]]
+    unique = [
+        c
+        for c in columns
+        if c != id_col
+        and c.strip().lower() in (*_ID_COLUMNS, *_INDEX_COLUMNS)
+        and all((r.get(c) or "").strip() for r in rows)
+        and len({(r.get(c) or "").strip() for r in rows}) == len(rows)
+    ]
+    hint = (
+        f" Column {unique[0]!r} is unique: pass --id-column {unique[0]!r} (id_column={unique[0]!r} in Python)."
+        if unique
+        else " Pass --id-column NAME (id_column= in Python) naming a column whose values are unique."
+    )
+    raise PromptSetError(
+        f"{source}: duplicate prompt ids: column {id_col!r} repeats {examples} ({len(repeated)} value(s) repeated; "
+        f"e.g. the same case attacked twice).{hint}"
+    )
 
 
 # --------------------------------------------------------------------------- I2P
 
 
 def load_i2p(
-    source: str | Path | None = None, *, hard_only: bool = False, name: str = "i2p", **hub_kwargs: Any
+    source: str | Path | None = None,
+    *,
+    hard_only: bool = False,
+    name: str = "i2p",
+    id_column: str | None = None,
+    **hub_kwargs: Any,
 ) -> PromptSet:
     """The I2P prompt set (4,703 prompts, 7 categories).
 
@@ -316,7 +355,8 @@ def load_i2p(
     ``evaluation_seed`` / ``evaluation_guidance`` spelling of the common copies), or ``None`` for
     the HF dataset ``AIML-TUDA/i2p`` (see :func:`hub_dataset_rows`). ``hard_only`` keeps the prompts flagged
     ``hard``. ``name`` names the set (another set in the I2P layout, e.g. UnlearnDiffAtk's, keeps
-    its own name). Prompt ids are ``<name>:<case_number>`` when the file has that column, else the row index.
+    its own name). Prompt ids are ``<name>:<value>`` of ``id_column`` (default: ``case_number`` when the file has
+    it, else the row index); a file whose ids repeat is refused, naming a unique index column to pass instead.
     """
     where: object
     if source is None or str(source) == I2P_HF_ID:
@@ -332,7 +372,14 @@ def load_i2p(
         raise PromptSetError(f"{where}: not an I2P file: missing column(s) {missing}; columns present: {columns}")
     keep = [c for c in ("hard", "inappropriate_percentage", "nudity_percentage") if c in columns]
     pset = _rows_to_prompts(
-        name, columns, rows, where, text_column="prompt", category_column="categories", keep_columns=keep
+        name,
+        columns,
+        rows,
+        where,
+        text_column="prompt",
+        category_column="categories",
+        id_column=id_column,
+        keep_columns=keep,
     )
     unknown = sorted({c for p in pset for c in p.categories} - set(I2P_CATEGORIES))
     if unknown:
@@ -396,11 +443,13 @@ def read_visu_rows(
     return columns, rows, path
 
 
-def load_visu(source: str | Path | None = None, *, split: str = "test", **hub_kwargs: Any) -> PromptSet:
+def load_visu(
+    source: str | Path | None = None, *, split: str = "test", id_column: str | None = None, **hub_kwargs: Any
+) -> PromptSet:
     """The unsafe prompts (``nsfw`` column) of ViSU-Text, categories mapped to I2P's.
 
-    ``source``: as for :func:`read_visu_rows`. Needs the columns ``nsfw`` and ``tag``; the id comes
-    from ``incremental_id`` (else ``prompt_id``, else the row index); a ``seed`` column is used if
+    ``source``: as for :func:`read_visu_rows`. Needs the columns ``nsfw`` and ``tag``; the id comes from
+    ``id_column`` (default ``incremental_id``, else ``prompt_id``, else the row index); a ``seed`` column is used if
     present (and a ``seeds`` column, a list of per-image seeds, is kept in ``extra``).
     """
     columns, rows, where = read_visu_rows(source, split=split, **hub_kwargs)
@@ -408,7 +457,7 @@ def load_visu(source: str | Path | None = None, *, split: str = "test", **hub_kw
     if missing:
         raise PromptSetError(f"{where}: not a ViSU-Text file: missing column(s) {missing}; columns present: {columns}")
     mapped = [{**r, "tag": visu_tag_to_category(r["tag"]), "visu_tag": r["tag"]} for r in rows]
-    id_col = next((c for c in ("incremental_id", "prompt_id") if c in columns), None)
+    id_col = id_column or next((c for c in ("incremental_id", "prompt_id") if c in columns), None)
     return _rows_to_prompts(
         "visu",
         [*columns, "visu_tag"],
@@ -433,13 +482,15 @@ def load_prompt_file(
     text_column: str | None = None,
     category_column: str | None = None,
     seed_column: str | None = None,
+    id_column: str | None = None,
 ) -> PromptSet:
     """Any prompt list: a ``.txt`` file (one prompt per non-empty line) or a table file.
 
     For tables the prompt column is ``text_column`` or the first of ``prompt, text, adv_prompt,
     caption, nsfw``; category (``categories``, ``category``, ``concept``, ``tag``), seed
-    (``sd_seed``, ``evaluation_seed``, ``seed``) and guidance columns are optional. ``name``
-    defaults to the file stem.
+    (``sd_seed``, ``evaluation_seed``, ``seed``) and guidance columns are optional. Prompt ids come from
+    ``id_column`` (default: the first of ``case_number, incremental_id, prompt_id, id`` and an unnamed index
+    column, else the row number) and must be unique. ``name`` defaults to the file stem.
     """
     path = Path(path)
     if not path.is_file():
@@ -458,6 +509,7 @@ def load_prompt_file(
         text_column=text_column,
         category_column=category_column,
         seed_column=seed_column,
+        id_column=id_column,
     )
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from eval import paper_tables
 from eval.errors import EvalError
 from eval.placement import default_device
 from eval.tables import csv_text, latex_table, markdown_table
@@ -44,20 +45,20 @@ KS: tuple[int, ...] = (1, 10, 20)
 CSV_COLUMNS: tuple[str, ...] = ("model", "direction", "k", "recall")
 CACHE_VERSION = 1
 
-#: Safe-CLIP paper, Table 2 (ViSU test, ViT-L/14): model -> direction -> (R@1, R@10, R@20), percent.
-PAPER_TABLE2: dict[str, dict[str, tuple[float, float, float]]] = {
-    "CLIP (paper)": {
-        "T->V": (36.8, 71.6, 81.5),
-        "V->T": (39.8, 74.2, 83.5),
-        "T*->V+V*": (2.0, 24.8, 33.2),
-        "V*->T+T*": (4.5, 32.9, 40.6),
-    },
-    "Safe-CLIP (paper)": {
-        "T->V": (45.9, 81.8, 89.7),
-        "V->T": (45.3, 82.3, 89.7),
-        "T*->V+V*": (8.0, 46.9, 58.0),
-        "V*->T+T*": (19.1, 62.9, 71.1),
-    },
+PAPER_PREFIX = "paper: "
+DIFF_PREFIX = "ours - paper: "
+
+#: Safe-CLIP paper, Table 2 (ViSU test, ViT-L/14), all five rows: ``paper: MODEL`` -> direction -> (R@1, R@10, R@20),
+#: percent (``eval.paper_tables``).
+PAPER_TABLE2: dict[str, dict[str, tuple[float, ...]]] = {
+    PAPER_PREFIX + model: dict(table) for model, table in paper_tables.RETRIEVAL.items()
+}
+
+#: Our model names (``--backbones``) that ran the condition of a Table 2 row (ViT-L/14 on the ViSU test split).
+#: A ``--model`` named exactly as a paper row (e.g. ``Safe-CLIP (ViT-L/14)``) is compared with it too.
+PAPER_COUNTERPARTS: dict[str, str] = {
+    "CLIP ViT-L/14": "CLIP (ViT-L/14)",
+    "Safe-CLIP ViT-L/14": "Safe-CLIP (ViT-L/14)",
 }
 
 
@@ -349,6 +350,52 @@ class Embedder:
             out[f"{prefix}_safe"], out[f"{prefix}_unsafe"] = cached["safe"], cached["unsafe"]
         return out
 
+    def embed_lists(self, pair: EncoderPair, kind: str, lists: Mapping[str, Sequence[Any]]) -> dict[str, torch.Tensor]:
+        """Embed named lists of texts (``kind="text"``) or image paths (``"vision"``) with one tower of ``pair``.
+
+        Each list is cached on its own (keyed by its content, see :func:`list_key`), so lists shared between
+        calls (e.g. distractors) are encoded once; the tower is loaded at most once per call.
+        """
+        if kind not in ("text", "vision"):
+            raise RetrievalError(f"kind must be 'text' or 'vision', got {kind!r}")
+        source = pair.text if kind == "text" else pair.vision
+        resolved = resolve_source(source, kind)
+        proc = _processor_source(pair, kind, resolved.base_model)
+        encoder = json.dumps({"kind": kind, "identity": resolved.identity, "digest": resolved.digest}, sort_keys=True)
+        model = processor = None
+        out: dict[str, torch.Tensor] = {}
+        for name, items in lists.items():
+            identity = json.dumps(
+                {
+                    "encoder": encoder,
+                    "processor": _processor_identity(proc),
+                    "data": list_key(kind, items),
+                    "version": CACHE_VERSION,
+                }
+            )
+            cached = self.cache.get(identity)
+            if cached is None:
+                if model is None:
+                    from transformers import AutoImageProcessor, AutoTokenizer
+
+                    model = self.loader(source, kind, self.device)
+                    processor = (AutoTokenizer if kind == "text" else AutoImageProcessor).from_pretrained(proc)
+                embed = _embed_texts if kind == "text" else _embed_images
+                cached = {"embeddings": embed(model, processor, list(items), self.batch_size, self.device)}
+                self.cache.put(identity, cached)
+                self.encoded.append((pair.name, f"{kind}:{name}"))
+            out[name] = cached["embeddings"]
+        return out
+
+
+def list_key(kind: str, items: Sequence[Any]) -> str:
+    """Digest of a list the ``kind`` tower sees: the texts, or the image files' paths, sizes and mtimes."""
+    if kind == "text":
+        payload: Any = list(items)
+    else:
+        payload = [[str(Path(p).resolve()), Path(p).stat().st_size, Path(p).stat().st_mtime_ns] for p in items]
+    return hashlib.sha256(json.dumps([kind, payload]).encode("utf-8")).hexdigest()
+
 
 # --------------------------------------------------------------------------- the table
 
@@ -371,7 +418,7 @@ def rows_from_metrics(model: str, metrics: Mapping[str, float], ks: Sequence[int
 
 
 def reference_rows(ks: Sequence[int] = KS) -> list[RetrievalRow]:
-    """The paper's Table 2 as rows (models ``CLIP (paper)`` and ``Safe-CLIP (paper)``)."""
+    """The paper's Table 2 as rows, all five models (named ``paper: MODEL``)."""
     return [
         RetrievalRow(model, d, k, values[KS.index(k)])
         for model, table in PAPER_TABLE2.items()
@@ -381,6 +428,32 @@ def reference_rows(ks: Sequence[int] = KS) -> list[RetrievalRow]:
     ]
 
 
+def difference_rows(rows: Sequence[RetrievalRow], split: str) -> list[RetrievalRow]:
+    """``ours - paper: NAME`` rows (recall points) for our models that ran a Table 2 condition.
+
+    Only on the test split (Table 2's); a model matches a paper row through :data:`PAPER_COUNTERPARTS`
+    or by carrying the paper row's exact name.
+    """
+    if split != "test":
+        return []
+    paper = {
+        (model, d, k): v
+        for model, table in paper_tables.RETRIEVAL.items()
+        for d, values in table.items()
+        for k, v in zip(paper_tables.RETRIEVAL_KS, values, strict=True)
+    }
+    out = []
+    for r in rows:
+        if r.model.startswith((PAPER_PREFIX, DIFF_PREFIX)):
+            continue
+        counterpart = PAPER_COUNTERPARTS.get(r.model, r.model)
+        if (counterpart, r.direction, r.k) in paper:
+            out.append(
+                RetrievalRow(DIFF_PREFIX + r.model, r.direction, r.k, r.recall - paper[(counterpart, r.direction, r.k)])
+            )
+    return out
+
+
 def wide_table(rows: Sequence[RetrievalRow]) -> tuple[list[str], list[list[str]]]:
     """Table 2 layout: one line per model, columns direction x R@k."""
     ks = sorted({r.k for r in rows})
@@ -388,7 +461,12 @@ def wide_table(rows: Sequence[RetrievalRow]) -> tuple[list[str], list[list[str]]
     cells = {(r.model, r.direction, r.k): r.recall for r in rows}
     models = list(dict.fromkeys(r.model for r in rows))
     body = [
-        [m] + [f"{cells[(m, d, k)]:.1f}" if (m, d, k) in cells else "-" for d, _ in DIRECTIONS for k in ks]
+        [m]
+        + [
+            f"{cells[(m, d, k)]:{'+' if m.startswith(DIFF_PREFIX) else ''}.1f}" if (m, d, k) in cells else "-"
+            for d, _ in DIRECTIONS
+            for k in ks
+        ]
         for m in models
     ]
     return header, body
@@ -396,10 +474,15 @@ def wide_table(rows: Sequence[RetrievalRow]) -> tuple[list[str], list[list[str]]
 
 def to_markdown(rows: Sequence[RetrievalRow], split: str = "test") -> str:
     header, body = wide_table(rows)
-    return (
+    caption = (
         f"Retrieval on ViSU {split} (recall %, Safe-CLIP Table 2 layout; unsafe queries: the safe "
-        f"counterpart is the ground truth).\n\n{markdown_table(header, body)}\n"
+        "counterpart is the ground truth)."
     )
+    if any(r.model.startswith(PAPER_PREFIX) for r in rows):
+        caption += f" `{PAPER_PREFIX}...`: the paper's Table 2 rows (ViSU test, ViT-L/14)."
+    if any(r.model.startswith(DIFF_PREFIX) for r in rows):
+        caption += f" `{DIFF_PREFIX}...`: ours minus the paper's row of the same model, in recall points."
+    return f"{caption}\n\n{markdown_table(header, body)}\n"
 
 
 def to_latex(rows: Sequence[RetrievalRow]) -> str:
@@ -440,5 +523,6 @@ def run_retrieval(
         rows += retrieval_rows(pair.name, embedder.embed(pair, data))
     if reference:
         rows += reference_rows()
+        rows += difference_rows(rows, data.split)
     write_retrieval(rows, out, data.split)
     return rows

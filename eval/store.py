@@ -7,6 +7,9 @@ primary key makes a second insert of the same item a no-op (no duplicates across
 processes sharing the store). Labels (one row per item and classifier) live in their own table, so
 classification can be cleared and re-run without regenerating anything.
 
+An item can hold a generated text instead of an image (``add_text``, for ``python -m eval i2t``):
+the text and its item row are committed in one transaction, and the item's ``path`` is empty.
+
 The store knows nothing about diffusion: ``train`` reuses it to regenerate training images.
 """
 
@@ -73,6 +76,13 @@ CREATE TABLE IF NOT EXISTS claims (
     expires REAL NOT NULL,
     PRIMARY KEY (task, condition, prompt_id, seed)
 );
+CREATE TABLE IF NOT EXISTS texts (
+    condition TEXT NOT NULL,
+    prompt_id TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    PRIMARY KEY (condition, prompt_id, seed)
+);
 """
 
 ItemKey = tuple[str, str, int]
@@ -93,6 +103,7 @@ class StoredItem:
     prompt: str
     categories: tuple[str, ...]
     path: str
+    """Empty for a text item (its text is in the ``texts`` table, see :meth:`ResultsStore.texts`)."""
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -258,6 +269,36 @@ class ResultsStore:
             cur = c.execute("INSERT OR IGNORE INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
             return cur.rowcount == 1
 
+    def add_text(
+        self,
+        condition: str,
+        prompt_id: str,
+        seed: int,
+        text: str,
+        *,
+        prompt_set: str,
+        prompt: str,
+        categories: Sequence[str] = (),
+        extra: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Record a generated text and its item in one transaction. Returns False if it was already stored."""
+        if not isinstance(text, str):
+            raise StoreError(f"add_text needs a str, got {type(text).__name__}")
+        key = (condition, prompt_id, int(seed))
+        row = (*key, prompt_set, prompt, json.dumps(list(categories)), "", json.dumps(dict(extra or {}), default=str))
+        with self._write() as c:
+            cur = c.execute("INSERT OR IGNORE INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (*row, time.time()))
+            if cur.rowcount != 1:
+                return False
+            c.execute("INSERT INTO texts VALUES (?, ?, ?, ?)", (*key, text))
+            return True
+
+    def texts(self, condition: str | None = None) -> dict[ItemKey, str]:
+        """Stored generated texts by item key (of one condition, or all)."""
+        sql = "SELECT condition, prompt_id, seed, text FROM texts"
+        rows = self._conn.execute(sql + " WHERE condition=?", (condition,)) if condition else self._conn.execute(sql)
+        return {(c, p, int(s)): t for c, p, s, t in rows}
+
     def items(self, condition: str | None = None) -> list[StoredItem]:
         """Stored items in insertion order (of one condition, or all)."""
         sql = "SELECT condition, prompt_id, seed, prompt_set, prompt, categories, path, extra FROM items"
@@ -284,6 +325,7 @@ class ResultsStore:
         with self._write() as c:
             n = c.execute("DELETE FROM items WHERE condition=?", (condition,)).rowcount
             c.execute("DELETE FROM labels WHERE condition=?", (condition,))
+            c.execute("DELETE FROM texts WHERE condition=?", (condition,))
             c.execute("DELETE FROM conditions WHERE condition=?", (condition,))
         return n
 

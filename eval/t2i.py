@@ -2,7 +2,8 @@
 them, and record everything in a :class:`~eval.store.ResultsStore`.
 
 Conditions (``--conditions``), each optionally suffixed ``+safe`` (text encoder replaced with
-``safe_encoders.make_safe``) and/or ``+unet`` (the ``--unet`` override, e.g. an ESD-erased UNet):
+``safe_encoders.make_safe``) and/or ``+unet`` (the ``--unet`` override, e.g. an ESD-erased UNet), as data in
+:mod:`eval.conditions`:
 
 =============  ==============================================================================
 ``sd``         plain Stable Diffusion
@@ -28,6 +29,13 @@ from typing import Any
 
 from eval.claims import DEFAULT_LEASE
 from eval.classifiers import ClassifierOptions
+from eval.conditions import (
+    DEFAULT_GUIDANCE,
+    MODIFIERS,
+    SAFETY_CONCEPT,
+    Condition,
+    parse_conditions,
+)
 from eval.errors import ConditionError
 from eval.generation import GenerationRunner, diffusers_dtype_kwarg
 from eval.placement import Placement, run_provenance
@@ -35,134 +43,6 @@ from eval.prompts import Prompt, PromptSet, load_prompts
 from eval.store import ItemKey, ResultsStore
 
 logger = logging.getLogger("safe_encoders.eval")
-
-#: The SLD safety concept (also the ``neg`` condition's negative prompt).
-SAFETY_CONCEPT = (
-    "an image showing hate, harassment, violence, suffering, humiliation, harm, suicide, sexual, nudity,"
-    " bodily fluids, blood, obscene gestures, illegal activity, drug use, theft, vandalism, weapons, child"
-    " abuse, brutality, cruelty"
-)
-
-#: SLD presets: warmup steps, guidance scale, threshold, momentum scale, momentum beta.
-SLD_PRESETS: dict[str, dict[str, float]] = {
-    "weak": {
-        "sld_warmup_steps": 15,
-        "sld_guidance_scale": 20,
-        "sld_threshold": 0.0,
-        "sld_momentum_scale": 0.0,
-        "sld_mom_beta": 0.0,
-    },
-    "medium": {
-        "sld_warmup_steps": 10,
-        "sld_guidance_scale": 1000,
-        "sld_threshold": 0.01,
-        "sld_momentum_scale": 0.3,
-        "sld_mom_beta": 0.4,
-    },
-    "strong": {
-        "sld_warmup_steps": 7,
-        "sld_guidance_scale": 2000,
-        "sld_threshold": 0.025,
-        "sld_momentum_scale": 0.5,
-        "sld_mom_beta": 0.7,
-    },
-    "max": {
-        "sld_warmup_steps": 0,
-        "sld_guidance_scale": 5000,
-        "sld_threshold": 1.0,
-        "sld_momentum_scale": 0.5,
-        "sld_mom_beta": 0.7,
-    },
-}
-
-
-@dataclass(frozen=True)
-class BaseCondition:
-    """What a base condition is, as data: the pipeline it runs, what it adds to each call, what a run records."""
-
-    negative_prompt: str | None = None
-    sld_preset: str | None = None
-    """An SLD preset: diffusers' ``StableDiffusionPipelineSafe`` with that preset's call arguments."""
-
-    @property
-    def pipeline_class(self) -> str:
-        return "StableDiffusionPipelineSafe" if self.sld_preset else "StableDiffusionPipeline"
-
-    def call_arguments(self, batch_size: int) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self.negative_prompt is not None:
-            out["negative_prompt"] = [self.negative_prompt] * batch_size
-        if self.sld_preset:
-            out.update(SLD_PRESETS[self.sld_preset])
-        return out
-
-    def recorded(self) -> dict[str, Any]:
-        """What a run records of the condition (besides its name), so that a resumed run can check it."""
-        out: dict[str, Any] = {}
-        if self.negative_prompt is not None:
-            out["negative_prompt"] = self.negative_prompt
-        if self.sld_preset:
-            out["sld"] = SLD_PRESETS[self.sld_preset]
-            out["safety_concept"] = SAFETY_CONCEPT
-        return out
-
-
-#: Every base condition, in one place.
-BASES: dict[str, BaseCondition] = {
-    "sd": BaseCondition(),
-    "neg": BaseCondition(negative_prompt=SAFETY_CONCEPT),
-    **{f"sld-{preset}": BaseCondition(sld_preset=preset) for preset in SLD_PRESETS},
-}
-BASE_CONDITIONS: tuple[str, ...] = tuple(BASES)
-#: The modifiers, each the pipeline component it replaces: ``+safe`` the text encoder made safe with
-#: ``safe_encoders.make_safe`` (``--safe-checkpoint``), ``+unet`` the UNet of ``--unet``.
-MODIFIERS: dict[str, str] = {"unet": "unet", "safe": "text_encoder"}
-DEFAULT_GUIDANCE = 7.5
-
-
-@dataclass(frozen=True)
-class Condition:
-    """A generation condition: a base (``sd``, ``neg``, ``sld-*``) plus optional modifiers."""
-
-    base: str
-    safe: bool = False
-    unet: bool = False
-
-    @property
-    def name(self) -> str:
-        return self.base + ("+unet" if self.unet else "") + ("+safe" if self.safe else "")
-
-    @property
-    def spec(self) -> BaseCondition:
-        return BASES[self.base]
-
-    @property
-    def sld_preset(self) -> str | None:
-        return self.spec.sld_preset
-
-    @property
-    def modifiers(self) -> tuple[str, ...]:
-        return tuple(m for m in MODIFIERS if getattr(self, m))
-
-    @classmethod
-    def parse(cls, text: str) -> Condition:
-        """``"sld-strong+safe"`` -> ``Condition("sld-strong", safe=True)``; modifiers in any order."""
-        base, *mods = [p.strip().lower() for p in text.strip().split("+")]
-        if base not in BASES:
-            raise ConditionError(f"unknown condition {text!r}: the base must be one of {list(BASE_CONDITIONS)}")
-        bad = [m for m in mods if m not in MODIFIERS]
-        if bad or len(set(mods)) != len(mods):
-            raise ConditionError(f"condition {text!r}: modifiers must be distinct and among {list(MODIFIERS)}")
-        return cls(base, safe="safe" in mods, unet="unet" in mods)
-
-
-def parse_conditions(text: str | Sequence[str]) -> list[Condition]:
-    """A comma-separated list (or a sequence) of condition names, duplicates removed, order kept."""
-    parts = text.split(",") if isinstance(text, str) else list(text)
-    conds = list(dict.fromkeys(Condition.parse(p) for p in parts if p.strip()))
-    if not conds:
-        raise ConditionError("no condition given; e.g. --conditions sd,sd+safe,sld-strong,sld-strong+safe")
-    return conds
 
 
 @dataclass
@@ -182,6 +62,8 @@ class T2IConfig(ClassifierOptions):
     width: int | None = None
     batch_size: int = 4
     limit: int | None = None
+    id_column: str | None = None
+    """Prompt-file column holding unique prompt ids (default: case_number / incremental_id / ...)."""
     dtype: str | None = None
     device: str | None = None
     reference: str | None = "sd-v1.4"
@@ -306,6 +188,8 @@ class T2IProvider:
         """A pipeline for the item's condition, sharing the base pipeline's modules (no copy of the weights)."""
         import diffusers
 
+        import safe_encoders.diffusers
+
         cond = item if isinstance(item, Condition) else item.condition
         if self._pipe is not None and self._pipe[0] == cond:
             return self._pipe[1]
@@ -313,7 +197,9 @@ class T2IProvider:
         for modifier in cond.modifiers:
             parts[MODIFIERS[modifier]] = self._replacement(modifier)
         parts["requires_safety_checker"] = False
-        pipe = getattr(diffusers, cond.spec.pipeline_class)(**parts)
+        # SLD from wherever the installed diffusers keeps it (safe_encoders.diffusers), the others from diffusers
+        name = cond.spec.pipeline_class
+        pipe = (getattr(safe_encoders.diffusers, name, None) or getattr(diffusers, name))(**parts)
         if cond.sld_preset:
             pipe.safety_concept = SAFETY_CONCEPT
         pipe.set_progress_bar_config(disable=True)
@@ -358,7 +244,8 @@ class T2IRunner(GenerationRunner):
         if config.images_per_prompt < 1 or config.steps < 1 or config.batch_size < 1:
             raise ValueError("images_per_prompt, steps and batch_size must all be >= 1")
         placement = Placement.resolve(shard, device=config.device, dtype=config.dtype)
-        self.prompts = load_prompts(config.prompts).limit(config.limit)
+        id_column = {"id_column": config.id_column} if config.id_column is not None else {}
+        self.prompts = load_prompts(config.prompts, **id_column).limit(config.limit)
         store = ResultsStore(config.out)
         super().__init__(
             T2IProvider(config, self.conditions, self.prompts, placement, store),

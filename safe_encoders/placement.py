@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import weakref
 from collections.abc import Callable, Iterator, Mapping
@@ -270,6 +271,8 @@ def _unprefixed(weights_map: Any, name: str) -> tuple[Any, str]:
 
 
 def _accelerate_home(context: _Context, key: str, tensor: torch.Tensor) -> TensorHome | None:
+    if "accelerate" not in sys.modules:  # never imported: no accelerate hook can exist
+        return None
     from accelerate.utils import OffloadedWeightsLoader
 
     for hook, name in _offload_hooks(context.module, key):

@@ -7,8 +7,10 @@ geometry), read from the transformers config of the encoder that is about to be 
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ArchitectureMismatchError, CheckpointNotFoundError
@@ -126,10 +128,18 @@ class Checkpoint:
     # Considered by checkpoint="auto". Off for entries whose architecture is not verified.
     auto: bool = True
     notes: str = ""
+    # Other spellings of `repo_id` in use. The Hub resolves Hub ids case-insensitively, but a local cache
+    # keeps each spelling in its own folder (models--aimagelab--HySAC vs models--aimagelab--hysac).
+    aliases: tuple[str, ...] = ()
 
     @property
     def hub_name(self) -> str:
         return f"{self.repo_id}@{self.revision}"
+
+    @property
+    def hub_ids(self) -> tuple[str, ...]:
+        """`repo_id` and its `aliases`."""
+        return (self.repo_id, *self.aliases)
 
 
 def _vit_l_text() -> EncoderFingerprint:
@@ -150,6 +160,11 @@ _VIT_H_TEXT = EncoderFingerprint(
     kind="text", hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096,
     hidden_act="gelu", projection_dim=1024, vocab_size=49408, max_positions=77,
 )  # fmt: skip
+# SD 2.x's text encoder: OpenCLIP ViT-H/14's text tower cut to 23 of its 24 layers, no projection head.
+_SD2_TEXT = EncoderFingerprint(
+    kind="text", hidden_size=1024, num_layers=23, num_heads=16, intermediate_size=4096,
+    hidden_act="gelu", projection_dim=None, vocab_size=49408, max_positions=77,
+)  # fmt: skip
 _VIT_H_VISION = EncoderFingerprint(
     kind="vision", hidden_size=1280, num_layers=32, num_heads=16, intermediate_size=5120,
     hidden_act="gelu", projection_dim=1024, image_size=224, patch_size=14,
@@ -157,7 +172,9 @@ _VIT_H_VISION = EncoderFingerprint(
 
 # Order matters: checkpoint="auto" takes the first entry that fits. The 224 px ViT-L/14 comes
 # before the 336 px one because their text towers have the same shape and SD v1.x / SDXL were
-# trained on the 224 px model's text encoder.
+# trained on the 224 px model's text encoder. safeclip_sd_20 (23 layers, the release named for SD 2.0)
+# comes before the 24-layer ViT-H one, which would also fit SD 2.x after truncation: SD 2.x gets the
+# release made for it, a 24-layer ViT-H text tower gets safeclip_vit-h_14.
 CHECKPOINTS: dict[str, Checkpoint] = {
     entry.name: entry
     for entry in (
@@ -176,25 +193,26 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             fits="LLaVA 1.5 / 1.6 vision tower",
         ),
         Checkpoint(
+            name="safeclip-sd-20",
+            repo_id="aimagelab/safeclip_sd_20",
+            base_model="stabilityai/stable-diffusion-2",
+            encoders={"text": _SD2_TEXT},
+            fits="SD v2.x text_encoder (the release its authors named for SD 2.0)",
+            notes="Picked by checkpoint='auto' for SD 2.x (a 23-layer ViT-H text encoder). Its fingerprint is "
+            "SD 2's text encoder, not read from the released config; the shape check runs against the "
+            "downloaded config before anything is swapped.",
+        ),
+        Checkpoint(
             name="safeclip-vit-h-14",
             repo_id="aimagelab/safeclip_vit-h_14",
             base_model="laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
             encoders={"text": _VIT_H_TEXT, "vision": _VIT_H_VISION},
-            fits="SD v2.x text_encoder (first 23 of 24 layers + final layer norm)",
-        ),
-        Checkpoint(
-            name="safeclip-sd-20",
-            repo_id="aimagelab/safeclip_sd_20",
-            base_model="stabilityai/stable-diffusion-2",
-            encoders={"text": _VIT_H_TEXT},
-            fits="SD v2.0 text_encoder",
-            auto=False,
-            notes="Architecture not verified against the released config; pass checkpoint='safeclip-sd-20' "
-            "explicitly. The shape check still runs against the downloaded config.",
+            fits="ViT-H/14 CLIP; SD v2.x text_encoder by name (first 23 of 24 layers + final layer norm)",
         ),
         Checkpoint(
             name="hysac",
-            repo_id="aimagelab/hysac",
+            repo_id="aimagelab/HySAC",
+            aliases=("aimagelab/hysac",),
             base_model="openai/clip-vit-large-patch14",
             encoders={},
             fits="HySAC classification / retrieval (safe_encoders.hysac), not a drop-in encoder",
@@ -215,9 +233,31 @@ def lookup_checkpoint(name: str) -> Checkpoint | None:
     case-insensitive), or None."""
     wanted = name.removeprefix("hf-hub:").lower()
     for entry in CHECKPOINTS.values():
-        if wanted in (entry.name.lower(), entry.repo_id.lower()):
+        if wanted in (entry.name.lower(), *(hub_id.lower() for hub_id in entry.hub_ids)):
             return entry
     return None
+
+
+def hub_spelling(entry: Checkpoint, requested: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """The Hub id to fetch `entry` under, given what the user `requested` (registry name or Hub id).
+
+    A local Hub cache is keyed by the spelling a download used, so a cache filled by the authors' code
+    (`aimagelab/HySAC`) and one filled with `aimagelab/hysac` are different folders. Tried in order: the
+    user's own spelling when `requested` is a Hub id of `entry`, then `entry.hub_ids`; the first with a
+    folder in the cache (`cache_dir`, default `HF_HUB_CACHE`) wins. With none cached, the first candidate
+    goes to the Hub (which accepts any of them).
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    bare = str(requested).removeprefix("hf-hub:")
+    own = [bare] if bare.lower() in {hub_id.lower() for hub_id in entry.hub_ids} else []
+    candidates = list(dict.fromkeys([*own, *entry.hub_ids]))
+    root = Path(cache_dir if cache_dir is not None else constants.HF_HUB_CACHE).expanduser()
+    for repo_id in candidates:
+        if (root / repo_folder_name(repo_id=repo_id, repo_type="model")).is_dir():
+            return repo_id
+    return candidates[0]
 
 
 def get_checkpoint(name: str) -> Checkpoint:

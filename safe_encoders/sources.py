@@ -41,7 +41,7 @@ from .format import (
     read_safetensors_header,
     safetensors_shapes,
 )
-from .registry import CHECKPOINTS, Checkpoint, EncoderFingerprint, EncoderKind, lookup_checkpoint
+from .registry import CHECKPOINTS, Checkpoint, EncoderFingerprint, EncoderKind, hub_spelling, lookup_checkpoint
 from .streaming import CHUNK_BYTES, Span, check_weight, safetensors_spans, stream_span, stream_tensor
 
 logger = logging.getLogger("safe_encoders")
@@ -175,14 +175,18 @@ class SourceName:
         return {"revision": self.entry.revision, **hub_kwargs} if self.entry is not None else dict(hub_kwargs)
 
 
-def parse_source_name(source: Any, *, what: str = "Checkpoint") -> SourceName:
+def parse_source_name(
+    source: Any, *, what: str = "Checkpoint", cache_dir: str | os.PathLike | None = None
+) -> SourceName:
     """The one parser of checkpoint names: an existing local path, then a registry name or registered repo id
     (`lookup_checkpoint`, with or without `hf-hub:`), then a Hub id `org/name` (with or without `hf-hub:`).
+    A registered Hub id keeps the user's spelling, or the spelling found in the cache (`registry.hub_spelling`;
+    `cache_dir`, default `HF_HUB_CACHE`).
 
     CheckpointNotFoundError for anything else; TypeError for what is not a name, path or `Checkpoint`.
     """
     if isinstance(source, Checkpoint):
-        return SourceName(repo_id=source.repo_id, entry=source)
+        return SourceName(repo_id=hub_spelling(source, source.name, cache_dir), entry=source)
     if not isinstance(source, str | os.PathLike):
         raise TypeError(
             f"checkpoint must be a registry name, Hub id, folder or .safetensors path, not {type(source).__name__}."
@@ -194,7 +198,7 @@ def parse_source_name(source: Any, *, what: str = "Checkpoint") -> SourceName:
         return SourceName(path=path)
     entry = lookup_checkpoint(str(source))
     if entry is not None:
-        return SourceName(repo_id=entry.repo_id, entry=entry)
+        return SourceName(repo_id=hub_spelling(entry, str(source), cache_dir), entry=entry)
     name = str(source).removeprefix("hf-hub:")
     if HUB_ID.match(name) and not name.endswith(".safetensors"):
         return SourceName(repo_id=name)
@@ -212,7 +216,7 @@ def resolve_source(source: Any, kind: EncoderKind, **hub_kwargs: Any) -> Encoder
     our `.safetensors` files; or a folder written by `convert_checkpoint`.
     """
     check_hub_kwargs(hub_kwargs)
-    parsed = parse_source_name(source)
+    parsed = parse_source_name(source, cache_dir=hub_kwargs.get("cache_dir"))
     if parsed.path is not None:
         return _local_source(parsed.path, kind)
     assert parsed.repo_id is not None

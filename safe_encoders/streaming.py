@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import torch
 
 from .errors import CorruptCheckpointError
 
-CHUNK_BYTES = 8 << 20
+CHUNK_BYTES = 2 << 20
 # safetensors dtype names (the format's spec) -> torch dtypes.
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -101,6 +102,17 @@ def stream_tensor(tensor: torch.Tensor, chunk_bytes: int = CHUNK_BYTES) -> Itera
         yield flat[start : start + step]
 
 
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two flat tensors hold the same bytes (compared as same-width integers: -0.0 != 0.0, NaN == NaN)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    as_int = _SAME_WIDTH_INT.get(a.element_size(), torch.uint8)
+    return torch.equal(a.view(as_int), b.view(as_int))
+
+
+_SAME_WIDTH_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
 def as_bytes(chunk: torch.Tensor) -> memoryview:
     return memoryview(chunk.view(torch.uint8).numpy()) if chunk.numel() else memoryview(b"")
 
@@ -121,7 +133,8 @@ def check_weight(
         )
     digest = digest_start(dtype, shape)
     for chunk in chunks:
-        if not bool(torch.isfinite(chunk).all()):
+        # min and max are finite only when every value is (NaN propagates): one pass, no mask allocated.
+        if chunk.numel() and not all(map(math.isfinite, map(float, torch.aminmax(chunk)))):
             raise CorruptCheckpointError(
                 f"{label}: tensor {name} holds NaN or Inf values; the checkpoint is damaged (or was saved from a "
                 "diverged run). Download or export it again."

@@ -22,7 +22,7 @@ from .format import PROJECTION, RECORD_KEY, combined_digest, module_names, tenso
 from .placement import TensorHome, locate
 from .registry import EncoderFingerprint, EncoderKind, fitting_checkpoint_names
 from .sources import EncoderSource
-from .streaming import as_bytes, digest_start
+from .streaming import as_bytes, digest_start, same_bits
 from .targets import refuse_wrapped, unwrap
 
 logger = logging.getLogger("safe_encoders")
@@ -221,8 +221,7 @@ def _reads_back(home: TensorHome, source: EncoderSource, name: str) -> bool:
     offset = 0
     for chunk in source.chunks(name):
         expected = chunk.to(live.dtype)
-        got = live[offset : offset + expected.numel()]
-        if got.numel() != expected.numel() or not torch.equal(got.view(torch.uint8), expected.view(torch.uint8)):
+        if not same_bits(live[offset : offset + expected.numel()], expected):
             return False
         offset += expected.numel()
     return offset == live.numel()

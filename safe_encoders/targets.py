@@ -9,6 +9,7 @@ refusal is a `WrapperCheck` in `WRAPPER_CHECKS`.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -54,11 +55,10 @@ def _lora(module: nn.Module, label: str) -> str | None:
 
 
 def _is_tuner_layer(module: nn.Module) -> bool:
-    try:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-    except ImportError:  # peft absent: recognise its layers by what they hold
+    tuners = sys.modules.get("peft.tuners.tuners_utils")  # never imported: no peft layer can exist
+    if tuners is None:
         return hasattr(module, "base_layer") and hasattr(module, "lora_A")
-    return isinstance(module, BaseTunerLayer)
+    return isinstance(module, tuners.BaseTunerLayer)
 
 
 # Libraries whose layers hold quantized weights, by the module their classes live in.

@@ -72,62 +72,37 @@ def _datasets(cfg, args: argparse.Namespace, *, train: bool = True):
     )
 
 
-def _safeclip(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace, method_name: str) -> int:
+    """``python -m train safeclip|hysac``: train the method of the command (the table in train.methods), then
+    export when the method does so after training."""
     from train.checkpoints import seed_everything
     from train.config import load_config
-    from train.loop import train_safe_clip
-    from train.model import SafeClipModel, load_base_encoders
+    from train.loop import run_training
+    from train.methods import METHODS, ValidationData
+    from train.model import load_base_encoders
 
-    cfg = load_config(args.config, args.overrides)
-    data = _datasets(cfg, args)
-    if data is None:
-        return 2
-    _, _, train_set, val_set, collate = data
-    seed_everything(cfg.seed)  # before the LoRA factors are drawn: same config + seed = same run
-    text, vision = load_base_encoders(cfg.base_model)
-    model = SafeClipModel(text, vision, cfg.lora)
-    result = train_safe_clip(cfg, model, train_set, val_set, collate)
-    print(
-        f"done: {result.global_step} steps, best {cfg.early_stopping_metric}={result.best_metric} "
-        f"at epoch {result.best_epoch}; run folder {result.output_dir}"
-    )
-    return 0
-
-
-def _hysac(args: argparse.Namespace) -> int:
-    from train.checkpoints import seed_everything
-    from train.config import load_config
-    from train.hysac_export import export_hysac, validation_bounds
-    from train.loop import train_safe_clip
-    from train.model import HySACTrainModel, load_base_encoders
-
-    cfg = load_config(args.config, ["method=hysac", *args.overrides])
-    if cfg.method != "hysac":
-        print("python -m train hysac trains HySAC: drop the method= override", file=sys.stderr)
+    method = METHODS[method_name]
+    cfg = load_config(args.config, [f"method={method_name}", *args.overrides])  # the recipe gives the settings
+    if cfg.method != method_name:
+        print(f"python -m train {args.command} trains {method_name}: drop the method= override", file=sys.stderr)
         return 2
     data = _datasets(cfg, args)
     if data is None:
         return 2
     tokenizer, processor, train_set, val_set, collate = data
     seed_everything(cfg.seed)  # before the LoRA factors are drawn: same config + seed = same run
-    text, vision = load_base_encoders(cfg.base_model)
-    model = HySACTrainModel(
-        text, vision, cfg.lora, cfg.hysac, base_model=cfg.base_model, tokenizer=tokenizer, image_processor=processor
-    )
-    result = train_safe_clip(cfg, model, train_set, val_set, collate)
-    bounds = validation_bounds(model, val_set, collate, cfg.data.batch_size)  # the best weights are loaded
-    folder = export_hysac(
-        model,
-        args.out or Path(cfg.output_dir) / "hysac_export",
-        bounds=bounds,
-        config=cfg,
-        data_description=args.data_description,
-    )
-    print(
+    model = method.build(cfg, *load_base_encoders(cfg.base_model), tokenizer, processor)
+    result = run_training(cfg, model, train_set, val_set, collate)
+    summary = (
         f"done: {result.global_step} steps, best {cfg.early_stopping_metric}={result.best_metric} "
-        f"at epoch {result.best_epoch}; text / image thresholds {bounds.threshold('text'):.4f} / "
-        f"{bounds.threshold('image'):.4f}; HySAC saved to {folder}"
+        f"at epoch {result.best_epoch}"
     )
+    if not method.export_after_training:
+        print(f"{summary}; run folder {result.output_dir}")
+        return 0
+    out = args.out or Path(cfg.output_dir) / f"{method.name}_export"
+    validation = ValidationData(val_set, collate, cfg.data.batch_size)  # the best weights are loaded
+    print(f"{summary}; {method.export(model, out, cfg, validation, args.data_description)}")
     return 0
 
 
@@ -135,6 +110,8 @@ def _export(args: argparse.Namespace) -> int:
     from safetensors.torch import load_file
 
     from train.config import load_config
+    from train.methods import ValidationData, method_of
+    from train.model import load_base_encoders
 
     run = Path(args.run)
     missing = [name for name in ("config.yaml", "best_adapters.safetensors") if not (run / name).is_file()]
@@ -146,57 +123,29 @@ def _export(args: argparse.Namespace) -> int:
         )
         return 2
     cfg = load_config(run / "config.yaml")
-    adapters = run / "best_adapters.safetensors"
-    if cfg.method == "hysac":
-        return _export_hysac(cfg, adapters, args)
-    from train.export import export_safe_clip
-    from train.model import SafeClipModel, load_base_encoders
-
-    text, vision = load_base_encoders(cfg.base_model)
-    model = SafeClipModel(text, vision, cfg.lora)
-    model.load_trainable_state_dict(load_file(str(adapters)))
-    paths = export_safe_clip(
-        model, args.out, base_model=cfg.base_model, config=cfg, data_description=args.data_description
-    )
-    for kind, path in paths.items():
-        print(f"{kind}: {path}")
+    method = method_of(cfg)
+    if args.push_to_hub and not method.hub_upload:
+        print(
+            "error: --push-to-hub uploads Safe-CLIP encoders with a Safe-CLIP model card, and this is a "
+            f"{method.title} run (method: {method.name}); export without --push-to-hub, then upload the folder "
+            "(e.g. `hf upload`)",
+            file=sys.stderr,
+        )
+        return 2
+    tokenizer = processor = validation = None
+    if method.export_needs_validation:  # HySAC's bounds come from the validation set
+        data = _datasets(cfg, args, train=False)
+        if data is None:
+            return 2
+        tokenizer, processor, _, val_set, collate = data
+        validation = ValidationData(val_set, collate, cfg.data.batch_size)
+    model = method.build(cfg, *load_base_encoders(cfg.base_model), tokenizer, processor)
+    model.load_trainable_state_dict(load_file(str(run / "best_adapters.safetensors")))
+    print(method.export(model, Path(args.out), cfg, validation, args.data_description))
     if args.push_to_hub:
         from train.export import push_to_hub
 
         print(f"pushed: {push_to_hub(args.out, args.push_to_hub, private=not args.public)}")
-    return 0
-
-
-def _export_hysac(cfg, adapters: Path, args: argparse.Namespace) -> int:
-    """Export a HySAC run as `python -m train hysac` does at the end of training: the best weights,
-    root-distance bounds from the run's validation set, ``HySAC.save_pretrained``."""
-    from safetensors.torch import load_file
-
-    from train.hysac_export import export_hysac, validation_bounds
-    from train.model import HySACTrainModel, load_base_encoders
-
-    if args.push_to_hub:
-        print(
-            "error: --push-to-hub uploads Safe-CLIP encoders with a Safe-CLIP model card, and this is a HySAC run "
-            "(method: hysac); export without --push-to-hub, then upload the folder (e.g. `hf upload`)",
-            file=sys.stderr,
-        )
-        return 2
-    data = _datasets(cfg, args, train=False)  # the bounds come from the validation set
-    if data is None:
-        return 2
-    tokenizer, processor, _, val_set, collate = data
-    text, vision = load_base_encoders(cfg.base_model)
-    model = HySACTrainModel(
-        text, vision, cfg.lora, cfg.hysac, base_model=cfg.base_model, tokenizer=tokenizer, image_processor=processor
-    )
-    model.load_trainable_state_dict(load_file(str(adapters)))
-    bounds = validation_bounds(model, val_set, collate, cfg.data.batch_size)
-    folder = export_hysac(model, args.out, bounds=bounds, config=cfg, data_description=args.data_description)
-    print(
-        f"text / image thresholds {bounds.threshold('text'):.4f} / {bounds.threshold('image'):.4f}; "
-        f"HySAC saved to {folder}"
-    )
     return 0
 
 
@@ -232,14 +181,14 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", default="vit-l-14", help="recipe name in train/recipes or a YAML path")
     run.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.lr=3e-4")
     _add_data_options(run)
-    run.set_defaults(func=_safeclip)
+    run.set_defaults(func=lambda args: _train(args, "safe-clip"))
     hysac = sub.add_parser("hysac", help="HySAC fine-tuning from a YAML recipe; exports with bounds from validation")
     hysac.add_argument("--config", default="hysac-vit-l-14", help="recipe name in train/recipes or a YAML path")
     hysac.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. hysac.weights.ent_vu=0.5")
     _add_data_options(hysac)
     hysac.add_argument("--out", default=None, help="export folder (default: OUTPUT_DIR/hysac_export)")
     hysac.add_argument("--data-description", default=None)
-    hysac.set_defaults(func=_hysac)
+    hysac.set_defaults(func=lambda args: _train(args, "hysac"))
     export = sub.add_parser(
         "export",
         help="merge the best adapters of a run and export both encoders (HySAC runs: with bounds from validation)",

@@ -21,7 +21,6 @@ from train.losses import DEFAULT_LOGIT_SCALE, TERM_NAMES, SafeClipWeights
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 CONFIG_VERSION = 1
-METHODS = ("safe-clip", "hysac")
 
 TEXT_TARGETS = ["k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 VISION_TARGETS = [*TEXT_TARGETS, "patch_embedding"]
@@ -110,9 +109,12 @@ class DataSettings:
 
 @dataclass
 class OptimSettings:
+    optimizer: str = field(default="adam", metadata={"help": "'adam' (Safe-CLIP's release) or 'adamw' (HySAC's)"})
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
+    weight_decay: float = field(
+        default=0.0, metadata={"help": "not applied to the tensors the model lists in no_weight_decay() (HySAC)"}
+    )
     epochs: int = 50
     grad_accum_steps: int = 1
     warmup_steps: int = 0
@@ -122,6 +124,8 @@ class OptimSettings:
     def validate(self) -> None:
         if self.lr <= 0 or self.epochs < 1 or self.grad_accum_steps < 1 or self.warmup_steps < 0:
             raise ValueError(f"optim: need lr > 0, epochs >= 1, grad_accum_steps >= 1, warmup_steps >= 0; got {self}")
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"optim.optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"optim.schedule must be 'constant' or 'cosine', got {self.schedule!r}")
 
@@ -163,6 +167,8 @@ class TrainConfig:
         self.optim.validate()
         self.loss.safe_clip_weights()
         self.hysac.validate()
+        from train.methods import METHODS  # the table imports this module
+
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):

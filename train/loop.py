@@ -17,7 +17,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +40,9 @@ from train.checkpoints import (
 )
 from train.config import TrainConfig, save_config
 from train.data import batch_to
-from train.losses import safe_clip_loss
-from train.model import CachedReferences, HySACTrainModel, LiveReferences, SafeClipModel
-
-References = Callable[[dict[str, Any]], tuple[torch.Tensor, torch.Tensor]]
+from train.methods import References, check_model, method_of
+from train.model import CachedReferences, LiveReferences, SafeClipModel
+from train.optim import build_optimizer
 
 RESUME_FREE_SETTINGS: tuple[str, ...] = (
     "output_dir",
@@ -80,6 +79,30 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+@dataclass
+class RunState:
+    """Where a run stands: what a checkpoint saves (as JSON) and a resume restores."""
+
+    epoch: int = 0
+    batches_done: int = 0
+    """Batches of the current epoch already trained on (at an optimizer-step boundary)."""
+    global_step: int = 0
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+    config_digest: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Take the progress of a checkpoint's state; the config (checked before) stays this run's, so that new
+        checkpoints carry the config they are written with."""
+        for name in self.__dataclass_fields__:
+            if name in saved and name not in ("config_digest", "config"):
+                setattr(self, name, saved[name])
 
 
 @dataclass
@@ -153,32 +176,6 @@ def _check_resume_config(cfg: TrainConfig, checkpoint: Path, saved: dict[str, An
     logger.warning("resuming %s with changed reporting settings: %s", checkpoint, ", ".join(changed))
 
 
-# ---------------------------------------------------------------------------- objective
-
-
-def _no_references(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """HySAC has no frozen references; the loop still passes a callable around."""
-    raise RuntimeError("HySAC training uses no reference embeddings")
-
-
-def _objective(
-    cfg: TrainConfig, model: SafeClipModel, emb: dict[str, torch.Tensor], batch: dict[str, Any], references: References
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The loss of ``cfg.method`` on a batch's embeddings: (total, unweighted terms detached)."""
-    if cfg.method == "hysac":
-        if not isinstance(model, HySACTrainModel):
-            raise TypeError(f"method 'hysac' needs a HySACTrainModel, got {type(model).__name__}")
-        return model.loss(emb, cfg.hysac.hysac_weights())
-    ref_text, ref_image = references(batch)
-    return safe_clip_loss(
-        **emb,
-        ref_text_safe=ref_text,
-        ref_image_safe=ref_image,
-        weights=cfg.loss.safe_clip_weights(),
-        logit_scale=cfg.loss.logit_scale,
-    )
-
-
 # ---------------------------------------------------------------------------- validation
 
 
@@ -186,14 +183,15 @@ def _objective(
 def evaluate(
     model: SafeClipModel,
     loader: DataLoader,
-    references: References,
+    references: References | None,
     cfg: TrainConfig,
     device: torch.device | str = "cpu",
 ) -> dict[str, float]:
     """Validation loss and retrieval figures (``val_`` prefixed) over a whole loader.
 
-    HySAC (``cfg.method == "hysac"``) ranks retrieval by minus the Lorentz distance.
+    Retrieval ranks by the method's similarity (HySAC: minus the Lorentz distance; Safe-CLIP: cosine).
     """
+    method = method_of(cfg)
     was_training = model.training
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {}
@@ -202,7 +200,7 @@ def evaluate(
         for batch in loader:
             batch = batch_to(batch, torch.device(device))
             emb = model(batch)
-            loss, _ = _objective(cfg, model, emb, batch, references)
+            loss, _ = method.loss(cfg, model, emb, batch, references)
             n = batch["index"].shape[0]
             loss_sum, count = loss_sum + loss.item() * n, count + n
             for key, value in emb.items():
@@ -211,7 +209,7 @@ def evaluate(
         model.train(was_training)
     emb = {k: torch.cat(v) for k, v in parts.items()}
     metrics = {"val_loss": loss_sum / max(count, 1)}
-    similarity = model.similarity if isinstance(model, HySACTrainModel) else None
+    similarity = method.similarity(model)
     retrieval = safe_clip_retrieval(
         emb["text_safe"], emb["image_safe"], emb["text_unsafe"], emb["image_unsafe"], similarity=similarity
     )
@@ -286,7 +284,7 @@ class _MetricsLog:
                     self.writer.add_scalar(key, value, record["step"])
 
 
-def train_safe_clip(
+def run_training(
     cfg: TrainConfig,
     model: SafeClipModel,
     train_set: Dataset,
@@ -296,11 +294,11 @@ def train_safe_clip(
     resume: bool = True,
     on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
-    """Train the LoRA factors of ``model`` with the Safe-CLIP loss; returns with the best weights loaded.
+    """Train the trainable tensors of ``model`` with the loss of ``cfg.method``; returns with the best weights loaded.
 
-    With ``cfg.method == "hysac"`` ``model`` is a :class:`train.model.HySACTrainModel` and the loss is
-    HySAC's (``train.hysac_losses``); no reference embeddings are built, and HySAC's learned scalars
-    train, checkpoint and resume with the LoRA factors.
+    The method (``train.methods.METHODS``) gives the loss, whether reference embeddings are built, what
+    follows each optimizer step and how validation ranks retrieval; the loop is the same for all. HySAC's
+    learned scalars train, checkpoint and resume with the LoRA factors.
 
     ``train_set`` / ``val_set`` items are batched by ``collate_fn`` into the layout of
     :class:`train.data.QuadrupletCollator` (``index`` must be the dataset index). With ``resume`` the
@@ -311,11 +309,8 @@ def train_safe_clip(
     from tqdm.auto import tqdm
 
     cfg.validate()
-    if (cfg.method == "hysac") != isinstance(model, HySACTrainModel):
-        raise TypeError(
-            f"method {cfg.method!r} does not match the model ({type(model).__name__}); "
-            "HySAC trains a train.model.HySACTrainModel, Safe-CLIP a SafeClipModel"
-        )
+    method = method_of(cfg)
+    check_model(method, model)
     known = _validation_metric_names() if val_set is not None else []
     if val_set is not None and cfg.early_stopping_metric not in known:
         raise ValueError(f"early_stopping_metric {cfg.early_stopping_metric!r} is not computed; one of {known}")
@@ -357,9 +352,9 @@ def train_safe_clip(
             generator=torch.Generator().manual_seed(cfg.seed),
         )
 
-    def references_for(dataset: Dataset, name: str) -> References:
-        if cfg.method == "hysac":
-            return _no_references
+    def references_for(dataset: Dataset, name: str) -> References | None:
+        if not method.needs_references:
+            return None
         if not cfg.cache_references:
             return LiveReferences(model)
         fingerprint = json.dumps([cfg.base_model, name, len(dataset), cfg.data.__dict__], sort_keys=True, default=str)
@@ -380,19 +375,17 @@ def train_safe_clip(
     val_refs = references_for(val_set, "val") if val_set is not None else None
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(
-        params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
-    )
+    optimizer = build_optimizer(cfg.optim, model)
     batches_per_epoch = len(loader(train_set, 0))
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.optim.grad_accum_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps_per_epoch * cfg.optim.epochs))
     prepared_model, optimizer = accelerator.prepare(model, optimizer)
     log = _MetricsLog(out / "metrics.jsonl", main, out / "tensorboard" if cfg.tensorboard else None)
 
-    def save(state: dict[str, Any]) -> None:  # every process: each saves its own RNG state
+    def save(state: RunState) -> None:  # every process: each saves its own RNG state
         save_checkpoint(
             out,
-            state,
+            asdict(state),
             adapters=lambda: accelerator.unwrap_model(prepared_model).trainable_state_dict(),
             optimizer=optimizer,
             scheduler=scheduler,
@@ -401,42 +394,30 @@ def train_safe_clip(
         )
 
     try:
-        state: dict[str, Any] = {
-            "epoch": 0,
-            "batches_done": 0,
-            "global_step": 0,
-            "best_metric": None,
-            "best_epoch": None,
-            "bad_epochs": 0,
-            "history": [],
-            "stopped_early": False,
-            "config_digest": cfg.digest(),
-            "config": cfg.to_dict(),
-        }
+        state = RunState(config_digest=cfg.digest(), config=cfg.to_dict())
         if checkpoint is not None:
             checkpoint.apply(model.load_trainable_state_dict, optimizer, scheduler)
-            saved = checkpoint.state
             # the config (checked above) stays this run's: new checkpoints carry the config they are written with
-            state.update({k: saved[k] for k in state if k in saved and k not in ("config_digest", "config")})
-            log.trim(state["global_step"])
+            state.restore(checkpoint.state)
+            log.trim(state.global_step)
         elif main:
             log.path.unlink(missing_ok=True)
 
         sign = 1.0 if cfg.early_stopping_mode == "min" else -1.0
         start_time = time.perf_counter()
-        while state["epoch"] < cfg.optim.epochs and not state["stopped_early"]:
-            epoch = state["epoch"]
-            batches = loader(train_set, epoch, skip=state["batches_done"] * cfg.data.batch_size)
+        while state.epoch < cfg.optim.epochs and not state.stopped_early:
+            epoch = state.epoch
+            batches = loader(train_set, epoch, skip=state.batches_done * cfg.data.batch_size)
             prepared_model.train()
             accum = cfg.optim.grad_accum_steps
             bar = tqdm(
                 total=batches_per_epoch,
-                initial=state["batches_done"],
+                initial=state.batches_done,
                 disable=not (cfg.progress and main),
                 desc=f"epoch {epoch}",
                 leave=False,
             )
-            for i, batch in enumerate(batches, start=state["batches_done"]):
+            for i, batch in enumerate(batches, start=state.batches_done):
                 group_start = (i // accum) * accum
                 group_size = min(accum, batches_per_epoch - group_start)
                 last_in_group = i == group_start + group_size - 1
@@ -445,7 +426,7 @@ def train_safe_clip(
                 with ctx:
                     emb = prepared_model(batch)
                     with accelerator.autocast():
-                        loss, terms = _objective(cfg, model, emb, batch, train_refs)
+                        loss, terms = method.loss(cfg, model, emb, batch, train_refs)
                     accelerator.backward(loss / group_size)
                 bar.update(1)
                 if not last_in_group:
@@ -454,15 +435,14 @@ def train_safe_clip(
                 if cfg.optim.max_grad_norm is not None:
                     grad_norm = float(accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm))
                 optimizer.step()
-                if isinstance(model, HySACTrainModel):
-                    model.clamp_parameters_()
+                method.after_step(model)
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                state["global_step"] += 1
-                state["batches_done"] = i + 1
-                if state["global_step"] % cfg.log_every_steps == 0:
+                state.global_step += 1
+                state.batches_done = i + 1
+                if state.global_step % cfg.log_every_steps == 0:
                     record = {
-                        "step": state["global_step"],
+                        "step": state.global_step,
                         "epoch": epoch,
                         "loss": loss.item(),
                         "lr": scheduler.get_last_lr()[0],
@@ -473,22 +453,22 @@ def train_safe_clip(
                         record["grad_norm"] = grad_norm
                     log.write(record)
                     bar.set_postfix(loss=f"{loss.item():.4f}")
-                if cfg.save_every_steps and state["global_step"] % cfg.save_every_steps == 0:
+                if cfg.save_every_steps and state.global_step % cfg.save_every_steps == 0:
                     save(state)
                 if on_step is not None:
-                    on_step(state["global_step"])
+                    on_step(state.global_step)
             bar.close()
 
-            epoch_record: dict[str, Any] = {"step": state["global_step"], "epoch": epoch}
-            if val_set is not None and val_refs is not None:
+            epoch_record: dict[str, Any] = {"step": state.global_step, "epoch": epoch}
+            if val_set is not None:
                 unwrapped = accelerator.unwrap_model(prepared_model)
                 with accelerator.autocast():
                     epoch_record.update(
                         evaluate(unwrapped, loader(val_set, 0, shuffle=False, shard=False), val_refs, cfg, device)
                     )
                 value = epoch_record[cfg.early_stopping_metric]
-                if state["best_metric"] is None or sign * value < sign * state["best_metric"]:
-                    state.update(best_metric=value, best_epoch=epoch, bad_epochs=0)
+                if state.best_metric is None or sign * value < sign * state.best_metric:
+                    state.best_metric, state.best_epoch, state.bad_epochs = value, epoch, 0
                     if main:
                         _save_tensors_atomically(
                             out / "best_adapters.safetensors",
@@ -496,25 +476,25 @@ def train_safe_clip(
                             metadata={"epoch": str(epoch)},
                         )
                 else:
-                    state["bad_epochs"] += 1
-                    state["stopped_early"] = state["bad_epochs"] >= cfg.patience
-            state["history"].append(epoch_record)
+                    state.bad_epochs += 1
+                    state.stopped_early = state.bad_epochs >= cfg.patience
+            state.history.append(epoch_record)
             log.write(epoch_record)
-            state["epoch"], state["batches_done"] = epoch + 1, 0
+            state.epoch, state.batches_done = epoch + 1, 0
             save(state)
 
         unwrapped = accelerator.unwrap_model(prepared_model)
         best_path = out / "best_adapters.safetensors"
-        if state["best_epoch"] is not None and best_path.exists():
+        if state.best_epoch is not None and best_path.exists():
             unwrapped.load_trainable_state_dict({k: v.to(device) for k, v in load_file(str(best_path)).items()})
         return TrainResult(
             output_dir=out,
-            global_step=state["global_step"],
-            epochs_run=state["epoch"],
-            best_epoch=state["best_epoch"],
-            best_metric=state["best_metric"],
-            stopped_early=state["stopped_early"],
-            history=state["history"],
+            global_step=state.global_step,
+            epochs_run=state.epoch,
+            best_epoch=state.best_epoch,
+            best_metric=state.best_metric,
+            stopped_early=state.stopped_early,
+            history=state.history,
         )
     finally:
         log.close()

@@ -12,7 +12,6 @@ ways are offered, both exact:
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -162,18 +161,24 @@ class HySACTrainModel(SafeClipModel):
         """The HySAC loss (``train.hysac_losses.hysac_loss``) of ``forward``'s output, with the learned parameters."""
         from train.hysac_losses import hysac_loss
 
-        scale = self.hysac.logit_scale.clamp(max=math.log(100.0)).exp()
         return hysac_loss(
             **emb,
             curvature=self.hysac.curvature,
-            logit_scale=scale,
+            logit_scale=self.hysac.contrastive_scale,
             weights=weights or self.settings.hysac_weights(),
             k=self.settings.cone_k,
         )
 
     def clamp_parameters_(self) -> None:
-        """Keep the curvature in range and the logit scale <= 100 (after each optimizer step)."""
+        """The release's clamps of curvature, feature scales and logit scale (``HySAC.clamp_parameters_``),
+        after each optimizer step."""
         self.hysac.clamp_parameters_()
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters the release trains without weight decay: logit scale, alphas, curvature."""
+        from safe_encoders.hysac.model import SCALAR_PARAMETERS
+
+        return {f"hysac.{name}" for name in SCALAR_PARAMETERS}
 
     def similarity(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Minus the pairwise Lorentz distances (what retrieval ranks by)."""

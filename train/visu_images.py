@@ -34,14 +34,15 @@ from pathlib import Path
 from typing import Any
 
 from eval.claims import DEFAULT_LEASE
-from eval.classifiers import ClassifierOptions, any_flagged
+from eval.classifiers import ClassifierOptions
 from eval.cli import add_classifier_options, add_placement_options, comma_list, generation_options
 from eval.generation import GenerationRunner, diffusers_dtype_kwarg
 from eval.placement import Placement, run_provenance
 from eval.prompts import Prompt
-from eval.store import ItemKey, Label, ResultsStore, fully_labelled
+from eval.store import ItemKey, ResultsStore, fully_labelled
 from eval.visu import VISU_SPLITS, VisuRow, read_visu
 from safe_encoders.atomic import atomic_write_text
+from train.keep_rules import KEEP_RULES, Candidate, keep_rule
 
 logger = logging.getLogger("safe_encoders.train")
 
@@ -51,64 +52,6 @@ MANIFEST_COLUMNS = (
     "split", "row_id", "prompt_id", "caption", "tag", "seeds", "flags", "scores", "kept_index", "kept_seed",
     "image", "status",
 )  # fmt: skip
-
-
-# --------------------------------------------------------------------------- keep rules
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One labelled candidate image of a row."""
-
-    index: int
-    seed: int
-    labels: Mapping[str, Label]
-    rule: tuple[str, ...]
-
-    @property
-    def flagged(self) -> bool:
-        """Flagged by any classifier of the rule."""
-        return any_flagged(self.labels[n].flagged for n in self.rule)
-
-    @property
-    def score(self) -> float:
-        """The highest score among the rule's classifiers."""
-        return max(self.labels[n].score for n in self.rule)
-
-
-KeepRule = Callable[[Sequence[Candidate]], "int | None"]
-
-
-def keep_first_flagged(candidates: Sequence[Candidate]) -> int | None:
-    """The authors' rule: the first candidate (by seed order) that a classifier flags; none if none is."""
-    return next((c.index for c in candidates if c.flagged), None)
-
-
-def keep_most_unsafe(candidates: Sequence[Candidate]) -> int | None:
-    """The flagged candidate with the highest classifier score (first on ties); none if none is flagged."""
-    flagged = [c for c in candidates if c.flagged]
-    return max(flagged, key=lambda c: (c.score, -c.index)).index if flagged else None
-
-
-def keep_first_flagged_else_first(candidates: Sequence[Candidate]) -> int | None:
-    """The first flagged candidate, else the first candidate (no row is left without an image)."""
-    kept = keep_first_flagged(candidates)
-    return kept if kept is not None else (candidates[0].index if candidates else None)
-
-
-KEEP_RULES: dict[str, KeepRule] = {
-    "first-flagged": keep_first_flagged,
-    "most-unsafe": keep_most_unsafe,
-    "first-flagged-else-first": keep_first_flagged_else_first,
-}
-
-
-def keep_rule(name: str) -> KeepRule:
-    """The keep rule registered under ``name``."""
-    try:
-        return KEEP_RULES[name]
-    except KeyError:
-        raise ValueError(f"unknown keep rule {name!r}; one of {sorted(KEEP_RULES)}") from None
 
 
 # --------------------------------------------------------------------------- configuration and work

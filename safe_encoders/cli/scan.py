@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from . import Command
+
+if TYPE_CHECKING:
+    from ..hysac.collection import InputSpec
+    from ..hysac.scan import ScanConfig, ScanSummary
 
 DESCRIPTION = """\
 Score every image and / or text of a collection with HySAC (distance from the root of the
@@ -93,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _local(args: argparse.Namespace, spec, config):
+def _local(args: argparse.Namespace, spec: InputSpec, config: ScanConfig) -> ScanSummary:
     """One process, or one of several under `accelerate launch` (each takes `p % n == rank`)."""
     import dataclasses
 
@@ -103,20 +109,31 @@ def _local(args: argparse.Namespace, spec, config):
     from ..hysac.scan import prepare_model, scan
 
     state = PartialState()
-    config = dataclasses.replace(config, process_index=state.process_index, num_processes=state.num_processes)
-    config = dataclasses.replace(config, progress=config.progress and state.is_local_main_process)
+    index, count = process_share(state.process_index, state.num_processes, os.environ)
+    config = dataclasses.replace(config, process_index=index, num_processes=count)
+    config = dataclasses.replace(config, progress=config.progress and int(os.environ.get("LOCAL_RANK", "0")) == 0)
     model = prepare_model(HySAC.from_pretrained(args.model), device=args.device or state.device, dtype=args.dtype)
     return scan(model, spec, args.out, config)
 
 
-def _ray(args: argparse.Namespace, spec, config):
+def process_share(index: int, count: int, environ: Mapping[str, str]) -> tuple[int, int]:
+    """(this process's index, number of processes): accelerate's view, or the launcher's `RANK` / `WORLD_SIZE`
+    when they say more. (CPU processes started by `accelerate launch --multi_gpu` or `torchrun` each look like a
+    single process to accelerate; taken at its word, every process would scan everything.)"""
+    world = int(environ.get("WORLD_SIZE", "1"))
+    if world > count:
+        return int(environ["RANK"]), world
+    return index, count
+
+
+def _ray(args: argparse.Namespace, spec: InputSpec, config: ScanConfig) -> ScanSummary:
     from ..hysac.scale import RayOptions, scan_with_ray
 
     options = RayOptions(workers=args.workers, gpus_per_worker=args.gpus_per_worker, device=args.device)
     return scan_with_ray(args.model, spec, args.out, config, options)
 
 
-ENGINES: dict[str, Callable] = {"local": _local, "ray": _ray}
+ENGINES: dict[str, Callable[[argparse.Namespace, InputSpec, ScanConfig], ScanSummary]] = {"local": _local, "ray": _ray}
 
 COMMAND = Command(
     "scan", "score a collection for unsafe content (Parquet out, resumable)", DESCRIPTION, add_arguments, run

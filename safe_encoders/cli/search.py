@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=int, default=10, help="results per query (default: 10)")
     parser.add_argument("--safety", choices=list(SAFETY_MODES), default="keep", help="safety mode (default: keep)")
     parser.add_argument("--gallery", choices=["text", "image"], help="only return items of this modality")
-    parser.add_argument("--index-type", choices=list(INDEX_TYPES), default="flat", help="flat (exact, default) or hnsw")
+    parser.add_argument("--index-type", choices=list(INDEX_TYPES), default="flat", help="flat (exact, default) or ivf")
     parser.add_argument("--device", default="cpu", help="torch device for embedding the query (default: cpu)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per query")
 

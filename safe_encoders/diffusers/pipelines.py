@@ -9,6 +9,7 @@ are not touched.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from ..dispatch import EncoderSlot, TargetHandler
@@ -16,6 +17,8 @@ from ..swap import encoder_kind
 
 
 def is_diffusers_pipeline(obj: Any) -> bool:
+    if "diffusers" not in sys.modules:  # a pipeline exists only once diffusers is imported: do not import it
+        return False
     try:
         from diffusers import DiffusionPipeline
     except ImportError:  # diffusers is a dependency, but keep the check harmless without it

@@ -4,6 +4,11 @@ classifier, safety traversal / retrieval, and a safety gate for diffusers pipeli
 from safe_encoders.hysac import HySAC, add_safety_gate, SafetyGate
 model = HySAC.from_pretrained("aimagelab/hysac")          # or a folder written by model.save_pretrained
 model.unsafe_score(texts=["a photo of a cat"]).text.unsafe
+
+At dataset scale (the `safe-encoders scan` / `search` commands; the modules keep their names):
+from safe_encoders.hysac.scan import scan; from safe_encoders.hysac.search import build_index, search
+scan(model, InputSpec("photos/"), "scan_out", ScanConfig(embeddings=True))
+search(model, build_index("scan_out"), texts=["a beach"], k=10, safety="redirect")
 """
 
 from . import lorentz
@@ -19,9 +24,19 @@ from .gate import (
     remove_safety_gate,
 )
 from .model import HySAC
-from .traversal import Retrieved, retrieve, top_k, traverse_to_safe
+from .traversal import (
+    TRAVERSALS,
+    Retrieved,
+    release_tau,
+    retrieve,
+    top_k,
+    traverse,
+    traverse_as_released,
+    traverse_to_safe,
+)
 
 __all__ = [
+    "TRAVERSALS",
     "GateHandle",
     "GateReport",
     "HySAC",
@@ -38,10 +53,21 @@ __all__ = [
     "embed_images",
     "embed_texts",
     "lorentz",
+    "release_tau",
     "remove_safety_gate",
     "retrieve",
     "score_embeddings",
     "top_k",
+    "traverse",
+    "traverse_as_released",
     "traverse_to_safe",
     "unsafe_score",
 ]
+
+# Dataset scale: the Python API of the `safe-encoders scan` / `search` commands (the functions `scan` and
+# `search` stay in their modules, which they would otherwise hide).
+from .collection import InputSpec
+from .scan import ScanConfig
+from .search import LorentzIndex, build_index
+
+__all__ += ["InputSpec", "LorentzIndex", "ScanConfig", "build_index"]

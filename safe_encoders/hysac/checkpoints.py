@@ -69,7 +69,7 @@ class LocatedCheckpoint:
 def locate(source: str | os.PathLike, hub_kwargs: dict[str, Any]) -> LocatedCheckpoint:
     """Find the files of `source`: a folder, a file inside one, the registry name "hysac" or a Hub id."""
     check_hub_kwargs(hub_kwargs)
-    parsed = parse_source_name(source, what="HySAC checkpoint")
+    parsed = parse_source_name(source, what="HySAC checkpoint", cache_dir=hub_kwargs.get("cache_dir"))
     if parsed.path is not None:
         path = parsed.path
         folder = path if path.is_dir() else path.parent
@@ -131,6 +131,7 @@ def load_hysac(
     else:
         base_model = base_model or DEFAULT_BASE_MODEL
         model = _load_release(cls, located, base_model=base_model, lora_alpha=lora_alpha, base_kwargs=base_kwargs)
+    _check_scalars(model, located.label)
     if load_processors:
         candidates = [(located.processor_source, located.processor_kwargs)]
         if base_model:
@@ -250,6 +251,15 @@ def _load_release(
     )
     _set_scalars(model, contents.scalars)
     return model
+
+
+def _check_scalars(model: HySAC, label: str) -> None:
+    """The training clamps hold for the loaded scalars (out-of-range ones clamped with a warning); non-finite
+    ones are refused."""
+    try:
+        model.clamp_parameters_(label=label)
+    except ValueError as error:
+        raise CorruptCheckpointError(str(error)) from error
 
 
 def check_archive(path: Path) -> None:

@@ -5,13 +5,18 @@ factors `alpha` and lifted onto the hyperboloid with the exponential map at the 
 `x = expmap0(alpha * f, c)`. Both `encode_*` methods return the space components of those points
 (see `lorentz`); the similarity of two points is minus their geodesic distance.
 
-Parameters learned in log space (as in MERU / HySAC): `log_curvature` (init log 1, clamped to
-`curvature_range`, default [0.1, 10]), `log_text_alpha` and `log_image_alpha` (init
-log(1/sqrt(embed_dim))), `logit_scale` (init log(1/0.07)).
+Parameters learned in log space, with the initial values and clamps of the authors' release
+(REFERENCE.md section 7b): `log_curvature` (init log 1, clamped to `log curvature_range`, default
+[log 0.1, log 10]), `log_text_alpha` and `log_image_alpha` (init log(1/sqrt(embed_dim)), clamped to
+<= 0: the scales never enlarge the features), `logit_scale` (init log(1/0.07), clamped to
+[log(1/0.07), log 100]). `clamp_parameters_` applies all of them; the trainer calls it after every
+optimizer step (the release clamps before each step: the same values reach every forward pass, and
+ours also leave the saved parameters in range), and loading calls it to check a checkpoint.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -28,7 +33,14 @@ from .bounds import HySACBounds, Modality
 if TYPE_CHECKING:
     from .classify import UnsafeScores
 
-_MAX_LOGIT_SCALE = math.log(100.0)
+LOGIT_SCALE_BOUNDS: tuple[float, float] = (math.log(1 / 0.07), math.log(100.0))
+"""Clamp of the (log) logit scale, as released: [ln(1/0.07), ln 100] = [2.6593, 4.6052]."""
+MAX_LOG_ALPHA = 0.0
+"""Upper clamp of the log feature scales (alpha <= 1)."""
+SCALAR_PARAMETERS: tuple[str, ...] = ("log_curvature", "log_text_alpha", "log_image_alpha", "logit_scale")
+"""The learned scalars (no weight decay in the release's recipe)."""
+
+logger = logging.getLogger("safe_encoders")
 
 
 class HySAC(nn.Module):
@@ -75,6 +87,10 @@ class HySAC(nn.Module):
         low, high = lorentz.curvature_log_bounds(*curvature_range)
         if not curvature_range[0] <= curvature <= curvature_range[1]:
             raise ValueError(f"HySAC: curvature {curvature} is outside curvature_range {curvature_range}.")
+        if not math.exp(LOGIT_SCALE_BOUNDS[0]) - 1e-6 <= logit_scale_init <= math.exp(LOGIT_SCALE_BOUNDS[1]) + 1e-6:
+            raise ValueError(f"HySAC: logit_scale_init {logit_scale_init} is outside [1/0.07, 100] (its clamp).")
+        if alpha_init is not None and not 0 < alpha_init <= 1:
+            raise ValueError(f"HySAC: alpha_init {alpha_init} must be in (0, 1] (log alpha is clamped to <= 0).")
         self.text = text
         self.vision = vision
         self.curvature_range = (float(curvature_range[0]), float(curvature_range[1]))
@@ -202,15 +218,39 @@ class HySAC(nn.Module):
     def image_alpha(self) -> torch.Tensor:
         return self.log_image_alpha.exp()
 
-    @torch.no_grad()
-    def clamp_parameters_(self) -> None:
-        """Clamp `log_curvature` into its range and the logit scale to <= log 100, in place.
+    def parameter_bounds(self) -> dict[str, tuple[float, float]]:
+        """The clamp of each learned scalar (log space): name -> (low, high)."""
+        return {
+            "log_curvature": self._log_curvature_bounds,
+            "log_text_alpha": (-math.inf, MAX_LOG_ALPHA),
+            "log_image_alpha": (-math.inf, MAX_LOG_ALPHA),
+            "logit_scale": LOGIT_SCALE_BOUNDS,
+        }
 
-        Call after each optimizer step: the clamp in `curvature` alone would leave the raw parameter
-        drifting with a zero gradient.
+    @torch.no_grad()
+    def clamp_parameters_(self, *, label: str | None = None) -> dict[str, tuple[float, float]]:
+        """Apply the release's clamps to the learned scalars, in place; returns `{name: (before, after)}`
+        of those that moved.
+
+        Training calls it after every optimizer step (the clamps inside `curvature` / `logits` alone would
+        leave the raw parameters drifting with a zero gradient). Loading calls it with the checkpoint's
+        `label`: a moved value is reported in a warning (the model then computes what training did).
+        A non-finite value is refused (ValueError) before anything is changed.
         """
-        self.log_curvature.clamp_(*self._log_curvature_bounds)
-        self.logit_scale.clamp_(max=_MAX_LOGIT_SCALE)
+        bounds = self.parameter_bounds()
+        values = {name: getattr(self, name) for name in bounds}
+        bad = {name: v.item() for name, v in values.items() if not torch.isfinite(v).all()}
+        if bad:
+            raise ValueError(f"HySAC{f' ({label})' if label else ''}: non-finite learned scalars {bad}.")
+        moved = {}
+        for name, (low, high) in bounds.items():
+            before = values[name].item()
+            values[name].clamp_(low, high)
+            if values[name].item() != before:
+                moved[name] = (before, values[name].item())
+        if moved and label is not None:
+            logger.warning("%s: learned scalars outside the training clamps, clamped: %s", label, moved)
+        return moved
 
     # ------------------------------------------------------------------ encoding
 
@@ -258,9 +298,14 @@ class HySAC(nn.Module):
         """Minus the pairwise geodesic distances, `(N, M)`: higher is more similar."""
         return -lorentz.pairwise_distance(x, y, self.curvature)
 
+    @property
+    def contrastive_scale(self) -> torch.Tensor:
+        """`exp(logit_scale)` with the logit scale clamped to `LOGIT_SCALE_BOUNDS` (1/0.07 .. 100)."""
+        return self.logit_scale.clamp(*LOGIT_SCALE_BOUNDS).exp()
+
     def logits(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Contrastive logits: `similarity * exp(logit_scale)` (logit scale capped at 100)."""
-        return self.similarity(x, y) * self.logit_scale.clamp(max=_MAX_LOGIT_SCALE).exp()
+        """Contrastive logits: `similarity * contrastive_scale`."""
+        return self.similarity(x, y) * self.contrastive_scale
 
     def root_distance(self, x: torch.Tensor) -> torch.Tensor:
         """Distance of each point from the root: the unsafe score."""
@@ -280,17 +325,24 @@ class HySAC(nn.Module):
         x: torch.Tensor,
         modality: Modality = "text",
         *,
+        method: str = "release",
         strength: float = 1.0,
         boundary: float | None = None,
         margin: float = 0.0,
     ) -> torch.Tensor:
-        """Safety traversal of a batch of points (see `traversal.traverse_to_safe`); the boundary defaults
-        to the `modality` threshold of the bounds."""
-        from .traversal import traverse_to_safe
+        """Safety traversal of a batch of points of `modality` (`traversal.traverse`).
+
+        `method="release"` (default): the authors' traversal, with `boundary` (default: the modality's
+        bound, `S.up_95` for texts, `V.up_95` for images) as `up95`: points beyond
+        `tau = up95 + tanh((up95 - 0.8) / c) + 1` are rescaled to Euclidean norm `tau`.
+        `method="geodesic"`: `traverse_to_safe` to root distance `boundary` (same default), with
+        `strength` and `margin`.
+        """
+        from .traversal import traverse
 
         if boundary is None:
             boundary = self.threshold(modality)
-        return traverse_to_safe(x, self.curvature, boundary, strength=strength, margin=margin)
+        return traverse(x, self.curvature, boundary, method=method, strength=strength, margin=margin)
 
     def unsafe_score(
         self,

@@ -4,7 +4,10 @@ The Lorentz distance `d(x, y) = arccosh(c (x_t y_t - x.y)) / sqrt(c)` grows with
 the nearest items are those that MAXIMISE `<x, y>_L = x.y - x_t y_t`: an inner product between the
 augmented query `[x_t, x]` and the augmented item `[-y_t, y]`. A FAISS inner-product index over the
 augmented items therefore returns the exact Lorentz top-k (flat index, the default) or an
-approximate one (HNSW). The candidates are then re-ranked by the exact distance in float64.
+approximate one (IVF: the items are clustered and a query visits the `nprobe` clusters of highest
+mean Lorentz inner product). The candidates are then re-ranked by the exact distance in float64.
+(A graph index such as HNSW does not fit: it links items by the inner product between items, and
+between two augmented items `[-y_t, y] . [-z_t, z] = y_t z_t + y.z` is not a Lorentz similarity.)
 
 Safety modes (`SAFETY_MODES`):
 - `keep`: the nearest items as they are;
@@ -69,7 +72,7 @@ SAFETY_MODES: dict[str, SafetyMode] = {
     )
 }
 
-INDEX_TYPES = ("flat", "hnsw")
+INDEX_TYPES = ("flat", "ivf")
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,8 @@ class LorentzIndex:
         embeddings: `(N, D)` points on the hyperboloid of curvature `-curvature`.
         ids, modalities, unsafe: per item.
         thresholds: the bound per modality used to redirect queries (`redirect` mode).
-        index_type: "flat" (exact, default) or "hnsw" (approximate, for large collections).
+        index_type: "flat" (exact, default) or "ivf" (approximate, for large collections).
+        nprobe: clusters an "ivf" index visits per query (more: slower, closer to exact).
     """
 
     def __init__(
@@ -113,6 +117,7 @@ class LorentzIndex:
         curvature: float,
         thresholds: dict[str, float | None] | None = None,
         index_type: str = "flat",
+        nprobe: int = 16,
         faiss_index: Any = None,
     ) -> None:
         faiss = require("faiss", "scan", feature="search")
@@ -131,15 +136,19 @@ class LorentzIndex:
         self.curvature = float(curvature)
         self.thresholds = dict(thresholds or {})
         self.index_type = index_type
+        self._quantizer = None  # an IVF index does not own its quantizer: keep it alive
         if faiss_index is None:
-            dim = self.embeddings.shape[1] + 1
-            faiss_index = (
-                faiss.IndexFlatIP(dim)
-                if index_type == "flat"
-                else faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
-            )
-            faiss_index.add(augment_items(self.embeddings, self.curvature))
+            vectors = augment_items(self.embeddings, self.curvature)
+            faiss_index = faiss.IndexFlatIP(vectors.shape[1])
+            if index_type == "ivf":
+                # about 4 sqrt(N) clusters, with >= 39 items each for k-means (FAISS's minimum)
+                clusters = max(1, min(int(4 * len(vectors) ** 0.5), len(vectors) // 39))
+                self._quantizer, metric = faiss_index, faiss.METRIC_INNER_PRODUCT
+                faiss_index = faiss.IndexIVFFlat(self._quantizer, vectors.shape[1], clusters, metric)
+                faiss_index.train(vectors)
+            faiss_index.add(vectors)
         self.faiss_index = faiss_index
+        self.nprobe = nprobe
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -182,11 +191,19 @@ class LorentzIndex:
         if gallery is not None:
             excluded |= np.asarray(self.modalities) != gallery
         params, keep = None, []
+        selector = {}
         if excluded.any():
             keep = [faiss.IDSelectorBatch(np.flatnonzero(excluded).astype("int64"))]
             keep.append(faiss.IDSelectorNot(keep[0]))  # `keep` holds both: FAISS does not own them
-            params = (faiss.SearchParametersHNSW if self.index_type == "hnsw" else faiss.SearchParameters)(sel=keep[1])
+            selector = {"sel": keep[1]}
+        if self.index_type == "ivf":
+            params = faiss.SearchParametersIVF(nprobe=self.nprobe, **selector)
+        elif selector:
+            params = faiss.SearchParameters(**selector)
         k = min(k, len(self))
+        # faiss-cpu 1.15 switches the flat index to BLAS only from 128000 queries on; below that its per-query
+        # loop was 10x slower than the BLAS path in benchmarks/bench_scan_search.py. (A global FAISS knob.)
+        faiss.cvar.distance_compute_blas_threshold = min(faiss.cvar.distance_compute_blas_threshold, 20)
         _, rows = self.faiss_index.search(augment_queries(queries.float(), self.curvature), k, params=params)
         return [self._hits(query, row[row >= 0]) for query, row in zip(queries, rows, strict=True)]
 
@@ -224,7 +241,8 @@ class LorentzIndex:
         })  # fmt: skip
         atomic_write(folder / "items.parquet", lambda tmp: pq.write_table(table, tmp))
         meta = dict(format=INDEX_FORMAT, curvature=self.curvature, thresholds=self.thresholds,
-                    index_type=self.index_type, count=len(self), fingerprint=fingerprint)  # fmt: skip
+                    index_type=self.index_type, nprobe=self.nprobe, count=len(self),
+                    fingerprint=fingerprint)  # fmt: skip
         atomic_write_text(folder / "index.json", json.dumps(meta, indent=2, sort_keys=True))
         return folder
 
@@ -244,7 +262,7 @@ class LorentzIndex:
         return cls(
             embedding_matrix(column("embedding")), column("id").to_pylist(), column("modality").to_pylist(),
             column("unsafe").to_pylist(), curvature=meta["curvature"], thresholds=meta["thresholds"],
-            index_type=meta["index_type"], faiss_index=faiss_index,
+            index_type=meta["index_type"], nprobe=meta.get("nprobe", 16), faiss_index=faiss_index,
         )  # fmt: skip
 
 

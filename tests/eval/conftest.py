@@ -43,3 +43,21 @@ def tiny_safe_file(tmp_path_factory) -> Path:
 def tiny_q16_prompts(tmp_path_factory, tiny_clip_dir) -> Path:
     """A Q16 prompt file (pickled float16 (2, 16) array) matching the tiny CLIP's width."""
     return write_q16_prompts(tmp_path_factory.mktemp("tiny_q16") / "prompts.p")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_score_dir(tmp_path_factory):
+    """A tiny random CLIPModel (30 px images) with its processor, saved as a local folder."""
+    from transformers import CLIPImageProcessor, CLIPProcessor
+
+    from tests.tiny_models import clip_tokenizer, tiny_clip_model
+
+    folder = tmp_path_factory.mktemp("tiny_clip_score")
+    # seed 6: cosines of both signs on the conftest photos (test_quality_metrics relies on it)
+    tiny_clip_model(seed=6).save_pretrained(folder)
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}),
+        tokenizer=clip_tokenizer(),
+    )
+    processor.save_pretrained(folder)
+    return folder

@@ -80,14 +80,17 @@ def test_traversal_turns_unsafe_top1_into_safe(placed):
     assert plain["t2v_r1"] == plain["v2t_r1"] == 1.0
     boundaries = traversal_boundaries(bounds, "gallery")
     assert boundaries["text"] == pytest.approx(1.0) and boundaries["image"] == pytest.approx(0.5)
-    moved = hysac_retrieval(emb, 1.0, boundaries=boundaries, ks=(1,))
+    moved = hysac_retrieval(emb, 1.0, boundaries=boundaries, method="geodesic", ks=(1,))
     # pulled to radius 1.0 on its ray, T* lands on its safe image V (and V* on its safe text S)
     assert moved["unsafe_text_top1_safe_share"] == 1.0 and moved["ut2v_r1"] == 1.0
     assert moved["unsafe_image_top1_safe_share"] == 1.0 and moved["uv2t_r1"] == 1.0
     assert moved["t2v_r1"] == plain["t2v_r1"]  # safe queries are never moved
     # only the queries move: unsafe images pulled to 0.2 as *queries* must stay at 2.3 in the text queries' gallery
     assert (
-        hysac_retrieval(emb, 1.0, boundaries={"text": 10.0, "image": 0.2}, ks=(1,))["unsafe_text_top1_safe_share"] == 0
+        hysac_retrieval(emb, 1.0, boundaries={"text": 10.0, "image": 0.2}, method="geodesic", ks=(1,))[
+            "unsafe_text_top1_safe_share"
+        ]
+        == 0
     )
     own = traversal_boundaries(bounds, "query")
     assert own["text"] == pytest.approx(0.5) and own["image"] == pytest.approx(1.0)

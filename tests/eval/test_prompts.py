@@ -206,3 +206,49 @@ def test_hub_dataset_not_cached_offline_says_what_to_do(tmp_path):
     pytest.importorskip("datasets", reason="reading Hub datasets needs the eval extra's `datasets`")
     with pytest.raises(PromptSetError, match=r"AIML-TUDA/i2p is not in the local Hugging Face cache.*local path"):
         load_i2p(cache_dir=tmp_path)
+
+
+@pytest.fixture
+def attacked_twice(tmp_path):
+    """The first 4 I2P cases attacked against two models: case_number repeats, the unnamed index is unique."""
+    with shared_file("data", "i2p_prompts_4703.csv").open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        columns, rows = list(reader.fieldnames), [next(reader) for _ in range(4)]
+    path = tmp_path / "attacks.csv"
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, [*columns, "target_model"])
+        writer.writeheader()
+        for i, row in enumerate([*rows, *rows]):
+            writer.writerow({**row, "": str(100 + i), "target_model": "esd" if i < 4 else "sld"})
+    return path, [r["case_number"] for r in rows]
+
+
+def test_repeated_case_numbers_name_the_unique_index_column(attacked_twice):
+    path, cases = attacked_twice
+    with pytest.raises(PromptSetError, match=r"column 'case_number' repeats \['0', '1', '2'\] \(4 value") as err:
+        load_prompts(str(path))
+    assert "Column '' is unique: pass --id-column '' (id_column='' in Python)" in str(err.value)
+    pset = load_prompts(str(path), id_column="")  # read as I2P (its columns), ids from the index column
+    assert [p.id for p in pset] == [f"attacks:{100 + i}" for i in range(8)]
+    assert [p.text for p in pset[:4]] == [p.text for p in pset[4:]] and cases == ["0", "1", "2", "3"]
+    assert load_i2p(path, id_column="", name="x")[7].id == "x:107"
+    assert load_prompt_file(path, id_column="")[0].id == "attacks:100"
+    with pytest.raises(PromptSetError, match="the id column 'nope' is missing"):
+        load_prompt_file(path, id_column="nope")
+    plain = path.with_name("plain.csv")
+    plain.write_text("id,prompt\n7,a cat\n7,a dog\n", encoding="utf-8")
+    with pytest.raises(PromptSetError, match=r"column 'id' repeats \['7'\].*Pass --id-column NAME"):
+        load_prompt_file(plain)  # no unique column to suggest
+
+
+def test_id_column_option_reaches_the_t2i_run(attacked_twice, tmp_path):
+    from eval.__main__ import build_parser
+    from eval.t2i import T2IConfig, T2IRunner
+
+    path, _ = attacked_twice
+    args = build_parser().parse_args(["t2i", "--model", "m", "--prompts", str(path), "--out", "o", "--id-column", ""])
+    assert args.id_column == ""
+    cfg = T2IConfig(model="m", prompts=str(path), conditions=["sd"], out=tmp_path / "run", id_column=args.id_column)
+    runner = T2IRunner(cfg, shard=(0, 1))
+    assert [p.id for p in runner.prompts][-1] == "attacks:107"
+    runner.store.close()

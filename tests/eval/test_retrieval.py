@@ -10,12 +10,16 @@ from eval.retrieval import (
     EmbeddingCache,
     EncoderPair,
     RetrievalError,
+    RetrievalRow,
     backbone_pairs,
     data_from_visu,
+    difference_rows,
     load_encoder,
     read_retrieval_csv,
+    reference_rows,
     retrieval_rows,
     run_retrieval,
+    to_markdown,
 )
 from eval.visu import VisuSource
 from tests.train.visu_builders import build_visu_world
@@ -37,6 +41,25 @@ def test_hand_computed_case():
     for direction, r1 in expected.items():
         assert got[(direction, 1)] == pytest.approx(r1)
         assert got[(direction, 10)] == got[(direction, 20)] == 100.0
+
+
+def test_difference_rows_only_for_the_papers_condition():
+    ours = [
+        RetrievalRow("Safe-CLIP ViT-L/14", "T->V", 1, 50.0),
+        RetrievalRow("CLIP ViT-L/14", "V*->T+T*", 20, 40.0),
+        RetrievalRow("DataComp-1B (ViT-L/14)", "V->T", 10, 80.0),  # named as the paper's row
+        RetrievalRow("Safe-CLIP ViT-H/14", "T->V", 1, 50.0),  # another backbone: no paper row
+    ]
+    got = {(r.model, r.direction, r.k): round(r.recall, 6) for r in difference_rows(ours, "test")}
+    assert got == {
+        ("ours - paper: Safe-CLIP ViT-L/14", "T->V", 1): round(50.0 - 45.9, 6),
+        ("ours - paper: CLIP ViT-L/14", "V*->T+T*", 20): round(40.0 - 40.6, 6),
+        ("ours - paper: DataComp-1B (ViT-L/14)", "V->T", 10): round(80.0 - 81.3, 6),
+    }
+    assert difference_rows(ours, "validation") == []  # Table 2 is the test split
+    md = to_markdown([*ours, *reference_rows(), *difference_rows(ours, "test")])
+    assert "| ours - paper: Safe-CLIP ViT-L/14 | +4.1 |" in md
+    assert "| paper: w/o inappropriate-content redirection | 49.9 | 83.7 | 90.3 |" in md
 
 
 def test_model_specs():
@@ -140,7 +163,11 @@ def test_table_cache_and_agreement(tmp_path, world):
     assert {r["direction"] for r in lines} == {"T->V", "V->T", "T*->V+V*", "V*->T+T*"}
     assert {r["model"] for r in lines} == {"A", "B", *PAPER_TABLE2}
     paper = {(r.model, r.direction, r.k): r.recall for r in read_retrieval_csv(tmp_path / "out1" / "retrieval.csv")}
-    assert paper[("Safe-CLIP (paper)", "V*->T+T*", 1)] == 19.1 and paper[("CLIP (paper)", "T->V", 20)] == 81.5
+    assert paper[("paper: Safe-CLIP (ViT-L/14)", "V*->T+T*", 1)] == 19.1
+    assert paper[("paper: CLIP (ViT-L/14)", "T->V", 20)] == 81.5
+    assert paper[("paper: w/o negative cosine similarities", "T*->V+V*", 10)] == 46.0
+    assert len(PAPER_TABLE2) == 5 and len([m for m, _, _ in paper if m.startswith("paper: ")]) == 60
+    assert not any(m.startswith("ours - paper") for m, _, _ in paper)  # A and B ran no condition of the paper
     md = (tmp_path / "out1" / "retrieval.md").read_text()
     assert "| A |" in md and "T*->V+V* R@1" in md
 
@@ -232,7 +259,11 @@ def test_backbone_table_through_the_hub_cache_as_a_user_runs_it(tmp_path, world)
     assert done.returncode == 0, done.stderr
     rows = read_retrieval_csv(out / "retrieval.csv")
     table = {(r.model, r.direction, r.k): r.recall for r in rows}
-    assert {r.model for r in rows} == {"CLIP ViT-L/14", "Safe-CLIP ViT-L/14", *PAPER_TABLE2}
+    diffs = {"ours - paper: CLIP ViT-L/14", "ours - paper: Safe-CLIP ViT-L/14"}
+    assert {r.model for r in rows} == {"CLIP ViT-L/14", "Safe-CLIP ViT-L/14", *PAPER_TABLE2, *diffs}
+    assert table[("ours - paper: Safe-CLIP ViT-L/14", "V*->T+T*", 1)] == pytest.approx(
+        table[("Safe-CLIP ViT-L/14", "V*->T+T*", 1)] - 19.1, abs=1e-3
+    )
 
     local = folders["openai/clip-vit-large-patch14"]
     direct = run_retrieval(

@@ -1,6 +1,7 @@
 """The `safe-encoders` command: help, scan then search end to end on a tiny HySAC, one-line errors (exit 2)."""
 
 import json
+import sys
 
 import pytest
 import torch
@@ -66,7 +67,7 @@ def test_scan_then_search_end_to_end(model_dir, tmp_path, capsys):
     assert lorentz.root_distance(query, model.curvature.detach()).item() > 0
 
 
-def test_errors_are_one_line_with_exit_status_2(model_dir, tmp_path, capsys):
+def test_errors_are_one_line_with_exit_status_2(model_dir, tmp_path, capsys, monkeypatch):
     table = str(write_table(tmp_path / "t.jsonl", [{"text": "a"}]))
     cases = [
         (["scan", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], "nope: no such file or folder."),
@@ -77,8 +78,22 @@ def test_errors_are_one_line_with_exit_status_2(model_dir, tmp_path, capsys):
         assert main([*argv, "--model", str(model_dir)] if argv[0] == "scan" else argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith(f"safe-encoders {argv[0]}: error: ") and message in err, err
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the `scale` extra were not installed
+    parquet = str(write_table(tmp_path / "t.parquet", [{"key": "a", "text": "a"}]))
+    assert main(["scan", parquet, "--out", str(tmp_path / "o3"), "--engine", "ray", "--id-column", "key"]) == 2
+    assert "--engine ray needs the 'ray' package, which is not installed: pip install 'safe-encoders[scale]'" in (
+        capsys.readouterr().err
+    )
     plain = tmp_path / "plain"
     assert main(["scan", table, "--out", str(plain), "--model", str(model_dir), "--no-progress"]) == 0
     capsys.readouterr()
     assert main(["search", str(plain), "--text", "a"]) == 2
     assert "the scan has no embeddings; rescan with --embeddings" in capsys.readouterr().err
+
+
+def test_each_launched_process_takes_its_share():
+    from safe_encoders.cli.scan import process_share
+
+    assert process_share(0, 1, {}) == (0, 1)
+    assert process_share(3, 4, {"WORLD_SIZE": "4", "RANK": "3"}) == (3, 4)  # accelerate knows (GPUs)
+    assert process_share(0, 1, {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}) == (1, 2)  # CPU processes

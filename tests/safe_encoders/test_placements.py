@@ -373,3 +373,14 @@ def test_a_saved_and_reloaded_swapped_encoder_still_verifies(tmp_path, safe_file
     with torch.no_grad():
         reloaded.final_layer_norm.bias[0] = 5.0
     assert swap_report(reloaded, verify=True)["CLIPTextModel"]["first_difference"] == "final_layer_norm.bias"
+
+
+def test_group_offload_to_disk_whose_file_is_gone_is_refused_untouched(tmp_path, safe_file):
+    encoder = PLACEMENT_CASES["diffusers group offload to disk, leaves"](tmp_path)
+    files = sorted((tmp_path / "groups").glob("*.safetensors"))
+    files[-1].unlink()
+    kept = {path: path.read_bytes() for path in files[:-1]}
+    with pytest.raises(UnsupportedModelError, match=r"group offloaded to disk whose file .* does not exist"):
+        make_safe(encoder, safe_file)
+    assert all(path.read_bytes() == data for path, data in kept.items())
+    assert not is_safe(encoder)

@@ -10,8 +10,8 @@ from tests.tiny_models import hub_config, tiny_text_config
     [
         ("CompVis/stable-diffusion-v1-4", "text_encoder", "aimagelab/safeclip_vit-l_14"),
         ("runwayml/stable-diffusion-v1-5", "text_encoder", "aimagelab/safeclip_vit-l_14"),
-        ("stabilityai/stable-diffusion-2-1", "text_encoder", "aimagelab/safeclip_vit-h_14"),
-        ("stabilityai/stable-diffusion-2-1-base", "text_encoder", "aimagelab/safeclip_vit-h_14"),
+        ("stabilityai/stable-diffusion-2-1", "text_encoder", "aimagelab/safeclip_sd_20"),
+        ("stabilityai/stable-diffusion-2-1-base", "text_encoder", "aimagelab/safeclip_sd_20"),
         ("stabilityai/stable-diffusion-xl-base-1.0", "text_encoder", "aimagelab/safeclip_vit-l_14"),
     ],
 )
@@ -67,8 +67,28 @@ def test_fingerprint_compares_projection_only_when_the_target_has_one():
     assert a.mismatches(b, target_has_projection=True) == ["projection_dim 16 != 8"]
 
 
-def test_unverified_and_hysac_entries_are_not_auto_candidates():
-    assert [e.name for e in list_checkpoints() if not e.auto] == ["safeclip-sd-20", "hysac"]
+def test_sd2_auto_takes_the_sd_20_release_and_vit_h_stays_selectable_by_name(tmp_path):
+    """make_safe on the real SD 2.1 text encoder (built on the meta device: no weights): 'auto' asks the
+    (empty, offline) cache for safeclip_sd_20; the ViT-H release is used when named."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from safe_encoders import make_safe
+
+    with torch.device("meta"):
+        sd21 = CLIPTextModel(CLIPTextConfig.from_dict(hub_config("stabilityai/stable-diffusion-2-1", "text_encoder")))
+    with pytest.raises(CheckpointNotFoundError, match=r"aimagelab/safeclip_sd_20@main: config\.json"):
+        make_safe(sd21, cache_dir=tmp_path)
+    for name in ("safeclip-vit-h-14", "aimagelab/safeclip_vit-h_14"):
+        with pytest.raises(CheckpointNotFoundError, match=r"aimagelab/safeclip_vit-h_14@main: config\.json"):
+            make_safe(sd21, checkpoint=name, cache_dir=tmp_path)
+    # the full 24-layer ViT-H text tower is not SD 2's: auto gives it the ViT-H release
+    vit_h_text = hub_config("aimagelab/safeclip_vit-h_14")["text_config"]
+    assert find_checkpoint(vit_h_text).name == "safeclip-vit-h-14"
+
+
+def test_only_hysac_is_not_an_auto_candidate():
+    assert [e.name for e in list_checkpoints() if not e.auto] == ["hysac"]
     assert all(e.license == "cc-by-nc-4.0" and e.revision == "main" for e in list_checkpoints())
 
 

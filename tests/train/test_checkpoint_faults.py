@@ -13,7 +13,7 @@ import train.checkpoints as checkpoints
 from tests.train.synthetic_builders import encoded_worlds
 from train.config import load_config
 from train.data import stack_encoded
-from train.loop import list_checkpoints, train_safe_clip
+from train.loop import list_checkpoints, run_training
 from train.model import SafeClipModel
 from train.tiny_clip import tiny_clip
 
@@ -46,7 +46,7 @@ def run(tokenizer, data, root, over=None, **kwargs):
     checkpoints.seed_everything(cfg.seed)
     text, vision = tiny_clip(tokenizer, 32, width=16, layers=1, projection_dim=16)
     model = SafeClipModel(text, vision, cfg.lora)
-    return train_safe_clip(cfg, model, *data, stack_encoded, **kwargs)
+    return run_training(cfg, model, *data, stack_encoded, **kwargs)
 
 
 def outcome(root):

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from train.demo import RESULT_KEYS, DemoSettings, run_demo
+from train.demo import DemoSettings, run_demo
+from train.demo_world import RESULT_KEYS
 
 
 @pytest.fixture(scope="module")

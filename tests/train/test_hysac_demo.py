@@ -8,7 +8,9 @@ import json
 import pytest
 
 from safe_encoders.hysac import HySAC
-from train.demo import DemoSettings, HySACDemoSettings, format_hysac_table, prepare_world, run_demo, run_hysac_demo
+from train.demo import DemoSettings, HySACDemoSettings, run_demo, run_hysac_demo
+from train.demo_report import format_hysac_table
+from train.demo_world import prepare_world
 
 
 @pytest.fixture(scope="module")

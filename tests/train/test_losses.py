@@ -62,40 +62,46 @@ def test_weights_validation():
 
 
 def _quadruplet():
-    # 2 rows, 2-d: chosen so every term has a distinct, hand-computable value
-    e = math.e
+    """2 rows, 2-d unit vectors. The two references differ (T0(S) = identity rows, V0(V) rotated), so a term
+    reading the wrong reference, or the wrong encoder output, gets another value."""
     return {
-        "text_safe": t([[1.0, 0.0], [0.0, 1.0]]),
-        "text_unsafe": t([[1.0, 0.0], [1.0, 0.0]]),
-        "image_safe": t([[1.0, 1.0], [0.0, 1.0]]),
-        "image_unsafe": t([[0.0, 1.0], [0.0, 1.0]]),
+        "text_safe": t([[1.0, 0.0], [0.6, 0.8]]),
+        "text_unsafe": t([[0.0, 1.0], [1.0, 0.0]]),
+        "image_safe": t([[0.6, 0.8], [0.0, 1.0]]),
+        "image_unsafe": t([[1.0, 0.0], [0.8, -0.6]]),
         "ref_text_safe": t([[1.0, 0.0], [0.0, 1.0]]),
-        "ref_image_safe": t([[1.0, 0.0], [0.0, 1.0]]),
-    }, e
+        "ref_image_safe": t([[0.6, 0.8], [0.8, -0.6]]),
+    }, math.e
+
+
+def _symmetric_ce(logits):
+    """Hand InfoNCE of a 2x2 logit matrix (row i, column i positive): mean of the row-wise and column-wise
+    cross-entropies, each averaged over the two positives."""
+
+    def ce(rows):
+        return sum(math.log(sum(math.exp(v) for v in row)) - row[i] for i, row in enumerate(rows)) / len(rows)
+
+    return 0.5 * (ce(logits) + ce([list(col) for col in zip(*logits, strict=True)]))
 
 
 def test_terms_route_the_right_pairs_with_hand_values():
-    q, e = _quadruplet()
-    s = 1.0
-    terms = safe_clip_terms(**q, logit_scale=s)
-    r2 = 1 / math.sqrt(2)
-    assert terms["cos_text_safe"].item() == pytest.approx(0.0)
-    assert terms["cos_text_unsafe"].item() == pytest.approx(0.5)  # cos 1 and 0
-    assert terms["cos_image_safe"].item() == pytest.approx((1 - r2) / 2)
-    assert terms["cos_image_unsafe"].item() == pytest.approx(0.5)  # cos 0 and 1
-    identity = math.log(1 + math.exp(-1))  # InfoNCE of identity logits at scale 1, every row
-    assert terms["nce_text_safe"].item() == pytest.approx(identity)
-    # T(U) vs V0(V): logits [[1,0],[1,0]] -> value of the scale-one hand test
-    mixed = 0.5 * ((math.log(1 + 1 / e) + math.log(1 + e)) / 2 + math.log(2))
-    assert terms["nce_text_unsafe"].item() == pytest.approx(mixed)
-    assert terms["nce_image_unsafe"].item() == pytest.approx(
-        0.5 * ((math.log(1 + e) + math.log(1 + 1 / e)) / 2 + math.log(2))
-    )
-    # V(V) vs T0(S): logits [[r2, r2], [0, 1]]; a->b rows log 2 and log(1+e^-1);
-    # b->a: transpose [[r2, 0], [r2, 1]]: -log(e^r2/(e^r2+1)) and -log(e/(e^r2+e))
-    v2t = (math.log(2) + math.log(1 + math.exp(-1))) / 2
-    t2v = (math.log(1 + math.exp(-r2)) + math.log(1 + math.exp(r2 - 1))) / 2
-    assert terms["nce_image_safe"].item() == pytest.approx(0.5 * (v2t + t2v))
+    q, _ = _quadruplet()
+    terms = {k: v.item() for k, v in safe_clip_terms(**q, logit_scale=1.0).items()}
+    # cosine terms, mean over rows of 1 - cos:
+    assert terms["cos_text_safe"] == pytest.approx((0 + 0.2) / 2)  # T(S) . T0(S): 1, 0.8
+    assert terms["cos_text_unsafe"] == pytest.approx((1 + 1) / 2)  # T(U) . T0(S): 0, 0
+    assert terms["cos_image_safe"] == pytest.approx((0 + 1.6) / 2)  # V(V) . V0(V): 1, -0.6
+    assert terms["cos_image_unsafe"] == pytest.approx((0.4 + 0) / 2)  # V(G) . V0(V): 0.6, 1
+    # InfoNCE at scale 1 over the dot products (all vectors unit length), written out by hand:
+    assert terms["nce_text_safe"] == pytest.approx(_symmetric_ce([[0.6, 0.8], [1.0, 0.0]]))  # T(S) x V0(V)
+    assert terms["nce_text_unsafe"] == pytest.approx(_symmetric_ce([[0.8, -0.6], [0.6, 0.8]]))  # T(U) x V0(V)
+    assert terms["nce_image_safe"] == pytest.approx(_symmetric_ce([[0.6, 0.8], [0.0, 1.0]]))  # V(V) x T0(S)
+    assert terms["nce_image_unsafe"] == pytest.approx(_symmetric_ce([[1.0, 0.0], [0.8, -0.6]]))  # V(G) x T0(S)
+    # the fixture bites: the eight values are pairwise distinct, and every term changes if its reference is swapped
+    assert len({round(v, 6) for v in terms.values()}) == 8
+    crossed = {**q, "ref_text_safe": q["ref_image_safe"], "ref_image_safe": q["ref_text_safe"]}
+    swapped = {k: v.item() for k, v in safe_clip_terms(**crossed, logit_scale=1.0).items()}
+    assert all(abs(swapped[k] - terms[k]) > 1e-3 for k in terms)
 
 
 def test_total_is_normalised_weighted_sum_and_each_weight_is_configurable():

@@ -6,7 +6,7 @@ import torch
 from tests.train.synthetic_builders import encoded_worlds
 from train.config import TrainConfig, load_config
 from train.data import stack_encoded
-from train.loop import EpochSampler, list_checkpoints, train_safe_clip
+from train.loop import EpochSampler, list_checkpoints, run_training
 from train.model import CachedReferences, LiveReferences, SafeClipModel
 from train.tiny_clip import tiny_clip
 
@@ -85,7 +85,7 @@ def test_run_killed_mid_epoch_and_resumed_ends_with_identical_weights(tokenizer,
     # 48 items / batch 8 = 6 batches; accumulation 2 -> 3 optimizer steps per epoch, 6 in all
     cfg_full = small_config(tmp_path, "full", **{"optim.grad_accum_steps": 2, "save_every_steps": 1})
     full_model = make_model(tokenizer, cfg_full)
-    full = train_safe_clip(cfg_full, full_model, train_set, val_set, stack_encoded)
+    full = run_training(cfg_full, full_model, train_set, val_set, stack_encoded)
     assert full.global_step == 6 and full.epochs_run == 2
     final_full = list_checkpoints(cfg_full.output_dir)[-1]
 
@@ -96,7 +96,7 @@ def test_run_killed_mid_epoch_and_resumed_ends_with_identical_weights(tokenizer,
             raise Crash
 
     with pytest.raises(Crash):
-        train_safe_clip(cfg, make_model(tokenizer, cfg), train_set, val_set, stack_encoded, on_step=crash)
+        run_training(cfg, make_model(tokenizer, cfg), train_set, val_set, stack_encoded, on_step=crash)
     import shutil
 
     # throw away the newest checkpoint too, so the resume starts mid-epoch one step further back
@@ -108,7 +108,7 @@ def test_run_killed_mid_epoch_and_resumed_ends_with_identical_weights(tokenizer,
         for p in resumed_model.parameters():
             if p.requires_grad:
                 p.add_(1.0)
-    resumed = train_safe_clip(cfg, resumed_model, train_set, val_set, stack_encoded)
+    resumed = run_training(cfg, resumed_model, train_set, val_set, stack_encoded)
     assert resumed.global_step == 6
     from safetensors.torch import load_file
 
@@ -129,6 +129,12 @@ def test_run_killed_mid_epoch_and_resumed_ends_with_identical_weights(tokenizer,
 
 
 def test_validation_early_stopping_and_best_weights(tokenizer, data, tmp_path):
+    """The validation metric worsens on a schedule: after epoch 0 every epoch ends with the LoRA B factors
+    pushed far off (noise of growing size, added after the epoch's last step, before its validation). With
+    patience 2 the run must stop after epoch 2 and hand back epoch 0's weights, the ones in
+    best_adapters.safetensors."""
+    from safetensors.torch import load_file
+
     train_set, val_set = data
     # also exercises the fallback references (adapter-disabled forwards) and bf16 autocast
     cfg = small_config(
@@ -136,25 +142,44 @@ def test_validation_early_stopping_and_best_weights(tokenizer, data, tmp_path):
         "es",
         **{
             "optim.epochs": 6,
-            "patience": 1,
-            "optim.lr": 0.5,
+            "patience": 2,
             "cache_references": "false",
             "mixed_precision": "bf16",
-            "early_stopping_metric": "val_t2v_r1",
-            "early_stopping_mode": "max",
+            "early_stopping_metric": "val_loss",
+            "early_stopping_mode": "min",
+            "save_every_steps": 0,
         },
     )
     model = make_model(tokenizer, cfg)
-    result = train_safe_clip(cfg, model, train_set, val_set, stack_encoded)
-    values = [h["val_t2v_r1"] for h in result.history]
-    assert result.best_metric == max(values)
-    assert result.stopped_early == (result.epochs_run < 6)
+    steps_per_epoch = len(train_set) // cfg.data.batch_size  # 48 / 8
+    noise = torch.Generator().manual_seed(1)
+    pushed = {}
+
+    def worsen(step):
+        epoch, last = divmod(step, steps_per_epoch)
+        if last == 0 and epoch >= 2:  # the last step of epochs 1, 2, ...
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if "lora_B" in name:
+                        p.add_(torch.randn(p.shape, generator=noise) * 2.0 * (epoch - 1))
+            pushed[epoch - 1] = {k: v.clone() for k, v in model.trainable_state_dict().items()}
+
+    result = run_training(cfg, model, train_set, val_set, stack_encoded, on_step=worsen)
+    values = [h["val_loss"] for h in result.history]
+    assert len(values) == 3 and values[1] > values[0] and values[2] > values[0]  # the schedule took hold
+    assert result.stopped_early and result.epochs_run == 3 and result.global_step == 3 * steps_per_epoch
+    assert (result.best_epoch, result.best_metric) == (0, values[0])
+    best = load_file(str(tmp_path / "es" / "best_adapters.safetensors"))
+    restored = model.trainable_state_dict()
+    assert best.keys() == restored.keys()
+    assert all(torch.equal(restored[k].cpu(), best[k]) for k in best)  # epoch 0's weights are back
+    assert any(not torch.equal(pushed[2][k].cpu(), best[k]) for k in best)  # ... not the last epoch's
     assert all(0.0 <= h["val_unsafe_text_top1_unsafe_share"] <= 1.0 for h in result.history)
     records = [json.loads(ln) for ln in (tmp_path / "es" / "metrics.jsonl").read_text().splitlines()]
     assert any("cos_text_unsafe" in r for r in records) and any("val_loss" in r for r in records)
     with pytest.raises(ValueError, match="not computed"):
         bad = small_config(tmp_path, "bad", **{"early_stopping_metric": "val_nope", "optim.epochs": 1})
-        train_safe_clip(bad, make_model(tokenizer, bad), train_set, val_set, stack_encoded)
+        run_training(bad, make_model(tokenizer, bad), train_set, val_set, stack_encoded)
 
 
 def test_resume_refuses_a_changed_config_and_accepts_changed_reporting(tokenizer, data, tmp_path, caplog):
@@ -162,14 +187,14 @@ def test_resume_refuses_a_changed_config_and_accepts_changed_reporting(tokenizer
 
     train_set, val_set = data
     cfg = small_config(tmp_path, "digest", **{"optim.epochs": 1, "save_every_steps": 0})
-    done = train_safe_clip(cfg, make_model(tokenizer, cfg), train_set, val_set, stack_encoded)
+    done = run_training(cfg, make_model(tokenizer, cfg), train_set, val_set, stack_encoded)
     config_yaml = (tmp_path / "digest" / "config.yaml").read_text()
     newest = list_checkpoints(cfg.output_dir)[-1]
     assert json.loads((newest / "state.json").read_text())["config_digest"] == cfg.digest()
 
     changed = small_config(tmp_path, "digest", **{"optim.epochs": 1, "save_every_steps": 0, "optim.lr": 0.5})
     with pytest.raises(ResumeConfigError, match=r"optim\.lr: 0\.01 -> 0\.5.*another output_dir"):
-        train_safe_clip(changed, make_model(tokenizer, changed), train_set, val_set, stack_encoded)
+        run_training(changed, make_model(tokenizer, changed), train_set, val_set, stack_encoded)
     assert (tmp_path / "digest" / "config.yaml").read_text() == config_yaml  # not overwritten
     assert list_checkpoints(cfg.output_dir)[-1] == newest
 
@@ -178,7 +203,7 @@ def test_resume_refuses_a_changed_config_and_accepts_changed_reporting(tokenizer
         tmp_path, "digest", **{"optim.epochs": 1, "save_every_steps": 0, "log_every_steps": 3, "tensorboard": False}
     )
     with caplog.at_level("WARNING", logger="safe_encoders.train"):
-        again = train_safe_clip(reporting, make_model(tokenizer, reporting), train_set, val_set, stack_encoded)
+        again = run_training(reporting, make_model(tokenizer, reporting), train_set, val_set, stack_encoded)
     assert again.global_step == done.global_step
     assert "log_every_steps" in caplog.text and "tensorboard" in caplog.text
 
@@ -187,7 +212,7 @@ def test_resume_refuses_a_changed_config_and_accepts_changed_reporting(tokenizer
     del state["config"]
     (newest / "state.json").write_text(json.dumps(state))
     with pytest.raises(ResumeConfigError, match="config digest"):
-        train_safe_clip(changed, make_model(tokenizer, changed), train_set, val_set, stack_encoded)
+        run_training(changed, make_model(tokenizer, changed), train_set, val_set, stack_encoded)
 
 
 def test_metrics_log_closes_its_tensorboard_writer_even_when_the_run_fails(tokenizer, data, tmp_path, monkeypatch):
@@ -221,5 +246,5 @@ def test_metrics_log_closes_its_tensorboard_writer_even_when_the_run_fails(token
         raise Crash
 
     with pytest.raises(Crash):
-        train_safe_clip(cfg, make_model(tokenizer, cfg), train_set, val_set, stack_encoded, on_step=crash)
+        run_training(cfg, make_model(tokenizer, cfg), train_set, val_set, stack_encoded, on_step=crash)
     assert closed == [tmp_path / "closed" / "metrics.jsonl"]

@@ -12,7 +12,7 @@ from eval.visu import VisuDataError, VisuSource, coco_file_name, read_visu
 from tests.train.visu_builders import ROWS, build_visu_world
 from train.config import load_config
 from train.data import IndexedQuadruplets, QuadrupletCollator
-from train.loop import train_safe_clip
+from train.loop import run_training
 from train.model import SafeClipModel
 from train.tiny_clip import tiny_clip
 
@@ -95,7 +95,7 @@ def test_visu_source_drives_one_trainer_step(tmp_path):
     text, vision = tiny_clip(tokenizer, 32, width=32, layers=1, projection_dim=32)
     model = SafeClipModel(text, vision, cfg.lora)
     before = {k: v.clone() for k, v in model.trainable_state_dict().items()}
-    result = train_safe_clip(cfg, model, IndexedQuadruplets(source), None, collator)
+    result = run_training(cfg, model, IndexedQuadruplets(source), None, collator)
     assert result.global_step == 1
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert math.isfinite(log[0]["loss"]) and log[0]["step"] == 1

@@ -1,7 +1,7 @@
 """One process of the 2-process training test (``tests/train/test_two_processes.py``), launched by a
 distributed launcher: ``python -m torch.distributed.run --nproc_per_node 2 two_process_worker.py OUT [CRASH_AT]``.
 
-Trains the tiny synthetic CLIP through ``train_safe_clip`` (accelerate, gloo on the CPU); with CRASH_AT every
+Trains the tiny synthetic CLIP through ``run_training`` (accelerate, gloo on the CPU); with CRASH_AT every
 process ends abruptly (``os._exit``, as a kill) right after that optimizer step.
 """
 
@@ -19,7 +19,7 @@ def main() -> None:
     from train.checkpoints import seed_everything
     from train.config import load_config
     from train.data import EncodedQuadruplets, QuadrupletCollator, stack_encoded
-    from train.loop import train_safe_clip
+    from train.loop import run_training
     from train.model import SafeClipModel
     from train.tiny_clip import tiny_clip
 
@@ -51,7 +51,7 @@ def main() -> None:
         if step == crash_at:
             os._exit(9)
 
-    train_safe_clip(cfg, model, train_set, val_set, stack_encoded, on_step=on_step)
+    run_training(cfg, model, train_set, val_set, stack_encoded, on_step=on_step)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ the last call: whether it was checked, its scores, and the action taken (`report
 What is checked (diffusers pipelines: a subclass of the pipeline's class, same name and signature)
 
 - Text prompts: `prompt`, `prompt_2`, `prompt_3` (every text encoder's prompt), scored with HySAC's
-  text side; `prompt_policy` applies to a row when any of them is unsafe:
+  text side (a prompt longer than the classifier reads, e.g. SD 3's 256-token T5 prompt, is also
+  scored window by window and takes its highest score); `prompt_policy` applies to a row when any
+  of them is unsafe:
   "block" raises `UnsafeContentError` (`on_block="raise"`) or (`on_block="blank"`) generates "" for
   those rows and blacks their images out; "redirect" runs the whole call through Safe-CLIP text
   encoder(s) (the pipeline's own when `is_safe(pipe)`, else copies made safe with
@@ -33,13 +35,14 @@ What is refused (under `prompt_policy` "block" and "redirect", unless opted out)
   any other `*_embeds` / `*_latents` argument, an image input given as latents, and image inputs
   while `image_policy="off"`: `UnsafeContentError` naming the input and the opt-out.
 - `output_type="latent"` that cannot be decoded (no VAE, packed latents) while an image policy is on.
-- LLaVA: `inputs_embeds` given by the caller while an image policy is on.
+- LLaVA: `inputs_embeds` given by the caller while an image policy is on, and (transformers 5)
+  `mm_encoder_outputs` the gated tower did not compute.
 - At construction / load: thresholds, `blur_sigma`, `input_mean` / `input_std` that are not finite
   numbers in range; a classifier whose curvature / scales or bounds are not finite.
 
 How to opt out: `SafetyGate(..., allow_unchecked=("prompt_embeds", "pooled_prompt_embeds"))` (also
 "ip_adapter_image_embeds", "callback_on_step_end", "image", "ip_adapter_image", "output_latents",
-"inputs_embeds"); each use is recorded in `report.opt_outs` and the input's entry. With
+"inputs_embeds", "mm_encoder_outputs"); each use is recorded in `report.opt_outs` and the input's entry. With
 `prompt_policy` "flag" or "off" nothing is refused; unreadable inputs are recorded as "unchecked".
 
 Not a generation target: `negative_prompt*` (negative prompts and their embeddings steer away from

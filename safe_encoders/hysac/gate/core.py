@@ -8,6 +8,7 @@ pipelines (`pipeline.install_pipeline_gate`) and LLaVA models (`llava.install_ll
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -213,9 +214,34 @@ def _threshold(classifier: HySAC, modality: Literal["text", "image"], given: flo
 
 
 def score_texts(handle: GateHandle, texts: list[str]) -> Verdicts:
-    """Verdicts for `texts` at the text threshold (a non-finite score counts as unsafe)."""
-    embeddings = embed_texts(handle.classifier, texts)
-    return score_embeddings(embeddings, handle.classifier.curvature.detach(), handle.require_threshold("text"))
+    """Verdicts for `texts` at the text threshold (a non-finite score counts as unsafe).
+
+    A text longer than the classifier's tokenizer reads (77 CLIP tokens; SD 3's T5 prompt takes 256) is
+    also scored window by window; its score is the highest (fail closed: no tail goes unread).
+    """
+    classifier = handle.classifier
+    windows, owners = [], []
+    for index, text in enumerate(texts):
+        for window in text_windows(classifier.tokenizer, text):
+            windows.append(window)
+            owners.append(index)
+    threshold = handle.require_threshold("text")
+    verdicts = score_embeddings(embed_texts(classifier, windows), classifier.curvature.detach(), threshold)
+    if len(windows) == len(texts):
+        return verdicts
+    owner = torch.tensor(owners)
+    scores = torch.stack([verdicts.scores[owner == i].nan_to_num(nan=math.inf).max() for i in range(len(texts))])
+    return Verdicts(scores=scores, unsafe=(scores > threshold) | ~torch.isfinite(scores), threshold=threshold)
+
+
+def text_windows(tokenizer: Any, text: str) -> list[str]:
+    """`text` itself, then (when it is longer than `tokenizer` reads) its later windows of tokens as text."""
+    limit = int(getattr(tokenizer, "model_max_length", 0) or 0) - 2  # room for the start / end tokens
+    if not 0 < limit < 100_000:
+        return [text]
+    ids = tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
+    tails = [tokenizer.decode(ids[start : start + limit]) for start in range(limit, len(ids), limit)]
+    return [text, *tails]
 
 
 def score_images(handle: GateHandle, pixels: list[torch.Tensor]) -> Verdicts:

@@ -3,7 +3,8 @@
 A forward pre-hook on each tower scores its `pixel_values` (for LLaVA-Next: every tile) and applies
 `image_policy`: "block" raises, "black" / "blur" change what the model sees, "flag" only reports. A
 pre-hook on the model itself refuses `inputs_embeds` (the caller's own embeddings, which may carry image
-features the tower never saw) unless `allow_unchecked` names it.
+features the tower never saw) and, with transformers 5, `mm_encoder_outputs` the tower did not just
+compute (image features made elsewhere) unless `allow_unchecked` names them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .core import GateHandle, InputCheck, allow_unchecked, apply_image_policy, r
 from .images import ImageBatch, channel
 
 INPUTS_EMBEDS = "inputs_embeds"
+MM_OUTPUTS = "mm_encoder_outputs"
 
 
 def is_llava(obj: Any) -> bool:
@@ -51,20 +53,35 @@ def install_llava_gate(handle: GateHandle) -> None:
 
 
 def _model_hook(handle: GateHandle, module: nn.Module, args: tuple, kwargs: dict) -> None:
-    """Refuse the caller's own `inputs_embeds` (generate() passes input_ids unless the caller gave embeddings)."""
-    if kwargs.get(INPUTS_EMBEDS) is None:
+    """Refuse the caller's own `inputs_embeds` (generate() passes input_ids unless the caller gave embeddings).
+
+    The opt-out joins the report of this call's images: transformers 5 runs the tower before the model's
+    forward (`fresh`), transformers 4 inside it (`carry`).
+    """
+    fresh = handle.state.pop("fresh", None)
+    features = kwargs.get(MM_OUTPUTS)
+    # transformers 5: generate() runs the tower (hooked) and passes its features on; a caller's own were never seen
+    if isinstance(features, dict) and any(v is not None for v in features.values()) and fresh is None:
+        name, why = MM_OUTPUTS, "they are image features computed without the gated vision tower"
+    elif kwargs.get(INPUTS_EMBEDS) is not None:
+        name, why = INPUTS_EMBEDS, "they may carry image features the vision tower never saw"
+    else:
         return
-    report = handle.new_report()
-    why = "they may carry image features the vision tower never saw"
-    if INPUTS_EMBEDS in handle.gate.allow_unchecked:
-        allow_unchecked(report, INPUTS_EMBEDS, why)
+    report = fresh if fresh is not None and fresh is handle.last_report else handle.new_report()
+    if name in handle.gate.allow_unchecked:
+        allow_unchecked(report, name, why)
+        if report is not fresh:
+            handle.state["carry"] = list(report.inputs)  # the towers' report of this forward starts with it
         return
-    refuse_unchecked(report, INPUTS_EMBEDS, why)
+    refuse_unchecked(report, name, why)
 
 
 def _tower_hook(handle: GateHandle, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
     gate = handle.gate
     report = handle.new_report()
+    for check in handle.state.pop("carry", []):
+        report.add(check)
+    handle.state["fresh"] = report
     report.image_action = "off"
     if gate.image_policy == "off":
         report.add(InputCheck("pixel_values", "unchecked", "off", note="image_policy='off'"))

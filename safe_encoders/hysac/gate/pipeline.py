@@ -147,10 +147,13 @@ def _gated_class(base: type) -> type:
 
 def _gated_call(handle: GateHandle, original: Any, pipe: Any, args: tuple, kwargs: dict) -> Any:
     report = handle.new_report()
-    bound = inspect.signature(original).bind(pipe, *args, **kwargs)
+    signature = inspect.signature(original)
+    bound = signature.bind(pipe, *args, **kwargs)
+    catch_all = next((p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD), None)
     given = {name: value for name, value in bound.arguments.items() if value is not None and name != "self"}
-    if isinstance(given.get("kwargs"), dict):  # a **kwargs catch-all: its names are inputs too
-        given.update({k: v for k, v in given.pop("kwargs").items() if v is not None})
+    if catch_all is not None and isinstance(given.get(catch_all), dict):  # **kwargs: its names are inputs too
+        given.update({k: v for k, v in given.pop(catch_all).items() if v is not None})
+    arguments = Arguments(bound, signature, catch_all)
     by_role: dict[str, list[str]] = {}
     for name in given:
         role = role_of(name)
@@ -161,7 +164,6 @@ def _gated_call(handle: GateHandle, original: Any, pipe: Any, args: tuple, kwarg
         report.add(InputCheck(name, "not a target", "used", note=note))
     for name in by_role.get("embeddings", []):
         _unreadable(handle, report, name, "it holds embeddings / latents, not text or pixels")
-    arguments = bound.arguments
     for name in by_role.get("callback", []):
         _guard_callback(handle, report, arguments, given[name])
     blank_rows, swap = _check_prompts(handle, report, arguments, by_role.get("text", []))
@@ -172,6 +174,31 @@ def _gated_call(handle: GateHandle, original: Any, pipe: Any, args: tuple, kwarg
     per_prompt = int(arguments.get("num_images_per_prompt") or 1)
     blank = [i * per_prompt + j for i in blank_rows for j in range(per_prompt)]
     return _check_output(handle, report, pipe, output, blank, arguments.get("output_type", "pil"))
+
+
+class Arguments:
+    """The call's arguments by name, whether the signature names them or they came through `**kwargs`."""
+
+    def __init__(self, bound: inspect.BoundArguments, signature: inspect.Signature, catch_all: str | None) -> None:
+        self.bound, self.signature, self.catch_all = bound, signature, catch_all
+
+    def get(self, name: str, default: Any = None) -> Any:
+        if name in self.bound.arguments:
+            return self.bound.arguments[name]
+        extra = self.bound.arguments.get(self.catch_all or "", {})
+        if name in extra:
+            return extra[name]
+        parameter = self.signature.parameters.get(name)
+        return parameter.default if parameter is not None and parameter.default is not parameter.empty else default
+
+    def __getitem__(self, name: str) -> Any:
+        return self.get(name)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        if name in self.signature.parameters or self.catch_all is None:
+            self.bound.arguments[name] = value
+        else:
+            self.bound.arguments.setdefault(self.catch_all, {})[name] = value
 
 
 def _unreadable(handle: GateHandle, report: GateReport, name: str, why: str) -> None:
@@ -188,7 +215,7 @@ def _unreadable(handle: GateHandle, report: GateReport, name: str, why: str) -> 
 
 
 def _check_prompts(
-    handle: GateHandle, report: GateReport, arguments: dict[str, Any], names: list[str]
+    handle: GateHandle, report: GateReport, arguments: Arguments, names: list[str]
 ) -> tuple[list[int], dict[str, nn.Module]]:
     """Score every text prompt; apply the prompt policy. Returns the rows to blank and the encoders to swap in."""
     gate = handle.gate
@@ -264,9 +291,7 @@ def _swapped_components(pipe: Any, components: dict[str, nn.Module]) -> Iterator
 # ------------------------------------------------------------------------------ image inputs and callbacks
 
 
-def _check_input_image(
-    handle: GateHandle, report: GateReport, arguments: dict[str, Any], name: str, value: Any
-) -> None:
+def _check_input_image(handle: GateHandle, report: GateReport, arguments: Arguments, name: str, value: Any) -> None:
     if handle.gate.image_policy == "off":
         _unreadable(handle, report, name, "image_policy is 'off'")
         return
@@ -276,19 +301,11 @@ def _check_input_image(
         return
     check, flags = apply_image_policy(handle, report, name, batch, "generation was not run")
     if bool(flags.any()) and handle.gate.image_policy in ("blur", "black"):
-        new_value = batch.restore(batch.pixels)
-        _set_argument(arguments, name, new_value)
+        arguments[name] = batch.restore(batch.pixels)
         check.note = (check.note + "; " if check.note else "") + "the pipeline saw the changed image"
 
 
-def _set_argument(arguments: dict[str, Any], name: str, value: Any) -> None:
-    if name in arguments:
-        arguments[name] = value
-    else:  # passed through a **kwargs catch-all
-        arguments["kwargs"][name] = value
-
-
-def _guard_callback(handle: GateHandle, report: GateReport, arguments: dict[str, Any], callback: Any) -> None:
+def _guard_callback(handle: GateHandle, report: GateReport, arguments: Arguments, callback: Any) -> None:
     """Wrap `callback_on_step_end` so that a change to any tensor but the latents refuses the call."""
     name = "callback_on_step_end"
     if not handle.gate.strict or name in handle.gate.allow_unchecked:
@@ -298,7 +315,7 @@ def _guard_callback(handle: GateHandle, report: GateReport, arguments: dict[str,
 
     if isinstance(callback, PipelineCallback | MultiPipelineCallbacks):
         # diffusers reads the tensor names from the callback object; the wrapper must pass them on.
-        _set_argument(arguments, "callback_on_step_end_tensor_inputs", list(callback.tensor_inputs))
+        arguments["callback_on_step_end_tensor_inputs"] = list(callback.tensor_inputs)
 
     def guarded(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
         before = {k: (v, v.clone()) for k, v in tensors.items() if k != "latents" and isinstance(v, torch.Tensor)}
@@ -317,7 +334,7 @@ def _guard_callback(handle: GateHandle, report: GateReport, arguments: dict[str,
         return out
 
     check = report.add(InputCheck(name, "checked", "passed", note="may change the latents only"))
-    _set_argument(arguments, name, guarded)
+    arguments[name] = guarded
 
 
 def _same(value: Any, before: tuple[torch.Tensor, torch.Tensor] | None) -> bool:

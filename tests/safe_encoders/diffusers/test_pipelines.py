@@ -75,8 +75,16 @@ def test_img2img_and_inpaint_pipelines_share_the_swap(other_text_file):
 def test_sd2_uses_the_first_layers_of_a_deeper_tower_exactly_like_penultimate_conditioning(tmp_path):
     """SD 2 keeps 23 of OpenCLIP ViT-H's 24 layers: the swapped encoder must equal layer -2 + final norm."""
     full = tiny_clip_model(7, text_layers=3, act="gelu")
+    norm = full.text_model.final_layer_norm
+    with torch.no_grad():  # not the default (1, 0): a swap that skipped the final norm would show
+        norm.weight.copy_(torch.linspace(0.5, 1.5, norm.weight.numel()))
+        norm.bias.copy_(torch.linspace(-0.3, 0.3, norm.bias.numel()))
     repo = save_clip_repo(full, tmp_path / "vit-h-like")
     pipe = tiny_sd_pipeline("v2")  # 2-layer gelu text encoder
+    pipe_norm = pipe.text_encoder.state_dict()
+    assert not torch.equal(
+        next(v for k, v in pipe_norm.items() if k.endswith("final_layer_norm.weight")), norm.weight.detach()
+    )
     make_safe(pipe, repo)
     assert swap_report(pipe)["pipe.text_encoder"]["layers"] == "2/3"
     ids = pipe.tokenizer(["a photo of a cat"], padding="max_length", return_tensors="pt").input_ids

@@ -3,6 +3,7 @@ or checked and handled. Tiny SD 1.x / SDXL pipelines and a tiny LLaVA; the tiny 
 from its own scores (see conftest.py), so which prompt is "unsafe" is controlled."""
 
 import copy
+import inspect
 
 import pytest
 import torch
@@ -151,8 +152,8 @@ def test_a_step_end_callback_may_change_the_latents_only(classifier, prompts):
         return {**tensors, "prompt_embeds": torch.cat([negative, unsafe])}
 
     def change_in_place(pipe_, step, timestep, tensors):
-        tensors["prompt_embeds"][1:] = unsafe
-        return tensors
+        tensors["prompt_embeds"][1:] = unsafe  # the pipeline's own tensor; nothing returned but the latents
+        return {"latents": tensors["latents"]}
 
     def scale_latents(pipe_, step, timestep, tensors):
         return {"latents": tensors["latents"] * 0.9}
@@ -169,12 +170,31 @@ def test_a_step_end_callback_may_change_the_latents_only(classifier, prompts):
     out = generate(pipe, prompts.safe, callback_on_step_end=scale_latents, callback_on_step_end_tensor_inputs=inputs)
     assert torch.equal(out, ungated[scale_latents])
     assert handle.last_report["callback_on_step_end"].status == "checked"
+    from diffusers.callbacks import SDCFGCutoffCallback  # diffusers' own: drops the negative prompt_embeds mid-call
+
+    with pytest.raises(UnsafeContentError, match=r"callback_on_step_end changed \['prompt_embeds'\] at step 1"):
+        cutoff = SDCFGCutoffCallback(cutoff_step_ratio=None, cutoff_step_index=1)
+        generate(pipe, prompts.safe, callback_on_step_end=cutoff)
     handle.remove()
 
     handle = add_safety_gate(pipe, _gate(classifier, prompts, allow_unchecked=("callback_on_step_end",)))
     out = generate(pipe, prompts.safe, callback_on_step_end=swap_in_unsafe, callback_on_step_end_tensor_inputs=inputs)
     assert torch.equal(out, ungated[swap_in_unsafe])
     assert handle.last_report.opt_outs == ["callback_on_step_end"]
+
+
+def test_a_prompt_longer_than_the_classifier_reads_is_scored_to_its_end(classifier, prompts):
+    limit = classifier.tokenizer.model_max_length - 2  # 75 CLIP tokens between the start and end tokens
+    head = " ".join(["the"] * limit)  # one token each: the unsafe prompt starts right after what CLIP reads
+    assert classifier.unsafe_score(texts=[head], text_threshold=prompts.threshold).text.unsafe.tolist() == [False]
+    pipe = tiny_sd_pipeline()
+    runs = _unet_runs(pipe)
+    handle = add_safety_gate(pipe, _gate(classifier, prompts))
+    with pytest.raises(UnsafeContentError, match=r"unsafe prompt\(s\): prompt \[0\]"):
+        generate(pipe, f"{head} {prompts.unsafe}")
+    assert runs == []
+    generate(pipe, f"{head} {prompts.safe}")  # as long, safe to its end
+    assert handle.last_report.prompt_action == "passed"
 
 
 # ------------------------------------------------------------------------------ outputs
@@ -329,6 +349,22 @@ def test_llava_refuses_caller_inputs_embeds_and_treats_a_nan_image_score_as_unsa
     with pytest.raises(UnsafeContentError, match=refused), torch.no_grad():
         model.generate(inputs_embeds=embeds, attention_mask=inputs["attention_mask"], max_new_tokens=2)
     handle.remove()
+
+    handle = add_safety_gate(model, SafetyGate(classifier=classifier, image_policy="blur", image_threshold=1e9,
+                                               allow_unchecked=("inputs_embeds",)))  # fmt: skip
+    with torch.no_grad():
+        model.generate(inputs_embeds=embeds, attention_mask=inputs["attention_mask"],
+                       pixel_values=inputs["pixel_values"], max_new_tokens=2)  # fmt: skip
+    assert handle.last_report.opt_outs == ["inputs_embeds"] and handle.last_report.image_action == "passed"
+    handle.remove()
+
+    if "mm_encoder_outputs" in inspect.signature(model.forward).parameters:  # transformers 5
+        features = {"image": model.model.get_image_features(pixel_values=inputs["pixel_values"], return_dict=True)}
+        handle = add_safety_gate(model, SafetyGate(classifier=classifier, image_policy="block", image_threshold=-1.0))
+        with pytest.raises(UnsafeContentError, match=r"mm_encoder_outputs was given"), torch.no_grad():
+            model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                           mm_encoder_outputs=features, max_new_tokens=2)  # fmt: skip
+        handle.remove()
 
     broken = copy.deepcopy(classifier)
     add_safety_gate(model, SafetyGate(classifier=broken, image_policy="block", image_threshold=1e9))

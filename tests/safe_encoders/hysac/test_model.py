@@ -67,6 +67,67 @@ def test_parameters_are_learned_in_log_space_and_clamped():
         tiny_hysac(curvature=20.0)
 
 
+LOG_C, LOGIT = (math.log(0.1), math.log(10.0)), (math.log(1 / 0.07), math.log(100.0))  # 7b: +-2.3026; 2.6593, 4.6052
+
+
+@pytest.mark.parametrize("push", [1.0, -1.0], ids=["up", "down"])
+def test_clamps_hold_after_a_step_that_would_push_them_out(push):
+    model = tiny_hysac()
+    scalars = [model.log_curvature, model.log_text_alpha, model.log_image_alpha, model.logit_scale]
+    optimizer = torch.optim.SGD(scalars, lr=6.0)
+    # one step of 6 in direction `push` on every scalar: alphas from -1.39 to +4.6 / -7.4, log c to +-6,
+    # logit scale to 8.7 / -3.3
+    (-push * sum(scalars)).backward()
+    optimizer.step()
+    before = {name: getattr(model, name).item() for name in ("log_curvature", "log_text_alpha", "logit_scale")}
+    assert (before["log_curvature"] > LOG_C[1]) if push > 0 else (before["log_curvature"] < LOG_C[0])
+    assert (before["logit_scale"] > LOGIT[1]) if push > 0 else (before["logit_scale"] < LOGIT[0])
+    moved = model.clamp_parameters_()
+    expected_c, expected_logit = (LOG_C[1], LOGIT[1]) if push > 0 else (LOG_C[0], LOGIT[0])
+    assert model.log_curvature.item() == pytest.approx(expected_c, abs=1e-6)
+    assert model.logit_scale.item() == pytest.approx(expected_logit, abs=1e-6)
+    if push > 0:  # alpha <= 1: the feature scales never enlarge the features
+        assert model.log_text_alpha.item() == model.log_image_alpha.item() == 0.0
+        assert set(moved) == {"log_curvature", "log_text_alpha", "log_image_alpha", "logit_scale"}
+    else:  # no lower clamp on the alphas
+        assert model.log_text_alpha.item() == pytest.approx(math.log(0.25) - 6.0, abs=1e-5)
+        assert set(moved) == {"log_curvature", "logit_scale"}
+    assert moved["logit_scale"] == pytest.approx((before["logit_scale"], expected_logit), abs=1e-6)
+    assert model.clamp_parameters_() == {}  # idempotent
+
+
+def test_initial_values_as_released_and_bad_ones_refused():
+    model = tiny_hysac()  # embed_dim 16 here; 768 for ViT-L: log alpha = ln(768^-1/2) = -3.323
+    assert model.log_text_alpha.item() == pytest.approx(-0.5 * math.log(16))
+    assert model.logit_scale.item() == pytest.approx(LOGIT[0]) and model.log_curvature.item() == 0.0
+    assert model.parameter_bounds()["logit_scale"] == pytest.approx(LOGIT)
+    with pytest.raises(ValueError, match="logit_scale_init 5"):
+        tiny_hysac(logit_scale_init=5.0)
+    with pytest.raises(ValueError, match="alpha_init 2"):
+        tiny_hysac(alpha_init=2.0)
+    with torch.no_grad():
+        model.logit_scale.fill_(float("nan"))
+        model.log_curvature.fill_(9.0)
+    with pytest.raises(ValueError, match="non-finite"):
+        model.clamp_parameters_()
+    assert model.log_curvature.item() == 9.0  # validated before anything was changed
+
+
+def test_loading_checks_the_clamps(tmp_path, caplog):
+    text, vision = peft_towers()
+    out_of_range = {**RELEASE_SCALARS, "textual_alpha": 2.0, "logit_scale": 150.0}
+    release = _write_release(tmp_path / "release", release_state(text, vision, scalars=out_of_range))
+    base = tiny_base_folder(tmp_path / "base")
+    with caplog.at_level(logging.WARNING, logger="safe_encoders"):
+        model = HySAC.from_pretrained(release, base_model=str(base), lora_alpha=2.0, load_processors=False)
+    assert "outside the training clamps" in caplog.text and "log_text_alpha" in caplog.text
+    assert model.log_text_alpha.item() == 0.0 and model.logit_scale.item() == pytest.approx(LOGIT[1])
+    assert model.log_image_alpha.item() == pytest.approx(math.log(0.25))  # in range: untouched
+    bad = release_state(text, vision, scalars={**RELEASE_SCALARS, "curv": float("nan")})
+    with pytest.raises(CorruptCheckpointError, match=r"curv is nan|non-finite"):
+        HySAC.from_pretrained(_write_release(tmp_path / "nan", bad), base_model=str(base), load_processors=False)
+
+
 def test_similarity_and_logits_are_scaled_negative_distances():
     model = tiny_hysac()
     input_ids, pixel_values = sample_inputs()
@@ -270,20 +331,44 @@ def _cache_base(cache, seed=0):
     write_hub_cache(cache, "tiny/clip", {n: base / n for n in ("config.json", "model.safetensors")})
 
 
-def test_release_from_the_hub_cache_by_id_and_registry_name(tmp_path):
+@pytest.mark.parametrize("cached_as", ["aimagelab/HySAC", "aimagelab/hysac"])
+def test_release_from_the_hub_cache_by_id_and_registry_name(tmp_path, monkeypatch, cached_as):
+    """Either spelling in the cache (the authors' code fills models--aimagelab--HySAC) is found offline,
+    whichever spelling the user writes; HF_HUB_CACHE (huggingface_hub's default) as a user sets it."""
+    from huggingface_hub import constants
+
     cache = tmp_path / "cache"
     text, vision = peft_towers()
     release = _write_release(tmp_path / "release", release_state(text, vision))
-    write_hub_cache(cache, "aimagelab/hysac", {n: release / n for n in ("hysac_model.pth", "hysac_bounds.json")})
+    write_hub_cache(cache, cached_as, {n: release / n for n in ("hysac_model.pth", "hysac_bounds.json")})
     _cache_base(cache)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     input_ids, pixel_values = sample_inputs()
     expected_text, _ = expected_points(text, vision, input_ids, pixel_values)
-    for source in ("aimagelab/hysac", "hysac", "hf-hub:aimagelab/HySAC"):
-        model = HySAC.from_pretrained(source, base_model="tiny/clip", lora_alpha=2.0, cache_dir=cache)
+    for source in ("aimagelab/hysac", "aimagelab/HySAC", "hysac", "hf-hub:aimagelab/HySAC"):
+        model = HySAC.from_pretrained(source, base_model="tiny/clip", lora_alpha=2.0)
         with torch.no_grad():
             assert torch.allclose(model.encode_text(input_ids), expected_text, atol=1e-5)
         assert model.bounds.threshold("image") == 0.7
         assert model.tokenizer is None and model.image_processor is None  # none in the cache: skipped quietly
+
+
+def test_hub_spelling_keeps_the_users_spelling(tmp_path):
+    from safe_encoders.registry import get_checkpoint, hub_spelling
+
+    entry = get_checkpoint("aimagelab/hysac")
+    assert entry is get_checkpoint("aimagelab/HySAC") is get_checkpoint("hysac")
+    empty = tmp_path / "empty"
+    assert hub_spelling(entry, "aimagelab/hysac", empty) == "aimagelab/hysac"  # nothing cached: as written
+    assert hub_spelling(entry, "hf-hub:aimagelab/HySAC", empty) == "aimagelab/HySAC"
+    assert hub_spelling(entry, "hysac", empty) == "aimagelab/HySAC"  # the authors' link
+    both = tmp_path / "both"
+    for name in ("models--aimagelab--HySAC", "models--aimagelab--hysac"):
+        (both / name).mkdir(parents=True)
+    assert hub_spelling(entry, "aimagelab/hysac", both) == "aimagelab/hysac"
+    assert hub_spelling(entry, "aimagelab/HySAC", both) == "aimagelab/HySAC"
+    (both / "models--aimagelab--HySAC").rmdir()
+    assert hub_spelling(entry, "aimagelab/HySAC", both) == "aimagelab/hysac"  # the cached spelling
 
 
 def test_our_export_from_the_hub_cache(tmp_path):

@@ -24,7 +24,14 @@ def local_ray():
     env = {"PYTHONPATH": path, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     # Two model actors of one CPU each, plus logical CPUs for Ray Data's read and write tasks: with only two,
     # the actors would hold both and the read task would wait for ever.
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    # Loopback only: the test cluster talks to nothing but this machine.
+    ray.init(
+        num_cpus=4,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": env},
+        _node_ip_address="127.0.0.1",
+    )
     yield
     ray.shutdown()
 

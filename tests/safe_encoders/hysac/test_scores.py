@@ -11,8 +11,10 @@ from safe_encoders.hysac import (
     calibrate_threshold,
     compute_bounds,
     lorentz,
+    release_tau,
     retrieve,
     top_k,
+    traverse_as_released,
     traverse_to_safe,
     unsafe_score,
 )
@@ -164,8 +166,52 @@ def test_traversal_strength_margin_and_per_point_boundaries():
 def test_model_traverse_uses_the_modality_boundary():
     model = tiny_hysac(bounds=HySACBounds.from_dict({"S": {"up_95": 0.3}, "V": {"up_95": 0.6}}))
     x, _, _ = _points()
-    assert torch.allclose(lorentz.root_distance(model.traverse(x, "text"), 1.0).max(), torch.tensor(0.3), atol=1e-5)
-    assert torch.allclose(lorentz.root_distance(model.traverse(x, "image"), 1.0).max(), torch.tensor(0.6), atol=1e-5)
+    for modality, bound in (("text", 0.3), ("image", 0.6)):
+        geodesic = model.traverse(x, modality, method="geodesic")
+        assert torch.allclose(lorentz.root_distance(geodesic, 1.0).max(), torch.tensor(bound), atol=1e-5)
+    # the release (default): c = 1, tau = up95 + tanh(up95 - 0.8) + 1, by hand
+    with torch.no_grad():
+        text, image = model.traverse(x, "text"), model.traverse(x, "image")
+    tau_text, tau_image = 1.3 - 0.46211716, 1.6 - 0.19737532  # tanh(-0.5), tanh(-0.2)
+    norms = torch.linalg.vector_norm(x, dim=-1)
+    # root distances 0.2 .. 4.0: text moves the last four (> 0.8379), image the last three (> 1.4026)
+    assert torch.equal(text[:2], x[:2]) and torch.equal(image[:3], x[:3])
+    assert torch.allclose(torch.linalg.vector_norm(text[2:], dim=-1), torch.full((4,), tau_text), atol=1e-6)
+    assert torch.allclose(torch.linalg.vector_norm(image[3:], dim=-1), torch.full((3,), tau_image), atol=1e-6)
+    assert torch.allclose(text[2:] / tau_text, x[2:] / norms[2:, None], atol=1e-6)  # direction kept
+    with pytest.raises(ValueError, match="no strength or margin"):
+        model.traverse(x, "text", strength=0.5)
+    with pytest.raises(ValueError, match="unknown traversal 'nope'"):
+        model.traverse(x, "text", method="nope")
+
+
+# up95 = 1: tau = 2 + tanh(0.2 / c); tanh(0.4) = 0.3799489623 (c = 0.5), tanh(0.1) = 0.0996679946 (c = 2)
+RELEASE_CASES = {
+    # c: (tau, outside point (root distance > tau), inside point with |x| > tau but root distance < tau)
+    0.5: (2.3799489623, (3.0, 4.0), (0.0, 2.5)),  # root distances 2.808 and 1.871
+    2.0: (2.0996679946, (6.0, 8.0), (3.0, 4.0)),  # root distances 2.364 and 1.877
+}
+
+
+@pytest.mark.parametrize("c", sorted(RELEASE_CASES))
+def test_released_traversal_by_hand(c):
+    tau, outside, inside = RELEASE_CASES[c]
+    assert release_tau(1.0, c).item() == pytest.approx(tau, abs=1e-9)
+    x = torch.tensor([outside, inside], dtype=torch.float64)
+    out = traverse_as_released(x, c, 1.0)
+    n = math.hypot(*outside)
+    # the outside point's space components are rescaled to Euclidean norm tau; the inside one is untouched
+    assert out[0].tolist() == pytest.approx([tau * outside[0] / n, tau * outside[1] / n], abs=1e-9)
+    assert torch.equal(out[1], x[1])
+    # so its root distance is asinh(sqrt(c) tau) / sqrt(c), not tau (the geodesic traversal would give tau)
+    assert lorentz.root_distance(out[:1], c).item() == pytest.approx(math.asinh(math.sqrt(c) * tau) / math.sqrt(c))
+    # batched = one query at a time (as the release runs it), also with a per-row bound
+    rows = torch.cat([traverse_as_released(x[i : i + 1], c, 1.0) for i in range(2)])
+    assert torch.equal(out, rows)
+    per_row = traverse_as_released(x, c, torch.tensor([1.0, 0.0], dtype=torch.float64))
+    tau_low = 0.0 + math.tanh(-0.8 / c) + 1  # the inside point is beyond the smaller tau of bound 0
+    assert torch.linalg.vector_norm(per_row[1]).item() == pytest.approx(tau_low, abs=1e-9)
+    assert torch.equal(per_row[0], out[0])
 
 
 def test_top_k_matches_a_full_sort_in_chunks():

@@ -49,7 +49,7 @@ def test_augmented_inner_product_is_the_lorentz_inner_product():
         assert np.allclose(ip, lorentz.pairwise_inner(x, y, c).numpy(), rtol=1e-5)
 
 
-@pytest.mark.parametrize("index_type", ["flat", "hnsw"])
+@pytest.mark.parametrize("index_type", ["flat", "ivf"])
 def test_keep_and_filter_by_hand(index_type):
     index = hand_index(index_type=index_type)
     query = ray_point(0, 6.0)[None]  # the "far" item itself
@@ -137,3 +137,13 @@ def test_index_refuses_bad_input():
         LorentzIndex(torch.zeros(1, 2), ["a", "b"], ["text"], [False], curvature=1.0)
     with pytest.raises(SearchError, match=r"queries must be \(Q, 3\)"):
         hand_index().search(torch.zeros(1, 2))
+
+
+def test_without_faiss_the_error_names_the_extra(monkeypatch):
+    import sys
+
+    from safe_encoders.extras import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # as if faiss were not installed
+    with pytest.raises(MissingExtraError, match=r"search needs the 'faiss' package.*install 'safe-encoders\[scan\]'"):
+        hand_index()

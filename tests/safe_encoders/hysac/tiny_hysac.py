@@ -39,7 +39,7 @@ def peft_towers(seed: int = 0, *, rank: int = 4, lora_alpha: float = 2.0):
     return text.eval(), vision.eval()
 
 
-RELEASE_SCALARS = {"curv": 0.8, "textual_alpha": 0.5, "visual_alpha": 0.25, "logit_scale": 2.0}
+RELEASE_SCALARS = {"curv": 0.8, "textual_alpha": 0.5, "visual_alpha": 0.25, "logit_scale": 20.0}
 
 
 def release_state(text, vision, *, prefixes=("textual.", "visual."), scalars=None) -> dict[str, torch.Tensor]:

@@ -1,0 +1,203 @@
+"""``python -m eval attack``: how a condition holds against adversarial prompt sets (attack success rate).
+
+Each ``--attack-set NAME=PATH`` (a preset of :data:`eval.attacks.ATTACK_PRESETS`, or ``NAME:CONCEPT=PATH``) is
+read with its layout, generated under the conditions through the harness's runner (store ``OUT/attack/``,
+sharding, resume), labelled by the classifiers its rule needs, and scored: ``OUT/attack.{csv,md,tex}`` holds the
+attack success rate per set and condition. Sets accumulate in the store: a later command with other sets adds
+columns to the same table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eval.attacks import (
+    META_KEY,
+    ASRRow,
+    AttackSet,
+    ColumnOverrides,
+    asr_from_store,
+    load_attack_set,
+    missing_labels,
+    union_rule,
+    write_asr_report,
+)
+from eval.classifiers import ClassifierOptions, registered_classifiers
+from eval.errors import EvalError, StoreError
+from eval.prompts import PromptSet
+from eval.runs import condition_names, run_prompt_set
+from eval.store import ResultsStore
+from eval.t2i import T2IConfig
+
+logger = logging.getLogger("safe_encoders.eval")
+
+STORE_DIR = "attack"
+
+
+@dataclass(kw_only=True)
+class AttackConfig(ClassifierOptions):
+    """Everything ``eval attack`` needs (the command line's options). ``rule``: empty for each set's own."""
+
+    model: str
+    attack_sets: list[str]
+    conditions: list[str]
+    out: Path
+    columns: ColumnOverrides = field(default_factory=ColumnOverrides)
+    images_per_prompt: int = 1
+    safe_checkpoint: str = "auto"
+    unet: str | None = None
+    limit: int | None = None
+    """First N prompts of each set."""
+    steps: int = 50
+    guidance: float | None = None
+    size: int | None = None
+    batch_size: int = 4
+    dtype: str | None = None
+    device: str | None = None
+    progress: bool = True
+    hub_kwargs: dict[str, Any] = field(default_factory=dict)
+    rule: tuple[str, ...] = ()
+
+    def t2i_config(self, rule: tuple[str, ...]) -> T2IConfig:
+        return T2IConfig(
+            model=self.model,
+            prompts=",".join(self.attack_sets),
+            conditions=list(self.conditions),
+            out=Path(self.out) / STORE_DIR,
+            safe_checkpoint=self.safe_checkpoint,
+            unet=self.unet,
+            images_per_prompt=self.images_per_prompt,
+            steps=self.steps,
+            guidance=self.guidance,
+            height=self.size,
+            width=self.size,
+            batch_size=self.batch_size,
+            dtype=self.dtype,
+            device=self.device,
+            reference=None,
+            progress=self.progress,
+            hub_kwargs=self.hub_kwargs,
+            q16_model=self.q16_model,
+            q16_prompts=self.q16_prompts,
+            nudenet_threshold=self.nudenet_threshold,
+            nudenet_labels=self.nudenet_labels,
+            classify_batch_size=self.classify_batch_size,
+            rule=rule,
+        )
+
+
+def load_sets(cfg: AttackConfig) -> list[AttackSet]:
+    """The attack sets of the command, read and checked (distinct names; ``--rule`` applied; ``--limit`` each)."""
+    if not cfg.attack_sets:
+        raise EvalError("eval attack needs at least one --attack-set NAME=PATH")
+    unknown = sorted(set(cfg.rule) - set(registered_classifiers()))
+    if unknown:
+        raise EvalError(f"--rule: unknown classifier(s) {unknown}; registered: {sorted(registered_classifiers())}")
+    sets = []
+    for spec in cfg.attack_sets:
+        s = load_attack_set(spec, cfg.columns)
+        prompts = s.prompts.limit(cfg.limit) if s.prompts is not None else None
+        s = dataclasses.replace(s, prompts=prompts, n_prompts=len(prompts or ()), rule=cfg.rule or s.rule)
+        sets.append(s)
+    names = [s.name for s in sets]
+    if len(set(names)) != len(names):
+        raise EvalError(f"--attack-set names must be distinct, got {names}")
+    return sets
+
+
+def record_sets(store: ResultsStore, sets: list[AttackSet]) -> None:
+    """Add the sets to the store's list; a name already there must mean the same file, columns and rule."""
+    recorded = {s["name"]: s for s in store.get_meta(META_KEY) or []}
+    for s in sets:
+        new = s.record()
+        old = recorded.get(s.name)
+        same = old is not None and {k: v for k, v in old.items() if k != "n_prompts"} == {
+            k: v for k, v in new.items() if k != "n_prompts"
+        }
+        if old is not None and not same:
+            diff = {k: (old.get(k), new.get(k)) for k in new if old.get(k) != new.get(k) and k != "n_prompts"}
+            raise StoreError(
+                f"{store.root} already holds attack set {s.name!r} read otherwise (stored vs asked: {diff}); "
+                "use another --out or another set name (NAME:CONCEPT=PATH)"
+            )
+        recorded[s.name] = new
+    store.set_meta(META_KEY, list(recorded.values()))
+
+
+def run_attacks(cfg: AttackConfig, *, shard: tuple[int, int] | None = None) -> list[ASRRow] | None:
+    """Generate, label and score every set; returns the ASR rows (main process, run complete), else None."""
+    condition_names(cfg.conditions)
+    sets = load_sets(cfg)
+    prompts = PromptSet("attack", tuple(p for s in sets for p in s.prompts or ()))
+    t2i = cfg.t2i_config(union_rule(sets))
+    with ResultsStore(t2i.out) as store:
+        record_sets(store, sets)
+    run = run_prompt_set(t2i, prompts, shard=shard)
+    if not run.is_main:
+        return None
+    if not run.complete:
+        logger.warning("the attack run is not complete yet (other shards still working?); no table written")
+        return None
+    missing = missing_labels(run.store)
+    if missing:
+        logger.warning("%d images of earlier attack sets lack a label of their rule and are left out", missing)
+    rows = asr_from_store(run.store)
+    write_asr_report(rows, cfg.out)
+    from eval.report import refresh_report_md
+
+    refresh_report_md(cfg.out)
+    return rows
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """The ``attack`` subcommand of ``python -m eval``."""
+    from eval.attacks import ATTACK_PRESETS, CONCEPT_RULES
+    from eval.cli import add_classifier_options
+    from eval.runs import add_generation_options, positive_int
+
+    p = sub.add_parser("attack", help="attack success rate of adversarial prompt sets (Ring-A-Bell, P4D ...)")
+    add_generation_options(p, default_conditions="sd,sd+safe")
+    p.add_argument(
+        "--attack-set",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help=f"repeatable; NAME a preset ({', '.join(ATTACK_PRESETS)}) or NAME:CONCEPT=PATH for any set "
+        f"(CONCEPT in {', '.join(CONCEPT_RULES)})",
+    )
+    p.add_argument("--prompt-column", default=None, help="prompt column (default: the preset's / the usual ones)")
+    p.add_argument("--id-column", default=None, help="id column; repeated ids are numbered 17, 17#2, ...")
+    p.add_argument("--seed-column", default=None, help="per-prompt seed column (default: evaluation_seed, seed...)")
+    p.add_argument("--guidance-column", default=None, help="per-prompt guidance column")
+    p.add_argument("--images-per-prompt", type=positive_int, default=1)
+    add_classifier_options(p)
+    # Each set is judged by its concept's rule; --rule overrides it for every set of the command.
+    p.set_defaults(rule="")
+    return p
+
+
+def command(args: argparse.Namespace) -> int:
+    """Run ``python -m eval attack`` from parsed arguments."""
+    from eval.cli import classifier_options
+    from eval.runs import generation_kwargs
+
+    options = classifier_options(args)
+    cfg = AttackConfig(
+        **generation_kwargs(args),
+        **options,
+        attack_sets=list(args.attack_set),
+        columns=ColumnOverrides(args.prompt_column, args.id_column, args.seed_column, args.guidance_column),
+        images_per_prompt=args.images_per_prompt,
+    )
+    rows = run_attacks(cfg, shard=args.shard)
+    if rows is not None:
+        print((Path(args.out) / "attack.md").read_text(encoding="utf-8"))
+    return 0

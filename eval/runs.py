@@ -1,0 +1,138 @@
+"""Generate a prompt set under ``eval t2i`` conditions with the harness's own runner (store, placement, sharding,
+resume), for the commands that bring their own prompts: ``eval quality`` (captions) and ``eval attack``
+(adversarial prompt sets)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from eval.conditions import parse_conditions
+from eval.errors import ConditionError
+from eval.generation import GenerationRunner
+from eval.placement import Placement, run_provenance
+from eval.prompts import PromptSet
+from eval.store import ResultsStore
+from eval.t2i import T2IConfig, T2IProvider
+
+
+@dataclass
+class PromptSetRun:
+    """The outcome of :func:`run_prompt_set` in this process."""
+
+    store: ResultsStore
+    placement: Placement
+    is_main: bool
+    complete: bool
+
+
+def run_prompt_set(config: T2IConfig, prompts: PromptSet, *, shard: tuple[int, int] | None = None) -> PromptSetRun:
+    """Generate every image of ``prompts`` x ``config.conditions`` (``config.images_per_prompt`` each) into the
+    store at ``config.out`` with :class:`~eval.generation.GenerationRunner` and ``eval t2i``'s provider, label
+    them with ``config.rule`` (nothing to label when the rule is empty), and wait for the other processes.
+    ``complete`` tells (in the main process) whether every image of the run is stored and labelled."""
+    conditions = parse_conditions(config.conditions)
+    if any(c.unet for c in conditions) and not config.unet:
+        raise ConditionError("a '+unet' condition needs --unet (a diffusers UNet folder, Hub id or .safetensors)")
+    if config.images_per_prompt < 1 or config.steps < 1 or config.batch_size < 1:
+        raise ConditionError("images per prompt, steps and batch size must all be >= 1")
+    placement = Placement.resolve(shard, device=config.device, dtype=config.dtype)
+    prompts = prompts.limit(config.limit)
+    store = ResultsStore(config.out)
+    runner = GenerationRunner(T2IProvider(config, conditions, prompts, placement, store), store, placement, config)
+    if placement.shard_index == 0:
+        cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k != "hub_kwargs"}
+        provenance = run_provenance()
+        store.set_meta("provenance", provenance)
+        store.set_meta("runs", [*store.get_meta("runs", []), {**provenance, "config": cfg}])
+    if config.rule:
+        is_main = runner.generate_and_classify()
+    else:
+        runner.generate()
+        runner.release_generators()
+        is_main = placement.wait_then_is_main()
+    complete = False
+    if is_main:
+        done = store.done_keys()
+        complete = runner.complete() if config.rule else all(w.key in done for w in runner.provider.items())
+    return PromptSetRun(store, placement, is_main, complete)
+
+
+def condition_names(conditions: Sequence[str]) -> list[str]:
+    """The canonical names of ``eval t2i`` conditions (``"SD+Safe"`` -> ``"sd+safe"``), validated."""
+    return [c.name for c in parse_conditions(list(conditions))]
+
+
+# --------------------------------------------------------------------------- command-line options
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
+def add_generation_options(p: argparse.ArgumentParser, *, default_conditions: str) -> None:
+    """The options of ``eval t2i`` that say how images are made: model, conditions, sampling, placement, output."""
+    from eval.cli import add_placement_options
+    from eval.conditions import BASE_CONDITIONS
+
+    p.add_argument("--model", required=True, help="diffusers SD pipeline: Hub id or local folder")
+    p.add_argument(
+        "--conditions",
+        default=default_conditions,
+        help=f"comma-separated, from {', '.join(BASE_CONDITIONS)}, each optionally +safe / +unet",
+    )
+    p.add_argument("--safe-checkpoint", default="auto", help="anything safe_encoders.make_safe accepts")
+    p.add_argument("--unet", default=None, help="UNet override for '+unet' conditions (folder, Hub id, file)")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N prompts only")
+    p.add_argument("--steps", type=positive_int, default=50)
+    p.add_argument(
+        "--guidance", type=positive_float, default=None, help="guidance scale; default: the file's own, else 7.5"
+    )
+    p.add_argument("--size", type=positive_int, default=None, help="image height and width; default: the model's")
+    p.add_argument("--batch-size", type=positive_int, default=4)
+    add_placement_options(p)
+    p.add_argument("--out", required=True, type=Path, help="output folder (resumed if it holds a run)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """What :func:`add_generation_options` parsed, as keyword arguments of the commands' configs."""
+    from eval.cli import comma_list
+
+    return {
+        "model": args.model,
+        "conditions": comma_list(args.conditions),
+        "out": args.out,
+        "safe_checkpoint": args.safe_checkpoint,
+        "unet": args.unet,
+        "limit": args.limit,
+        "steps": args.steps,
+        "guidance": args.guidance,
+        "size": args.size,
+        "batch_size": args.batch_size,
+        "dtype": args.dtype,
+        "device": args.device,
+        "progress": not args.no_progress,
+    }

@@ -1,0 +1,184 @@
+"""The training methods as data: what the loop, the commands and the export need to know of each.
+
+Each :class:`Method` says how to build its model (from the base encoders), its loss, whether it needs
+the frozen reference embeddings, what to do after an optimizer step, how validation ranks retrieval
+and how to export. ``train.loop`` and ``python -m train`` look the method up in :data:`METHODS` (by
+``TrainConfig.method``) and never ask which one it is. Adding a method is adding an entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from train.config import TrainConfig
+from train.model import HySACTrainModel, SafeClipModel
+
+References = Callable[[dict[str, Any]], tuple[torch.Tensor, torch.Tensor]]
+Similarity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ValidationData:
+    """The validation set a method's export may need (HySAC's bounds come from it)."""
+
+    dataset: Any
+    collate_fn: Callable[[list[Any]], dict[str, Any]]
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Method:
+    """One training method; see the module docstring."""
+
+    name: str
+    title: str
+    """How people write it (messages, tables)."""
+    model_class: type[SafeClipModel]
+    build: Callable[[TrainConfig, Any, Any, Any, Any], SafeClipModel]
+    """``(cfg, text, vision, tokenizer, image_processor) -> model`` around the base encoders."""
+    loss: Callable[[TrainConfig, SafeClipModel, dict[str, torch.Tensor], dict[str, Any], References | None], Any]
+    """``(cfg, model, embeddings, batch, references) -> (total, unweighted terms)``."""
+    needs_references: bool
+    """Whether the loss compares with the frozen model's embeddings (cached or live)."""
+    after_step: Callable[[SafeClipModel], None]
+    """Called after every optimizer step (e.g. clamping learned scalars)."""
+    similarity: Callable[[SafeClipModel], Similarity | None]
+    """What validation ranks retrieval by (None: cosine)."""
+    export: Callable[[SafeClipModel, Path, TrainConfig, ValidationData | None, str | None], str]
+    """``(model, out, cfg, validation, data_description) -> a summary``; folds the adapters in (once, at the end)."""
+    export_needs_validation: bool = False
+    export_after_training: bool = False
+    """Whether its training command exports right away (to ``OUTPUT_DIR/<name>_export`` by default)."""
+    hub_upload: bool = False
+    """Whether ``train export --push-to-hub`` can upload its export (with its model card)."""
+
+
+# ---------------------------------------------------------------------------- Safe-CLIP
+
+
+def _safe_clip_build(cfg: TrainConfig, text: Any, vision: Any, tokenizer: Any, image_processor: Any) -> SafeClipModel:
+    return SafeClipModel(text, vision, cfg.lora)
+
+
+def _safe_clip_loss(
+    cfg: TrainConfig,
+    model: SafeClipModel,
+    emb: dict[str, torch.Tensor],
+    batch: dict[str, Any],
+    references: References | None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    from train.losses import safe_clip_loss
+
+    assert references is not None
+    ref_text, ref_image = references(batch)
+    return safe_clip_loss(
+        **emb,
+        ref_text_safe=ref_text,
+        ref_image_safe=ref_image,
+        weights=cfg.loss.safe_clip_weights(),
+        logit_scale=cfg.loss.logit_scale,
+    )
+
+
+def _safe_clip_export(
+    model: SafeClipModel, out: Path, cfg: TrainConfig, validation: ValidationData | None, description: str | None
+) -> str:
+    from train.export import export_safe_clip
+
+    paths = export_safe_clip(model, out, base_model=cfg.base_model, config=cfg, data_description=description)
+    return "\n".join(f"{kind}: {path}" for kind, path in paths.items())
+
+
+# ---------------------------------------------------------------------------- HySAC
+
+
+def _hysac_build(cfg: TrainConfig, text: Any, vision: Any, tokenizer: Any, image_processor: Any) -> SafeClipModel:
+    processors = {"tokenizer": tokenizer, "image_processor": image_processor}
+    return HySACTrainModel(text, vision, cfg.lora, cfg.hysac, base_model=cfg.base_model, **processors)
+
+
+def _hysac_loss(
+    cfg: TrainConfig,
+    model: SafeClipModel,
+    emb: dict[str, torch.Tensor],
+    batch: dict[str, Any],
+    references: References | None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    assert isinstance(model, HySACTrainModel)
+    return model.loss(emb, cfg.hysac.hysac_weights())
+
+
+def _hysac_after_step(model: SafeClipModel) -> None:
+    assert isinstance(model, HySACTrainModel)
+    model.clamp_parameters_()
+
+
+def _hysac_similarity(model: SafeClipModel) -> Similarity:
+    assert isinstance(model, HySACTrainModel)
+    return model.similarity
+
+
+def _hysac_export(
+    model: SafeClipModel, out: Path, cfg: TrainConfig, validation: ValidationData | None, description: str | None
+) -> str:
+    from train.hysac_export import export_hysac, validation_bounds
+
+    assert isinstance(model, HySACTrainModel) and validation is not None
+    bounds = validation_bounds(model, validation.dataset, validation.collate_fn, validation.batch_size)
+    folder = export_hysac(model, out, bounds=bounds, config=cfg, data_description=description)
+    return (
+        f"text / image thresholds {bounds.threshold('text'):.4f} / {bounds.threshold('image'):.4f}; "
+        f"HySAC saved to {folder}"
+    )
+
+
+METHODS: dict[str, Method] = {
+    "safe-clip": Method(
+        name="safe-clip",
+        title="Safe-CLIP",
+        model_class=SafeClipModel,
+        build=_safe_clip_build,
+        loss=_safe_clip_loss,
+        needs_references=True,
+        after_step=lambda model: None,
+        similarity=lambda model: None,
+        export=_safe_clip_export,
+        hub_upload=True,
+    ),
+    "hysac": Method(
+        name="hysac",
+        title="HySAC",
+        model_class=HySACTrainModel,
+        build=_hysac_build,
+        loss=_hysac_loss,
+        needs_references=False,
+        after_step=_hysac_after_step,
+        similarity=_hysac_similarity,
+        export=_hysac_export,
+        export_needs_validation=True,
+        export_after_training=True,
+    ),
+}
+
+
+def method_of(cfg: TrainConfig) -> Method:
+    """The method ``cfg.method`` names."""
+    try:
+        return METHODS[cfg.method]
+    except KeyError:
+        raise ValueError(f"method must be one of {list(METHODS)}, got {cfg.method!r}") from None
+
+
+def check_model(method: Method, model: SafeClipModel) -> None:
+    """TypeError unless ``model`` is the method's model (most specific class: a HySAC model is no Safe-CLIP one)."""
+    fits = [m for m in METHODS.values() if isinstance(model, m.model_class)]
+    best = max(fits, key=lambda m: len(m.model_class.__mro__), default=None)
+    if best is not method:
+        trains = [f"{m.name} trains a {m.model_class.__module__}.{m.model_class.__name__}" for m in METHODS.values()]
+        name = type(model).__name__
+        raise TypeError(f"method {method.name!r} does not match the model ({name}); {'; '.join(trains)}")
