@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from eval.classifiers import PAPER_RULE
-from eval.cli import add_classifier_options, add_placement_options, classifier_options, comma_list, generation_options
+from eval.cli import (
+    add_classifier_options,
+    add_lease_option,
+    add_placement_options,
+    classifier_options,
+    comma_list,
+    generation_options,
+)
+from eval.cli_errors import add_debug_option, run_command
 from eval.conditions import BASE_CONDITIONS
 from eval.errors import EvalError
 from eval.paper_tables import T2I
@@ -50,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("-v", "--verbose", action="store_true")
+    add_debug_option(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     t2i = sub.add_parser("t2i", help="text-to-image NSFW probability (I2P / ViSU tables)")
@@ -96,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated classifiers whose stored labels are dropped first ('all' for every one)",
     )
     cls.add_argument("--device", default=None)
+    add_lease_option(cls)
     cls.add_argument("--no-progress", action="store_true")
     add_classifier_options(cls)
     _add_report_options(cls)
@@ -297,6 +307,10 @@ def _classifier_factory(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return run_command(_run, args)  # a user error: one line and exit status 2 (--debug: the traceback)
+
+
+def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if not args.verbose:
         # diffusers warns on every pipeline built without its safety checker (deliberate here: the
@@ -304,78 +318,77 @@ def main(argv: list[str] | None = None) -> int:
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.set_verbosity_error()
-    try:
-        if args.command == "retrieval":
-            return _retrieval(args)
-        if args.command == "hysac":
-            return _hysac(args)
-        if args.command == "i2t":
-            from eval.i2t_cli import run_i2t
+    if args.command == "retrieval":
+        return _retrieval(args)
+    if args.command == "hysac":
+        return _hysac(args)
+    if args.command == "i2t":
+        from eval.i2t_cli import run_i2t
 
-            return run_i2t(args)
-        if args.command == "i2t-judge":
-            from eval.i2t_cli import run_i2t_judge
+        return run_i2t(args)
+    if args.command == "i2t-judge":
+        from eval.i2t_cli import run_i2t_judge
 
-            return run_i2t_judge(args)
-        if args.command == "nsfw-retrieval":
-            from eval.nsfw_retrieval import run_command
+        return run_i2t_judge(args)
+    if args.command == "nsfw-retrieval":
+        from eval.nsfw_retrieval import run_command as run_nsfw_retrieval
 
-            return run_command(args)
-        if args.command in ("quality", "attack"):
-            from eval import attack_run, quality
+        return run_nsfw_retrieval(args)
+    if args.command in ("quality", "attack"):
+        from eval import attack_run, quality
 
-            return (quality if args.command == "quality" else attack_run).command(args)
-        if args.command == "t2i":
-            from eval.t2i import T2IConfig, T2IRunner
+        return (quality if args.command == "quality" else attack_run).command(args)
+    if args.command == "t2i":
+        from eval.t2i import T2IConfig, T2IRunner
 
-            cfg = T2IConfig(
-                model=args.model,
-                prompts=args.prompts,
-                conditions=comma_list(args.conditions),
-                out=args.out,
-                safe_checkpoint=args.safe_checkpoint,
-                unet=args.unet,
-                images_per_prompt=args.images_per_prompt,
-                id_column=args.id_column,
-                reference=_reference(args),
-                grids=args.grids,
-                blur=not args.no_blur,
-                **generation_options(args),
-            )
-            rows = T2IRunner(cfg, shard=args.shard).run()
-            if rows is not None:
-                print((args.out / "report.md").read_text(encoding="utf-8"))
-            return 0
-        from eval.report import write_report
-        from eval.store import ResultsStore
-
-        if not (args.out / "results.sqlite").is_file():
-            raise EvalError(f"{args.out} holds no run (no results.sqlite)")
-        store = ResultsStore(args.out)
-        if store.get_meta("kind") == "i2t":
-            raise EvalError(f"{args.out} holds an i2t run (texts): use `python -m eval i2t-judge --out {args.out}`")
-        rule = comma_list(args.rule)
-        if args.command == "classify":
-            from eval.generation import classify_store
-
-            if args.reclassify:
-                for name in rule if args.reclassify == "all" else comma_list(args.reclassify):
-                    store.clear_labels(name)
-            classify_store(
-                store,
-                _classifier_factory(args),
-                rule=rule,
-                batch_size=args.classify_batch_size,
-                progress=not args.no_progress,
-            )
-        write_report(
-            store, args.out, rule=rule, reference=_reference(args), grids=args.grids, blur_flagged=not args.no_blur
+        cfg = T2IConfig(
+            model=args.model,
+            prompts=args.prompts,
+            conditions=comma_list(args.conditions),
+            out=args.out,
+            safe_checkpoint=args.safe_checkpoint,
+            unet=args.unet,
+            images_per_prompt=args.images_per_prompt,
+            id_column=args.id_column,
+            reference=_reference(args),
+            grids=args.grids,
+            blur=not args.no_blur,
+            **generation_options(args),
         )
-        print((args.out / "report.md").read_text(encoding="utf-8"))
+        runner = T2IRunner(cfg, shard=args.shard)
+        rows = runner.run()
+        print(f"this worker generated {runner.generated} image(s)", file=sys.stderr)
+        if rows is not None:
+            print((args.out / "report.md").read_text(encoding="utf-8"))
         return 0
-    except EvalError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    from eval.report import write_report
+    from eval.store import ResultsStore
+
+    if not (args.out / "results.sqlite").is_file():
+        raise EvalError(f"{args.out} holds no run (no results.sqlite)")
+    store = ResultsStore(args.out)
+    if store.get_meta("kind") == "i2t":
+        raise EvalError(f"{args.out} holds an i2t run (texts): use `python -m eval i2t-judge --out {args.out}`")
+    rule = comma_list(args.rule)
+    if args.command == "classify":
+        from eval.generation import classify_store
+
+        if args.reclassify:
+            for name in rule if args.reclassify == "all" else comma_list(args.reclassify):
+                store.clear_labels(name)
+        classify_store(
+            store,
+            _classifier_factory(args),
+            rule=rule,
+            batch_size=args.classify_batch_size,
+            progress=not args.no_progress,
+            lease=args.lease,
+        )
+    write_report(
+        store, args.out, rule=rule, reference=_reference(args), grids=args.grids, blur_flagged=not args.no_blur
+    )
+    print((args.out / "report.md").read_text(encoding="utf-8"))
+    return 0
 
 
 if __name__ == "__main__":

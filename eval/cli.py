@@ -14,7 +14,8 @@ def comma_list(text: str) -> list[str]:
 
 
 def add_placement_options(p: argparse.ArgumentParser) -> None:
-    """``--dtype``, ``--device`` and ``--shard``: what :meth:`~eval.placement.Placement.resolve` takes."""
+    """``--dtype``, ``--device`` and ``--shard``: what :meth:`~eval.placement.Placement.resolve` takes; and
+    ``--lease`` (workers sharing a folder)."""
     p.add_argument(
         "--dtype",
         default=None,
@@ -27,6 +28,21 @@ def add_placement_options(p: argparse.ArgumentParser) -> None:
         type=parse_shard,
         default=None,
         help="INDEX/COUNT: run one shard by hand (default: one per accelerate process)",
+    )
+    add_lease_option(p)
+
+
+def add_lease_option(p: argparse.ArgumentParser) -> None:
+    """``--lease``: how long a dead worker's claims keep its items from the others (``eval.claims``)."""
+    from eval.claims import DEFAULT_LEASE
+
+    p.add_argument(
+        "--lease",
+        type=float,
+        default=DEFAULT_LEASE,
+        metavar="SECONDS",
+        help="workers on one --out split the work by claims; a dead worker's items are redone after this long "
+        f"(default {DEFAULT_LEASE:g})",
     )
 
 
@@ -68,6 +84,7 @@ def generation_options(args: argparse.Namespace) -> dict[str, Any]:
         "dtype": args.dtype,
         "device": args.device,
         "progress": not args.no_progress,
+        "lease": args.lease,
         **classifier_options(args),
     }
 

@@ -5,7 +5,8 @@ A :class:`GenerationRunner` is built from a :class:`~eval.store.ResultsStore`, a
 provider says what the run is (its conditions, its items, the pipeline and call arguments of each
 batch, what is recorded with each image); the runner owns the phases: generate what is missing,
 free the generators, classify what is unlabelled, and tell whether the whole run is complete. A run
-killed at any point resumes from the store with nothing done twice.
+killed at any point resumes from the store with nothing done twice. Workers started on the same store
+split the work by claims (:mod:`eval.claims`).
 
 Providers: ``eval.t2i.T2IProvider`` (conditions x prompts x seeds) and
 ``train.visu_images.VisuRegenProvider`` (ViSU rows x candidates).
@@ -18,9 +19,10 @@ from typing import Any, Protocol
 
 import torch
 
+from eval.claims import DEFAULT_LEASE, Claims
 from eval.classifiers import PAPER_RULE, ClassifierOptions, classifiers_from_config
 from eval.placement import Placement, free_accelerator_memory, shard_of
-from eval.store import ItemKey, ResultsStore, fully_labelled
+from eval.store import CLASSIFY, GENERATE, ItemKey, ResultsStore, fully_labelled
 
 
 class WorkItem(Protocol):
@@ -87,6 +89,10 @@ def progress_bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, disable=not enabled or total == 0, mininterval=1.0, unit="img")
 
 
+def _key(item: Any) -> ItemKey:
+    return item.key
+
+
 class GenerationRunner:
     """Generates, stores and classifies the work items of ``provider``, resuming whatever the store holds.
 
@@ -112,6 +118,9 @@ class GenerationRunner:
         self.batch_size: int = settings.batch_size  # type: ignore[attr-defined]
         self.classify_batch_size = settings.classify_batch_size
         self.progress: bool = settings.progress  # type: ignore[attr-defined]
+        self.lease: float = getattr(settings, "lease", DEFAULT_LEASE)
+        self.generated = 0
+        """Images this runner's pipelines produced (whether or not another worker stored the same item first)."""
 
     def my_items(self) -> list[Any]:
         """This process's share of the run."""
@@ -140,10 +149,17 @@ class GenerationRunner:
         todo.sort(key=self.provider.order)
         made = 0
         shard = self.placement.label
-        with progress_bar(len(todo), f"{self.provider.label} [{shard}]", self.progress) as bar:
-            for batch in self._batches(todo):
+        with (
+            progress_bar(len(todo), f"{self.provider.label} [{shard}]", self.progress) as bar,
+            Claims(self.store.root, lease=self.lease) as claims,  # other workers on the folder take other items
+        ):
+            for batch in (
+                b for chunk in claims.batches(self.store, GENERATE, todo, _key, self.batch_size)
+                for b in self._batches(chunk)
+            ):  # fmt: skip
                 generators = [torch.Generator("cpu").manual_seed(w.seed) for w in batch]
                 outputs = self._produce(batch, generators)
+                self.generated += len(outputs)
                 for w, output in zip(batch, outputs, strict=True):
                     record = self.provider.record(w)
                     record["extra"] = {"shard": shard, **record.get("extra", {})}
@@ -173,6 +189,7 @@ class GenerationRunner:
             shard=self.placement.shard,
             batch_size=self.classify_batch_size,
             progress=self.progress,
+            lease=self.lease,
         )
 
     def complete(self) -> bool:
@@ -196,12 +213,14 @@ def classify_store(
     shard: tuple[int, int] = (0, 1),
     batch_size: int = 16,
     progress: bool = True,
+    lease: float = DEFAULT_LEASE,
 ) -> int:
     """Label the stored images (of one shard) that lack a label of a classifier in ``rule``; a text item (see
     ``ResultsStore.add_text``) gives the classifier its text (the text judges of ``eval.judges``).
 
+    Workers sharing the store split the images by claims (``eval.claims``; ``lease`` seconds).
     ``make_classifiers`` is called only when there is something to label. Returns the number of
-    images that were classified.
+    images this worker classified.
     """
     index, count = shard
     labels = store.labels()
@@ -212,9 +231,13 @@ def classify_store(
         return 0
     classifiers = [c for c in make_classifiers() if c.name in rule]
     texts = store.texts()
-    with progress_bar(len(todo), f"classify [{index}/{count}]", progress) as bar:
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
+    done = 0
+    with (
+        progress_bar(len(todo), f"classify [{index}/{count}]", progress) as bar,
+        Claims(store.root, lease=lease) as claims,
+    ):
+        for chunk in claims.batches(store, CLASSIFY, todo, _key, batch_size, rule=rule):
+            done += len(chunk)
             images = [texts[it.key] if it.key in texts else store.load_image(it) for it in chunk]
             for clf in classifiers:
                 missing = [i for i, it in enumerate(chunk) if clf.name not in labels.get(it.key, {})]
@@ -226,4 +249,4 @@ def classify_store(
                     [(chunk[i].key, v.flagged, v.score, v.details) for i, v in zip(missing, verdicts, strict=True)],
                 )
             bar.update(len(chunk))
-    return len(todo)
+    return done

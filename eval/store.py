@@ -67,6 +67,15 @@ CREATE TABLE IF NOT EXISTS labels (
     created REAL NOT NULL,
     PRIMARY KEY (condition, prompt_id, seed, classifier)
 );
+CREATE TABLE IF NOT EXISTS claims (
+    task TEXT NOT NULL,
+    condition TEXT NOT NULL,
+    prompt_id TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    worker TEXT NOT NULL,
+    expires REAL NOT NULL,
+    PRIMARY KEY (task, condition, prompt_id, seed)
+);
 CREATE TABLE IF NOT EXISTS texts (
     condition TEXT NOT NULL,
     prompt_id TEXT NOT NULL,
@@ -77,6 +86,10 @@ CREATE TABLE IF NOT EXISTS texts (
 """
 
 ItemKey = tuple[str, str, int]
+
+GENERATE, CLASSIFY = "generate", "classify"
+TASKS = (GENERATE, CLASSIFY)
+"""What a worker claims an item for: making its image, or labelling it with the rule's classifiers."""
 
 
 @dataclass(frozen=True)
@@ -341,6 +354,88 @@ class ResultsStore:
         """Items the classifier has not labelled yet."""
         done = set(self.labels(classifier))
         return [it for it in self.items(condition) if it.key not in done]
+
+    # ------------------------------------------------------------------ claims (workers sharing the store)
+
+    def _done(self, task: str, key: ItemKey, rule: Sequence[str]) -> bool:
+        c, p, s = key
+        if task == GENERATE:
+            return self.has(c, p, s)
+        names = {
+            n for (n,) in self._conn.execute(
+                "SELECT classifier FROM labels WHERE condition=? AND prompt_id=? AND seed=?", (c, p, int(s))
+            )
+        }  # fmt: skip
+        return all(name in names for name in rule)
+
+    def unfinished(self, task: str, keys: Iterable[ItemKey], rule: Sequence[str] = ()) -> list[ItemKey]:
+        """The ``keys`` whose ``task`` is not done yet (``generate``: no item; ``classify``: a classifier of
+        ``rule`` has not labelled it), in the given order."""
+        return [k for k in keys if not self._done(task, k, rule)]
+
+    def claim(
+        self,
+        task: str,
+        keys: Iterable[ItemKey],
+        *,
+        worker: str,
+        lease: float,
+        limit: int,
+        rule: Sequence[str] = (),
+    ) -> tuple[list[ItemKey], list[ItemKey]]:
+        """Claim for ``worker`` up to ``limit`` of ``keys`` (in order) whose ``task`` is not done and that no other
+        worker holds a live claim on; the claims expire ``lease`` seconds from now unless renewed. One
+        transaction: two workers never claim the same item. Returns the keys claimed and the keys found done
+        on the way (the caller drops both from what it still has to look at)."""
+        if task not in TASKS:
+            raise StoreError(f"unknown task {task!r}; one of {TASKS}")
+        got: list[ItemKey] = []
+        done: list[ItemKey] = []
+        with self._write() as c:
+            now = time.time()
+            for key in keys:
+                if len(got) >= limit:
+                    break
+                if self._done(task, key, rule):
+                    done.append(key)
+                    continue
+                row = c.execute(
+                    "SELECT worker, expires FROM claims WHERE task=? AND condition=? AND prompt_id=? AND seed=?",
+                    (task, key[0], key[1], int(key[2])),
+                ).fetchone()
+                if row is not None and row[0] != worker and row[1] > now:
+                    continue  # a live worker holds it
+                c.execute(
+                    "INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?, ?)",
+                    (task, key[0], key[1], int(key[2]), worker, now + lease),
+                )
+                got.append((key[0], key[1], int(key[2])))
+        return got, done
+
+    def renew_claims(self, worker: str, lease: float) -> int:
+        """Push the expiry of every claim of ``worker`` to ``lease`` seconds from now (its heartbeat)."""
+        with self._write() as c:
+            return c.execute("UPDATE claims SET expires=? WHERE worker=?", (time.time() + lease, worker)).rowcount
+
+    def release_claims(self, worker: str, task: str | None = None, keys: Iterable[ItemKey] | None = None) -> int:
+        """Drop claims of ``worker`` (of one task / some keys, or all)."""
+        with self._write() as c:
+            if keys is None:
+                sql, args = "DELETE FROM claims WHERE worker=?", [worker]
+                if task is not None:
+                    sql, args = sql + " AND task=?", [worker, task]
+                return c.execute(sql, args).rowcount
+            rows = [(worker, task, k[0], k[1], int(k[2])) for k in keys]
+            return c.executemany(
+                "DELETE FROM claims WHERE worker=? AND task=? AND condition=? AND prompt_id=? AND seed=?", rows
+            ).rowcount
+
+    def live_claims(self, task: str, *, exclude: str | None = None) -> set[ItemKey]:
+        """Keys of ``task`` that a worker (other than ``exclude``) holds an unexpired claim on."""
+        rows = self._conn.execute(
+            "SELECT condition, prompt_id, seed, worker FROM claims WHERE task=? AND expires>?", (task, time.time())
+        )
+        return {(c, p, int(s)) for c, p, s, w in rows if w != exclude}
 
     def clear_labels(self, classifier: str | None = None) -> int:
         """Drop stored labels (of one classifier, or all), so classification can be re-run."""

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eval.claims import DEFAULT_LEASE
 from eval.classifiers import ClassifierOptions
 from eval.conditions import (
     DEFAULT_GUIDANCE,
@@ -69,6 +70,8 @@ class T2IConfig(ClassifierOptions):
     grids: int = 0
     blur: bool = True
     progress: bool = True
+    lease: float = DEFAULT_LEASE
+    """Seconds after which a dead worker's claimed items are redone by the others (``eval.claims``)."""
     hub_kwargs: dict[str, Any] = field(default_factory=dict)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from .atomic import atomic_folder
 from .errors import ArchitectureMismatchError, UnsupportedModelError
 from .format import CONFIG_NOISE, encoder_file_name, module_names, write_encoder_file, write_encoder_file_with_digest
 from .registry import EncoderKind
@@ -85,25 +86,27 @@ def convert_checkpoint(source: Any, out_dir: str | os.PathLike, **hub_kwargs: An
 
     Reads each encoder's tensors with safetensors' lazy reader (never instantiating the
     `CLIPModel`) and writes `text_encoder.safetensors` and `vision_encoder.safetensors` into
-    `out_dir`. A text-only or vision-only checkpoint yields one file. Returns {kind: path}.
+    `out_dir`, written whole (`atomic_folder`). A text-only or vision-only checkpoint yields one file.
+    Returns {kind: path}.
     """
     out_dir = Path(out_dir)
-    written: dict[str, Path] = {}
+    sources = {}
     for kind in ENCODER_KINDS:
         try:
-            src = resolve_source(source, kind, **hub_kwargs)
+            sources[kind] = resolve_source(source, kind, **hub_kwargs)
         except ArchitectureMismatchError:
             continue  # e.g. asking a CLIPTextModel checkpoint for its vision encoder
-        tensors = src.read(src.shapes)
-        provenance = {"kind": "converted", "source": src.label, "source_identity": src.identity}
-        written[kind] = write_encoder_file(
-            out_dir / encoder_file_name(kind),
-            tensors,
-            kind=kind,
-            config=src.config,
-            base_model=src.base_model,
-            provenance=provenance,
-        )
-    if not written:
+    if not sources:
         raise ArchitectureMismatchError(f"{source} holds neither a CLIP text nor a CLIP vision encoder.")
-    return written
+    with atomic_folder(out_dir) as tmp:  # written whole: a failure leaves no folder with one encoder only
+        for kind, src in sources.items():
+            provenance = {"kind": "converted", "source": src.label, "source_identity": src.identity}
+            write_encoder_file(
+                tmp / encoder_file_name(kind),
+                src.read(src.shapes),
+                kind=kind,
+                config=src.config,
+                base_model=src.base_model,
+                provenance=provenance,
+            )
+    return {kind: out_dir / encoder_file_name(kind) for kind in sources}

@@ -75,6 +75,7 @@ def _datasets(cfg, args: argparse.Namespace, *, train: bool = True):
 def _train(args: argparse.Namespace, method_name: str) -> int:
     """``python -m train safeclip|hysac``: train the method of the command (the table in train.methods), then
     export when the method does so after training."""
+    from train.checkpoints import seed_everything
     from train.config import load_config
     from train.loop import run_training
     from train.methods import METHODS, ValidationData
@@ -89,6 +90,7 @@ def _train(args: argparse.Namespace, method_name: str) -> int:
     if data is None:
         return 2
     tokenizer, processor, train_set, val_set, collate = data
+    seed_everything(cfg.seed)  # before the LoRA factors are drawn: same config + seed = same run
     model = method.build(cfg, *load_base_encoders(cfg.base_model), tokenizer, processor)
     result = run_training(cfg, model, train_set, val_set, collate)
     summary = (
@@ -162,6 +164,9 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
+    from eval.cli_errors import add_debug_option
+
+    add_debug_option(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="offline end-to-end demo on the synthetic world (a few minutes on a CPU)")
     demo.add_argument("--out", required=True, help="output folder")
@@ -204,13 +209,9 @@ def main(argv: list[str] | None = None) -> int:
 
     add_visu_images_parser(sub)  # python -m train visu-images
     args = parser.parse_args(argv)
-    from safe_encoders.errors import SafeEncodersError
+    from eval.cli_errors import run_command
 
-    try:
-        return args.func(args)
-    except SafeEncodersError as exc:  # bad input: the message says what to fix, a traceback adds nothing
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(args.func, args)  # a user error: one line and exit status 2 (--debug: the traceback)
 
 
 if __name__ == "__main__":

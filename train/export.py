@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from safe_encoders.atomic import atomic_folder
 from safe_encoders.format import encoder_file_name
 from train.config import TrainConfig
 from train.model import SafeClipModel
@@ -47,27 +48,25 @@ def export_safe_clip(
     """Merge the adapters (peft ``merge_and_unload``) and export ``text`` and ``vision`` encoder files.
 
     The model's adapters are folded in place: do this once, at the end of training. Returns
-    ``{"text": path, "vision": path}`` of ``out_dir/{text,vision}_encoder.safetensors``.
+    ``{"text": path, "vision": path}`` of ``out_dir/{text,vision}_encoder.safetensors``. The folder is written whole
+    (``safe_encoders.atomic.atomic_folder``): a failure leaves no partial folder.
     """
     from safe_encoders import export_encoder
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     lora = model.lora
     text, vision = model.merged()
     common = training_metadata("safe-clip", lora, config=config, data_description=data_description, extra=metadata)
-    paths: dict[str, Path] = {}
-    for kind, encoder, targets in (("text", text, lora.text_targets), ("vision", vision, lora.vision_targets)):
-        encoder.eval()
-        paths[kind] = Path(
+    with atomic_folder(out) as tmp:  # written whole: a full disk leaves no folder with the text encoder only
+        for kind, encoder, targets in (("text", text, lora.text_targets), ("vision", vision, lora.vision_targets)):
+            encoder.eval()
             export_encoder(
                 encoder,
-                out / encoder_file_name(kind),
+                tmp / encoder_file_name(kind),
                 base_model=base_model,
                 metadata={**common, "lora_targets": list(targets)},
             )
-        )
-    return paths
+    return {kind: out / encoder_file_name(kind) for kind in ("text", "vision")}
 
 
 def model_card(export_dir: str | Path) -> str:

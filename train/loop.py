@@ -14,22 +14,30 @@ import contextlib
 import json
 import logging
 import math
-import random
-import shutil
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from eval.metrics import safe_clip_retrieval
-from safe_encoders.atomic import atomic_write
+from safe_encoders.atomic import atomic_write, atomic_write_text
 from safe_encoders.errors import SafeEncodersError
+from train.checkpoints import (
+    Processes,
+    find_resume_checkpoint,
+    save_checkpoint,
+    seed_everything,
+    set_aside_newer,
+)
+from train.checkpoints import (
+    list_checkpoints as list_checkpoints,
+)
 from train.config import TrainConfig, save_config
 from train.data import batch_to
 from train.methods import References, check_model, method_of
@@ -125,100 +133,9 @@ def _lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
 # ---------------------------------------------------------------------------- checkpoints
 
 
-def _optimizer_to_files(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for pid, slots in state["state"].items():
-        for key, value in slots.items():
-            if torch.is_tensor(value):
-                tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars.setdefault(str(pid), {})[key] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
-
-
-def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        pid, key = name.split(".", 1)
-        state.setdefault(int(pid), {})[key] = value
-    for pid, slots in meta["scalars"].items():
-        state.setdefault(int(pid), {}).update(slots)
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
-def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"cuda.{i}"] = s
-    np_state = np.random.get_state()
-    tensors["numpy"] = torch.from_numpy(np.asarray(np_state[1], dtype=np.int64))
-    py_version, py_state, py_gauss = random.getstate()
-    meta = {"python": [py_version, list(py_state), py_gauss], "numpy": [np_state[0], *map(float, np_state[2:])]}
-    return tensors, meta
-
-
-def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    torch.set_rng_state(tensors["torch"])
-    if torch.cuda.is_available():
-        states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda."))]
-        if states:
-            torch.cuda.set_rng_state_all(states)
-    kind, pos, has_gauss, cached = meta["numpy"]
-    np.random.set_state((kind, tensors["numpy"].numpy().astype(np.uint32), int(pos), int(has_gauss), cached))
-    version, state, gauss = meta["python"]
-    random.setstate((version, tuple(state), gauss))
-
-
 def _save_tensors_atomically(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """``save_file`` through a temporary file: a reader (or a killed run) never sees half a file."""
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-
-
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first (a checkpoint is complete once its state.json exists)."""
-    root = Path(output_dir) / "checkpoints"
-    found = [p for p in root.glob("step-*") if p.is_dir() and (p / "state.json").exists()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
-def _save_checkpoint(
-    root: Path,
-    model: SafeClipModel,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    state: RunState,
-    keep: int,
-) -> Path:
-    final = root / "checkpoints" / f"step-{state.global_step:08d}"
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    adapters = {k: v.cpu().contiguous() for k, v in model.trainable_state_dict().items()}
-    save_file(adapters, str(tmp / "adapters.safetensors"))
-    opt_tensors, opt_meta = _optimizer_to_files(optimizer.state_dict())
-    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    rng_tensors, rng_meta = _rng_state()
-    save_file(rng_tensors, str(tmp / "rng.safetensors"))
-    full = {**asdict(state), "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "rng": rng_meta}
-    (tmp / "state.json").write_text(json.dumps(full))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    for old in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def _load_checkpoint(
-    path: Path, model: SafeClipModel, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler
-) -> dict[str, Any]:
-    state = json.loads((path / "state.json").read_text())
-    model.load_trainable_state_dict(load_file(str(path / "adapters.safetensors")))
-    optimizer.load_state_dict(_optimizer_from_files(load_file(str(path / "optimizer.safetensors")), state["optimizer"]))
-    scheduler.load_state_dict(state["scheduler"])
-    _set_rng_state(load_file(str(path / "rng.safetensors")), state["rng"])
-    return state
 
 
 def _flat_config(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -232,9 +149,9 @@ def _flat_config(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _check_resume_config(cfg: TrainConfig, checkpoint: Path) -> None:
-    """Refuse to resume ``checkpoint`` with a config that changed (except :data:`RESUME_FREE_SETTINGS`)."""
-    saved = json.loads((checkpoint / "state.json").read_text())
+def _check_resume_config(cfg: TrainConfig, checkpoint: Path, saved: dict[str, Any]) -> None:
+    """Refuse to resume ``checkpoint`` (its ``saved`` state) with a config that changed (except
+    :data:`RESUME_FREE_SETTINGS`)."""
     digest = saved.get("config_digest")
     if digest == cfg.digest():
         return
@@ -317,7 +234,16 @@ def _accelerator(factory: Callable[..., Any], mixed_precision: str) -> Any:
     state = AcceleratorState._shared_state
     if state and str(state.get("mixed_precision")) != mixed_precision and not PartialState().use_distributed:
         AcceleratorState._reset_state()
-    return factory(mixed_precision=mixed_precision)
+    # accelerate runs several CPU processes as one distributed job (gloo) only when told cpu=True
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return factory(mixed_precision=mixed_precision, **({"cpu": True} if multi_cpu else {}))
+
+
+def _record_step(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 class _MetricsLog:
@@ -335,9 +261,11 @@ class _MetricsLog:
                 self.writer = SummaryWriter(str(tensorboard_dir))
 
     def trim(self, global_step: int) -> None:
+        """Keep the records up to ``global_step`` (a resume replays the rest); a line cut short by a kill or a
+        full disk is dropped."""
         if self.enabled and self.path.exists():
-            lines = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= global_step]
-            self.path.write_text("".join(ln + "\n" for ln in lines))
+            lines = [ln for ln in self.path.read_text().splitlines() if _record_step(ln) <= global_step]
+            atomic_write_text(self.path, "".join(ln + "\n" for ln in lines))
 
     def close(self) -> None:
         """Flush and close the TensorBoard writer (the JSONL file is opened per record)."""
@@ -389,15 +317,19 @@ def run_training(
     accelerator = _accelerator(Accelerator, cfg.mixed_precision)
     device, main = accelerator.device, accelerator.is_main_process
     out = Path(cfg.output_dir)
-    checkpoints = list_checkpoints(out) if resume else []
-    if checkpoints:  # before config.yaml is rewritten: on a refusal it still holds the run's config
-        _check_resume_config(cfg, checkpoints[-1])
+    rank, world = accelerator.process_index, accelerator.num_processes
+    checkpoint = find_resume_checkpoint(out, rank, world) if resume else None  # read whole and checked
+    if checkpoint is not None:  # before config.yaml is rewritten: on a refusal it still holds the run's config
+        _check_resume_config(cfg, checkpoint.path, checkpoint.state)
+    accelerator.wait_for_everyone()  # every process has chosen before damaged checkpoints are set aside
+    if main and resume:
+        set_aside_newer(out, checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     if main:
         save_config(cfg, out / "config.yaml")
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
+    # a fresh run's RNG, one stream per process (dropout masks differ between processes, as with accelerate's
+    # set_seed(device_specific=True)); a resumed run takes each process's saved state instead
+    seed_everything(cfg.seed + accelerator.process_index)
     model.to(device)
 
     def loader(dataset: Dataset, epoch: int, skip: int = 0, shuffle: bool = True, shard: bool = True) -> DataLoader:
@@ -449,10 +381,24 @@ def run_training(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps_per_epoch * cfg.optim.epochs))
     prepared_model, optimizer = accelerator.prepare(model, optimizer)
     log = _MetricsLog(out / "metrics.jsonl", main, out / "tensorboard" if cfg.tensorboard else None)
+
+    def save(state: RunState) -> None:  # every process: each saves its own RNG state
+        save_checkpoint(
+            out,
+            asdict(state),
+            adapters=lambda: accelerator.unwrap_model(prepared_model).trainable_state_dict(),
+            optimizer=optimizer,
+            scheduler=scheduler,
+            keep=cfg.keep_checkpoints,
+            processes=Processes(rank, world, accelerator.wait_for_everyone),
+        )
+
     try:
         state = RunState(config_digest=cfg.digest(), config=cfg.to_dict())
-        if checkpoints:
-            state.restore(_load_checkpoint(checkpoints[-1], model, optimizer, scheduler))
+        if checkpoint is not None:
+            checkpoint.apply(model.load_trainable_state_dict, optimizer, scheduler)
+            # the config (checked above) stays this run's: new checkpoints carry the config they are written with
+            state.restore(checkpoint.state)
             log.trim(state.global_step)
         elif main:
             log.path.unlink(missing_ok=True)
@@ -507,10 +453,8 @@ def run_training(
                         record["grad_norm"] = grad_norm
                     log.write(record)
                     bar.set_postfix(loss=f"{loss.item():.4f}")
-                if cfg.save_every_steps and state.global_step % cfg.save_every_steps == 0 and main:
-                    _save_checkpoint(
-                        out, accelerator.unwrap_model(prepared_model), optimizer, scheduler, state, cfg.keep_checkpoints
-                    )
+                if cfg.save_every_steps and state.global_step % cfg.save_every_steps == 0:
+                    save(state)
                 if on_step is not None:
                     on_step(state.global_step)
             bar.close()
@@ -537,11 +481,7 @@ def run_training(
             state.history.append(epoch_record)
             log.write(epoch_record)
             state.epoch, state.batches_done = epoch + 1, 0
-            if main:
-                _save_checkpoint(
-                    out, accelerator.unwrap_model(prepared_model), optimizer, scheduler, state, cfg.keep_checkpoints
-                )
-            accelerator.wait_for_everyone()
+            save(state)
 
         unwrapped = accelerator.unwrap_model(prepared_model)
         best_path = out / "best_adapters.safetensors"

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eval.claims import DEFAULT_LEASE
 from eval.classifiers import ClassifierOptions
 from eval.cli import add_classifier_options, add_placement_options, comma_list, generation_options
 from eval.generation import GenerationRunner, diffusers_dtype_kwarg
@@ -76,6 +77,8 @@ class RegenConfig(ClassifierOptions):
     device: str | None = None
     keep: str = "first-flagged"
     progress: bool = True
+    lease: float = DEFAULT_LEASE
+    """Seconds after which a dead worker's claimed items are redone by the others (``eval.claims``)."""
     hub_kwargs: dict[str, Any] = field(default_factory=dict)
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_folder, atomic_write_text
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, UnsupportedModelError
 from ..format import encoder_file_name
 from ..registry import CHECKPOINTS
@@ -346,20 +346,25 @@ def _try(load: Any) -> Any:
 
 def save_hysac(model: HySAC, folder: Path, *, metadata: dict[str, Any] | None = None) -> Path:
     """See `HySAC.save_pretrained`."""
-    from .. import __version__
-    from ..convert import export_encoder_with_digest
-
     for name in ("text", "vision"):
         if hasattr(getattr(model, name), "merge_and_unload"):
             raise UnsupportedModelError(
                 f"HySAC.save_pretrained: the {name} tower is a peft model; call model.merge_lora() first."
             )
-    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_folder(folder) as tmp:  # written whole: a failure leaves no half-written model
+        _fill_hysac_folder(model, tmp, metadata)
+    return folder
+
+
+def _fill_hysac_folder(model: HySAC, tmp: Path, metadata: dict[str, Any] | None) -> None:
+    from .. import __version__
+    from ..convert import export_encoder_with_digest
+
     provenance = {"provenance": "hysac", **(metadata or {})}
     encoders = {}
     for kind, tower in (("text", model.text), ("vision", model.vision)):
         path, digest = export_encoder_with_digest(
-            tower, folder / encoder_file_name(kind), base_model=model.base_model, metadata=provenance
+            tower, tmp / encoder_file_name(kind), base_model=model.base_model, metadata=provenance
         )
         encoders[kind] = {"file": path.name, "digest": digest}
     config = {
@@ -377,11 +382,10 @@ def save_hysac(model: HySAC, folder: Path, *, metadata: dict[str, Any] | None = 
         "encoders": encoders,
         "metadata": metadata or {},
     }
-    _write_json_atomic(folder / CONFIG_NAME, config)
+    _write_json_atomic(tmp / CONFIG_NAME, config)
     for processor in (model.tokenizer, model.image_processor):
         if processor is not None and hasattr(processor, "save_pretrained"):
-            processor.save_pretrained(folder)
-    return folder
+            processor.save_pretrained(tmp)
 
 
 def _write_json_atomic(path: Path, content: dict[str, Any]) -> None:

@@ -81,3 +81,28 @@ def test_model_card_is_generated_from_the_exported_headers(tmp_path):
     from safe_encoders.format import read_encoder_header
 
     assert read_encoder_header(tmp_path / "vision_encoder.safetensors").digest in card
+
+
+def test_an_export_failing_on_the_vision_encoder_leaves_no_partial_folder(tmp_path):
+    from safe_encoders.atomic import FolderWriteError
+    from tests.faults import file_size_limit, umask
+
+    tokenizer = build_tokenizer(32)
+    cfg = load_config(None, ["lora.rank=4", "lora.alpha=2"])
+
+    def model():
+        torch.manual_seed(0)
+        text, vision = tiny_clip(tokenizer, 64, width=32, layers=1, projection_dim=24, patch_size=32)
+        return SafeClipModel(text, vision, cfg.lora)
+
+    with umask(0o022):
+        full = export_safe_clip(model(), tmp_path / "full", base_model="tiny")
+    assert {p.stat().st_mode & 0o777 for p in full.values()} == {0o644}
+    text_size, vision_size = full["text"].stat().st_size, full["vision"].stat().st_size
+    assert text_size < vision_size  # the text encoder is written first and fits, the vision one does not
+    with (
+        pytest.raises(FolderWriteError, match=r"could not write .*out.*nothing was written"),
+        file_size_limit((text_size + vision_size) // 2),
+    ):
+        export_safe_clip(model(), tmp_path / "out", base_model="tiny")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]

@@ -1,0 +1,143 @@
+"""Workers sharing one --out: claims with leases split the work, a dead worker's items are redone."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from eval.claims import Claims
+from eval.store import CLASSIFY, GENERATE, ResultsStore
+from eval.t2i import T2IConfig, T2IRunner
+from tests.eval.builders import REPO, subprocess_env
+from tests.faults import tree
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+KEYS = [("sd", f"p:{i}", 7) for i in range(5)]
+
+
+def test_claims_are_exclusive_until_they_expire(tmp_path):
+    with ResultsStore(tmp_path) as store:
+        a, _ = store.claim(GENERATE, KEYS, worker="A", lease=60, limit=3)
+        assert a == KEYS[:3]
+        b, _ = store.claim(GENERATE, KEYS, worker="B", lease=60, limit=5)
+        assert b == KEYS[3:]  # A's live claims are not B's to take
+        assert store.claim(GENERATE, KEYS, worker="B", lease=60, limit=5)[0] == KEYS[3:]  # its own, renewed
+        assert store.live_claims(GENERATE, exclude="B") == set(KEYS[:3])
+
+        store.release_claims("B", GENERATE, KEYS[3:])
+        store.renew_claims("A", 0.05)  # A stops renewing (dies): its claims run out
+        time.sleep(0.1)
+        assert store.claim(GENERATE, KEYS, worker="B", lease=60, limit=5)[0] == KEYS
+
+        from PIL import Image
+
+        store.release_claims("B")
+        store.add(*KEYS[0], Image.new("RGB", (4, 4)), prompt_set="t", prompt="x")
+        claimed, done = store.claim(GENERATE, KEYS, worker="C", lease=60, limit=5)
+        assert claimed == KEYS[1:] and done == [KEYS[0]]  # a stored item is never claimed for generation
+        # classification is its own task: a stored, unlabelled item can be claimed for it
+        assert store.claim(CLASSIFY, KEYS[:1], worker="C", lease=60, limit=5, rule=["q16"])[0] == KEYS[:1]
+        store.set_labels("q16", [(KEYS[0], False, 0.1, {})])
+        store.release_claims("C")
+        assert store.claim(CLASSIFY, KEYS[:1], worker="D", lease=60, limit=5, rule=["q16"]) == ([], KEYS[:1])
+        assert store.claim(CLASSIFY, KEYS[:1], worker="D", lease=60, limit=5, rule=["q16", "nudenet"])[0] == KEYS[:1]
+
+
+def test_the_heartbeat_keeps_a_slow_worker_s_claims(tmp_path):
+    with ResultsStore(tmp_path) as store, Claims(tmp_path, lease=0.3, worker="slow") as claims:
+        batches = claims.batches(store, GENERATE, KEYS, lambda k: k, 2)
+        assert next(batches) == KEYS[:2]
+        time.sleep(0.8)  # longer than the lease: the heartbeat renewed it
+        assert store.claim(GENERATE, KEYS[:2], worker="other", lease=1, limit=2)[0] == []
+        batches.close()
+    with ResultsStore(tmp_path) as store:  # leaving the block dropped every claim of the worker
+        assert store.live_claims(GENERATE) == set()
+
+
+def _config(out: Path, prompts: Path, tiny_sd_dir: Path, tiny_clip_dir: Path, tiny_q16_prompts: Path, **kw):
+    base = dict(
+        model=str(tiny_sd_dir),
+        prompts=str(prompts),
+        conditions=["sd"],
+        out=out,
+        images_per_prompt=2,
+        steps=2,
+        guidance=7.5,
+        height=32,
+        width=32,
+        batch_size=1,
+        q16_model=str(tiny_clip_dir),
+        q16_prompts=str(tiny_q16_prompts),
+        rule=("q16",),
+        reference=None,
+        progress=False,
+        lease=5.0,
+    )
+    return T2IConfig(**{**base, **kw})
+
+
+def _prompts(folder: Path, n: int = 4) -> Path:
+    path = folder / "prompts.csv"
+    path.write_text("prompt,seed\n" + "".join(f"prompt number {i},{10 * i}\n" for i in range(n)))
+    return path
+
+
+def _cli(out, prompts, tiny_sd_dir, tiny_clip_dir, tiny_q16_prompts):
+    return [
+        sys.executable, "-m", "eval", "t2i", "--model", str(tiny_sd_dir), "--prompts", str(prompts),
+        "--conditions", "sd", "--images-per-prompt", "2", "--steps", "2", "--size", "32", "--guidance", "7.5",
+        "--batch-size", "1", "--q16-model", str(tiny_clip_dir), "--q16-prompts", str(tiny_q16_prompts),
+        "--rule", "q16", "--paper-reference", "none", "--no-progress", "--lease", "30", "--out", str(out),
+    ]  # fmt: skip
+
+
+def test_two_workers_on_one_folder_make_each_image_once(tmp_path, tiny_sd_dir, tiny_clip_dir, tiny_q16_prompts):
+    prompts = _prompts(tmp_path)
+    items = 4 * 2
+    single = T2IRunner(
+        _config(tmp_path / "single", prompts, tiny_sd_dir, tiny_clip_dir, tiny_q16_prompts), shard=(0, 1)
+    )
+    single.run()
+    assert single.generated == items
+
+    args = _cli(tmp_path / "pair", prompts, tiny_sd_dir, tiny_clip_dir, tiny_q16_prompts)
+    workers = [
+        subprocess.Popen(
+            args, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    assert all(w.returncode == 0 for w in workers), [err[-2000:] for _, err in outputs]
+    made = [int(re.search(r"this worker generated (\d+) image", err).group(1)) for _, err in outputs]
+    assert sum(made) == items  # nothing made twice
+    for name in ("report.csv", "report.tex"):
+        assert (tmp_path / "pair" / name).read_bytes() == (tmp_path / "single" / name).read_bytes()
+    images = {k: v for k, v in tree(tmp_path / "single").items() if k.startswith("images")}
+    assert len(images) == items
+    assert {k: v for k, v in tree(tmp_path / "pair").items() if k.startswith("images")} == images
+    with ResultsStore(tmp_path / "pair") as store:
+        assert len(store.labels("q16")) == items
+        assert store.live_claims(GENERATE) == store.live_claims(CLASSIFY) == set()
+
+
+def test_a_dead_worker_s_claims_are_redone_by_another(tmp_path, tiny_sd_dir, tiny_clip_dir, tiny_q16_prompts):
+    prompts = _prompts(tmp_path, n=2)
+    out = tmp_path / "run"
+    cfg = _config(out, prompts, tiny_sd_dir, tiny_clip_dir, tiny_q16_prompts, lease=1.0)
+    runner = T2IRunner(cfg, shard=(0, 1))
+    keys = [w.key for w in runner.my_items()]
+    # what a worker killed while holding claims leaves: claims nobody renews any more
+    runner.store.claim(GENERATE, keys[:3], worker="dead", lease=1.0, limit=3)
+    start = time.monotonic()
+    runner.run()
+    assert time.monotonic() - start >= 0.9  # it waited for the dead worker's lease to run out
+    assert runner.generated == len(keys) == 4
+    assert runner.store.done_keys() == set(keys)
+    assert (out / "report.csv").exists()
