@@ -61,7 +61,7 @@ def test_vit_h_text_tower_is_cut_to_sd2s_23_layers(pipeline_repo):
 def test_sd2_with_the_vit_l_checkpoint_names_the_one_that_fits():
     target = meta_text_encoder("stabilityai/stable-diffusion-2-1")
     with pytest.raises(
-        ArchitectureMismatchError, match=r"text 768w x 12L.*text 1024w x 23L.*fit it: safeclip-vit-h-14"
+        ArchitectureMismatchError, match=r"text 768w x 12L.*text 1024w x 23L.*fit it: safeclip-sd-20, safeclip-vit-h-14"
     ):
         plan_swap(target, meta_clip_source("openai/clip-vit-large-patch14", "text"), "pipe.text_encoder")
 

@@ -16,12 +16,18 @@ def test_an_existing_path_wins_over_a_name_that_looks_like_a_hub_id(tmp_path, mo
 
 
 @pytest.mark.parametrize(
-    "spelling", ["safeclip-vit-l-14", "hf-hub:aimagelab/safeclip_vit-l_14", "AIMAGELAB/SafeClip_ViT-L_14"]
+    ("spelling", "repo_id"),
+    [
+        ("safeclip-vit-l-14", "aimagelab/safeclip_vit-l_14"),
+        ("hf-hub:aimagelab/safeclip_vit-l_14", "aimagelab/safeclip_vit-l_14"),
+        # A Hub id keeps the user's spelling, so that a cache filled under it is found offline (issue 15).
+        ("AIMAGELAB/SafeClip_ViT-L_14", "AIMAGELAB/SafeClip_ViT-L_14"),
+    ],
 )
-def test_registered_names_pin_their_revision_unless_one_is_given(spelling):
+def test_registered_names_pin_their_revision_unless_one_is_given(spelling, repo_id, tmp_path):
     entry = CHECKPOINTS["safeclip-vit-l-14"]
-    parsed = parse_source_name(spelling)
-    assert (parsed.path, parsed.repo_id, parsed.entry) == (None, entry.repo_id, entry)
+    parsed = parse_source_name(spelling, cache_dir=tmp_path)  # an empty cache: no spelling found there
+    assert (parsed.path, parsed.repo_id, parsed.entry) == (None, repo_id, entry)
     assert parsed.hub_kwargs({"token": "t"}) == {"revision": entry.revision, "token": "t"}
     assert parsed.hub_kwargs({"revision": "abc"})["revision"] == "abc"
 
