@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import socket
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -403,7 +405,7 @@ class ResultsStore:
                     "SELECT worker, expires FROM claims WHERE task=? AND condition=? AND prompt_id=? AND seed=?",
                     (task, key[0], key[1], int(key[2])),
                 ).fetchone()
-                if row is not None and row[0] != worker and row[1] > now:
+                if row is not None and row[0] != worker and row[1] > now and not holder_is_gone(row[0]):
                     continue  # a live worker holds it
                 c.execute(
                     "INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?, ?)",
@@ -435,7 +437,7 @@ class ResultsStore:
         rows = self._conn.execute(
             "SELECT condition, prompt_id, seed, worker FROM claims WHERE task=? AND expires>?", (task, time.time())
         )
-        return {(c, p, int(s)) for c, p, s, w in rows if w != exclude}
+        return {(c, p, int(s)) for c, p, s, w in rows if w != exclude and not holder_is_gone(w)}
 
     def clear_labels(self, classifier: str | None = None) -> int:
         """Drop stored labels (of one classifier, or all), so classification can be re-run."""
@@ -443,3 +445,21 @@ class ResultsStore:
             if classifier is None:
                 return c.execute("DELETE FROM labels").rowcount
             return c.execute("DELETE FROM labels WHERE classifier=?", (classifier,)).rowcount
+
+
+def holder_is_gone(worker: str) -> bool:
+    """Whether the worker that holds a claim (``host:pid:...``, see ``eval.claims.new_worker_id``) is a process of
+    this host that no longer exists: its claims are free at once, so that a run killed and started again does
+    not wait for the lease to expire. A worker on another host, or a pid that exists (or cannot be checked), is
+    taken as alive: its lease decides."""
+    host, _, rest = worker.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # e.g. another user's process: it exists
+        return False
+    return False

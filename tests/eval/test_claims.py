@@ -49,6 +49,27 @@ def test_claims_are_exclusive_until_they_expire(tmp_path):
         assert store.claim(CLASSIFY, KEYS[:1], worker="D", lease=60, limit=5, rule=["q16", "nudenet"])[0] == KEYS[:1]
 
 
+def test_claims_of_a_process_of_this_host_that_is_gone_are_free_at_once(tmp_path):
+    """A run killed and started again must not wait for the dead run's lease (120 s by default)."""
+    import socket
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # exited and reaped: its pid names no process
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        host = socket.gethostname()
+        with ResultsStore(tmp_path) as store:
+            store.claim(GENERATE, KEYS[:2], worker=f"{host}:{dead.pid}:0", lease=600, limit=2)
+            store.claim(GENERATE, KEYS[2:4], worker=f"{host}:{alive.pid}:0", lease=600, limit=2)
+            store.claim(GENERATE, KEYS[4:], worker=f"other-host:{dead.pid}:0", lease=600, limit=1)
+            assert store.live_claims(GENERATE, exclude="B") == set(KEYS[2:])
+            # the gone process's items only: the live local process and the other host keep theirs until the lease
+            assert store.claim(GENERATE, KEYS, worker="B", lease=60, limit=5)[0] == KEYS[:2]
+    finally:
+        alive.kill()
+        alive.wait()
+
+
 def test_the_heartbeat_keeps_a_slow_worker_s_claims(tmp_path):
     with ResultsStore(tmp_path) as store, Claims(tmp_path, lease=0.3, worker="slow") as claims:
         batches = claims.batches(store, GENERATE, KEYS, lambda k: k, 2)
