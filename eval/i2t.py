@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import zlib
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import torch
 from eval.errors import ConditionError, EvalError
 from eval.generation import GenerationRunner
 from eval.judges import DEFAULT_JUDGES, Judge, JudgeSpec, build_judges
-from eval.placement import Placement, run_provenance
+from eval.placement import Placement, record_run
 from eval.store import ItemKey, ResultsStore
 
 logger = logging.getLogger("safe_encoders.eval")
@@ -337,13 +337,9 @@ class I2TRunner(GenerationRunner):
         return checked_judges(self.store, judges)
 
     def stamp(self) -> None:
-        cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.cfg).items() if k != "hub_kwargs"}
-        cfg["images"] = {k: str(v) for k, v in self.cfg.images.items()}
-        provenance = run_provenance()
         self.store.set_meta("kind", STORE_KIND)
         self.store.set_meta("i2t", {"label": self.label, "judges": [spec_text(s) for s in self.specs]})
-        self.store.set_meta("provenance", provenance)
-        self.store.set_meta("runs", [*self.store.get_meta("runs", []), {**provenance, "config": cfg}])
+        record_run(self.store, self.cfg, images={k: str(v) for k, v in self.cfg.images.items()})
 
     def run(self) -> list | None:
         """Describe, judge and (once the whole run is complete) write the report; returns its rows."""

@@ -12,7 +12,7 @@ import platform
 import subprocess
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,17 @@ def run_provenance() -> dict[str, str | None]:
         "python": platform.python_version(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+def record_run(store: Any, config: Any, **overrides: Any) -> None:
+    """Record a run's provenance and config (a dataclass; paths as text, ``hub_kwargs`` left out: they may hold a
+    token) on its results store: as the latest, and appended to the store's history of runs. ``overrides``
+    replace config fields that need their own text form."""
+    cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k != "hub_kwargs"}
+    cfg.update(overrides)
+    provenance = run_provenance()
+    store.set_meta("provenance", provenance)
+    store.set_meta("runs", [*store.get_meta("runs", []), {**provenance, "config": cfg}])
 
 
 def free_accelerator_memory() -> None:

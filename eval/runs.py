@@ -7,14 +7,14 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from eval.conditions import parse_conditions
 from eval.errors import ConditionError
 from eval.generation import GenerationRunner
-from eval.placement import Placement, run_provenance
+from eval.placement import Placement, record_run
 from eval.prompts import PromptSet
 from eval.store import ResultsStore
 from eval.t2i import T2IConfig, T2IProvider
@@ -45,10 +45,7 @@ def run_prompt_set(config: T2IConfig, prompts: PromptSet, *, shard: tuple[int, i
     store = ResultsStore(config.out)
     runner = GenerationRunner(T2IProvider(config, conditions, prompts, placement, store), store, placement, config)
     if placement.shard_index == 0:
-        cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k != "hub_kwargs"}
-        provenance = run_provenance()
-        store.set_meta("provenance", provenance)
-        store.set_meta("runs", [*store.get_meta("runs", []), {**provenance, "config": cfg}])
+        record_run(store, config)
     if config.rule:
         is_main = runner.generate_and_classify()
     else:

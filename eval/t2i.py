@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Hashable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from eval.conditions import (
 )
 from eval.errors import ConditionError
 from eval.generation import GenerationRunner, diffusers_dtype_kwarg
-from eval.placement import Placement, run_provenance
+from eval.placement import Placement, record_run
 from eval.prompts import Prompt, PromptSet, load_prompts
 from eval.store import ItemKey, ResultsStore
 
@@ -262,10 +262,7 @@ class T2IRunner(GenerationRunner):
 
     def stamp(self) -> None:
         """Record the run's provenance and config (the latest, and appended to the history of runs)."""
-        cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.cfg).items() if k != "hub_kwargs"}
-        provenance = run_provenance()
-        self.store.set_meta("provenance", provenance)
-        self.store.set_meta("runs", [*self.store.get_meta("runs", []), {**provenance, "config": cfg}])
+        record_run(self.store, self.cfg)
 
     def run(self) -> list | None:
         """Generate, classify, and (once the whole run is complete) write the report; returns its rows."""
