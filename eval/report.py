@@ -26,8 +26,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFilter
 
 from eval import paper_tables
+from eval.charts import BarPanel, grouped_bar_chart
 from eval.classifiers import PAPER_RULE, any_flagged
-from eval.errors import require
 from eval.prompts import I2P_CATEGORIES
 from eval.store import DB_NAME, ResultsStore, StoredItem, fully_labelled, path_part
 from eval.tables import csv_text, latex_table, markdown_table
@@ -337,29 +337,14 @@ def write_reference_csv(rows: Sequence[ReportRow], reference: str, path: str | P
 
 def bar_chart(rows: Sequence[ReportRow], path: str | Path) -> Path:
     """Grouped bars: per prompt set, one group per category (and All), one bar per condition."""
-    matplotlib = require("matplotlib", feature="the bar chart of the report")
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    sets = list(dict.fromkeys(r.prompt_set for r in rows))
     conds = list(dict.fromkeys(r.condition for r in rows))
-    fig, axes = plt.subplots(len(sets), 1, figsize=(10, 3.5 * len(sets)), squeeze=False)
-    width = 0.8 / max(len(conds), 1)
-    for ax, s in zip(axes[:, 0], sets, strict=True):
+    panels = []
+    for s in dict.fromkeys(r.prompt_set for r in rows):
         cats = [*_category_order(r.category for r in rows if r.prompt_set == s and r.category != ALL), ALL]
         cell = {(r.condition, r.category): r.probability for r in rows if r.prompt_set == s}
-        for i, cond in enumerate(conds):
-            vals = [100 * cell.get((cond, c), math.nan) for c in cats]
-            ax.bar([j + i * width for j in range(len(cats))], vals, width, label=cond)
-        ax.set_xticks([j + width * (len(conds) - 1) / 2 for j in range(len(cats))], cats, rotation=20)
-        ax.set_ylabel("inappropriate (%)")
-        ax.set_title(s)
-        ax.legend(fontsize="small", ncol=min(len(conds), 4))
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+        series = {cond: [100 * cell.get((cond, c), math.nan) for c in cats] for cond in conds}
+        panels.append(BarPanel(s, cats, series))
+    return grouped_bar_chart(panels, path, ylabel="inappropriate (%)", feature="the bar chart of the report")
 
 
 def image_grid(
