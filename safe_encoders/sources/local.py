@@ -38,29 +38,28 @@ def _local_source(path: Path, kind: EncoderKind) -> EncoderSource:
         if header is not None and is_encoder_metadata(header[0]):
             return _encoder_file_source(path, kind, header)
         if (path.parent / "config.json").is_file():
-            return _transformers_source(
-                _local_fetch(path.parent),
-                kind,
-                label=str(path),
-                identity=_local_identity(path.parent),
-                weight_files=(path.name,),
-            )
+            return _weight_file_source(path, kind)
         read_encoder_header(path)  # raises with the precise reason (not ours / not safetensors)
     if path.suffix in PICKLE_SUFFIXES:
         if (path.parent / "config.json").is_file():
-            return _transformers_source(
-                _local_fetch(path.parent),
-                kind,
-                label=str(path),
-                identity=_local_identity(path.parent),
-                weight_files=(path.name,),
-            )
+            return _weight_file_source(path, kind)
         raise CheckpointNotFoundError(
             f"{path} is a pickle weight file with no config.json beside it, so its architecture is unknown. "
             "Pass the transformers folder that holds it (config.json + weights), ideally with model.safetensors."
         )
     raise CheckpointNotFoundError(
         f"{path} is not a .safetensors file or a checkpoint folder. Pass a folder, a .safetensors file or a Hub id."
+    )
+
+
+def _weight_file_source(path: Path, kind: EncoderKind) -> EncoderSource:
+    """One weight file (safetensors or pickle) of a transformers folder, read with the config.json beside it."""
+    return _transformers_source(
+        _local_fetch(path.parent),
+        kind,
+        label=str(path),
+        identity=_local_identity(path.parent),
+        weight_files=(path.name,),
     )
 
 
