@@ -15,8 +15,8 @@ from typing import Any
 
 from ..registry import EncoderKind
 from .encoder_source import EncoderSource
-from .hub import _hub_source
-from .local import _local_source
+from .hub import hub_source
+from .local import local_source
 from .names import check_hub_kwargs, parse_source_name
 
 
@@ -30,7 +30,7 @@ def resolve_source(source: Any, kind: EncoderKind, **hub_kwargs: Any) -> Encoder
     check_hub_kwargs(hub_kwargs)
     parsed = parse_source_name(source, cache_dir=hub_kwargs.get("cache_dir"))
     if parsed.path is not None:
-        return _local_source(parsed.path, kind)
+        return local_source(parsed.path, kind)
     assert parsed.repo_id is not None
     base_model = parsed.entry.base_model if parsed.entry is not None else None
-    return _hub_source(parsed.repo_id, kind, parsed.hub_kwargs(hub_kwargs), base_model)
+    return hub_source(parsed.repo_id, kind, parsed.hub_kwargs(hub_kwargs), base_model)

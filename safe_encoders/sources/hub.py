@@ -10,8 +10,8 @@ from ..errors import CheckpointNotFoundError
 from ..format import encoder_file_name
 from ..registry import EncoderKind
 from .encoder_source import EncoderSource
-from .local import _encoder_file_source
-from .transformers_checkpoint import _transformers_source
+from .local import encoder_file_source
+from .transformers_checkpoint import transformers_source
 
 
 def hub_file(repo_id: str, filename: str, *, required: bool, **hub_kwargs: Any) -> Path | None:
@@ -59,9 +59,8 @@ def hub_file(repo_id: str, filename: str, *, required: bool, **hub_kwargs: Any) 
         return None
 
 
-def _hub_source(
-    repo_id: str, kind: EncoderKind, hub_kwargs: Mapping[str, Any], base_model: str | None
-) -> EncoderSource:
+def hub_source(repo_id: str, kind: EncoderKind, hub_kwargs: Mapping[str, Any], base_model: str | None) -> EncoderSource:
+    """A Hub repository (or its `subfolder`): a transformers checkpoint (config + weights), else one of our files."""
     label = f"{repo_id}@{hub_kwargs.get('revision') or 'main'}"
 
     def fetch(filename: str, required: bool = False) -> Path | None:
@@ -71,12 +70,12 @@ def _hub_source(
     if config_path is None:
         ours = fetch(encoder_file_name(kind))
         if ours is not None:
-            return _encoder_file_source(ours, kind)
+            return encoder_file_source(ours, kind)
         fetch("config.json", required=True)
     parts = config_path.parts  # .../snapshots/<commit>/[subfolder/]config.json names the exact revision used
     revision = hub_kwargs.get("revision") or "main"
     commit = parts[parts.index("snapshots") + 1] if "snapshots" in parts[:-1] else revision
-    source = _transformers_source(lambda name: fetch(name), kind, label=label, identity=f"hf:{repo_id}@{commit}")
+    source = transformers_source(lambda name: fetch(name), kind, label=label, identity=f"hf:{repo_id}@{commit}")
     source.base_model = source.base_model or base_model
     source.provenance.update({"repo_id": repo_id, "revision": revision, "commit": commit})
     return source

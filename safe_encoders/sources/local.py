@@ -16,16 +16,17 @@ from ..format import (
 from ..registry import EncoderKind
 from .encoder_source import EncoderSource
 from .pickles import PICKLE_SUFFIXES
-from .transformers_checkpoint import _transformers_source
+from .transformers_checkpoint import transformers_source
 
 
-def _local_source(path: Path, kind: EncoderKind) -> EncoderSource:
+def local_source(path: Path, kind: EncoderKind) -> EncoderSource:
+    """An existing local path: a folder (ours or transformers), one of our files, or a weight file of a folder."""
     if path.is_dir():
         ours = path / encoder_file_name(kind)
         if ours.is_file():
-            return _encoder_file_source(ours, kind)
+            return encoder_file_source(ours, kind)
         if (path / "config.json").is_file():
-            return _transformers_source(_local_fetch(path), kind, label=str(path), identity=_local_identity(path))
+            return transformers_source(_local_fetch(path), kind, label=str(path), identity=_local_identity(path))
         raise CheckpointNotFoundError(
             f"Folder {path} holds neither {ours.name} (safe-encoders format) nor a transformers config.json. "
             "Pass the folder of a CLIP checkpoint, a file written by export_encoder, or a Hub id."
@@ -36,7 +37,7 @@ def _local_source(path: Path, kind: EncoderKind) -> EncoderSource:
         except CorruptCheckpointError:
             header = None
         if header is not None and is_encoder_metadata(header[0]):
-            return _encoder_file_source(path, kind, header)
+            return encoder_file_source(path, kind, header)
         if (path.parent / "config.json").is_file():
             return _weight_file_source(path, kind)
         read_encoder_header(path)  # raises with the precise reason (not ours / not safetensors)
@@ -54,7 +55,7 @@ def _local_source(path: Path, kind: EncoderKind) -> EncoderSource:
 
 def _weight_file_source(path: Path, kind: EncoderKind) -> EncoderSource:
     """One weight file (safetensors or pickle) of a transformers folder, read with the config.json beside it."""
-    return _transformers_source(
+    return transformers_source(
         _local_fetch(path.parent),
         kind,
         label=str(path),
@@ -80,7 +81,7 @@ def _local_identity(folder: Path) -> str:
     return f"dir:{folder.resolve()}|" + "|".join(stamps)
 
 
-def _encoder_file_source(
+def encoder_file_source(
     path: Path, kind: EncoderKind, header: tuple[dict[str, str], dict[str, tuple[int, ...]]] | None = None
 ) -> EncoderSource:
     """One of our files; `header` is its (metadata, shapes) when already read."""

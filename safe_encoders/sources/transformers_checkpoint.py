@@ -27,7 +27,7 @@ _WEIGHT_FILES = (
 )
 
 
-def _transformers_source(
+def transformers_source(
     fetch: Callable[[str], Path | None],
     kind: EncoderKind,
     *,

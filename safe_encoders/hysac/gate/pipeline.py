@@ -32,13 +32,13 @@ from .config import SafetyGate
 from .core import GATE_ATTRIBUTE, GateHandle, InputCheck
 from .pipeline_inputs import (
     Arguments,
-    _check_input_image,
-    _check_prompts,
-    _guard_callback,
-    _swapped_components,
-    _unreadable,
+    check_input_image,
+    check_prompts,
+    guard_callback,
+    swapped_components,
+    unreadable_input,
 )
-from .pipeline_outputs import _check_output
+from .pipeline_outputs import check_output
 
 TEXT_PROMPTS = ("prompt", "prompt_2", "prompt_3")
 IMAGE_INPUTS = ("image", "ip_adapter_image", "control_image")
@@ -155,14 +155,14 @@ def _gated_call(handle: GateHandle, original: Any, pipe: Any, args: tuple, kwarg
         note = NOT_TARGET_NOTES["negative" if name.startswith("negative_") else name]
         report.add(InputCheck(name, "not a target", "used", note=note))
     for name in by_role.get("embeddings", []):
-        _unreadable(handle, report, name, "it holds embeddings / latents, not text or pixels")
+        unreadable_input(handle, report, name, "it holds embeddings / latents, not text or pixels")
     for name in by_role.get("callback", []):
-        _guard_callback(handle, report, arguments, given[name])
-    blank_rows, swap = _check_prompts(handle, report, arguments, by_role.get("text", []))
+        guard_callback(handle, report, arguments, given[name])
+    blank_rows, swap = check_prompts(handle, report, arguments, by_role.get("text", []))
     for name in by_role.get("image", []):
-        _check_input_image(handle, report, arguments, name, given[name])
-    with _swapped_components(pipe, swap):
+        check_input_image(handle, report, arguments, name, given[name])
+    with swapped_components(pipe, swap):
         output = original(*bound.args, **bound.kwargs)
     per_prompt = int(arguments.get("num_images_per_prompt") or 1)
     blank = [i * per_prompt + j for i in blank_rows for j in range(per_prompt)]
-    return _check_output(handle, report, pipe, output, blank, arguments.get("output_type", "pil"))
+    return check_output(handle, report, pipe, output, blank, arguments.get("output_type", "pil"))

@@ -52,7 +52,7 @@ class Arguments:
             self.bound.arguments.setdefault(self.catch_all, {})[name] = value
 
 
-def _unreadable(handle: GateHandle, report: GateReport, name: str, why: str) -> None:
+def unreadable_input(handle: GateHandle, report: GateReport, name: str, why: str) -> None:
     """An input the gate cannot check: refused under a strict policy unless allowed, else recorded."""
     if not handle.gate.strict:
         report.add(InputCheck(name, "unchecked", "used", note=f"{why}; prompt_policy={handle.gate.prompt_policy!r}"))
@@ -65,7 +65,7 @@ def _unreadable(handle: GateHandle, report: GateReport, name: str, why: str) -> 
 # ------------------------------------------------------------------------------ prompts
 
 
-def _check_prompts(
+def check_prompts(
     handle: GateHandle, report: GateReport, arguments: Arguments, names: list[str]
 ) -> tuple[list[int], dict[str, nn.Module]]:
     """Score every text prompt; apply the prompt policy. Returns the rows to blank and the encoders to swap in."""
@@ -128,7 +128,8 @@ def _prompt_action(gate: SafetyGate) -> str:
 
 
 @contextlib.contextmanager
-def _swapped_components(pipe: Any, components: dict[str, nn.Module]) -> Iterator[None]:
+def swapped_components(pipe: Any, components: dict[str, nn.Module]) -> Iterator[None]:
+    """Set `components` (e.g. Safe-CLIP text encoders) on the pipeline for one call, then put the originals back."""
     saved = {name: getattr(pipe, name) for name in components}
     try:
         for name, module in components.items():
@@ -142,13 +143,14 @@ def _swapped_components(pipe: Any, components: dict[str, nn.Module]) -> Iterator
 # ------------------------------------------------------------------------------ image inputs and callbacks
 
 
-def _check_input_image(handle: GateHandle, report: GateReport, arguments: Arguments, name: str, value: Any) -> None:
+def check_input_image(handle: GateHandle, report: GateReport, arguments: Arguments, name: str, value: Any) -> None:
+    """Score an image input; apply `image_policy` to what the pipeline will see ("blur" / "black" replace it)."""
     if handle.gate.image_policy == "off":
-        _unreadable(handle, report, name, "image_policy is 'off'")
+        unreadable_input(handle, report, name, "image_policy is 'off'")
         return
     batch = read_images(value)
     if batch is None:
-        _unreadable(handle, report, name, f"it is not an RGB image the gate can read ({type(value).__name__})")
+        unreadable_input(handle, report, name, f"it is not an RGB image the gate can read ({type(value).__name__})")
         return
     check, flags = apply_image_policy(handle, report, name, batch, "generation was not run")
     if bool(flags.any()) and handle.gate.image_policy in ("blur", "black"):
@@ -156,11 +158,11 @@ def _check_input_image(handle: GateHandle, report: GateReport, arguments: Argume
         check.note = (check.note + "; " if check.note else "") + "the pipeline saw the changed image"
 
 
-def _guard_callback(handle: GateHandle, report: GateReport, arguments: Arguments, callback: Any) -> None:
+def guard_callback(handle: GateHandle, report: GateReport, arguments: Arguments, callback: Any) -> None:
     """Wrap `callback_on_step_end` so that a change to any tensor but the latents refuses the call."""
     name = "callback_on_step_end"
     if not handle.gate.strict or name in handle.gate.allow_unchecked:
-        _unreadable(handle, report, name, "a step-end callback may replace prompt_embeds mid-call")
+        unreadable_input(handle, report, name, "a step-end callback may replace prompt_embeds mid-call")
         return
     from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 

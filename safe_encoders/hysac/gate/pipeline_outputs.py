@@ -16,7 +16,7 @@ from .images import ImageBatch, read_images
 LATENT_OUTPUT = "output_latents"
 
 
-def _check_output(
+def check_output(
     handle: GateHandle, report: GateReport, pipe: Any, output: Any, blank: list[int], output_type: str | None
 ) -> Any:
     """Check (and treat) every image field of the output: `images` and e.g. SLD's `unsafe_images`."""
