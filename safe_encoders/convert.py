@@ -10,7 +10,7 @@ from torch import nn
 
 from .atomic import atomic_folder
 from .errors import ArchitectureMismatchError, UnsupportedModelError
-from .format import CONFIG_NOISE, encoder_file_name, module_names, write_encoder_file, write_encoder_file_with_digest
+from .format import CONFIG_NOISE, encoder_file_name, module_names, write_encoder_file
 from .registry import EncoderKind
 from .sources import resolve_source
 from .swap import encoder_kind, installed_record
@@ -76,9 +76,7 @@ def export_encoder_with_digest(
         path = path / encoder_file_name(kind)
     elif path.suffix != ".safetensors":
         raise ValueError(f"export_encoder writes .safetensors files; got {path}. Use a .safetensors name or a folder.")
-    return write_encoder_file_with_digest(
-        path, tensors, kind=kind, config=config, base_model=base, provenance=provenance
-    )
+    return write_encoder_file(path, tensors, kind=kind, config=config, base_model=base, provenance=provenance)
 
 
 def convert_checkpoint(source: Any, out_dir: str | os.PathLike, **hub_kwargs: Any) -> dict[str, Path]:

@@ -18,7 +18,8 @@ from torch import nn
 
 from .errors import ArchitectureMismatchError, PartialSwapError, UnsupportedModelError
 from .registry import EncoderKind, find_checkpoint
-from .sources import EncoderSource, resolve_source
+from .sources import resolve_source
+from .sources.encoder_source import EncoderSource
 from .swap import (
     SwapPlan,
     encoder_kind,

@@ -112,23 +112,9 @@ def write_encoder_file(
     config: Mapping[str, Any],
     base_model: str | None,
     provenance: Mapping[str, Any],
-) -> Path:
-    """Write `tensors` (published names) atomically: a crash leaves the old file or none, never half of one."""
-    return write_encoder_file_with_digest(
-        path, tensors, kind=kind, config=config, base_model=base_model, provenance=provenance
-    )[0]
-
-
-def write_encoder_file_with_digest(
-    path: str | os.PathLike,
-    tensors: Mapping[str, torch.Tensor],
-    *,
-    kind: EncoderKind,
-    config: Mapping[str, Any],
-    base_model: str | None,
-    provenance: Mapping[str, Any],
 ) -> tuple[Path, str]:
-    """`write_encoder_file`, also returning the file's digest (`safe_encoders.digest`) without reading it back."""
+    """Write `tensors` (published names) atomically: a crash leaves the old file or none, never half of one.
+    Returns the path written and the file's digest (`safe_encoders.digest`), computed without reading it back."""
     from . import __version__
 
     path = Path(path)

@@ -11,7 +11,8 @@ from torch import nn
 from .errors import CorruptCheckpointError
 from .format import RECORD_KEY, module_names, tensor_digest
 from .registry import EncoderKind
-from .sources import EncoderSource, resolve_source
+from .sources import resolve_source
+from .sources.encoder_source import EncoderSource
 from .swap import installed_fields, parse_dtype
 
 

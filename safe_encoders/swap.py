@@ -21,7 +21,7 @@ from .errors import ArchitectureMismatchError, CorruptCheckpointError, SwapVerif
 from .format import PROJECTION, RECORD_KEY, combined_digest, module_names, tensor_digest
 from .placement import TensorHome, locate
 from .registry import EncoderFingerprint, EncoderKind, fitting_checkpoint_names
-from .sources import EncoderSource
+from .sources.encoder_source import EncoderSource
 from .streaming import as_bytes, digest_start, same_bits
 from .targets import refuse_wrapped, unwrap
 

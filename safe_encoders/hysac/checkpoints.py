@@ -29,15 +29,11 @@ from ..atomic import atomic_folder, atomic_write_text
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, UnsupportedModelError
 from ..format import encoder_file_name
 from ..registry import CHECKPOINTS
-from ..sources import (
-    HUB_ID,
-    check_hub_kwargs,
-    encoder_config_from_dict,
-    hub_file,
-    load_pickle_weights,
-    parse_source_name,
-    resolve_source,
-)
+from ..sources import resolve_source
+from ..sources.hub import hub_file
+from ..sources.names import HUB_ID, check_hub_kwargs, parse_source_name
+from ..sources.pickles import load_pickle_weights
+from ..sources.transformers_checkpoint import encoder_config_from_dict
 from .bounds import HySACBounds
 from .release import build_tower, check_release, parse_release_state, read_bounds_file
 

@@ -5,7 +5,8 @@ import torch
 
 from safe_encoders import ArchitectureMismatchError, make_safe, swap_report
 from safe_encoders.format import PROJECTION, canonical_name
-from safe_encoders.sources import EncoderSource, encoder_config_from_dict
+from safe_encoders.sources.encoder_source import EncoderSource
+from safe_encoders.sources.transformers_checkpoint import encoder_config_from_dict
 from safe_encoders.swap import plan_swap
 from tests.tiny_models import HUB_FIXTURES, hub_config, write_hub_cache
 

@@ -43,7 +43,7 @@ def test_transformers4_named_file_loads_into_transformers5_modules(tmp_path):
     """A file whose names carry text_model. (as every published checkpoint does) fills a module without them."""
     clip = tiny_clip_model(3)
     text_state = {k: v for k, v in clip.state_dict().items() if k.startswith("text_model.")}
-    path = write_encoder_file(
+    path, _ = write_encoder_file(
         tmp_path / "t.safetensors",
         text_state,
         kind="text",

@@ -253,7 +253,7 @@ def test_bad_source_values_are_refused_with_the_model_unchanged(tmp_path, bad, m
         tensors[name] = tensors[name].clone()
         tensors[name][1, 2] = float(bad)
     # Consistent digests: only the values are bad.
-    path = write_encoder_file(tmp_path / "bad.safetensors", tensors, kind="text", config=source.config.to_dict(),
+    path, _ = write_encoder_file(tmp_path / "bad.safetensors", tensors, kind="text", config=source.config.to_dict(),
                               base_model=None, provenance={})  # fmt: skip
     encoder = tiny_text_encoder(seed=0)
     before = live_state(encoder)

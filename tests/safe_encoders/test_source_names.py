@@ -5,7 +5,7 @@ import pytest
 from safe_encoders import CheckpointNotFoundError
 from safe_encoders.hysac.checkpoints import locate
 from safe_encoders.registry import CHECKPOINTS
-from safe_encoders.sources import parse_source_name
+from safe_encoders.sources.names import parse_source_name
 
 
 def test_an_existing_path_wins_over_a_name_that_looks_like_a_hub_id(tmp_path, monkeypatch):

@@ -65,7 +65,8 @@ from .config import CLIP_MEAN, CLIP_STD, ImagePolicy, PromptPolicy, SafetyGate
 from .core import GateHandle, GateReport, InputCheck, add_safety_gate, remove_safety_gate
 from .images import clip_pixel_values
 from .llava import install_llava_gate
-from .pipeline import decode_latents, install_pipeline_gate
+from .pipeline import install_pipeline_gate
+from .pipeline_outputs import decode_latents
 
 __all__ = [
     "CLIP_MEAN",

@@ -1,0 +1,124 @@
+"""`EncoderSource`: the tensors of one encoder, listed from headers and read (and checked) on demand."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from ..errors import CorruptCheckpointError
+from ..format import PROJECTION
+from ..registry import EncoderFingerprint, EncoderKind
+from ..streaming import CHUNK_BYTES, Span, check_weight, safetensors_spans, stream_span, stream_tensor
+from .pickles import load_pickle_weights
+
+CHECK_THREADS = min(4, os.cpu_count() or 1)  # threads checking source tensors (each holds one 8 MB slice)
+
+
+@dataclass
+class EncoderSource:
+    """The tensors of one encoder, under their published names, not yet read."""
+
+    kind: EncoderKind
+    config: dict[str, Any]
+    shapes: dict[str, tuple[int, ...]]
+    label: str
+    identity: str
+    base_model: str | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    expected_digests: dict[str, str] | None = None
+    _locations: dict[str, tuple[Path, str]] = field(default_factory=dict, repr=False)
+    # Pickle weight files already loaded (memory-mapped) while listing their tensors.
+    _pickled: dict[Path, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
+    _spans: dict[Path, dict[str, Span]] = field(default_factory=dict, repr=False)
+
+    @cached_property
+    def fingerprint(self) -> EncoderFingerprint:
+        return EncoderFingerprint.from_config(self.config)
+
+    @property
+    def has_projection(self) -> bool:
+        return PROJECTION[self.kind] in self.shapes
+
+    @property
+    def digest(self) -> str | None:
+        """The content digest when the source is one of our files (None otherwise)."""
+        return self.provenance.get("digest") if self.expected_digests is not None else None
+
+    def read(self, names: Iterable[str], digests: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+        """Read the named tensors on CPU, each checked (floating point, finite, our files' digests); their
+        digests (`format.tensor_digest`) go into `digests` when given."""
+        names = list(names)
+        self._check_known(names)
+        by_file: dict[Path, list[str]] = {}
+        for name in names:
+            by_file.setdefault(self._locations[name][0], []).append(name)
+        tensors: dict[str, torch.Tensor] = {}
+        for path, file_names in by_file.items():
+            if path.suffix == ".safetensors":
+                with safe_open(path, framework="pt", device="cpu") as handle:
+                    for name in file_names:
+                        tensors[name] = handle.get_tensor(self._locations[name][1])
+            else:
+                state = self._pickled.get(path) or load_pickle_weights(path)
+                for name in file_names:
+                    tensors[name] = state[self._locations[name][1]]
+        for name, tensor in tensors.items():
+            digest = check_weight(self.label, name, tensor.dtype, tuple(tensor.shape), stream_tensor(tensor))
+            self._check_digest(name, digest)
+            if digests is not None:
+                digests[name] = digest
+        return tensors
+
+    def dtype(self, name: str) -> torch.dtype:
+        """The stored dtype of tensor `name` (nothing is read)."""
+        path, key = self._locations[name]
+        return self._span(path, key).dtype if path.suffix == ".safetensors" else self._pickled[path][key].dtype
+
+    def chunks(self, name: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[torch.Tensor]:
+        """Tensor `name` as flat slices in its stored dtype, each valid until the next is asked for."""
+        path, key = self._locations[name]
+        if path.suffix == ".safetensors":
+            return stream_span(self._span(path, key), chunk_bytes)
+        return stream_tensor(self._pickled[path][key], chunk_bytes)
+
+    def validate(self, names: Iterable[str]) -> dict[str, str]:
+        """Check the named tensors a slice at a time (floating point, finite, our files' digests), holding
+        none of them whole; returns their digests (`format.tensor_digest`)."""
+        names = list(names)
+        self._check_known(names)
+
+        def check(name: str) -> str:
+            digest = check_weight(self.label, name, self.dtype(name), self.shapes[name], self.chunks(name))
+            self._check_digest(name, digest)
+            return digest
+
+        for name in names:  # header-only work first, so that the threads share nothing they build
+            self.dtype(name)
+        # sha256, isfinite and file reads release the GIL: tensors are checked on a few threads, in order.
+        with ThreadPoolExecutor(max_workers=CHECK_THREADS) as pool:
+            return dict(zip(names, pool.map(check, names), strict=True))
+
+    def _check_known(self, names: list[str]) -> None:
+        missing = [name for name in names if name not in self._locations]
+        if missing:
+            raise CorruptCheckpointError(f"{self.label} lacks tensors {missing[:5]} (of {len(missing)} missing).")
+
+    def _check_digest(self, name: str, digest: str) -> None:
+        if self.expected_digests is not None and digest != self.expected_digests.get(name):
+            raise CorruptCheckpointError(
+                f"{self.label}: tensor {name} does not match the digest recorded in the file; "
+                "the file is corrupt or was modified. Download or export it again."
+            )
+
+    def _span(self, path: Path, key: str) -> Span:
+        if path not in self._spans:
+            self._spans[path] = safetensors_spans(path)
+        return self._spans[path][key]
