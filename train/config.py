@@ -135,7 +135,7 @@ class TrainConfig:
     """One Safe-CLIP (or HySAC) run. Defaults are the paper's recipe except the data size and base model."""
 
     version: int = CONFIG_VERSION
-    method: str = field(default="safe-clip", metadata={"help": "'safe-clip' or 'hysac' (loss, model, export)"})
+    method: str = field(default="safe-clip", metadata={"help": "'safe-clip', 'hysac' or 'clip' (loss, model, export)"})
     base_model: str = field(
         default="openai/clip-vit-large-patch14", metadata={"help": "Hub id or local folder of a transformers CLIPModel"}
     )

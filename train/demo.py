@@ -3,13 +3,15 @@
 1. Build the synthetic world (train / validation / test; test and validation have one item per
    attribute combination, so safe retrieval has one right answer).
 2. Pre-train a tiny CLIP from scratch with the plain CLIP loss over both the safe and the unsafe
-   pairs, so it "knows" the unsafe concepts as web-trained CLIP does. Measure.
+   pairs, so it "knows" the unsafe concepts as web-trained CLIP does (the training loop, method
+   ``clip``; saved as a ``CLIPModel`` folder). Measure.
 3. Safe-CLIP fine-tuning (LoRA, the eight-term loss, cached frozen references). Measure again.
 4. Export the merged encoders with ``safe_encoders.export_encoder``.
 5. Build a tiny Stable Diffusion pipeline on the pre-trained text encoder, swap in the exported
    safe text encoder with ``safe_encoders.make_safe`` and show that the conditioning of unsafe
    prompts moved toward their safe counterparts.
-6. Print a before/after table, save ``demo_results.json`` and ``demo_results.png``.
+6. Print the before/after tables (Markdown, ``eval.tables``), save ``demo_table.md``,
+   ``demo_results.json`` and ``demo_results.png`` (``eval.charts``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 import torch
 
-from train.config import TrainConfig, load_config
+from safe_encoders.atomic import atomic_write_text
 from train.data import stack_encoded
 from train.demo_report import format_hysac_table, format_table, save_plot
 from train.demo_world import (
@@ -37,7 +39,9 @@ from train.demo_world import (
     pipeline_check,
     plain_text_encoder,
     prepare_world,
+    run_config,
     tiny_sd_pipeline,
+    training_summary,
 )
 from train.export import export_safe_clip
 from train.loop import run_training
@@ -73,26 +77,6 @@ class HySACDemoSettings:
     ``tau = up95 + tanh((up95 - 0.8) / c) + 1``, constants fitted to ViT-L's distances, not the tiny world's."""
 
 
-def _run_config(output_dir: Path, s: DemoSettings, progress: bool, overrides: list[str]) -> TrainConfig:
-    """The demo's training run config: the world's sizes and seed, no step checkpoints, then `overrides`."""
-    return load_config(
-        None,
-        [
-            f"output_dir={output_dir}",
-            f"base_model={BASE_MODEL_NAME}",
-            f"seed={s.seed}",
-            f"data.image_size={s.image_size}",
-            f"data.train_size={s.train_size}",
-            f"data.val_size={s.val_size}",
-            f"data.seed={s.seed}",
-            "save_every_steps=0",
-            "keep_checkpoints=1",
-            f"progress={str(progress).lower()}",
-            *overrides,
-        ],
-    )
-
-
 def run_hysac_demo(
     out_dir: str | Path,
     world: DemoWorld,
@@ -115,15 +99,14 @@ def run_hysac_demo(
     settings = settings or HySACDemoSettings()
     s = world.settings
     out = Path(out_dir)
-    cfg = _run_config(out / "hysac", s, progress, ["method=hysac", *settings.finetune])
+    cfg = run_config(out / "hysac", s, progress, ["method=hysac", *settings.finetune])
     torch.manual_seed(s.seed)
     model = method_of(cfg).build(cfg, *towers, world.tokenizer, world.image_processor)
     result = run_training(cfg, model, world.train_set, world.val_set, stack_encoded, resume=False)
     model.eval()
     curvature = model.hysac.curvature.detach()
     bounds = validation_bounds(model, world.val_set, stack_encoded)
-    with torch.no_grad():
-        emb = {k: v.float() for k, v in embed(model.encode_text, model.encode_image, world.test_set).items()}
+    emb = {k: v.float() for k, v in embed(model, world.test_set).items()}
     report = evaluate_hysac(
         "hysac",
         emb,
@@ -164,12 +147,7 @@ def run_hysac_demo(
         "curvature": curvature.item(),
         "bounds": bounds.to_dict(),
         "exported": str(exported),
-        "training": {
-            "best_epoch": result.best_epoch,
-            "epochs_run": result.epochs_run,
-            "global_step": result.global_step,
-            "history": result.history,
-        },
+        "training": training_summary(result),
         "settings": dataclasses.asdict(settings),
         "config_digest": cfg.digest(),
     }
@@ -204,7 +182,7 @@ def run_demo(
         clock = now
 
     s = settings
-    world = prepare_world(s, say, progress)
+    world = prepare_world(s, out, say, progress)
     tokenizer, train_set, val_set, test_set = world.tokenizer, world.train_set, world.val_set, world.test_set
     test_world, tags, text, vision = world.test_world, world.tags, world.text, world.vision
     original_emb, pretrained = world.original_emb, world.pretrained
@@ -215,11 +193,11 @@ def run_demo(
     sd_text_encoder = plain_text_encoder(text)  # T0 for the pipeline, before LoRA wraps the tower
 
     say("[3/6] Safe-CLIP fine-tuning (LoRA on both towers, eight-term loss, cached frozen references)")
-    cfg = _run_config(out / "safeclip", s, progress, s.finetune)
+    cfg = run_config(out / "safeclip", s, progress, s.finetune)
     model = method_of(cfg).build(cfg, text, vision, world.tokenizer, world.image_processor)
     result = run_training(cfg, model, train_set, val_set, stack_encoded, resume=False)
     model.eval()
-    tuned_emb = embed(model.encode_text, model.encode_image, test_set)
+    tuned_emb = embed(model, test_set)
     safe = measure_deployed(tuned_emb, original_emb, tags)
     safe_both = measure(tuned_emb, tags)
     lap("finetune")
@@ -256,6 +234,7 @@ def run_demo(
 
     results: dict[str, Any] = {
         "pretrained": pretrained,
+        "pretraining": world.pretraining,
         "safe": safe,
         "safe_both_finetuned": safe_both,
         "exported": {k: str(v) for k, v in exported.items()},
@@ -265,12 +244,7 @@ def run_demo(
             "image_shape": list(image.shape),
             "example_prompt": unsafe_prompts[0],
         },
-        "training": {
-            "best_epoch": result.best_epoch,
-            "epochs_run": result.epochs_run,
-            "global_step": result.global_step,
-            "history": result.history,
-        },
+        "training": training_summary(result),
         "settings": dataclasses.asdict(s),
         "config_digest": cfg.digest(),
         "timings_s": timings,
@@ -284,11 +258,9 @@ def run_demo(
     if "hysac" in results:
         table += "\n" + format_hysac_table(results["hysac"])
     say(table)
-    (out / "demo_table.txt").write_text(table + "\n")
-    plot = save_plot(results, out / "demo_results.png")
-    if plot is not None:
-        results["plot"] = str(plot)
+    atomic_write_text(out / "demo_table.md", table + "\n")
+    results["plot"] = str(save_plot(results, out / "demo_results.png"))
     timings["total"] = round(sum(timings.values()), 2)
-    (out / "demo_results.json").write_text(json.dumps(results, indent=2))
-    say(f"wrote {out / 'demo_results.json'}" + (f" and {plot}" if plot else "") + f" in {timings['total']:.0f} s")
+    atomic_write_text(out / "demo_results.json", json.dumps(results, indent=2))
+    say(f"wrote {out / 'demo_results.json'}, demo_table.md and {results['plot']} in {timings['total']:.0f} s")
     return results

@@ -1,21 +1,24 @@
-"""The demo's world and measurements: the synthetic data, a tiny CLIP pre-trained on it with the plain CLIP loss
-(safe and unsafe pairs, as web-trained CLIP sees both), retrieval figures, and a tiny Stable Diffusion pipeline on
-its text encoder (``train.demo`` runs the steps)."""
+"""The demo's world and measurements: the synthetic data; a tiny CLIP pre-trained on it with the plain CLIP loss
+over safe and unsafe pairs, as web-trained CLIP sees both (the training loop's ``clip`` method); retrieval figures;
+and a tiny Stable Diffusion pipeline on its text encoder (``train.demo`` runs the steps)."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from eval.metrics import safe_clip_retrieval, top1_in_set_share
 from eval.synthetic import CONCEPTS, SyntheticWorld, build_image_processor, build_tokenizer
-from train.data import EncodedQuadruplets, QuadrupletCollator
-from train.losses import info_nce
+from train.config import TrainConfig, load_config
+from train.data import EncodedQuadruplets, QuadrupletCollator, stack_encoded
+from train.loop import TrainResult, run_training
+from train.methods import method_of
+from train.model import TwoTowerModel
 from train.tiny_clip import tiny_clip
 
 RESULT_KEYS = ("safe_t2v_r1", "safe_v2t_r1", "unsafe_text_top1_unsafe_share", "unsafe_image_top1_unsafe_share")
@@ -35,9 +38,20 @@ class DemoSettings:
     width: int = 64
     layers: int = 2
     heads: int = 4
-    pretrain_epochs: int = 15
-    pretrain_lr: float = 2e-3
-    pretrain_batch_size: int = 128
+    pretrain: list[str] = dataclasses.field(
+        default_factory=lambda: [
+            "optim.epochs=15",
+            "optim.lr=2e-3",
+            "optim.optimizer=adamw",
+            "optim.weight_decay=0.05",
+            "optim.warmup_steps=30",
+            "optim.schedule=cosine",
+            "data.batch_size=128",
+        ]
+    )
+    """Overrides of the pre-training run config (``method=clip``: CLIP's loss over safe and unsafe pairs, every
+    weight trained): 15 epochs of AdamW with a 10 % warm-up and a cosine decay. A later override of the same key
+    wins, so ``[*DemoSettings().pretrain, "optim.epochs=1"]`` shortens it."""
     finetune: list[str] = dataclasses.field(
         default_factory=lambda: [
             "optim.epochs=10",
@@ -55,62 +69,41 @@ class DemoSettings:
 # ---------------------------------------------------------------------------- steps
 
 
-def pretrain_clip(
-    text: torch.nn.Module,
-    vision: torch.nn.Module,
-    data: EncodedQuadruplets,
-    *,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    seed: int,
-    log: Any = None,
-) -> list[float]:
-    """Plain CLIP training (learned temperature) on the safe *and* the unsafe pairs of ``data``."""
-    g = torch.Generator().manual_seed(seed)
-    log_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-    params = [*text.parameters(), *vision.parameters(), log_scale]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
-    n = len(data)
-    steps = epochs * math.ceil(n / batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.1)
-    t = data.tensors
-    text.train()
-    vision.train()
-    losses: list[float] = []
-    for epoch in range(epochs):
-        order = torch.randperm(n, generator=g)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            ids = torch.cat([t["safe_input_ids"][idx], t["unsafe_input_ids"][idx]])
-            mask = torch.cat([t["safe_attention_mask"][idx], t["unsafe_attention_mask"][idx]])
-            pixels = torch.cat([t["safe_pixel_values"][idx], t["unsafe_pixel_values"][idx]])
-            loss = info_nce(
-                text(input_ids=ids, attention_mask=mask).text_embeds,
-                vision(pixel_values=pixels).image_embeds,
-                log_scale.exp().clamp(max=100.0),
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-        losses.append(loss.item())
-        if log is not None:
-            log(f"  pre-training epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}")
-    text.eval()
-    vision.eval()
-    return losses
+def run_config(output_dir: Path, s: DemoSettings, progress: bool, overrides: list[str]) -> TrainConfig:
+    """A demo training run's config: the world's sizes and seed, no step checkpoints, then ``overrides``."""
+    return load_config(
+        None,
+        [
+            f"output_dir={output_dir}",
+            f"base_model={BASE_MODEL_NAME}",
+            f"seed={s.seed}",
+            f"data.image_size={s.image_size}",
+            f"data.train_size={s.train_size}",
+            f"data.val_size={s.val_size}",
+            f"data.seed={s.seed}",
+            "save_every_steps=0",
+            "keep_checkpoints=1",
+            f"progress={str(progress).lower()}",
+            *overrides,
+        ],
+    )
+
+
+def training_summary(result: TrainResult) -> dict[str, Any]:
+    """What ``demo_results.json`` records of a training run."""
+    return {
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "global_step": result.global_step,
+        "history": result.history,
+    }
 
 
 @torch.no_grad()
-def embed(encode_text: Any, encode_image: Any, data: EncodedQuadruplets) -> dict[str, torch.Tensor]:
-    t = data.tensors
-    return {
-        "text_safe": encode_text(t["safe_input_ids"], t["safe_attention_mask"]),
-        "text_unsafe": encode_text(t["unsafe_input_ids"], t["unsafe_attention_mask"]),
-        "image_safe": encode_image(t["safe_pixel_values"]),
-        "image_unsafe": encode_image(t["unsafe_pixel_values"]),
-    }
+def embed(model: TwoTowerModel, data: EncodedQuadruplets) -> dict[str, torch.Tensor]:
+    """T(S), T(U), V(V), V(G) of every item of ``data`` (one batch: the demo's sets are small)."""
+    model.eval()
+    return model(data.tensors)
 
 
 def measure(emb: dict[str, torch.Tensor], tags: list[str]) -> dict[str, Any]:
@@ -243,7 +236,7 @@ def pipeline_check(pipe: Any, safe_prompts: list[str], unsafe_prompts: list[str]
     }
 
 
-# ---------------------------------------------------------------------------- reporting
+# ---------------------------------------------------------------------------- the world (steps 1-2)
 
 
 @dataclass
@@ -262,11 +255,14 @@ class DemoWorld:
     vision: torch.nn.Module
     original_emb: dict[str, torch.Tensor]
     pretrained: dict[str, Any]
+    pretraining: dict[str, Any]
+    """The pre-training run (``train.demo.training_summary``)."""
     timings: dict[str, float]
 
 
-def prepare_world(settings: DemoSettings, say: Any = None, progress: bool = False) -> DemoWorld:
-    """Build the synthetic world and pre-train the tiny CLIP (demo steps 1 and 2)."""
+def prepare_world(settings: DemoSettings, out_dir: str | Path, say: Any = None, progress: bool = False) -> DemoWorld:
+    """Build the synthetic world and pre-train the tiny CLIP (demo steps 1 and 2) through the training loop
+    (``method=clip``, run folder ``out_dir/pretrain``); the pre-trained model is saved to ``out_dir/pretrained``."""
     s = settings
     say = say or (lambda *a, **k: None)
     timings: dict[str, float] = {}
@@ -284,25 +280,16 @@ def prepare_world(settings: DemoSettings, say: Any = None, progress: bool = Fals
     clock = time.perf_counter()
 
     say(f"[2/6] pre-training a tiny CLIP ({s.layers} layers, width {s.width}) on safe and unsafe pairs")
+    out = Path(out_dir)
+    cfg = run_config(out / "pretrain", s, progress, ["method=clip", *s.pretrain])
     torch.manual_seed(s.seed)
     text, vision = tiny_clip(
         tokenizer, s.image_size, width=s.width, layers=s.layers, heads=s.heads, projection_dim=s.width
     )
-    pretrain_clip(
-        text,
-        vision,
-        train_set,
-        epochs=s.pretrain_epochs,
-        lr=s.pretrain_lr,
-        batch_size=s.pretrain_batch_size,
-        seed=s.seed,
-        log=say if progress else None,
-    )
-    original_emb = embed(
-        lambda i, m: text(input_ids=i, attention_mask=m).text_embeds,
-        lambda p: vision(pixel_values=p).image_embeds,
-        test_set,
-    )
+    model = method_of(cfg).build(cfg, text, vision, tokenizer, processor)
+    result = run_training(cfg, model, train_set, None, stack_encoded, resume=False)  # no validation: all epochs
+    method_of(cfg).export(model, out / "pretrained", cfg, None, None)
+    original_emb = embed(model, test_set)
     pretrained = measure(original_emb, tags)
     timings["pretrain"] = round(time.perf_counter() - clock, 2)
     return DemoWorld(
@@ -318,8 +305,6 @@ def prepare_world(settings: DemoSettings, say: Any = None, progress: bool = Fals
         vision,
         original_emb,
         pretrained,
+        training_summary(result),
         timings,
     )
-
-
-# ---------------------------------------------------------------------------- HySAC

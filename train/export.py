@@ -8,7 +8,7 @@ from typing import Any
 from safe_encoders.atomic import atomic_folder
 from safe_encoders.format import encoder_file_name
 from train.config import TrainConfig
-from train.model import SafeClipModel
+from train.model import ContrastiveClipModel, SafeClipModel
 
 
 def training_metadata(
@@ -128,3 +128,27 @@ def push_to_hub(export_dir: str | Path, repo_id: str, *, private: bool = True, t
     url = api.create_repo(repo_id, private=private, exist_ok=True)
     api.upload_folder(repo_id=repo_id, folder_path=str(export_dir), commit_message="Upload Safe-CLIP encoders")
     return str(url)
+
+
+def export_clip_model(model: ContrastiveClipModel, out_dir: str | Path) -> Path:
+    """Write a contrastively trained model as one transformers ``CLIPModel`` folder (with its tokenizer and
+    image processor when the model holds them): a base model that ``from_pretrained`` and
+    ``train.model.load_base_encoders`` read, e.g. to fine-tune with Safe-CLIP or HySAC. Written whole."""
+    from transformers import CLIPConfig, CLIPModel
+
+    text, vision = model.merged()
+    config = CLIPConfig(
+        text_config=text.config.to_dict(),
+        vision_config=vision.config.to_dict(),
+        projection_dim=text.config.projection_dim,
+        logit_scale_init_value=model.log_logit_scale.item(),
+    )
+    clip = CLIPModel(config)
+    state = {**text.state_dict(), **vision.state_dict(), "logit_scale": model.log_logit_scale.detach()}
+    clip.load_state_dict(state, strict=True)  # every tensor of the CLIPModel comes from the trained towers
+    with atomic_folder(out_dir) as tmp:
+        clip.save_pretrained(tmp)
+        for processor in (model.tokenizer, model.image_processor):
+            if processor is not None:
+                processor.save_pretrained(tmp)
+    return Path(out_dir)

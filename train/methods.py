@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from train.config import TrainConfig
-from train.model import HySACTrainModel, SafeClipModel
+from train.model import ContrastiveClipModel, HySACTrainModel, SafeClipModel, TwoTowerModel
 
 References = Callable[[dict[str, Any]], tuple[torch.Tensor, torch.Tensor]]
 Similarity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -38,18 +38,18 @@ class Method:
     name: str
     title: str
     """How people write it (messages, tables)."""
-    model_class: type[SafeClipModel]
-    build: Callable[[TrainConfig, Any, Any, Any, Any], SafeClipModel]
+    model_class: type[TwoTowerModel]
+    build: Callable[[TrainConfig, Any, Any, Any, Any], TwoTowerModel]
     """``(cfg, text, vision, tokenizer, image_processor) -> model`` around the base encoders."""
-    loss: Callable[[TrainConfig, SafeClipModel, dict[str, torch.Tensor], dict[str, Any], References | None], Any]
+    loss: Callable[[TrainConfig, TwoTowerModel, dict[str, torch.Tensor], dict[str, Any], References | None], Any]
     """``(cfg, model, embeddings, batch, references) -> (total, unweighted terms)``."""
     needs_references: bool
     """Whether the loss compares with the frozen model's embeddings (cached or live)."""
-    after_step: Callable[[SafeClipModel], None]
+    after_step: Callable[[TwoTowerModel], None]
     """Called after every optimizer step (e.g. clamping learned scalars)."""
-    similarity: Callable[[SafeClipModel], Similarity | None]
+    similarity: Callable[[TwoTowerModel], Similarity | None]
     """What validation ranks retrieval by (None: cosine)."""
-    export: Callable[[SafeClipModel, Path, TrainConfig, ValidationData | None, str | None], str]
+    export: Callable[[TwoTowerModel, Path, TrainConfig, ValidationData | None, str | None], str]
     """``(model, out, cfg, validation, data_description) -> a summary``; folds the adapters in (once, at the end)."""
     export_needs_validation: bool = False
     export_after_training: bool = False
@@ -137,6 +137,39 @@ def _hysac_export(
     )
 
 
+# ---------------------------------------------------------------------------- CLIP (contrastive pre-training)
+
+
+def _clip_build(cfg: TrainConfig, text: Any, vision: Any, tokenizer: Any, image_processor: Any) -> TwoTowerModel:
+    return ContrastiveClipModel(text, vision, tokenizer=tokenizer, image_processor=image_processor)
+
+
+def _clip_loss(
+    cfg: TrainConfig,
+    model: TwoTowerModel,
+    emb: dict[str, torch.Tensor],
+    batch: dict[str, Any],
+    references: References | None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """CLIP's InfoNCE over the safe and the unsafe pairs together (each text's own image is its positive)."""
+    from train.losses import info_nce
+
+    assert isinstance(model, ContrastiveClipModel)
+    scale = model.logit_scale()
+    text = torch.cat([emb["text_safe"], emb["text_unsafe"]])
+    image = torch.cat([emb["image_safe"], emb["image_unsafe"]])
+    return info_nce(text, image, scale), {"logit_scale": scale.detach()}
+
+
+def _clip_export(
+    model: TwoTowerModel, out: Path, cfg: TrainConfig, validation: ValidationData | None, description: str | None
+) -> str:
+    from train.export import export_clip_model
+
+    assert isinstance(model, ContrastiveClipModel)
+    return f"CLIPModel saved to {export_clip_model(model, out)}"
+
+
 METHODS: dict[str, Method] = {
     "safe-clip": Method(
         name="safe-clip",
@@ -163,6 +196,18 @@ METHODS: dict[str, Method] = {
         export_needs_validation=True,
         export_after_training=True,
     ),
+    "clip": Method(
+        name="clip",
+        title="CLIP",
+        model_class=ContrastiveClipModel,
+        build=_clip_build,
+        loss=_clip_loss,
+        needs_references=False,
+        after_step=lambda model: None,
+        similarity=lambda model: None,
+        export=_clip_export,
+        export_after_training=True,
+    ),
 }
 
 
@@ -174,7 +219,7 @@ def method_of(cfg: TrainConfig) -> Method:
         raise ValueError(f"method must be one of {list(METHODS)}, got {cfg.method!r}") from None
 
 
-def check_model(method: Method, model: SafeClipModel) -> None:
+def check_model(method: Method, model: TwoTowerModel) -> None:
     """TypeError unless ``model`` is the method's model (most specific class: a HySAC model is no Safe-CLIP one)."""
     fits = [m for m in METHODS.values() if isinstance(model, m.model_class)]
     best = max(fits, key=lambda m: len(m.model_class.__mro__), default=None)

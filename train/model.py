@@ -12,6 +12,7 @@ ways are offered, both exact:
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,26 +45,12 @@ def _lora_config(settings: LoraSettings, targets: list[str]) -> LoraConfig:
     )
 
 
-class SafeClipModel(nn.Module):
-    """Both CLIP towers with LoRA adapters; only the LoRA factors train.
+class TwoTowerModel(nn.Module):
+    """What the training loop needs of a model: both towers (``self.text`` / ``self.vision``), the four
+    embeddings of a collated batch, and its trainable tensors by name (for checkpoints and the best weights)."""
 
-    A tower with no targets stays a plain frozen transformers model.
-    """
-
-    def __init__(
-        self, text: CLIPTextModelWithProjection, vision: CLIPVisionModelWithProjection, lora: LoraSettings
-    ) -> None:
-        super().__init__()
-        lora.validate()
-        self.lora = lora
-        for model in (text, vision):
-            model.requires_grad_(False)
-        self.text: nn.Module = (
-            get_peft_model(text, _lora_config(lora, lora.text_targets)) if lora.text_targets else text
-        )
-        self.vision: nn.Module = (
-            get_peft_model(vision, _lora_config(lora, lora.vision_targets)) if lora.vision_targets else vision
-        )
+    text: nn.Module
+    vision: nn.Module
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.text(input_ids=input_ids, attention_mask=attention_mask).text_embeds
@@ -80,17 +67,8 @@ class SafeClipModel(nn.Module):
             "image_unsafe": self.encode_image(batch["unsafe_pixel_values"]),
         }
 
-    @contextlib.contextmanager
-    def original(self) -> Iterator[None]:
-        """Within this context both towers compute T0 / V0 (adapters disabled)."""
-        with contextlib.ExitStack() as stack:
-            for tower in (self.text, self.vision):
-                if isinstance(tower, PeftModel):
-                    stack.enter_context(tower.disable_adapter())
-            yield
-
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """The trainable tensors (LoRA factors) by parameter name, detached."""
+        """The trainable tensors by parameter name, detached."""
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -102,6 +80,70 @@ class SafeClipModel(nn.Module):
         with torch.no_grad():
             for name, value in state.items():
                 params[name].copy_(value)
+
+
+class ContrastiveClipModel(TwoTowerModel):
+    """Both towers trained whole with CLIP's own loss and a learned temperature: CLIP pre-training.
+
+    The demo pre-trains its tiny CLIP with it on the safe *and* the unsafe pairs, as web-trained CLIP sees
+    both. The logit scale starts at CLIP's ``1 / 0.07`` and is capped at 100, as in CLIP.
+    """
+
+    def __init__(
+        self,
+        text: CLIPTextModelWithProjection,
+        vision: CLIPVisionModelWithProjection,
+        *,
+        logit_scale: float = 1 / 0.07,
+        max_logit_scale: float = 100.0,
+        tokenizer: Any = None,
+        image_processor: Any = None,
+    ) -> None:
+        super().__init__()
+        if not 0 < logit_scale <= max_logit_scale:
+            raise ValueError(f"need 0 < logit_scale <= max_logit_scale, got {logit_scale} and {max_logit_scale}")
+        self.text, self.vision = text.requires_grad_(True), vision.requires_grad_(True)
+        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(logit_scale)))
+        self.max_logit_scale = max_logit_scale
+        self.tokenizer, self.image_processor = tokenizer, image_processor
+
+    def logit_scale(self) -> torch.Tensor:
+        return self.log_logit_scale.exp().clamp(max=self.max_logit_scale)
+
+    def no_weight_decay(self) -> set[str]:
+        """The temperature trains without weight decay (as in CLIP)."""
+        return {"log_logit_scale"}
+
+    def merged(self) -> tuple[nn.Module, nn.Module]:
+        """The two towers (no adapters to fold in)."""
+        return self.text, self.vision
+
+
+class SafeClipModel(TwoTowerModel):
+    """Both CLIP towers with LoRA adapters; only the LoRA factors train.
+
+    A tower with no targets stays a plain frozen transformers model.
+    """
+
+    def __init__(
+        self, text: CLIPTextModelWithProjection, vision: CLIPVisionModelWithProjection, lora: LoraSettings
+    ) -> None:
+        super().__init__()
+        lora.validate()
+        self.lora = lora
+        for model in (text, vision):
+            model.requires_grad_(False)
+        self.text = get_peft_model(text, _lora_config(lora, lora.text_targets)) if lora.text_targets else text
+        self.vision = get_peft_model(vision, _lora_config(lora, lora.vision_targets)) if lora.vision_targets else vision
+
+    @contextlib.contextmanager
+    def original(self) -> Iterator[None]:
+        """Within this context both towers compute T0 / V0 (adapters disabled)."""
+        with contextlib.ExitStack() as stack:
+            for tower in (self.text, self.vision):
+                if isinstance(tower, PeftModel):
+                    stack.enter_context(tower.disable_adapter())
+            yield
 
     def merged(self) -> tuple[CLIPTextModelWithProjection, CLIPVisionModelWithProjection]:
         """Fold the LoRA factors into the base weights (peft ``merge_and_unload``): plain encoders.

@@ -1,9 +1,11 @@
 """Acceptance of issue 4 on the synthetic world: one full demo run with a fixed seed (the slowest test here)."""
 
 import json
+import math
 
 import pytest
 import torch
+from transformers import CLIPModel
 
 from train.demo import DemoSettings, run_demo
 from train.demo_world import RESULT_KEYS
@@ -72,3 +74,25 @@ def test_exported_files_reload_with_safe_encoders(demo):
     assert text.config.hidden_size == vision.config.hidden_size == DemoSettings().width
     with torch.no_grad():
         assert torch.isfinite(vision(pixel_values=torch.zeros(1, 3, 32, 32)).image_embeds).all()
+
+
+def test_table_is_markdown_with_the_figures_in_their_columns(demo):
+    """The printed and saved table (eval.tables' Markdown): pre-trained, Safe-CLIP, change, both-FT."""
+    out, results = demo
+    table = (out / "demo_table.md").read_text()
+    pre, safe, both = results["pretrained"], results["safe"], results["safe_both_finetuned"]
+    key = "unsafe_text_top1_unsafe_share"
+    change = safe[key] - pre[key]
+    row = f"| T* top-1 unsafe share | {pre[key]:.3f} | {safe[key]:.3f} | {change:+.3f} | {both[key]:.3f} |"
+    assert row in table.splitlines()
+    assert "| metric | pre-trained | Safe-CLIP | change | both-FT |" in table
+
+
+def test_pretraining_ran_through_the_training_loop_and_saved_a_clip_model(demo):
+    """Step 2 is the training loop's ``clip`` method: its run folder, every epoch, and a ``CLIPModel`` folder."""
+    out, results = demo
+    assert "method: clip" in (out / "pretrain" / "config.yaml").read_text()
+    assert results["pretraining"]["epochs_run"] == 15
+    assert results["pretraining"]["global_step"] == 15 * math.ceil(DemoSettings().train_size / 128)
+    clip = CLIPModel.from_pretrained(out / "pretrained")
+    assert clip.config.projection_dim == DemoSettings().width

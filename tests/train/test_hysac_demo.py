@@ -14,8 +14,9 @@ from train.demo_world import prepare_world
 
 
 @pytest.fixture(scope="module")
-def world(one_torch_thread):
-    return prepare_world(DemoSettings(seed=0))  # the demo's steps 1-2: data and the pre-trained tiny CLIP
+def world(one_torch_thread, tmp_path_factory):
+    # the demo's steps 1-2: data and the pre-trained tiny CLIP
+    return prepare_world(DemoSettings(seed=0), tmp_path_factory.mktemp("world"))
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def test_run_demo_writes_the_hysac_key_and_keeps_the_safe_clip_keys(tmp_path, on
         train_size=128,
         val_size=32,
         test_size=64,  # the SD step embeds 64 prompts
-        pretrain_epochs=1,
+        pretrain=[*DemoSettings().pretrain, "optim.epochs=1"],
         finetune=["optim.epochs=1", "data.batch_size=64"],
     )
     results = run_demo(
@@ -91,5 +92,5 @@ def test_run_demo_writes_the_hysac_key_and_keeps_the_safe_clip_keys(tmp_path, on
     ):
         assert key in saved["hysac"], key
     assert saved["hysac"]["pretrained_safe_t2v_r1"] == saved["pretrained"]["safe_t2v_r1"]
-    assert "AUROC root distance" in (tmp_path / "demo_table.txt").read_text()
+    assert "AUROC root distance" in (tmp_path / "demo_table.md").read_text()
     assert (tmp_path / "hysac_export" / "hysac_config.json").exists() and results["hysac"]["exported"]

@@ -29,8 +29,8 @@ def test_the_loop_and_the_commands_name_no_method(module):
         assert [ast.unparse(n) for n in branches] == ["cfg.method != method_name"]
 
 
-def test_each_method_is_complete_and_only_hysac_skips_the_references():
-    assert set(METHODS) == {"safe-clip", "hysac"}
-    assert {name for name, m in METHODS.items() if not m.needs_references} == {"hysac"}
+def test_each_method_is_complete_and_only_safe_clip_needs_the_references():
+    assert set(METHODS) == {"safe-clip", "hysac", "clip"}
+    assert {name for name, m in METHODS.items() if m.needs_references} == {"safe-clip"}
     assert {name for name, m in METHODS.items() if m.export_needs_validation} == {"hysac"}
     assert {name for name, m in METHODS.items() if m.hub_upload} == {"safe-clip"}
