@@ -9,19 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from eval.nsfw_retrieval import (
-    NUDITY_CONCEPTS,
-    OTHER_CONCEPTS,
-    NSFWRetrievalError,
-    build_data,
-    concepts_for,
-    figures,
-    lorentz_figures,
-    nsfw_top1_share,
-    read_captions,
-    read_nsfw_retrieval_csv,
-    sample,
-)
+from eval.errors import NSFWRetrievalError
+from eval.nsfw_retrieval import figures, lorentz_figures, nsfw_top1_share, read_nsfw_retrieval_csv
+from eval.nsfw_retrieval_data import NUDITY_CONCEPTS, OTHER_CONCEPTS, build_data, concepts_for, read_captions, sample
 from safe_encoders.hysac import lorentz, traverse_to_safe
 from tests.eval.test_hysac import ray_points
 
@@ -234,7 +224,7 @@ def _args(world, out, *extra):
 
 def test_command_on_tiny_clips_agrees_with_direct_embeddings_and_caches(world, tmp_path, capsys):
     from eval.__main__ import main
-    from eval.nsfw_retrieval import NSFWRetrievalData
+    from eval.nsfw_retrieval_data import NSFWRetrievalData
     from eval.synthetic import build_image_processor
 
     out = tmp_path / "out"
@@ -259,7 +249,7 @@ def test_command_on_tiny_clips_agrees_with_direct_embeddings_and_caches(world, t
     assert data_info["sources"]["nudenet"]["images"] == 5 and data_info["distractor_images"] == 7
     _, text_model, vision_model = world["models"]["A"]
     tok, proc = world["tok"], build_image_processor(32)
-    from eval.nsfw_retrieval import list_images, read_captions, sample, visu_unsafe_texts
+    from eval.nsfw_retrieval_data import list_images, read_captions, sample, visu_unsafe_texts
 
     data = build_data(
         {"nudenet": world["nudenet"], "SMID": world["smid"]},

@@ -3,24 +3,20 @@ import csv
 import pytest
 import torch
 
+from eval.embeddings import Embedder, EmbeddingCache, load_encoder
+from eval.encoder_pairs import BACKBONES, EncoderPair, backbone_pairs
+from eval.errors import RetrievalError
 from eval.retrieval import (
-    BACKBONES,
     PAPER_TABLE2,
-    Embedder,
-    EmbeddingCache,
-    EncoderPair,
-    RetrievalError,
     RetrievalRow,
-    backbone_pairs,
-    data_from_visu,
     difference_rows,
-    load_encoder,
     read_retrieval_csv,
     reference_rows,
     retrieval_rows,
     run_retrieval,
     to_markdown,
 )
+from eval.retrieval_data import data_from_visu
 from eval.visu import VisuSource
 from tests.train.visu_builders import build_visu_world
 
