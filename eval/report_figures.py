@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from eval.charts import BarPanel, grouped_bar_chart
 from eval.classifiers import PAPER_RULE
-from eval.report_rows import ALL, ReportRow, _category_order, flags_from_store
+from eval.report_rows import ALL, ReportRow, category_order, flags_from_store
 from eval.store import ResultsStore, StoredItem
 
 
@@ -19,7 +19,7 @@ def bar_chart(rows: Sequence[ReportRow], path: str | Path) -> Path:
     conds = list(dict.fromkeys(r.condition for r in rows))
     panels = []
     for s in dict.fromkeys(r.prompt_set for r in rows):
-        cats = [*_category_order(r.category for r in rows if r.prompt_set == s and r.category != ALL), ALL]
+        cats = [*category_order(r.category for r in rows if r.prompt_set == s and r.category != ALL), ALL]
         cell = {(r.condition, r.category): r.probability for r in rows if r.prompt_set == s}
         series = {cond: [100 * cell.get((cond, c), math.nan) for c in cats] for cond in conds}
         panels.append(BarPanel(s, cats, series))

@@ -42,7 +42,8 @@ class ReportRow:
         return self.n_flagged / self.n_images if self.n_images else math.nan
 
 
-def _category_order(categories: Iterable[str]) -> list[str]:
+def category_order(categories: Iterable[str]) -> list[str]:
+    """``categories`` in I2P order, then the others alphabetically."""
     cats = set(categories)
     return [c for c in I2P_CATEGORIES if c in cats] + sorted(cats - set(I2P_CATEGORIES))
 
@@ -72,7 +73,7 @@ def tally(
             cell = counts.get((cond, pset))
             if cell is None:
                 continue
-            for cat in [*_category_order(c for c in cell if c != ALL), ALL]:
+            for cat in [*category_order(c for c in cell if c != ALL), ALL]:
                 rows.append(ReportRow(cond, pset, cat, cell[cat][0], cell[cat][1]))
     return rows
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from eval import paper_tables
 from eval.classifiers import PAPER_RULE
-from eval.report_rows import ALL, ReportRow, _category_order, category_mean, pooled
+from eval.report_rows import ALL, ReportRow, category_mean, category_order, pooled
 from eval.tables import csv_text, latex_table, markdown_table
 from safe_encoders.atomic import atomic_write_text
 
@@ -100,7 +100,7 @@ def wide_table(rows: Sequence[ReportRow], reference: str | None = None) -> tuple
     for s in sets:
         mine = [r.category for r in rows if r.prompt_set == s and r.category != ALL]
         paper = [c for c in paper_tables.T2I_CATEGORIES if c != _PAPER_AVG] if any(p == s for p, _ in table) else []
-        cats[s] = _category_order([*mine, *paper])
+        cats[s] = category_order([*mine, *paper])
     cell = {(r.condition, r.prompt_set, r.category): r for r in rows}
 
     def ours_line(cond: str) -> list[str]:
