@@ -113,10 +113,11 @@ def _embed_texts(
     return torch.cat(out)
 
 
-@torch.no_grad()
-def _embed_images(
-    model: torch.nn.Module, processor: Any, paths: Sequence[Path], batch_size: int, device: torch.device
+def embed_image_files(
+    paths: Sequence[str | Path], batch_size: int, embed: Callable[[list[Any]], torch.Tensor]
 ) -> torch.Tensor:
+    """``embed`` (a list of RGB PIL images -> their embedding rows) over the image files ``paths``, ``batch_size``
+    files open at a time; the rows concatenated in the order of ``paths``."""
     from PIL import Image
 
     out = []
@@ -125,9 +126,19 @@ def _embed_images(
         for p in paths[start : start + batch_size]:
             with Image.open(p) as im:
                 images.append(im.convert("RGB"))
-        pixels = processor(images, return_tensors="pt")["pixel_values"].to(device=device, dtype=model.dtype)
-        out.append(model(pixel_values=pixels).image_embeds.float().cpu())
+        out.append(embed(images))
     return torch.cat(out)
+
+
+@torch.no_grad()
+def _embed_images(
+    model: torch.nn.Module, processor: Any, paths: Sequence[Path], batch_size: int, device: torch.device
+) -> torch.Tensor:
+    def embed(images: list[Any]) -> torch.Tensor:
+        pixels = processor(images, return_tensors="pt")["pixel_values"].to(device=device, dtype=model.dtype)
+        return model(pixel_values=pixels).image_embeds.float().cpu()
+
+    return embed_image_files(paths, batch_size, embed)
 
 
 @dataclass

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from eval.embeddings import embed_image_files
 from eval.errors import NSFWRetrievalError
 from eval.nsfw_retrieval_data import NSFWRetrievalData
 from eval.tables import csv_text, latex_table, markdown_table
@@ -154,19 +155,12 @@ def hysac_rows(
 ) -> list[NSFWRetrievalRow]:
     """The figures of a ``safe_encoders.hysac.HySAC``, without and with ``model.traverse`` (each query toward
     the safe threshold of its own modality, from the model's bounds)."""
-    from PIL import Image
-
     from safe_encoders.hysac import embed_images, embed_texts
 
     def images(paths: Sequence[Path]) -> torch.Tensor:
-        chunks = []
-        for start in range(0, len(paths), batch_size):
-            batch = []
-            for p in paths[start : start + batch_size]:
-                with Image.open(p) as im:
-                    batch.append(im.convert("RGB"))
-            chunks.append(embed_images(model, batch, batch_size=batch_size).float().cpu())
-        return torch.cat(chunks)
+        return embed_image_files(
+            paths, batch_size, lambda batch: embed_images(model, batch, batch_size=batch_size).float().cpu()
+        )
 
     def texts(items: Sequence[str]) -> torch.Tensor:
         return embed_texts(model, list(items), batch_size=batch_size).float().cpu()
