@@ -31,8 +31,7 @@ import torch.nn.functional as F
 from eval.embeddings import embed_image_files
 from eval.errors import NSFWRetrievalError
 from eval.nsfw_retrieval_data import NSFWRetrievalData
-from eval.tables import csv_text, latex_table, markdown_table
-from safe_encoders.atomic import atomic_write_text
+from eval.tables import wide_body, write_tables
 
 DIRECTIONS: tuple[str, ...] = ("T*->V", "V*->T")
 CSV_COLUMNS: tuple[str, ...] = ("model", "source", "direction", "n_queries", "n_nsfw", "n_distractors", "share")
@@ -189,9 +188,7 @@ def wide_table(rows: Sequence[NSFWRetrievalRow]) -> tuple[list[str], list[list[s
     columns = list(dict.fromkeys((r.source, r.direction) for r in rows))
     cells = {(r.model, r.source, r.direction): r.share for r in rows}
     models = list(dict.fromkeys(r.model for r in rows))
-    header = ["model"] + [f"{s} {d}" for s, d in columns]
-    body = [[m] + [f"{cells[(m, *c)]:.1f}" if (m, *c) in cells else "-" for c in columns] for m in models]
-    return header, body
+    return ["model"] + [f"{s} {d}" for s, d in columns], wide_body(models, columns, cells)
 
 
 NOTE = (
@@ -203,15 +200,8 @@ NOTE = (
 
 def write_nsfw_retrieval(rows: Sequence[NSFWRetrievalRow], out: str | Path) -> dict[str, Path]:
     """``nsfw_retrieval.csv`` / ``.md`` / ``.tex`` in ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     lines = [[r.model, r.source, r.direction, r.n_queries, r.n_nsfw, r.n_distractors, f"{r.share:.4f}"] for r in rows]
-    header, body = wide_table(rows)
-    return {
-        "csv": atomic_write_text(out / "nsfw_retrieval.csv", csv_text(CSV_COLUMNS, lines)),
-        "md": atomic_write_text(out / "nsfw_retrieval.md", f"{NOTE}\n\n{markdown_table(header, body)}\n"),
-        "tex": atomic_write_text(out / "nsfw_retrieval.tex", "\n".join(latex_table(header, body)) + "\n"),
-    }
+    return write_tables(out, "nsfw_retrieval", CSV_COLUMNS, lines, *wide_table(rows), NOTE)
 
 
 def read_nsfw_retrieval_csv(path: str | Path) -> list[NSFWRetrievalRow]:
