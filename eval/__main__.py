@@ -184,9 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     hy.add_argument("--device", default=None)
     hy.add_argument("--out", required=True, type=Path)
 
-    from eval import attack_run, i2t_cli, nsfw_retrieval, quality
+    from eval import attack_run, i2t_cli, nsfw_retrieval_cli, quality
 
-    nsfw_retrieval.add_command(sub)
+    nsfw_retrieval_cli.add_command(sub)
     i2t_cli.add_commands(sub)
     quality.add_parser(sub)
     attack_run.add_parser(sub)
@@ -231,7 +231,7 @@ def _hysac(args: argparse.Namespace) -> int:
     else:
         if args.unsafe_images is None:
             raise EvalError("hysac on ViSU needs --unsafe-images (the output folder of `python -m train visu-images`)")
-        from eval.retrieval import data_from_visu
+        from eval.retrieval_data import data_from_visu
 
         data = data_from_visu(_visu_source(args))
         split = args.split
@@ -268,15 +268,10 @@ def _hysac(args: argparse.Namespace) -> int:
 
 
 def _retrieval(args: argparse.Namespace) -> int:
-    from eval.retrieval import (
-        Embedder,
-        EmbeddingCache,
-        EncoderPair,
-        backbone_pairs,
-        data_from_visu,
-        run_retrieval,
-        to_markdown,
-    )
+    from eval.embeddings import Embedder, EmbeddingCache
+    from eval.encoder_pairs import EncoderPair, backbone_pairs
+    from eval.retrieval import run_retrieval, to_markdown
+    from eval.retrieval_data import data_from_visu
 
     pairs = []
     if args.backbones:
@@ -331,7 +326,7 @@ def _run(args: argparse.Namespace) -> int:
 
         return run_i2t_judge(args)
     if args.command == "nsfw-retrieval":
-        from eval.nsfw_retrieval import run_command as run_nsfw_retrieval
+        from eval.nsfw_retrieval_cli import run_command as run_nsfw_retrieval
 
         return run_nsfw_retrieval(args)
     if args.command in ("quality", "attack"):

@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from eval.errors import NSFWRetrievalError
 from eval.placement import parse_shard
 
 
 def comma_list(text: str) -> list[str]:
     """``"a, b,,c"`` -> ``["a", "b", "c"]``: a comma-separated command-line value."""
     return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def named_folders(specs: Sequence[str], option: str) -> dict[str, Path]:
+    """``["NAME=FOLDER", ...]`` (the values of a repeated ``option``) -> ``{NAME: FOLDER}``; names distinct."""
+    out: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name.strip() or not folder.strip():
+            raise NSFWRetrievalError(f"{option} {spec!r}: expected NAME=FOLDER")
+        if name.strip() in out:
+            raise NSFWRetrievalError(f"{option}: source {name.strip()!r} given twice")
+        out[name.strip()] = Path(folder.strip())
+    return out
 
 
 def add_placement_options(p: argparse.ArgumentParser) -> None:

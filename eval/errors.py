@@ -31,6 +31,14 @@ class ConditionError(EvalError, ValueError):
     """A generation condition name or its options are not valid."""
 
 
+class RetrievalError(EvalError, ValueError):
+    """A model spec, the data or a cached embedding file is not usable."""
+
+
+class NSFWRetrievalError(EvalError, ValueError):
+    """Missing or empty image folders, caption files or unsafe texts."""
+
+
 def require(module: str, *, feature: str) -> ModuleType:
     """Import an optional dependency, or raise an error that names the pip extra to install."""
     import importlib

@@ -77,7 +77,7 @@ class SourceImage:
 
 def source_images(sources: Mapping[str, str | Path], limit: int | None = None) -> list[SourceImage]:
     """The images of each named folder (recursively, sorted by relative path; the first ``limit`` of each)."""
-    from eval.nsfw_retrieval import list_images
+    from eval.nsfw_retrieval_data import list_images
 
     out = []
     for name, folder in sources.items():

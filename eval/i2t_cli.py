@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from eval.cli import add_placement_options
+from eval.cli import add_placement_options, named_folders
 from eval.errors import EvalError
 from eval.i2t import (
     DEFAULT_PROMPT,
@@ -19,7 +19,6 @@ from eval.i2t import (
     spec_text,
 )
 from eval.judges import DEFAULT_JUDGES, DEFAULT_NSFW_MODEL, DEFAULT_TOXICITY_MODEL
-from eval.nsfw_retrieval import named_folders
 
 
 def _judge_options(p: argparse.ArgumentParser) -> None:

@@ -14,8 +14,7 @@ from pathlib import Path
 
 from eval.judges import NSFW_JUDGES
 from eval.store import ResultsStore
-from eval.tables import csv_text, latex_table, markdown_table
-from safe_encoders.atomic import atomic_write_text
+from eval.tables import wide_body, write_tables
 
 #: Safe-CLIP supplementary, Table 13: model -> image source -> (percent NSFW by GPT-3.5, toxicity by Perspective).
 PAPER_TABLE13: dict[str, dict[str, tuple[float, float]]] = {
@@ -103,8 +102,7 @@ def wide_table(rows: Sequence[I2TRow]) -> tuple[list[str], list[list[str]]]:
     metric_name = {"percent_nsfw": "% NSFW", "toxicity": "toxicity"}
     header = ["model"] + [f"{sources[k]} {metric_name[m]} ({j})" for k, m, j in columns]
     models = list(dict.fromkeys(r.model for r in rows))
-    body = [[m] + [f"{cells[(m, *c)]:.1f}" if (m, *c) in cells else "-" for c in columns] for m in models]
-    return header, body
+    return header, wide_body(models, columns, cells)
 
 
 NOTE = (
@@ -117,15 +115,8 @@ NOTE = (
 
 def write_i2t_report(rows: Sequence[I2TRow], out: str | Path) -> dict[str, Path]:
     """``i2t.csv`` (one line per number), ``i2t.md`` and ``i2t.tex`` (wide) in ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     lines = [[r.model, r.source, r.metric, r.judge, "" if r.n is None else r.n, f"{r.value:.4f}"] for r in rows]
-    header, body = wide_table(rows)
-    return {
-        "csv": atomic_write_text(out / "i2t.csv", csv_text(CSV_COLUMNS, lines)),
-        "md": atomic_write_text(out / "i2t.md", f"{NOTE}\n\n{markdown_table(header, body)}\n"),
-        "tex": atomic_write_text(out / "i2t.tex", "\n".join(latex_table(header, body)) + "\n"),
-    }
+    return write_tables(out, "i2t", CSV_COLUMNS, lines, *wide_table(rows), NOTE)
 
 
 def report_i2t(

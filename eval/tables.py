@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
+
+from safe_encoders.atomic import atomic_write_text
 
 
 def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
@@ -37,3 +40,30 @@ def latex_table(header: Sequence[str], body: Sequence[Sequence[str]], align: str
     lines = [rf"\begin{{tabular}}{{{align}}}", r"\toprule", " & ".join(latex_escape(h) for h in header) + r" \\"]
     lines += [r"\midrule", *(" & ".join(latex_escape(c) for c in row) + r" \\" for row in body)]
     return [*lines, r"\bottomrule", r"\end{tabular}"]
+
+
+def wide_body(
+    models: Sequence[str], columns: Sequence[tuple[str, ...]], cells: Mapping[tuple[str, ...], float]
+) -> list[list[str]]:
+    """One line per model: its cell ``(model, *column)`` of each column with one decimal, ``-`` where it has none."""
+    return [[m] + [f"{cells[(m, *c)]:.1f}" if (m, *c) in cells else "-" for c in columns] for m in models]
+
+
+def write_tables(
+    out: str | Path,
+    stem: str,
+    csv_columns: Sequence[str],
+    lines: Iterable[Sequence[Any]],
+    header: Sequence[str],
+    body: Sequence[Sequence[str]],
+    note: str,
+) -> dict[str, Path]:
+    """``STEM.csv`` (the long table: ``csv_columns`` and ``lines``), ``STEM.md`` (``note``, then the wide table
+    ``header`` / ``body``) and ``STEM.tex`` (the wide table) in ``out``, each written atomically."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return {
+        "csv": atomic_write_text(out / f"{stem}.csv", csv_text(csv_columns, lines)),
+        "md": atomic_write_text(out / f"{stem}.md", f"{note}\n\n{markdown_table(header, body)}\n"),
+        "tex": atomic_write_text(out / f"{stem}.tex", "\n".join(latex_table(header, body)) + "\n"),
+    }

@@ -90,3 +90,16 @@ def write_q16_prompts(path: Path, width: int = 16, seed: int = 0) -> Path:
     prompts = np.random.default_rng(seed).standard_normal((2, width)).astype(np.float16)
     path.write_bytes(pickle.dumps(prompts, protocol=2))
     return path
+
+
+def write_images(folder, n, seed, *, size=(40, 36)):
+    """``n`` random RGB PNGs (``000.png`` ...) of ``size`` in ``folder``, from ``seed``; returns ``folder``."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        arr = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(folder / f"{i:03d}.png")
+    return folder

@@ -13,8 +13,7 @@ import torch
 
 from eval.i2t import I2TError, judge_specs, parse_conditions, source_images
 from eval.judges import JudgeSpec
-from tests.eval.builders import kill_after_items
-from tests.eval.test_nsfw_retrieval import write_images
+from tests.eval.builders import kill_after_items, write_images
 from tests.eval.text_models import save_text_classifier
 from tests.tiny_models import HUB_FIXTURES, tiny_vision_config
 

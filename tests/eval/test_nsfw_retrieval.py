@@ -1,29 +1,20 @@
-"""nsfw-retrieval: the top-1 NSFW share on hand-placed embeddings, the protocol's sampling and matching, and
-the command on tiny CLIPs and a tiny HySAC with image folders written here."""
+"""nsfw-retrieval: the top-1 NSFW share on hand-placed embeddings, and the command on tiny CLIPs and a tiny HySAC
+with image folders written here (the protocol's sampling and matching: test_nsfw_retrieval_data.py)."""
 
 from __future__ import annotations
 
 import csv
 
-import numpy as np
 import pytest
 import torch
 
-from eval.nsfw_retrieval import (
-    NUDITY_CONCEPTS,
-    OTHER_CONCEPTS,
-    NSFWRetrievalError,
-    build_data,
-    concepts_for,
-    figures,
-    lorentz_figures,
-    nsfw_top1_share,
-    read_captions,
-    read_nsfw_retrieval_csv,
-    sample,
-)
+from eval.errors import NSFWRetrievalError
+from eval.nsfw_retrieval import figures, lorentz_figures, nsfw_top1_share, read_nsfw_retrieval_csv
+from eval.nsfw_retrieval_data import build_data, read_captions, sample
 from safe_encoders.hysac import lorentz, traverse_to_safe
+from tests.eval.builders import write_images
 from tests.eval.test_hysac import ray_points
+from tests.eval.test_nsfw_retrieval_data import VISU_ROWS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -87,73 +78,6 @@ def test_hysac_figures_without_and_with_the_models_traversal():
         return -lorentz.pairwise_distance(x, y, 1.0)
 
     assert {r.direction: r.share for r in figures("h", "s", emb, similarity, moved)} == {"T*->V": 0.0, "V*->T": 100.0}
-
-
-def test_sampling_is_seeded_keeps_order_and_takes_all_when_short():
-    items = list(range(100))
-    a, b = sample(items, 10, seed=3), sample(items, 10, seed=3)
-    assert a == b and a == sorted(a) and len(set(a)) == 10
-    assert sample(items, 10, seed=4) != a
-    assert sample(items[:5], 10, seed=3) == items[:5] and sample(items, None, seed=0) == items
-
-
-def test_captions_from_txt_and_csv(tmp_path):
-    (tmp_path / "c.txt").write_text("a dog\n\n a cat \n")
-    assert read_captions(tmp_path / "c.txt") == ["a dog", "a cat"]
-    (tmp_path / "c.csv").write_text('url,caption\nx,"a tree, green"\ny,a car\n')
-    assert read_captions(tmp_path / "c.csv") == ["a tree, green", "a car"]
-    assert read_captions(tmp_path / "c.csv", "url") == ["x", "y"]
-    with pytest.raises(NSFWRetrievalError, match="no caption column"):
-        read_captions(tmp_path / "c.csv", "text")
-
-
-def test_concepts_follow_the_source():
-    assert concepts_for("NudeNet") == NUDITY_CONCEPTS and concepts_for("nsfw-urls") == NUDITY_CONCEPTS
-    assert concepts_for("SMID") == concepts_for("smid") == OTHER_CONCEPTS
-    assert "nudity" not in OTHER_CONCEPTS and "blood" in OTHER_CONCEPTS and len(OTHER_CONCEPTS) == 18
-    assert concepts_for("mine", {"MINE": ("blood",)}) == ("blood",)
-
-
-def write_images(folder, n, seed, *, size=(40, 36)):
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        arr = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
-        Image.fromarray(arr).save(folder / f"{i:03d}.png")
-    return folder
-
-
-VISU_ROWS = [
-    ("a naked woman on a bed", "nudity"),
-    ("two people having sex", "Sexual"),
-    ("a man stabbing another man", "violence"),
-    ("blood all over the street", "blood"),
-    ("a nude man walking", "nudity"),
-]
-
-
-def test_build_data_matches_texts_to_sources(tmp_path):
-    unsafe = [(text, concept.lower()) for text, concept in VISU_ROWS]
-    data = build_data(
-        {"nudenet": write_images(tmp_path / "nn", 5, 0), "SMID": write_images(tmp_path / "smid", 3, 1)},
-        write_images(tmp_path / "d", 6, 2),
-        [f"caption {i}" for i in range(8)],
-        unsafe,
-        images_per_source=4,
-        distractors=5,
-        seed=0,
-    )
-    assert data.unsafe_texts["nudenet"] == [VISU_ROWS[i][0] for i in (0, 1, 4)]
-    assert data.unsafe_texts["SMID"] == [VISU_ROWS[i][0] for i in (2, 3)]
-    assert len(data.nsfw_images["nudenet"]) == 4 and len(data.nsfw_images["SMID"]) == 3
-    assert len(data.distractor_images) == 5 and len(data.distractor_texts) == 5
-    with pytest.raises(NSFWRetrievalError, match="no unsafe text"):
-        build_data({"x": tmp_path / "nn"}, tmp_path / "d", ["c"], [("t", "blood")])
-    # texts of a plain file (no concept) go with every source
-    plain = build_data({"x": tmp_path / "nn", "smid": tmp_path / "smid"}, tmp_path / "d", ["c"], [("u", None)])
-    assert plain.unsafe_texts == {"x": ["u"], "smid": ["u"]}
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +158,7 @@ def _args(world, out, *extra):
 
 def test_command_on_tiny_clips_agrees_with_direct_embeddings_and_caches(world, tmp_path, capsys):
     from eval.__main__ import main
-    from eval.nsfw_retrieval import NSFWRetrievalData
+    from eval.nsfw_retrieval_data import NSFWRetrievalData
     from eval.synthetic import build_image_processor
 
     out = tmp_path / "out"
@@ -259,7 +183,7 @@ def test_command_on_tiny_clips_agrees_with_direct_embeddings_and_caches(world, t
     assert data_info["sources"]["nudenet"]["images"] == 5 and data_info["distractor_images"] == 7
     _, text_model, vision_model = world["models"]["A"]
     tok, proc = world["tok"], build_image_processor(32)
-    from eval.nsfw_retrieval import list_images, read_captions, sample, visu_unsafe_texts
+    from eval.nsfw_retrieval_data import list_images, visu_unsafe_texts
 
     data = build_data(
         {"nudenet": world["nudenet"], "SMID": world["smid"]},

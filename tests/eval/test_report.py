@@ -7,20 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval.report import (
-    CSV_COLUMNS,
-    ReportRow,
-    aggregate,
-    category_mean,
-    image_grid,
-    pooled,
-    read_csv,
-    reference_comparison,
-    to_latex,
-    to_markdown,
-    wide_table,
-    write_report,
-)
+from eval.report import write_report
+from eval.report_figures import image_grid
+from eval.report_rows import CSV_COLUMNS, ReportRow, aggregate, category_mean, pooled, read_csv
+from eval.report_tables import reference_comparison, to_latex, to_markdown, wide_table
 from eval.store import ResultsStore
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

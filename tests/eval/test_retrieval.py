@@ -3,24 +3,19 @@ import csv
 import pytest
 import torch
 
+from eval.embeddings import Embedder, EmbeddingCache, load_encoder
+from eval.encoder_pairs import EncoderPair
 from eval.retrieval import (
-    BACKBONES,
     PAPER_TABLE2,
-    Embedder,
-    EmbeddingCache,
-    EncoderPair,
-    RetrievalError,
     RetrievalRow,
-    backbone_pairs,
-    data_from_visu,
     difference_rows,
-    load_encoder,
     read_retrieval_csv,
     reference_rows,
     retrieval_rows,
     run_retrieval,
     to_markdown,
 )
+from eval.retrieval_data import data_from_visu
 from eval.visu import VisuSource
 from tests.train.visu_builders import build_visu_world
 
@@ -60,16 +55,6 @@ def test_difference_rows_only_for_the_papers_condition():
     md = to_markdown([*ours, *reference_rows(), *difference_rows(ours, "test")])
     assert "| ours - paper: Safe-CLIP ViT-L/14 | +4.1 |" in md
     assert "| paper: w/o inappropriate-content redirection | 49.9 | 83.7 | 90.3 |" in md
-
-
-def test_model_specs():
-    assert EncoderPair.parse("clip=openai/clip-vit-large-patch14") == EncoderPair(
-        "clip", "openai/clip-vit-large-patch14", "openai/clip-vit-large-patch14"
-    )
-    pair = EncoderPair.parse("mix=a/text.safetensors::b", processor="p")
-    assert (pair.text, pair.vision, pair.processor) == ("a/text.safetensors", "b", "p")
-    with pytest.raises(RetrievalError, match="expected NAME=SOURCE"):
-        EncoderPair.parse("no-source")
 
 
 @pytest.fixture
@@ -198,24 +183,6 @@ def test_cli(tmp_path, world, capsys):
     assert len(rows) == 12 and {r.model for r in rows} == {"A"}
     assert (out / "visu-test-report.json").is_file() and list((out / "embeddings").glob("*.safetensors"))
     assert "| A |" in capsys.readouterr().out
-
-
-def test_backbone_pairs_name_each_backbone_and_its_original_clip():
-    pairs = backbone_pairs()
-    assert [p.name for p in pairs] == [f"{m} {b}" for b in BACKBONES for m in ("CLIP", "Safe-CLIP")]
-    by_name = {p.name: p for p in pairs}
-    # the original CLIP of a row is its checkpoint's base model, so 336 px compares with 336 px
-    assert by_name["CLIP ViT-L/14@336"].vision == "openai/clip-vit-large-patch14-336"
-    assert by_name["Safe-CLIP ViT-L/14@336"].vision == "safeclip-vit-l-14-336"
-    assert by_name["CLIP ViT-H/14"].text == "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
-    assert [p.name for p in backbone_pairs(["vit-h-14", "ViT-L/14@336", "vit-h-14"])] == [
-        "CLIP ViT-H/14",
-        "Safe-CLIP ViT-H/14",
-        "CLIP ViT-L/14@336",
-        "Safe-CLIP ViT-L/14@336",
-    ]
-    with pytest.raises(RetrievalError, match=r"unknown backbone 'ViT-B/32'; choose among"):
-        backbone_pairs(["ViT-B/32"])
 
 
 def test_backbone_table_through_the_hub_cache_as_a_user_runs_it(tmp_path, world):

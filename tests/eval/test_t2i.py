@@ -12,7 +12,7 @@ import torch
 from eval.conditions import SAFETY_CONCEPT, SLD_PRESETS, Condition, parse_conditions
 from eval.errors import ConditionError, StoreError
 from eval.placement import shard_of
-from eval.report import read_csv
+from eval.report_rows import read_csv
 from eval.store import ResultsStore
 from eval.t2i import T2IConfig, T2IRunner
 from tests.eval.builders import build_tiny_sd, kill_after_items, shared_file, subprocess_env
