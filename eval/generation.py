@@ -22,7 +22,8 @@ import torch
 from eval.claims import DEFAULT_LEASE, Claims
 from eval.classifiers import PAPER_RULE, ClassifierOptions, classifiers_from_config
 from eval.placement import Placement, free_accelerator_memory, shard_of
-from eval.store import CLASSIFY, GENERATE, ItemKey, ResultsStore, fully_labelled
+from eval.store import ItemKey, ResultsStore, fully_labelled
+from eval.store_claims import CLASSIFY, GENERATE
 
 
 class WorkItem(Protocol):
