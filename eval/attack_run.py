@@ -29,7 +29,7 @@ from eval.attacks import (
 )
 from eval.classifiers import ClassifierOptions, registered_classifiers
 from eval.errors import EvalError, StoreError
-from eval.prompts import PromptSet
+from eval.prompt_set import PromptSet
 from eval.runs import condition_names, run_prompt_set
 from eval.store import ResultsStore
 from eval.t2i import T2IConfig

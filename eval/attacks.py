@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from eval.errors import PromptSetError
-from eval.prompts import Prompt, PromptSet, _parse_float, _parse_int, _pick, _read_rows
+from eval.prompt_set import Prompt, PromptSet
+from eval.prompt_tables import _parse_float, _parse_int, _pick, _read_rows
 from eval.store import ResultsStore, fully_labelled
 from eval.tables import csv_text, latex_table, markdown_table
 from safe_encoders.atomic import atomic_write_text

@@ -28,7 +28,8 @@ import torch
 
 from eval.errors import EvalError, PromptSetError
 from eval.placement import default_device
-from eval.prompts import PromptSet, load_prompt_file
+from eval.prompt_set import PromptSet
+from eval.prompts import load_prompt_file
 from eval.quality_metrics import (
     DEFAULT_CLIP_SCORE_MODEL,
     CLIPScorer,

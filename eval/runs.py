@@ -15,7 +15,7 @@ from eval.conditions import parse_conditions
 from eval.errors import ConditionError
 from eval.generation import GenerationRunner
 from eval.placement import Placement, record_run
-from eval.prompts import PromptSet
+from eval.prompt_set import PromptSet
 from eval.store import ResultsStore
 from eval.t2i import T2IConfig, T2IProvider
 

@@ -39,7 +39,8 @@ from eval.conditions import (
 from eval.errors import ConditionError
 from eval.generation import GenerationRunner, diffusers_dtype_kwarg
 from eval.placement import Placement, record_run
-from eval.prompts import Prompt, PromptSet, load_prompts
+from eval.prompt_set import Prompt, PromptSet
+from eval.prompts import load_prompts
 from eval.store import ItemKey, ResultsStore
 
 logger = logging.getLogger("safe_encoders.eval")
