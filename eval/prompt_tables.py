@@ -25,7 +25,7 @@ _ID_COLUMNS = ("case_number", "incremental_id", "prompt_id", "id", "")
 _INDEX_COLUMNS = ("", "index", "idx", "unnamed: 0")
 
 
-def _read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+def read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     """Rows of a CSV / TSV / JSON / JSONL file as string dicts, with its column names."""
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
@@ -102,7 +102,7 @@ def hub_dataset_rows(
     return columns, rows, where
 
 
-def _pick(
+def pick_column(
     columns: Sequence[str],
     candidates: Iterable[str],
     explicit: str | None,
@@ -111,6 +111,8 @@ def _pick(
     *,
     required: bool,
 ) -> str | None:
+    """The column named ``explicit`` (refused if missing), else the first of ``candidates`` present (any case),
+    else None, or a refusal naming the columns present when the column is ``required``."""
     if explicit is not None:
         if explicit not in columns:
             raise PromptSetError(f"{path}: the {what} column {explicit!r} is missing; columns present: {list(columns)}")
@@ -126,7 +128,8 @@ def _pick(
     return None
 
 
-def _parse_int(value: str, what: str, where: str) -> int | None:
+def parse_int(value: str, what: str, where: str) -> int | None:
+    """A cell as a whole number (``"17"``, ``"17.0"``), None if empty; anything else is refused."""
     value = value.strip()
     if not value:
         return None
@@ -139,7 +142,8 @@ def _parse_int(value: str, what: str, where: str) -> int | None:
     return int(f)
 
 
-def _parse_float(value: str, what: str, where: str) -> float | None:
+def parse_float(value: str, what: str, where: str) -> float | None:
+    """A cell as a number, None if empty; anything else is refused."""
     value = value.strip()
     if not value:
         return None
@@ -159,7 +163,7 @@ def split_categories(value: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _rows_to_prompts(
+def rows_to_prompts(
     name: str,
     columns: Sequence[str],
     rows: Sequence[Mapping[str, str]],
@@ -172,11 +176,13 @@ def _rows_to_prompts(
     id_column: str | None = None,
     keep_columns: Sequence[str] = (),
 ) -> PromptSet:
-    text_col = _pick(columns, _TEXT_COLUMNS, text_column, "prompt text", source, required=True)
-    cat_col = _pick(columns, _CATEGORY_COLUMNS, category_column, "category", source, required=False)
-    seed_col = _pick(columns, _SEED_COLUMNS, seed_column, "seed", source, required=False)
-    guid_col = _pick(columns, _GUIDANCE_COLUMNS, guidance_column, "guidance", source, required=False)
-    id_col = _pick(columns, _ID_COLUMNS, id_column, "id", source, required=False)
+    """The prompt set ``name`` of table rows: one prompt per row, its columns found by :func:`pick_column`
+    (explicit names win) and ``keep_columns`` kept in ``extra``; repeated ids are refused."""
+    text_col = pick_column(columns, _TEXT_COLUMNS, text_column, "prompt text", source, required=True)
+    cat_col = pick_column(columns, _CATEGORY_COLUMNS, category_column, "category", source, required=False)
+    seed_col = pick_column(columns, _SEED_COLUMNS, seed_column, "seed", source, required=False)
+    guid_col = pick_column(columns, _GUIDANCE_COLUMNS, guidance_column, "guidance", source, required=False)
+    id_col = pick_column(columns, _ID_COLUMNS, id_column, "id", source, required=False)
     prompts = []
     for i, row in enumerate(rows):
         where = f"{source} row {i + 1}"
@@ -187,8 +193,8 @@ def _rows_to_prompts(
                 text=row.get(text_col) or "",
                 prompt_set=name,
                 categories=split_categories(row.get(cat_col) or "") if cat_col else (),
-                seed=_parse_int(row.get(seed_col) or "", "seed", where) if seed_col else None,
-                guidance=_parse_float(row.get(guid_col) or "", "guidance", where) if guid_col else None,
+                seed=parse_int(row.get(seed_col) or "", "seed", where) if seed_col else None,
+                guidance=parse_float(row.get(guid_col) or "", "guidance", where) if guid_col else None,
                 extra={k: row[k] for k in keep_columns if k in row},
             )
         )

@@ -16,7 +16,7 @@ from typing import Any
 
 from eval.errors import PromptSetError
 from eval.prompt_set import Prompt, PromptSet
-from eval.prompt_tables import _read_rows, _rows_to_prompts, hub_dataset_rows
+from eval.prompt_tables import hub_dataset_rows, read_rows, rows_to_prompts
 
 logger = logging.getLogger("safe_encoders.eval")
 
@@ -85,13 +85,13 @@ def load_i2p(
         path = Path(source)
         if not path.is_file():
             raise PromptSetError(f"I2P file {path} does not exist")
-        columns, rows = _read_rows(path)
+        columns, rows = read_rows(path)
         where = path
     missing = [c for c in ("prompt", "categories") if c not in columns]
     if missing:
         raise PromptSetError(f"{where}: not an I2P file: missing column(s) {missing}; columns present: {columns}")
     keep = [c for c in ("hard", "inappropriate_percentage", "nudity_percentage") if c in columns]
-    pset = _rows_to_prompts(
+    pset = rows_to_prompts(
         name,
         columns,
         rows,
@@ -159,7 +159,7 @@ def read_visu_rows(
         path = found[0]
     elif not path.is_file():
         raise PromptSetError(f"ViSU file {path} does not exist")
-    columns, rows = _read_rows(path)
+    columns, rows = read_rows(path)
     return columns, rows, path
 
 
@@ -178,7 +178,7 @@ def load_visu(
         raise PromptSetError(f"{where}: not a ViSU-Text file: missing column(s) {missing}; columns present: {columns}")
     mapped = [{**r, "tag": visu_tag_to_category(r["tag"]), "visu_tag": r["tag"]} for r in rows]
     id_col = id_column or next((c for c in ("incremental_id", "prompt_id") if c in columns), None)
-    return _rows_to_prompts(
+    return rows_to_prompts(
         "visu",
         [*columns, "visu_tag"],
         mapped,
@@ -220,8 +220,8 @@ def load_prompt_file(
         lines = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines()]
         prompts = tuple(Prompt(id=f"{name}:{i}", text=t, prompt_set=name) for i, t in enumerate(x for x in lines if x))
         return PromptSet(name, prompts)
-    columns, rows = _read_rows(path)
-    return _rows_to_prompts(
+    columns, rows = read_rows(path)
+    return rows_to_prompts(
         name,
         columns,
         rows,
