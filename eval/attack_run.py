@@ -29,8 +29,8 @@ from eval.attacks import (
 )
 from eval.classifiers import ClassifierOptions, registered_classifiers
 from eval.errors import EvalError, StoreError
-from eval.prompts import PromptSet
-from eval.runs import condition_names, run_prompt_set
+from eval.prompt_set import PromptSet
+from eval.runs import GenerationSettings, condition_names, run_prompt_set
 from eval.store import ResultsStore
 from eval.t2i import T2IConfig
 
@@ -40,48 +40,20 @@ STORE_DIR = "attack"
 
 
 @dataclass(kw_only=True)
-class AttackConfig(ClassifierOptions):
-    """Everything ``eval attack`` needs (the command line's options). ``rule``: empty for each set's own."""
+class AttackConfig(ClassifierOptions, GenerationSettings):
+    """Everything ``eval attack`` needs (the command line's options). ``rule``: empty for each set's own;
+    ``limit``: the first N prompts of each set."""
 
-    model: str
     attack_sets: list[str]
-    conditions: list[str]
-    out: Path
     columns: ColumnOverrides = field(default_factory=ColumnOverrides)
     images_per_prompt: int = 1
-    safe_checkpoint: str = "auto"
-    unet: str | None = None
-    limit: int | None = None
-    """First N prompts of each set."""
-    steps: int = 50
-    guidance: float | None = None
-    size: int | None = None
-    batch_size: int = 4
-    dtype: str | None = None
-    device: str | None = None
-    progress: bool = True
-    hub_kwargs: dict[str, Any] = field(default_factory=dict)
     rule: tuple[str, ...] = ()
 
     def t2i_config(self, rule: tuple[str, ...]) -> T2IConfig:
-        return T2IConfig(
-            model=self.model,
+        return self.to_t2i_config(
             prompts=",".join(self.attack_sets),
-            conditions=list(self.conditions),
-            out=Path(self.out) / STORE_DIR,
-            safe_checkpoint=self.safe_checkpoint,
-            unet=self.unet,
+            store_dir=STORE_DIR,
             images_per_prompt=self.images_per_prompt,
-            steps=self.steps,
-            guidance=self.guidance,
-            height=self.size,
-            width=self.size,
-            batch_size=self.batch_size,
-            dtype=self.dtype,
-            device=self.device,
-            reference=None,
-            progress=self.progress,
-            hub_kwargs=self.hub_kwargs,
             q16_model=self.q16_model,
             q16_prompts=self.q16_prompts,
             nudenet_threshold=self.nudenet_threshold,

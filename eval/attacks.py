@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from eval.errors import PromptSetError
-from eval.prompts import Prompt, PromptSet, _parse_float, _parse_int, _pick, _read_rows
+from eval.prompt_set import Prompt, PromptSet
+from eval.prompt_tables import parse_float, parse_int, pick_column, read_rows
 from eval.store import ResultsStore, fully_labelled
 from eval.tables import csv_text, latex_table, markdown_table
 from safe_encoders.atomic import atomic_write_text
@@ -166,12 +167,12 @@ def load_attack_set(spec: str, overrides: ColumnOverrides = ColumnOverrides()) -
     preset = ATTACK_PRESETS.get(name)
     if not path.is_file():
         raise PromptSetError(f"--attack-set {name}: {path} does not exist (the files are user-supplied; see README)")
-    columns, rows = _read_rows(path)
+    columns, rows = read_rows(path)
     prompt_candidates = preset.prompt_columns if preset else PROMPT_COLUMNS
-    text_col = _pick(columns, prompt_candidates, overrides.prompt, "prompt", path, required=True)
-    id_col = _pick(columns, preset.id_columns if preset else ID_COLUMNS, overrides.id, "id", path, required=False)
-    seed_col = _pick(columns, SEED_COLUMNS, overrides.seed, "seed", path, required=False)
-    guid_col = _pick(columns, GUIDANCE_COLUMNS, overrides.guidance, "guidance", path, required=False)
+    text_col = pick_column(columns, prompt_candidates, overrides.prompt, "prompt", path, required=True)
+    id_col = pick_column(columns, preset.id_columns if preset else ID_COLUMNS, overrides.id, "id", path, required=False)
+    seed_col = pick_column(columns, SEED_COLUMNS, overrides.seed, "seed", path, required=False)
+    guid_col = pick_column(columns, GUIDANCE_COLUMNS, overrides.guidance, "guidance", path, required=False)
     empty = [i + 1 for i, r in enumerate(rows) if not (r.get(text_col) or "").strip()]
     if empty:
         raise PromptSetError(f"{path}: empty {text_col!r} in row(s) {empty[:5]}; an attack set needs every prompt")
@@ -192,8 +193,8 @@ def load_attack_set(spec: str, overrides: ColumnOverrides = ColumnOverrides()) -
                 text=row[text_col],
                 prompt_set=name,
                 categories=(concept,),
-                seed=_parse_int(row.get(seed_col) or "", "seed", where) if seed_col else None,
-                guidance=_parse_float(row.get(guid_col) or "", "guidance", where) if guid_col else None,
+                seed=parse_int(row.get(seed_col) or "", "seed", where) if seed_col else None,
+                guidance=parse_float(row.get(guid_col) or "", "guidance", where) if guid_col else None,
             )
         )
     pset = PromptSet(name, tuple(prompts))

@@ -14,6 +14,7 @@ Providers: ``eval.t2i.T2IProvider`` (conditions x prompts x seeds) and
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -22,7 +23,10 @@ import torch
 from eval.claims import DEFAULT_LEASE, Claims
 from eval.classifiers import PAPER_RULE, ClassifierOptions, classifiers_from_config
 from eval.placement import Placement, free_accelerator_memory, shard_of
-from eval.store import CLASSIFY, GENERATE, ItemKey, ResultsStore, fully_labelled
+from eval.store import ItemKey, ResultsStore, fully_labelled
+from eval.store_claims import CLASSIFY, GENERATE
+
+logger = logging.getLogger("safe_encoders.eval")
 
 
 class WorkItem(Protocol):
@@ -203,6 +207,29 @@ class GenerationRunner:
         self.release_generators()
         self.classify()
         return self.placement.wait_then_is_main()
+
+    # A runner that reports (``eval t2i``, ``eval i2t``) names its run and has a stamp and a report.
+    run_name = "the run"
+
+    def stamp(self) -> None:
+        """Record the run's provenance and config in the store."""
+        raise NotImplementedError(f"{type(self).__name__} has no stamp")
+
+    def report(self) -> Any:
+        """Write the report of the complete run; returns its rows."""
+        raise NotImplementedError(f"{type(self).__name__} has no report")
+
+    def run(self) -> Any | None:
+        """Stamp the run (first shard), generate and classify, and (main process, once the whole run is complete)
+        write the report; returns its rows, else None."""
+        if self.placement.shard_index == 0:
+            self.stamp()
+        if not self.generate_and_classify():
+            return None
+        if not self.complete():
+            logger.warning("%s is not complete yet (other shards still working?); no report written", self.run_name)
+            return None
+        return self.report()
 
 
 def classify_store(

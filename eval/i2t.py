@@ -16,7 +16,6 @@ done in place, once, so a 7B / 13B model is never held twice).
 
 from __future__ import annotations
 
-import logging
 import zlib
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,8 +29,6 @@ from eval.generation import GenerationRunner
 from eval.judges import DEFAULT_JUDGES, Judge, JudgeSpec, build_judges
 from eval.placement import Placement, record_run
 from eval.store import ItemKey, ResultsStore
-
-logger = logging.getLogger("safe_encoders.eval")
 
 #: The paper's instruction to LLaVA.
 DEFAULT_PROMPT = "describe the image"
@@ -307,6 +304,8 @@ class RunSettings:
 class I2TRunner(GenerationRunner):
     """Runs (or resumes) one i2t evaluation on the generation runner: descriptions, judges, then the report."""
 
+    run_name = "the i2t run"
+
     def __init__(self, config: I2TConfig, *, shard: tuple[int, int] | None = None) -> None:
         if config.batch_size < 1 or config.max_new_tokens < 1 or config.temperature < 0:
             raise ValueError("batch_size and max_new_tokens must be >= 1 and temperature >= 0")
@@ -341,15 +340,8 @@ class I2TRunner(GenerationRunner):
         self.store.set_meta("i2t", {"label": self.label, "judges": [spec_text(s) for s in self.specs]})
         record_run(self.store, self.cfg, images={k: str(v) for k, v in self.cfg.images.items()})
 
-    def run(self) -> list | None:
-        """Describe, judge and (once the whole run is complete) write the report; returns its rows."""
+    def report(self) -> list:
+        """Write the report (``i2t.{csv,md,tex}``) of the complete run; returns its rows."""
         from eval.i2t_report import report_i2t
 
-        if self.placement.shard_index == 0:
-            self.stamp()
-        if not self.generate_and_classify():
-            return None
-        if not self.complete():
-            logger.warning("the i2t run is not complete yet (other shards still working?); no report written")
-            return None
         return report_i2t(self.store, self.cfg.out, self.label, reference=self.cfg.reference)

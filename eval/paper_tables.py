@@ -9,16 +9,9 @@ in the order of ``T2I_CATEGORIES``; the last value, ``avg``, is the share over t
 
 from __future__ import annotations
 
-T2I_CATEGORIES: tuple[str, ...] = (
-    "hate",
-    "harassment",
-    "violence",
-    "self-harm",
-    "sexual",
-    "shocking",
-    "illegal activity",
-    "avg",
-)
+from eval.prompts import I2P_CATEGORIES
+
+T2I_CATEGORIES: tuple[str, ...] = (*I2P_CATEGORIES, "avg")
 T2I_TABLES: dict[str, str] = {"sd-v1.4": "4", "sd-v2.0": "12"}
 
 T2I: dict[str, dict[tuple[str, str], tuple[float, ...]]] = {

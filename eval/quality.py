@@ -28,7 +28,8 @@ import torch
 
 from eval.errors import EvalError, PromptSetError
 from eval.placement import default_device
-from eval.prompts import PromptSet, load_prompt_file
+from eval.prompt_set import PromptSet
+from eval.prompts import load_prompt_file
 from eval.quality_metrics import (
     DEFAULT_CLIP_SCORE_MODEL,
     CLIPScorer,
@@ -37,7 +38,7 @@ from eval.quality_metrics import (
     default_stats_cache,
     image_files,
 )
-from eval.runs import condition_names, run_prompt_set
+from eval.runs import GenerationSettings, condition_names, run_prompt_set
 from eval.store import ResultsStore
 from eval.t2i import T2IConfig
 from eval.tables import csv_text, latex_table, markdown_table
@@ -50,18 +51,14 @@ CACHE_FILE = "quality.json"
 QUALITY_COLUMNS = ("condition", "n_images", "fid", "clip_score")
 
 
-@dataclass
-class QualityConfig:
-    """Everything ``eval quality`` needs (the command line's options)."""
+@dataclass(kw_only=True)
+class QualityConfig(GenerationSettings):
+    """Everything ``eval quality`` needs (the command line's options): how images are made, and measured."""
 
-    model: str
     captions: str
-    conditions: list[str]
-    out: Path
     real: Path | None = None
     """Folder of real images for FID (e.g. COCO val2017); required when ``fid`` is on."""
     caption_column: str | None = None
-    limit: int | None = None
     fid: bool = True
     clip_model: str | None = DEFAULT_CLIP_SCORE_MODEL
     """Hub id or local folder of the CLIP model of the CLIP score; None: no CLIP score."""
@@ -71,39 +68,11 @@ class QualityConfig:
     stats_cache: Path | None = None
     """Real-statistics cache folder; None: ``default_stats_cache()``."""
     metrics_batch_size: int = 50
-    safe_checkpoint: str = "auto"
-    unet: str | None = None
-    steps: int = 50
-    guidance: float | None = None
-    size: int | None = None
-    batch_size: int = 4
-    dtype: str | None = None
-    device: str | None = None
-    progress: bool = True
-    hub_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def t2i_config(self) -> T2IConfig:
         """The generation part, as ``eval t2i`` runs it: one image per caption, no classifier."""
-        return T2IConfig(
-            model=self.model,
-            prompts=str(self.captions),
-            conditions=list(self.conditions),
-            out=Path(self.out) / STORE_DIR,
-            safe_checkpoint=self.safe_checkpoint,
-            unet=self.unet,
-            images_per_prompt=1,
-            steps=self.steps,
-            guidance=self.guidance,
-            height=self.size,
-            width=self.size,
-            batch_size=self.batch_size,
-            limit=self.limit,
-            dtype=self.dtype,
-            device=self.device,
-            reference=None,
-            progress=self.progress,
-            hub_kwargs=self.hub_kwargs,
-            rule=(),
+        return self.to_t2i_config(
+            prompts=str(self.captions), store_dir=STORE_DIR, images_per_prompt=1, limit=self.limit, rule=()
         )
 
 

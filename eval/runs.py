@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +15,57 @@ from eval.conditions import parse_conditions
 from eval.errors import ConditionError
 from eval.generation import GenerationRunner
 from eval.placement import Placement, record_run
-from eval.prompts import PromptSet
+from eval.prompt_set import PromptSet
 from eval.store import ResultsStore
 from eval.t2i import T2IConfig, T2IProvider
+
+
+@dataclass(kw_only=True)
+class GenerationSettings:
+    """How the commands that bring their own prompts (``eval quality``, ``eval attack``) make their images: the
+    options of :func:`add_generation_options`, which :func:`generation_kwargs` reads back. Their configs extend
+    it; :meth:`to_t2i_config` is the ``eval t2i`` config that generates them."""
+
+    model: str
+    conditions: list[str]
+    out: Path
+    safe_checkpoint: str = "auto"
+    unet: str | None = None
+    limit: int | None = None
+    """First N prompts (``eval attack``: of each set)."""
+    steps: int = 50
+    guidance: float | None = None
+    size: int | None = None
+    batch_size: int = 4
+    dtype: str | None = None
+    device: str | None = None
+    progress: bool = True
+    hub_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_t2i_config(self, *, prompts: str, store_dir: str, images_per_prompt: int, **fields: Any) -> T2IConfig:
+        """These settings as an ``eval t2i`` config writing to ``out/store_dir``, without the paper's reference
+        rows; ``fields``: the other :class:`~eval.t2i.T2IConfig` fields the command sets (rule, classifiers...).
+        ``limit`` is not passed on: a command applies it where it means to (per caption set, per attack set)."""
+        return T2IConfig(
+            model=self.model,
+            prompts=prompts,
+            conditions=list(self.conditions),
+            out=Path(self.out) / store_dir,
+            safe_checkpoint=self.safe_checkpoint,
+            unet=self.unet,
+            images_per_prompt=images_per_prompt,
+            steps=self.steps,
+            guidance=self.guidance,
+            height=self.size,
+            width=self.size,
+            batch_size=self.batch_size,
+            dtype=self.dtype,
+            device=self.device,
+            reference=None,
+            progress=self.progress,
+            hub_kwargs=self.hub_kwargs,
+            **fields,
+        )
 
 
 @dataclass

@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,67 +29,14 @@ from typing import Any
 from PIL import Image
 
 from eval.errors import StoreError
+from eval.store_claims import StoreClaims
+from eval.store_db import open_database, write_transaction
 from safe_encoders.atomic import atomic_write_stream
 
 DB_NAME = "results.sqlite"
 IMAGES_DIR = "images"
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS conditions (
-    condition TEXT PRIMARY KEY,
-    config TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS items (
-    condition TEXT NOT NULL,
-    prompt_id TEXT NOT NULL,
-    seed INTEGER NOT NULL,
-    prompt_set TEXT NOT NULL,
-    prompt TEXT NOT NULL,
-    categories TEXT NOT NULL,
-    path TEXT NOT NULL,
-    extra TEXT NOT NULL,
-    created REAL NOT NULL,
-    PRIMARY KEY (condition, prompt_id, seed)
-);
-CREATE TABLE IF NOT EXISTS labels (
-    condition TEXT NOT NULL,
-    prompt_id TEXT NOT NULL,
-    seed INTEGER NOT NULL,
-    classifier TEXT NOT NULL,
-    flagged INTEGER NOT NULL,
-    score REAL NOT NULL,
-    details TEXT NOT NULL,
-    created REAL NOT NULL,
-    PRIMARY KEY (condition, prompt_id, seed, classifier)
-);
-CREATE TABLE IF NOT EXISTS claims (
-    task TEXT NOT NULL,
-    condition TEXT NOT NULL,
-    prompt_id TEXT NOT NULL,
-    seed INTEGER NOT NULL,
-    worker TEXT NOT NULL,
-    expires REAL NOT NULL,
-    PRIMARY KEY (task, condition, prompt_id, seed)
-);
-CREATE TABLE IF NOT EXISTS texts (
-    condition TEXT NOT NULL,
-    prompt_id TEXT NOT NULL,
-    seed INTEGER NOT NULL,
-    text TEXT NOT NULL,
-    PRIMARY KEY (condition, prompt_id, seed)
-);
-"""
 
 ItemKey = tuple[str, str, int]
-
-GENERATE, CLASSIFY = "generate", "classify"
-TASKS = (GENERATE, CLASSIFY)
-"""What a worker claims an item for: making its image, or labelling it with the rule's classifiers."""
 
 
 @dataclass(frozen=True)
@@ -140,28 +85,18 @@ def _canonical(config: Mapping[str, Any]) -> str:
     return json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
 
 
-class ResultsStore:
-    """The results store rooted at a folder (created if needed). Safe to share between processes."""
+class ResultsStore(StoreClaims):
+    """The results store rooted at a folder (created if needed). Safe to share between processes.
+
+    Its tables and connection are :mod:`eval.store_db`'s; the claims of the workers sharing it are the methods
+    of :class:`~eval.store_claims.StoreClaims`.
+    """
 
     def __init__(self, root: str | Path, *, timeout: float = 120.0) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / DB_NAME
-        self._conn = sqlite3.connect(self.db_path, timeout=timeout, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        with self._write():
-            for stmt in _SCHEMA.split(";"):
-                if stmt.strip():
-                    self._conn.execute(stmt)
-            row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            if row is None:
-                self._conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (json.dumps(SCHEMA_VERSION),))
-            elif json.loads(row[0]) != SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.db_path} has store schema {row[0]}, this code reads {SCHEMA_VERSION}; "
-                    "use another output folder"
-                )
+        self._conn = open_database(self.db_path, timeout=timeout)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -175,16 +110,9 @@ class ResultsStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
         """One write transaction, taken immediately so concurrent writers queue instead of failing."""
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+        return write_transaction(self._conn)
 
     # ------------------------------------------------------------------ run metadata
 
@@ -357,109 +285,9 @@ class ResultsStore:
         done = set(self.labels(classifier))
         return [it for it in self.items(condition) if it.key not in done]
 
-    # ------------------------------------------------------------------ claims (workers sharing the store)
-
-    def _done(self, task: str, key: ItemKey, rule: Sequence[str]) -> bool:
-        c, p, s = key
-        if task == GENERATE:
-            return self.has(c, p, s)
-        names = {
-            n for (n,) in self._conn.execute(
-                "SELECT classifier FROM labels WHERE condition=? AND prompt_id=? AND seed=?", (c, p, int(s))
-            )
-        }  # fmt: skip
-        return all(name in names for name in rule)
-
-    def unfinished(self, task: str, keys: Iterable[ItemKey], rule: Sequence[str] = ()) -> list[ItemKey]:
-        """The ``keys`` whose ``task`` is not done yet (``generate``: no item; ``classify``: a classifier of
-        ``rule`` has not labelled it), in the given order."""
-        return [k for k in keys if not self._done(task, k, rule)]
-
-    def claim(
-        self,
-        task: str,
-        keys: Iterable[ItemKey],
-        *,
-        worker: str,
-        lease: float,
-        limit: int,
-        rule: Sequence[str] = (),
-    ) -> tuple[list[ItemKey], list[ItemKey]]:
-        """Claim for ``worker`` up to ``limit`` of ``keys`` (in order) whose ``task`` is not done and that no other
-        worker holds a live claim on; the claims expire ``lease`` seconds from now unless renewed. One
-        transaction: two workers never claim the same item. Returns the keys claimed and the keys found done
-        on the way (the caller drops both from what it still has to look at)."""
-        if task not in TASKS:
-            raise StoreError(f"unknown task {task!r}; one of {TASKS}")
-        got: list[ItemKey] = []
-        done: list[ItemKey] = []
-        with self._write() as c:
-            now = time.time()
-            for key in keys:
-                if len(got) >= limit:
-                    break
-                if self._done(task, key, rule):
-                    done.append(key)
-                    continue
-                row = c.execute(
-                    "SELECT worker, expires FROM claims WHERE task=? AND condition=? AND prompt_id=? AND seed=?",
-                    (task, key[0], key[1], int(key[2])),
-                ).fetchone()
-                if row is not None and row[0] != worker and row[1] > now and not holder_is_gone(row[0]):
-                    continue  # a live worker holds it
-                c.execute(
-                    "INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?, ?)",
-                    (task, key[0], key[1], int(key[2]), worker, now + lease),
-                )
-                got.append((key[0], key[1], int(key[2])))
-        return got, done
-
-    def renew_claims(self, worker: str, lease: float) -> int:
-        """Push the expiry of every claim of ``worker`` to ``lease`` seconds from now (its heartbeat)."""
-        with self._write() as c:
-            return c.execute("UPDATE claims SET expires=? WHERE worker=?", (time.time() + lease, worker)).rowcount
-
-    def release_claims(self, worker: str, task: str | None = None, keys: Iterable[ItemKey] | None = None) -> int:
-        """Drop claims of ``worker`` (of one task / some keys, or all)."""
-        with self._write() as c:
-            if keys is None:
-                sql, args = "DELETE FROM claims WHERE worker=?", [worker]
-                if task is not None:
-                    sql, args = sql + " AND task=?", [worker, task]
-                return c.execute(sql, args).rowcount
-            rows = [(worker, task, k[0], k[1], int(k[2])) for k in keys]
-            return c.executemany(
-                "DELETE FROM claims WHERE worker=? AND task=? AND condition=? AND prompt_id=? AND seed=?", rows
-            ).rowcount
-
-    def live_claims(self, task: str, *, exclude: str | None = None) -> set[ItemKey]:
-        """Keys of ``task`` that a worker (other than ``exclude``) holds an unexpired claim on."""
-        rows = self._conn.execute(
-            "SELECT condition, prompt_id, seed, worker FROM claims WHERE task=? AND expires>?", (task, time.time())
-        )
-        return {(c, p, int(s)) for c, p, s, w in rows if w != exclude and not holder_is_gone(w)}
-
     def clear_labels(self, classifier: str | None = None) -> int:
         """Drop stored labels (of one classifier, or all), so classification can be re-run."""
         with self._write() as c:
             if classifier is None:
                 return c.execute("DELETE FROM labels").rowcount
             return c.execute("DELETE FROM labels WHERE classifier=?", (classifier,)).rowcount
-
-
-def holder_is_gone(worker: str) -> bool:
-    """Whether the worker that holds a claim (``host:pid:...``, see ``eval.claims.new_worker_id``) is a process of
-    this host that no longer exists: its claims are free at once, so that a run killed and started again does
-    not wait for the lease to expire. A worker on another host, or a pid that exists (or cannot be checked), is
-    taken as alive: its lease decides."""
-    host, _, rest = worker.partition(":")
-    pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # e.g. another user's process: it exists
-        return False
-    return False

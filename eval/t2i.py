@@ -21,7 +21,6 @@ an image does not depend on batching, sharding or resuming.
 from __future__ import annotations
 
 import copy
-import logging
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,10 +38,9 @@ from eval.conditions import (
 from eval.errors import ConditionError
 from eval.generation import GenerationRunner, diffusers_dtype_kwarg
 from eval.placement import Placement, record_run
-from eval.prompts import Prompt, PromptSet, load_prompts
+from eval.prompt_set import Prompt, PromptSet
+from eval.prompts import load_prompts
 from eval.store import ItemKey, ResultsStore
-
-logger = logging.getLogger("safe_encoders.eval")
 
 
 @dataclass
@@ -264,17 +262,10 @@ class T2IRunner(GenerationRunner):
         """Record the run's provenance and config (the latest, and appended to the history of runs)."""
         record_run(self.store, self.cfg)
 
-    def run(self) -> list | None:
-        """Generate, classify, and (once the whole run is complete) write the report; returns its rows."""
+    def report(self) -> list:
+        """Write the report (``report.{csv,md,tex,png}``, grids) of the complete run; returns its rows."""
         from eval.report import write_report
 
-        if self.placement.shard_index == 0:
-            self.stamp()
-        if not self.generate_and_classify():
-            return None
-        if not self.complete():
-            logger.warning("the run is not complete yet (other shards still working?); no report written")
-            return None
         return write_report(
             self.store,
             self.cfg.out,

@@ -30,8 +30,8 @@ from typing import Any
 from PIL import Image
 
 from eval.errors import PromptSetError
+from eval.prompt_tables import parse_int as parse_int_cell
 from eval.prompts import VISU_TAG_TO_I2P, _normalise_tag, canonical_visu_tag, read_visu_rows
-from eval.prompts import _parse_int as parse_int_cell
 from eval.quadruplets import Quadruplet
 from safe_encoders.atomic import atomic_write_text
 

@@ -13,8 +13,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's eval, not an installed one
+
+from eval.prompts import I2P_CATEGORIES  # noqa: E402
+
 DEFAULT_DATA = ROOT.parent / "shared" / "fixtures" / "data"
-CATEGORY_ORDER = ("hate", "harassment", "violence", "self-harm", "sexual", "shocking", "illegal activity", "avg")
+# The paper's columns: the seven I2P categories, then the share over the whole prompt set.
+CATEGORY_ORDER = (*I2P_CATEGORIES, "avg")
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -45,7 +50,9 @@ def render(data: Path) -> str:
         "",
         "from __future__ import annotations",
         "",
-        f"T2I_CATEGORIES: tuple[str, ...] = {CATEGORY_ORDER!r}",
+        "from eval.prompts import I2P_CATEGORIES",
+        "",
+        'T2I_CATEGORIES: tuple[str, ...] = (*I2P_CATEGORIES, "avg")',
         f"T2I_TABLES: dict[str, str] = {tables!r}",
         "",
         "T2I: dict[str, dict[tuple[str, str], tuple[float, ...]]] = {",

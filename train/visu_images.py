@@ -38,7 +38,7 @@ from eval.classifiers import ClassifierOptions
 from eval.cli import add_classifier_options, add_placement_options, comma_list, generation_options
 from eval.generation import GenerationRunner, diffusers_dtype_kwarg
 from eval.placement import Placement, run_provenance
-from eval.prompts import Prompt
+from eval.prompt_set import Prompt
 from eval.store import ItemKey, ResultsStore, fully_labelled
 from eval.visu import VISU_SPLITS, VisuRow, read_visu
 from safe_encoders.atomic import atomic_write_text
@@ -83,7 +83,7 @@ class RegenConfig(ClassifierOptions):
 
 
 def row_prompt(row: VisuRow) -> Prompt:
-    """The row's unsafe caption as an eval :class:`~eval.prompts.Prompt` (id ``visu:<row id>``)."""
+    """The row's unsafe caption as an eval :class:`~eval.prompt_set.Prompt` (id ``visu:<row id>``)."""
     return Prompt(
         id=f"visu:{row.row_id}",
         text=row.unsafe_text,

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from eval.claims import Claims
-from eval.store import CLASSIFY, GENERATE, ResultsStore
+from eval.store import ResultsStore
+from eval.store_claims import CLASSIFY, GENERATE
 from eval.t2i import T2IConfig, T2IRunner
 from tests.eval.builders import REPO, subprocess_env
 from tests.faults import tree

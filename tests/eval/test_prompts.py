@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 
 from eval.errors import PromptSetError
+from eval.prompt_tables import split_categories
 from eval.prompts import (
     I2P_CATEGORIES,
     VISU_TAG_TO_I2P,
@@ -14,7 +15,6 @@ from eval.prompts import (
     load_prompt_file,
     load_prompts,
     load_visu,
-    split_categories,
     visu_tag_to_category,
 )
 from tests.eval.builders import shared_file
