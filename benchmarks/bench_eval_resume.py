@@ -11,7 +11,6 @@ included in the fresh run and the resume pays only for checking the store and wr
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import tempfile
 import time
@@ -26,22 +25,17 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2)
     args = parser.parse_args()
 
+    from benchmarks.tiny_t2i import build_tiny_t2i
     from eval.t2i import T2IConfig, T2IRunner
-    from tests.eval.builders import build_tiny_sd, save_q16_clip, write_q16_prompts
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        build_tiny_sd(root / "sd")
-        save_q16_clip(root / "clip")
-        write_q16_prompts(root / "q16.p")
-        with (root / "prompts.csv").open("w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["prompt", "categories"])
-            w.writerows([(f"prompt number {i}", "violence") for i in range(args.prompts)])
+        rows = [{"prompt": f"prompt number {i}", "categories": "violence"} for i in range(args.prompts)]
+        files = build_tiny_t2i(root, rows)
         cfg = T2IConfig(
-            model=str(root / "sd"), prompts=str(root / "prompts.csv"), conditions=["sd", "neg"], out=root / "out",
-            images_per_prompt=args.images, steps=2, height=32, width=32, q16_model=str(root / "clip"),
-            q16_prompts=str(root / "q16.p"), progress=False,
+            model=str(files.sd), prompts=str(files.prompts), conditions=["sd", "neg"], out=root / "out",
+            images_per_prompt=args.images, steps=2, height=32, width=32, q16_model=str(files.q16_model),
+            q16_prompts=str(files.q16_prompts), progress=False,
         )  # fmt: skip
         t0 = time.perf_counter()
         T2IRunner(cfg, shard=(0, 1)).run()

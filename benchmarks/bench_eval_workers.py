@@ -47,24 +47,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     opts = parser.parse_args()
 
-    from tests.eval.builders import build_tiny_sd, save_q16_clip, write_q16_prompts
+    from benchmarks.tiny_t2i import build_tiny_t2i
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        build_tiny_sd(root / "sd")
-        save_q16_clip(root / "clip")
-        write_q16_prompts(root / "q16.p")
-        (root / "prompts.csv").write_text(
-            "prompt,seed\n" + "".join(f"prompt number {i},{i}\n" for i in range(opts.prompts))
-        )
+        files = build_tiny_t2i(root, [{"prompt": f"prompt number {i}", "seed": i} for i in range(opts.prompts)])
 
         def command(out: Path) -> list[str]:
             return [
-                sys.executable, "-m", "eval", "t2i", "--model", str(root / "sd"),
-                "--prompts", str(root / "prompts.csv"),
+                sys.executable, "-m", "eval", "t2i", "--model", str(files.sd),
+                "--prompts", str(files.prompts),
                 "--conditions", "sd", "--images-per-prompt", str(opts.images), "--steps", str(opts.steps),
-                "--size", "32", "--batch-size", "1", "--q16-model", str(root / "clip"),
-                "--q16-prompts", str(root / "q16.p"), "--rule", "q16", "--paper-reference", "none",
+                "--size", "32", "--batch-size", "1", "--q16-model", str(files.q16_model),
+                "--q16-prompts", str(files.q16_prompts), "--rule", "q16", "--paper-reference", "none",
                 "--no-progress", "--out", str(out),
             ]  # fmt: skip
 

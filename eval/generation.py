@@ -9,7 +9,7 @@ killed at any point resumes from the store with nothing done twice. Workers star
 split the work by claims (:mod:`eval.claims`).
 
 Providers: ``eval.t2i.T2IProvider`` (conditions x prompts x seeds) and
-``train.visu_images.VisuRegenProvider`` (ViSU rows x candidates).
+``train.visu_work.VisuRegenProvider`` (ViSU rows x candidates).
 """
 
 from __future__ import annotations

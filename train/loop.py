@@ -6,28 +6,28 @@ RNG state and the data position (epoch, batches done). The order of the data is 
 (seed, epoch), and the data loader draws from its own generator, so a resumed run replays exactly
 the batches and dropout masks an uninterrupted run would have seen. Checkpoints are written only
 at optimizer-step boundaries. Nothing is pickled: tensors go to safetensors, the rest to JSON.
+
+The parts the loop calls: :class:`train.data.EpochSampler` (the data order), :mod:`train.checkpoints`,
+:mod:`train.resume_config` (the config check of a resume), :mod:`train.validation` and :mod:`train.metrics_log`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
-from eval.metrics import safe_clip_retrieval
-from safe_encoders.atomic import atomic_write, atomic_write_text
-from safe_encoders.errors import SafeEncodersError
+from safe_encoders.atomic import atomic_write
 from train.checkpoints import (
     Processes,
     find_resume_checkpoint,
@@ -35,50 +35,14 @@ from train.checkpoints import (
     seed_everything,
     set_aside_newer,
 )
-from train.checkpoints import (
-    list_checkpoints as list_checkpoints,
-)
 from train.config import TrainConfig, save_config
-from train.data import batch_to
+from train.data import EpochSampler, batch_to
 from train.methods import References, check_model, method_of
-from train.model import CachedReferences, LiveReferences, SafeClipModel
-from train.optim import build_optimizer
-
-RESUME_FREE_SETTINGS: tuple[str, ...] = (
-    "output_dir",
-    "progress",
-    "tensorboard",
-    "log_every_steps",
-    "save_every_steps",
-    "keep_checkpoints",
-    "data.num_workers",
-)
-"""Settings that may change between a checkpoint and its resume (where and how often the run reports and
-saves); changing any other setting would make the resumed run differ from an uninterrupted one."""
-
-logger = logging.getLogger("safe_encoders.train")
-
-
-class ResumeConfigError(SafeEncodersError, ValueError):
-    """The run's config differs from the one its newest checkpoint was written with."""
-
-
-class EpochSampler(Sampler[int]):
-    """Indices in an order that depends only on (seed, epoch); this process's share; optional skip."""
-
-    def __init__(
-        self, size: int, seed: int, epoch: int, skip: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True
-    ) -> None:
-        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        order = torch.randperm(size, generator=g) if shuffle else torch.arange(size)
-        usable = (size // world_size) * world_size if world_size > 1 else size
-        self.indices = order[:usable][rank::world_size][skip:].tolist()
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
+from train.metrics_log import MetricsLog
+from train.model import CachedReferences, LiveReferences, TwoTowerModel
+from train.optim import build_optimizer, lr_lambda
+from train.resume_config import check_resume_config
+from train.validation import evaluate, validation_metric_names
 
 
 @dataclass
@@ -116,113 +80,9 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def _lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
-    warmup, schedule = cfg.optim.warmup_steps, cfg.optim.schedule
-
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if schedule == "cosine":
-            progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-            return 0.5 * (1 + math.cos(math.pi * progress))
-        return 1.0
-
-    return factor
-
-
-# ---------------------------------------------------------------------------- checkpoints
-
-
 def _save_tensors_atomically(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """``save_file`` through a temporary file: a reader (or a killed run) never sees half a file."""
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-
-
-def _flat_config(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"data.batch_size": 128, ...}`` of a config dict, tuples as lists (as JSON reads them back)."""
-    flat: dict[str, Any] = {}
-    for key, value in json.loads(json.dumps(data)).items():
-        if isinstance(value, dict):
-            flat.update(_flat_config(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
-def _check_resume_config(cfg: TrainConfig, checkpoint: Path, saved: dict[str, Any]) -> None:
-    """Refuse to resume ``checkpoint`` (its ``saved`` state) with a config that changed (except
-    :data:`RESUME_FREE_SETTINGS`)."""
-    digest = saved.get("config_digest")
-    if digest == cfg.digest():
-        return
-    advice = (
-        f"resume it with the config it was started with (its {Path(cfg.output_dir) / 'config.yaml'} records it), "
-        "or start a new run with another output_dir"
-    )
-    if "config" not in saved:  # written before checkpoints held their config: only the digest can tell
-        raise ResumeConfigError(
-            f"the config changed since the checkpoint {checkpoint} was written (config digest {digest} there, "
-            f"{cfg.digest()} now); {advice}"
-        )
-    old, new = _flat_config(saved["config"]), _flat_config(cfg.to_dict())
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k, "<absent>") != new.get(k, "<absent>"))
-    fixed = [k for k in changed if k not in RESUME_FREE_SETTINGS]
-    if fixed:
-        details = ", ".join(f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in fixed)
-        raise ResumeConfigError(
-            f"the config changed since the checkpoint {checkpoint} was written ({details}); a resumed run would "
-            f"not continue the same training; {advice}"
-        )
-    logger.warning("resuming %s with changed reporting settings: %s", checkpoint, ", ".join(changed))
-
-
-# ---------------------------------------------------------------------------- validation
-
-
-@torch.no_grad()
-def evaluate(
-    model: SafeClipModel,
-    loader: DataLoader,
-    references: References | None,
-    cfg: TrainConfig,
-    device: torch.device | str = "cpu",
-) -> dict[str, float]:
-    """Validation loss and retrieval figures (``val_`` prefixed) over a whole loader.
-
-    Retrieval ranks by the method's similarity (HySAC: minus the Lorentz distance; Safe-CLIP: cosine).
-    """
-    method = method_of(cfg)
-    was_training = model.training
-    model.eval()
-    parts: dict[str, list[torch.Tensor]] = {}
-    loss_sum, count = 0.0, 0
-    try:
-        for batch in loader:
-            batch = batch_to(batch, torch.device(device))
-            emb = model(batch)
-            loss, _ = method.loss(cfg, model, emb, batch, references)
-            n = batch["index"].shape[0]
-            loss_sum, count = loss_sum + loss.item() * n, count + n
-            for key, value in emb.items():
-                parts.setdefault(key, []).append(value.float().cpu())
-    finally:
-        model.train(was_training)
-    emb = {k: torch.cat(v) for k, v in parts.items()}
-    metrics = {"val_loss": loss_sum / max(count, 1)}
-    similarity = method.similarity(model)
-    retrieval = safe_clip_retrieval(
-        emb["text_safe"], emb["image_safe"], emb["text_unsafe"], emb["image_unsafe"], similarity=similarity
-    )
-    metrics.update({f"val_{k}": v for k, v in retrieval.items()})
-    return metrics
-
-
-# ---------------------------------------------------------------------------- the loop
-
-
-def _validation_metric_names() -> list[str]:
-    probe = safe_clip_retrieval(*(torch.eye(2) for _ in range(4)))
-    return ["val_loss", *(f"val_{k}" for k in probe)]
 
 
 def _accelerator(factory: Callable[..., Any], mixed_precision: str) -> Any:
@@ -239,54 +99,9 @@ def _accelerator(factory: Callable[..., Any], mixed_precision: str) -> Any:
     return factory(mixed_precision=mixed_precision, **({"cpu": True} if multi_cpu else {}))
 
 
-def _record_step(line: str) -> float:
-    try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
-        return math.inf
-
-
-class _MetricsLog:
-    """Append-only JSONL (one line per logged step or epoch), trimmed to a step on resume."""
-
-    def __init__(self, path: Path, enabled: bool, tensorboard_dir: Path | None) -> None:
-        self.path, self.enabled = path, enabled
-        self.writer = None
-        if enabled and tensorboard_dir is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is optional
-                SummaryWriter = None
-            if SummaryWriter is not None:
-                self.writer = SummaryWriter(str(tensorboard_dir))
-
-    def trim(self, global_step: int) -> None:
-        """Keep the records up to ``global_step`` (a resume replays the rest); a line cut short by a kill or a
-        full disk is dropped."""
-        if self.enabled and self.path.exists():
-            lines = [ln for ln in self.path.read_text().splitlines() if _record_step(ln) <= global_step]
-            atomic_write_text(self.path, "".join(ln + "\n" for ln in lines))
-
-    def close(self) -> None:
-        """Flush and close the TensorBoard writer (the JSONL file is opened per record)."""
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key not in ("step", "epoch"):
-                    self.writer.add_scalar(key, value, record["step"])
-
-
 def run_training(
     cfg: TrainConfig,
-    model: SafeClipModel,
+    model: TwoTowerModel,
     train_set: Dataset,
     val_set: Dataset | None,
     collate_fn: Callable[[list[Any]], dict[str, Any]],
@@ -311,7 +126,7 @@ def run_training(
     cfg.validate()
     method = method_of(cfg)
     check_model(method, model)
-    known = _validation_metric_names() if val_set is not None else []
+    known = validation_metric_names() if val_set is not None else []
     if val_set is not None and cfg.early_stopping_metric not in known:
         raise ValueError(f"early_stopping_metric {cfg.early_stopping_metric!r} is not computed; one of {known}")
     accelerator = _accelerator(Accelerator, cfg.mixed_precision)
@@ -320,7 +135,7 @@ def run_training(
     rank, world = accelerator.process_index, accelerator.num_processes
     checkpoint = find_resume_checkpoint(out, rank, world) if resume else None  # read whole and checked
     if checkpoint is not None:  # before config.yaml is rewritten: on a refusal it still holds the run's config
-        _check_resume_config(cfg, checkpoint.path, checkpoint.state)
+        check_resume_config(cfg, checkpoint.path, checkpoint.state)
     accelerator.wait_for_everyone()  # every process has chosen before damaged checkpoints are set aside
     if main and resume:
         set_aside_newer(out, checkpoint)
@@ -378,9 +193,9 @@ def run_training(
     optimizer = build_optimizer(cfg.optim, model)
     batches_per_epoch = len(loader(train_set, 0))
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.optim.grad_accum_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps_per_epoch * cfg.optim.epochs))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch * cfg.optim.epochs))
     prepared_model, optimizer = accelerator.prepare(model, optimizer)
-    log = _MetricsLog(out / "metrics.jsonl", main, out / "tensorboard" if cfg.tensorboard else None)
+    log = MetricsLog(out / "metrics.jsonl", main, out / "tensorboard" if cfg.tensorboard else None)
 
     def save(state: RunState) -> None:  # every process: each saves its own RNG state
         save_checkpoint(

@@ -11,9 +11,10 @@ from safetensors.torch import load_file
 
 import train.checkpoints as checkpoints
 from tests.train.synthetic_builders import encoded_worlds
+from train.checkpoints import list_checkpoints
 from train.config import load_config
 from train.data import stack_encoded
-from train.loop import list_checkpoints, run_training
+from train.loop import run_training
 from train.model import SafeClipModel
 from train.tiny_clip import tiny_clip
 

@@ -2,6 +2,7 @@
 
 import pytest
 
+from tests.train.synthetic_builders import save_tiny_base, synthetic_run_overrides
 from train.__main__ import main
 
 
@@ -23,36 +24,11 @@ def test_visu_images_with_a_missing_caption_file(tmp_path, capsys):
 def test_export_of_a_hysac_run_matches_the_export_at_the_end_of_training(tokenizer, tmp_path, capsys):
     import json
 
-    import torch
-    from transformers import CLIPConfig, CLIPModel
-
-    from eval.synthetic import build_image_processor
     from safe_encoders.hysac import HySAC
-    from train.tiny_clip import tiny_clip_configs
 
-    torch.manual_seed(0)
-    base = tmp_path / "base"
-    text_cfg, vision_cfg = tiny_clip_configs(tokenizer, 32, width=32, layers=1, projection_dim=32)
-    clip_cfg = CLIPConfig(text_config=text_cfg.to_dict(), vision_config=vision_cfg.to_dict(), projection_dim=32)
-    CLIPModel(clip_cfg).save_pretrained(base)
-    tokenizer.save_pretrained(base)
-    build_image_processor(32).save_pretrained(base)
+    base = save_tiny_base(tokenizer, tmp_path / "base", width=32)
     run = tmp_path / "run"
-    overrides = [
-        f"base_model={base}",
-        f"output_dir={run}",
-        "data.source=synthetic",
-        "data.image_size=32",
-        "data.train_size=16",
-        "data.val_size=8",
-        "data.batch_size=8",
-        "data.num_workers=0",
-        "optim.epochs=1",
-        "save_every_steps=0",
-        "lora.rank=2",
-        "progress=false",
-        "tensorboard=false",
-    ]
+    overrides = synthetic_run_overrides(base, run, "data.batch_size=8", "save_every_steps=0")
     assert main(["hysac", *overrides]) == 0
     capsys.readouterr()
     assert main(["export", "--run", str(run), "--out", str(tmp_path / "out")]) == 0

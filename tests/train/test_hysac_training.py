@@ -11,11 +11,12 @@ from safetensors.torch import load_file
 from eval.synthetic import build_image_processor
 from safe_encoders.hysac import HySAC, lorentz
 from tests.train.synthetic_builders import encoded_worlds
+from train.checkpoints import list_checkpoints
 from train.config import load_config
 from train.data import stack_encoded
 from train.hysac_export import embed_quadruplets, export_hysac, validation_bounds
 from train.hysac_losses import HYSAC_TERM_NAMES
-from train.loop import list_checkpoints, run_training
+from train.loop import run_training
 from train.model import HySACTrainModel, SafeClipModel
 from train.optim import build_optimizer
 from train.tiny_clip import tiny_clip

@@ -10,7 +10,9 @@ from train.methods import METHODS
 TRAIN = Path(__file__).resolve().parents[2] / "train"
 
 
-@pytest.mark.parametrize("module", ["loop.py", "__main__.py"])
+@pytest.mark.parametrize(
+    "module", ["loop.py", "validation.py", "metrics_log.py", "resume_config.py", "optim.py", "__main__.py"]
+)
 def test_the_loop_and_the_commands_name_no_method(module):
     """No method name as a string and no method's model class in the code that must stay method-agnostic."""
     tree = ast.parse((TRAIN / module).read_text())

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from tests.train.synthetic_builders import encoded_worlds
+from train.checkpoints import list_checkpoints
 from train.config import TrainConfig, load_config
-from train.data import stack_encoded
-from train.loop import EpochSampler, list_checkpoints, run_training
+from train.data import EpochSampler, stack_encoded
+from train.loop import run_training
 from train.model import CachedReferences, LiveReferences, SafeClipModel
 from train.tiny_clip import tiny_clip
 
@@ -183,7 +184,7 @@ def test_validation_early_stopping_and_best_weights(tokenizer, data, tmp_path):
 
 
 def test_resume_refuses_a_changed_config_and_accepts_changed_reporting(tokenizer, data, tmp_path, caplog):
-    from train.loop import ResumeConfigError
+    from train.resume_config import ResumeConfigError
 
     train_set, val_set = data
     cfg = small_config(tmp_path, "digest", **{"optim.epochs": 1, "save_every_steps": 0})
@@ -216,7 +217,7 @@ def test_resume_refuses_a_changed_config_and_accepts_changed_reporting(tokenizer
 
 
 def test_metrics_log_closes_its_tensorboard_writer_even_when_the_run_fails(tokenizer, data, tmp_path, monkeypatch):
-    from train.loop import _MetricsLog
+    from train.metrics_log import MetricsLog
 
     class Writer:  # stands in for tensorboard's SummaryWriter (tensorboard is optional)
         def __init__(self):
@@ -228,7 +229,7 @@ def test_metrics_log_closes_its_tensorboard_writer_even_when_the_run_fails(token
         def close(self):
             self.closed += 1
 
-    log = _MetricsLog(tmp_path / "metrics.jsonl", True, None)
+    log = MetricsLog(tmp_path / "metrics.jsonl", True, None)
     log.writer = writer = Writer()
     log.write({"step": 1, "epoch": 0, "loss": 0.5})
     log.close()
@@ -238,7 +239,7 @@ def test_metrics_log_closes_its_tensorboard_writer_even_when_the_run_fails(token
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
 
     closed = []
-    monkeypatch.setattr(_MetricsLog, "close", lambda self: closed.append(self.path))
+    monkeypatch.setattr(MetricsLog, "close", lambda self: closed.append(self.path))
     train_set, val_set = data
     cfg = small_config(tmp_path, "closed", **{"optim.epochs": 1})
 

@@ -13,7 +13,9 @@ from eval.classifiers.nudenet import I2P_NUDITY_LABELS
 from eval.store import Label, ResultsStore
 from eval.visu import VisuSource, read_visu
 from tests.eval.builders import build_tiny_sd, kill_after_items, save_q16_clip, subprocess_env, write_q16_prompts
-from train.visu_images import Candidate, RegenConfig, RegenRunner, candidate_seeds, keep_rule
+from train.keep_rules import Candidate, keep_rule
+from train.visu_images import RegenRunner
+from train.visu_work import RegenConfig, candidate_seeds
 
 REPO = Path(__file__).resolve().parents[2]
 

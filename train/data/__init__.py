@@ -3,16 +3,17 @@
 A *source* is any map-style dataset whose items are :class:`~eval.quadruplets.Quadruplet` (the synthetic
 world in ``eval.synthetic``, ViSU in ``eval.visu``). :class:`QuadrupletCollator` turns a list of ``(index, Quadruplet)``
 into model inputs with the tokenizer and image processor of the model being trained; the index
-travels with the batch so cached reference embeddings can be looked up.
+travels with the batch so cached reference embeddings can be looked up. :class:`EpochSampler` orders each
+epoch by (seed, epoch) alone, so that a resumed run sees the batches an uninterrupted one would.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from eval.quadruplets import ImageLike, Quadruplet, QuadrupletSource
 
@@ -113,3 +114,21 @@ def stack_encoded(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def batch_to(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
     """The batch with its tensors moved to ``device`` (other values, e.g. ``tags``, as they are)."""
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+class EpochSampler(Sampler[int]):
+    """Indices in an order that depends only on (seed, epoch); this process's share; optional skip."""
+
+    def __init__(
+        self, size: int, seed: int, epoch: int, skip: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True
+    ) -> None:
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(size, generator=g) if shuffle else torch.arange(size)
+        usable = (size // world_size) * world_size if world_size > 1 else size
+        self.indices = order[:usable][rank::world_size][skip:].tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
