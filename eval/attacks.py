@@ -27,8 +27,7 @@ from eval.errors import PromptSetError
 from eval.prompt_set import Prompt, PromptSet
 from eval.prompt_tables import parse_float, parse_int, pick_column, read_rows
 from eval.store import ResultsStore, fully_labelled
-from eval.tables import csv_text, latex_table, markdown_table
-from safe_encoders.atomic import atomic_write_text
+from eval.tables import write_tables
 
 #: The classifier rule each concept is scored with in the attack literature.
 CONCEPT_RULES: Mapping[str, tuple[str, ...]] = {
@@ -312,19 +311,13 @@ def asr_wide(rows: Sequence[ASRRow]) -> tuple[list[str], list[list[str]]]:
 
 def write_asr_report(rows: Sequence[ASRRow], out: str | Path) -> dict[str, Path]:
     """``attack.csv`` (one line per set and condition), ``attack.md`` and ``attack.tex`` (the wide table)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     lines = [
         [r.attack_set, r.attack, r.concept, "+".join(r.rule), r.condition, r.n_images, r.n_flagged, f"{r.asr:.6f}"]
         for r in rows
     ]
     header, body = asr_wide(rows)
-    md = (
+    caption = (
         "Attack success rate (%, flagged / images) per adversarial prompt set and condition; each set is judged by "
-        "its concept's rule (nudity: NudeNet; violence, illegal: Q16).\n\n" + markdown_table(header, body) + "\n"
+        "its concept's rule (nudity: NudeNet; violence, illegal: Q16)."
     )
-    return {
-        "csv": atomic_write_text(out / "attack.csv", csv_text(ASR_COLUMNS, lines)),
-        "md": atomic_write_text(out / "attack.md", md),
-        "tex": atomic_write_text(out / "attack.tex", "\n".join(latex_table(header, body)) + "\n"),
-    }
+    return write_tables(out, "attack", ASR_COLUMNS, lines, header, body, caption)

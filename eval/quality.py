@@ -41,7 +41,7 @@ from eval.quality_metrics import (
 from eval.runs import GenerationSettings, condition_names, run_prompt_set
 from eval.store import ResultsStore
 from eval.t2i import T2IConfig
-from eval.tables import csv_text, latex_table, markdown_table
+from eval.tables import write_tables
 from safe_encoders.atomic import atomic_write_text
 
 logger = logging.getLogger("safe_encoders.eval")
@@ -230,16 +230,10 @@ def quality_table(rows: Sequence[QualityRow]) -> tuple[list[str], list[list[str]
 
 def write_quality_report(rows: Sequence[QualityRow], out: str | Path, note: str = "") -> dict[str, Path]:
     """``quality.csv`` (condition, n_images, fid, clip_score), ``quality.md`` and ``quality.tex`` in ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     lines = [[r.condition, r.n_images, f"{r.fid:.6f}", f"{r.clip_score:.6f}"] for r in rows]
     header, body = quality_table(rows)
-    md = f"Image quality: FID (lower is better) and CLIP score (higher is better). {note}\n\n"
-    return {
-        "csv": atomic_write_text(out / "quality.csv", csv_text(QUALITY_COLUMNS, lines)),
-        "md": atomic_write_text(out / "quality.md", md + markdown_table(header, body) + "\n"),
-        "tex": atomic_write_text(out / "quality.tex", "\n".join(latex_table(header, body)) + "\n"),
-    }
+    caption = f"Image quality: FID (lower is better) and CLIP score (higher is better). {note}"
+    return write_tables(out, "quality", QUALITY_COLUMNS, lines, header, body, caption)
 
 
 def read_quality_csv(path: str | Path) -> list[QualityRow]:
