@@ -286,9 +286,10 @@ def prepare_world(settings: DemoSettings, out_dir: str | Path, say: Any = None, 
     text, vision = tiny_clip(
         tokenizer, s.image_size, width=s.width, layers=s.layers, heads=s.heads, projection_dim=s.width
     )
-    model = method_of(cfg).build(cfg, text, vision, tokenizer, processor)
+    method = method_of(cfg)
+    model = method.build(cfg, text, vision, tokenizer, processor)
     result = run_training(cfg, model, train_set, None, stack_encoded, resume=False)  # no validation: all epochs
-    method_of(cfg).export(model, out / "pretrained", cfg, None, None)
+    method.export(model, out / "pretrained", cfg, None, None)
     original_emb = embed(model, test_set)
     pretrained = measure(original_emb, tags)
     timings["pretrain"] = round(time.perf_counter() - clock, 2)

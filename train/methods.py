@@ -45,12 +45,12 @@ class Method:
     """``(cfg, model, embeddings, batch, references) -> (total, unweighted terms)``."""
     needs_references: bool
     """Whether the loss compares with the frozen model's embeddings (cached or live)."""
-    after_step: Callable[[TwoTowerModel], None]
-    """Called after every optimizer step (e.g. clamping learned scalars)."""
-    similarity: Callable[[TwoTowerModel], Similarity | None]
-    """What validation ranks retrieval by (None: cosine)."""
     export: Callable[[TwoTowerModel, Path, TrainConfig, ValidationData | None, str | None], str]
     """``(model, out, cfg, validation, data_description) -> a summary``; folds the adapters in (once, at the end)."""
+    after_step: Callable[[TwoTowerModel], None] = lambda model: None
+    """Called after every optimizer step (e.g. clamping learned scalars); default: nothing."""
+    similarity: Callable[[TwoTowerModel], Similarity | None] = lambda model: None
+    """What validation ranks retrieval by (None, the default: cosine)."""
     export_needs_validation: bool = False
     export_after_training: bool = False
     """Whether its training command exports right away (to ``OUTPUT_DIR/<name>_export`` by default)."""
@@ -178,8 +178,6 @@ METHODS: dict[str, Method] = {
         build=_safe_clip_build,
         loss=_safe_clip_loss,
         needs_references=True,
-        after_step=lambda model: None,
-        similarity=lambda model: None,
         export=_safe_clip_export,
         hub_upload=True,
     ),
@@ -203,8 +201,6 @@ METHODS: dict[str, Method] = {
         build=_clip_build,
         loss=_clip_loss,
         needs_references=False,
-        after_step=lambda model: None,
-        similarity=lambda model: None,
         export=_clip_export,
         export_after_training=True,
     ),
