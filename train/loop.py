@@ -221,7 +221,7 @@ def run_training(
         clip = "" if cfg.optim.max_grad_norm is not None else " or with optim.max_grad_norm"
         return NonFiniteError(
             f"training diverged at step {state.global_step + 1} (epoch {state.epoch}): {what}; nothing of that step "
-            f"was saved ({kept}); train again in another output_dir with a lower optim.lr (now {cfg.optim.lr:g}){clip}"
+            f"was saved ({kept}); train again, in a new run folder, with a lower optim.lr (now {cfg.optim.lr:g}){clip}"
         )
 
     try:
