@@ -218,10 +218,11 @@ def run_training(
     def diverged(state: RunState, what: str) -> NonFiniteError:
         saved = list_checkpoints(out)
         kept = f"the newest checkpoint, {saved[-1].name}, precedes it" if saved else "no checkpoint was written"
-        clip = "" if cfg.optim.max_grad_norm is not None else " or with optim.max_grad_norm"
+        clipping = "" if cfg.optim.max_grad_norm is not None else " or with optim.max_grad_norm"
         return NonFiniteError(
             f"training diverged at step {state.global_step + 1} (epoch {state.epoch}): {what}; nothing of that step "
-            f"was saved ({kept}); train again, in a new run folder, with a lower optim.lr (now {cfg.optim.lr:g}){clip}"
+            f"was saved ({kept}); train again, in a new run folder, with a lower optim.lr "
+            f"(now {cfg.optim.lr:g}){clipping}"
         )
 
     try:
