@@ -19,7 +19,7 @@ def require_finite_export(module: nn.Module, what: str) -> None:
     require_finite(
         module.state_dict(),
         f"export refused: {what}",
-        "nothing was written; the adapters come from a training that diverged: train again with a lower optim.lr "
+        "nothing was written; the weights come from a training that diverged: train again with a lower optim.lr "
         "or with optim.max_grad_norm",
     )
 
