@@ -1,17 +1,25 @@
 """Training checkpoints that survive any crash, and the RNG state of every process.
 
 A checkpoint is a folder ``OUTPUT_DIR/checkpoints/step-NNNNNNNN`` holding ``adapters.safetensors`` (the
-trainable tensors), ``optimizer.safetensors``, one ``rng-RANK.safetensors`` per process and, written last,
-``state.json`` (loop position, scheduler, optimizer scalars and the SHA-256 of every other file).
+trainable tensors), ``optimizer.safetensors``, one ``rng-RANK.safetensors`` per process, ``state.json`` (loop
+position, scheduler, optimizer scalars and the SHA-256 of every other file) and, written last,
+``state.json.sha256`` (the SHA-256 of ``state.json``, as ``sha256sum`` writes it). A checkpoint is complete only
+when that last file exists and matches.
 
 Writing (:func:`save_checkpoint`): everything goes into ``step-N.tmp``, each file atomically; every process
 writes its own RNG file; the main process then writes ``state.json``, flushes the folder and renames it to
 ``step-N``. A kill or an I/O error (a full disk) at any point leaves the complete checkpoints as they were
 plus leftovers (``*.tmp``, ``*.old``) that are never read and are removed by the next save or resume.
 
-Reading (:func:`find_resume_checkpoint`): the newest checkpoint whose files all match the digests of its
-``state.json`` is used; a newer one that does not (damaged on disk, truncated by a bad copy) is reported in a
-warning, moved aside as ``step-N.corrupt`` and the previous one is used instead. Nothing is unpickled.
+Reading (:func:`find_resume_checkpoint`): the newest checkpoint whose ``state.json`` matches its digest file and
+whose files all match the digests of its ``state.json`` is used; a newer one that does not (damaged on disk,
+truncated by a bad copy) is reported in a warning, moved aside as ``step-N.corrupt`` and the previous one is used
+instead. Nothing is unpickled. A checkpoint written by another number of processes is not damaged: the resume
+is refused (:class:`ProcessCountError`) and every checkpoint is left as it is.
+
+Warnings go to the ``train.checkpoints`` logger. The ``train`` loggers have no handler of their own, so when the
+program has not configured logging Python prints them on stderr (``logging.lastResort``); a program that has,
+gets them through its handlers.
 """
 
 from __future__ import annotations
@@ -36,11 +44,13 @@ from safetensors.torch import load_file, save_file
 from safe_encoders.atomic import atomic_write, atomic_write_text, fsync_dir
 from safe_encoders.errors import SafeEncodersError
 
-logger = logging.getLogger("safe_encoders.train")
+logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 STATE = "state.json"
-FORMAT_VERSION = 2
+STATE_DIGEST = "state.json.sha256"
+FORMAT_VERSION = 3
+"""3: ``state.json.sha256`` written last; 2: no digest of ``state.json``; 1: one process, no digests."""
 _COMPLETE = re.compile(r"step-(\d+)")
 
 
@@ -119,12 +129,17 @@ def optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Checkpoint folders of a run (named ``step-N`` and holding a ``state.json``), oldest first.
+    """Checkpoint folders of a run (named ``step-N`` and holding a ``state.json`` or its digest), oldest first.
 
-    Leftovers of interrupted writes (``step-N.tmp``, ``step-N.old``, ``step-N.corrupt``) are not listed.
+    Leftovers of interrupted writes (``step-N.tmp``, ``step-N.old``, ``step-N.corrupt``) are not listed; a listed
+    folder may still be damaged (:func:`read_checkpoint` tells).
     """
     root = Path(output_dir) / CHECKPOINTS
-    found = [p for p in root.glob("step-*") if _COMPLETE.fullmatch(p.name) and (p / STATE).is_file()]
+    found = [
+        p
+        for p in root.glob("step-*")
+        if _COMPLETE.fullmatch(p.name) and ((p / STATE).is_file() or (p / STATE_DIGEST).is_file())
+    ]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
@@ -225,6 +240,7 @@ def save_checkpoint(
             "files": {name: _sha256(tmp / name) for name in names},
         }
         _write_step("write state.json", lambda: atomic_write_text(tmp / STATE, json.dumps(full)))
+        _write_step(f"write {STATE_DIGEST}", lambda: atomic_write_text(tmp / STATE_DIGEST, _digest_line(tmp / STATE)))
         _write_step("flush the temporary folder", lambda: fsync_dir(tmp))
         old = final.with_name(final.name + ".old")
         if final.exists():  # the same step again (after a resume from an older checkpoint)
@@ -271,6 +287,47 @@ class Checkpoint:
         set_rng_state(*self.rng)
 
 
+def _digest_line(path: Path) -> str:
+    """The content of a digest file: ``HEX  NAME`` (``sha256sum -c`` checks it)."""
+    return f"{_sha256(path)}  {path.name}\n"
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """The ``state.json`` of checkpoint ``path``, checked against its digest file and for its shape."""
+    raw = (path / STATE).read_bytes()
+    has_digest = (path / STATE_DIGEST).is_file()
+    if has_digest:
+        fields = (path / STATE_DIGEST).read_text().split()
+        if len(fields) != 2 or fields[1] != STATE:
+            raise TrainingCheckpointError(f"{path / STATE_DIGEST} is not a digest line of {STATE}")
+        if hashlib.sha256(raw).hexdigest() != fields[0]:
+            raise TrainingCheckpointError(f"{path / STATE} is not the file {STATE_DIGEST} was written for")
+    state = json.loads(raw)
+    if not isinstance(state, dict):
+        raise TrainingCheckpointError(f"{path / STATE} holds a JSON {type(state).__name__}, not a checkpoint state")
+    version = state.get("format_version", 1)
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise TrainingCheckpointError(f"{path / STATE}: unknown format_version {version!r}")
+    if version >= 3 and not has_digest:
+        raise TrainingCheckpointError(f"{path} has no {STATE_DIGEST} (written last): the checkpoint is incomplete")
+    files = state.get("files")
+    if files is not None and not (
+        isinstance(files, dict)
+        and all(isinstance(d, str) and isinstance(n, str) and Path(n).name == n for n, d in files.items())
+    ):
+        raise TrainingCheckpointError(f"{path / STATE}: 'files' is not a map of file names to digests")
+    required = ["global_step", "scheduler", "optimizer", *(["world_size"] if files is not None else [])]
+    bad = [k for k in required if k not in state]
+    bad += [k for k, kind in _STATE_FIELDS.items() if k in state and not isinstance(state[k], kind)]
+    if bad:
+        raise TrainingCheckpointError(f"{path / STATE}: missing or malformed field(s) {bad}")
+    return state
+
+
+_STATE_FIELDS: dict[str, type] = {"global_step": int, "world_size": int, "scheduler": dict, "optimizer": dict}
+"""The fields of ``state.json`` that :func:`read_checkpoint` reads itself, with their JSON types."""
+
+
 def _rng_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     with safe_open(str(path), framework="pt") as handle:
         meta = json.loads((handle.metadata() or {})["rng"])
@@ -283,7 +340,7 @@ def read_checkpoint(path: str | Path, rank: int = 0, world_size: int = 1) -> Che
     another number of processes."""
     path = Path(path)
     try:
-        state = json.loads((path / STATE).read_text())
+        state = _read_state(path)
         files = state.get("files")
         if files is None:  # format 1: one process, rng.safetensors, rng state in state.json, no digests
             tensors, meta = load_file(str(path / "rng.safetensors")), state["rng"]
@@ -297,11 +354,9 @@ def read_checkpoint(path: str | Path, rank: int = 0, world_size: int = 1) -> Che
             tensors, meta = _rng_file(path / f"rng-{rank}.safetensors")
         adapters = load_file(str(path / "adapters.safetensors"))
         optimizer = optimizer_from_files(load_file(str(path / "optimizer.safetensors")), state["optimizer"])
-        if not isinstance(state["global_step"], int) or not isinstance(state["scheduler"], dict):
-            raise ValueError("global_step or scheduler state malformed")
     except TrainingCheckpointError:
         raise
-    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as error:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError) as error:
         raise TrainingCheckpointError(f"{path} cannot be read ({type(error).__name__}: {error})") from error
     if saved_world != world_size:
         raise ProcessCountError(

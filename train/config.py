@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from typing import Any
 import yaml
 
 from safe_encoders.atomic import atomic_write_text
+from safe_encoders.errors import SafeEncodersError
 from train.hysac_losses import HYSAC_TERM_NAMES, HySACWeights
 from train.losses import DEFAULT_LOGIT_SCALE, TERM_NAMES, SafeClipWeights
 
@@ -26,21 +28,92 @@ TEXT_TARGETS = ["k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 VISION_TARGETS = [*TEXT_TARGETS, "patch_embedding"]
 
 
+class TrainConfigError(SafeEncodersError, ValueError):
+    """A training config value has the wrong type or lies outside its range (the command line prints one line)."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting (or each element of a tuple setting) may take: finite, between the bounds.
+
+    Declared in a field's metadata (``metadata={"range": POSITIVE}``) and checked by :func:`check_ranges`."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value: Any, integer: bool) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+            return False
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        low, high = _number(self.low), _number(self.high)
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {low}"
+        return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return ""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+AT_LEAST_ONE = Range(1)
+FRACTION = Range(0, 1, high_open=True)
+SEED = Range(0, 2**31, high_open=True)  # numpy takes seeds < 2**32; each process adds its rank
+
+
+def _ranged(default: Any = dataclasses.MISSING, allowed: Range = POSITIVE, **metadata: Any) -> Any:
+    """A dataclass field whose value :func:`check_ranges` checks against ``allowed``."""
+    return field(default=default, metadata={"range": allowed, **metadata})
+
+
+def check_ranges(settings: Any, prefix: str = "") -> None:
+    """Refuse (TrainConfigError) a field of the dataclass ``settings`` outside the Range of its metadata: NaN,
+    infinities, a bool or a string for a number, a float for an integer, a value past a bound."""
+    hints = typing.get_type_hints(type(settings))
+    for f in dataclasses.fields(settings):
+        allowed = f.metadata.get("range")
+        if allowed is None:
+            continue
+        name, value, hint = prefix + f.name, getattr(settings, f.name), hints[f.name]
+        kinds = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        if value is None and type(None) in kinds:
+            continue
+        if typing.get_origin(hint) is tuple:
+            elements = typing.get_args(hint)
+            if not isinstance(value, (tuple, list)) or len(value) != len(elements):
+                raise TrainConfigError(f"config: {name} must hold {len(elements)} numbers, got {value!r}")
+            values, integer = list(value), elements[0] is int
+        else:
+            values, integer = [value], int in kinds and float not in kinds
+        for v in values:
+            if not allowed.holds(v, integer):
+                kind = "an integer" if integer else "a finite number"
+                raise TrainConfigError(f"config: {name} must be {allowed} ({kind}), got {value!r}")
+
+
 @dataclass
 class LoraSettings:
-    rank: int = field(default=16, metadata={"help": "LoRA rank r"})
-    alpha: float = field(default=1.0, metadata={"help": "LoRA alpha (scaling = alpha / rank)"})
-    dropout: float = field(default=0.1, metadata={"help": "dropout on the LoRA input"})
+    rank: int = _ranged(16, AT_LEAST_ONE, help="LoRA rank r")
+    alpha: float = _ranged(1.0, POSITIVE, help="LoRA alpha (scaling = alpha / rank)")
+    dropout: float = _ranged(0.1, FRACTION, help="dropout on the LoRA input")
     text_targets: list[str] = field(default_factory=lambda: list(TEXT_TARGETS))
     vision_targets: list[str] = field(default_factory=lambda: list(VISION_TARGETS))
 
     def validate(self) -> None:
-        if self.rank < 1:
-            raise ValueError(f"lora.rank must be >= 1, got {self.rank}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        check_ranges(self, "lora.")
         if not self.text_targets and not self.vision_targets:
-            raise ValueError("lora: at least one of text_targets / vision_targets must be non-empty")
+            raise TrainConfigError("lora: at least one of text_targets / vision_targets must be non-empty")
 
 
 _Weights = typing.TypeVar("_Weights")
@@ -50,8 +123,11 @@ def _weights(cls: type[_Weights], names: Sequence[str], given: dict[str, float],
     """``cls`` (a weights dataclass) with its defaults overridden by ``given``; unknown term names refused."""
     unknown = sorted(set(given) - set(names))
     if unknown:
-        raise ValueError(f"{where}: unknown term(s) {unknown}; terms are {list(names)}")
-    return cls(**{**dataclasses.asdict(cls()), **given})
+        raise TrainConfigError(f"{where}: unknown term(s) {unknown}; terms are {list(names)}")
+    try:
+        return cls(**{**dataclasses.asdict(cls()), **given})
+    except ValueError as error:  # the weights' own check: finite, >= 0, not all zero
+        raise TrainConfigError(f"{where}: {error}") from error
 
 
 @dataclass
@@ -60,7 +136,11 @@ class LossSettings:
         default_factory=lambda: dataclasses.asdict(SafeClipWeights()),
         metadata={"help": "weights of the eight terms, normalised to sum 1"},
     )
-    logit_scale: float = DEFAULT_LOGIT_SCALE
+    logit_scale: float = _ranged(DEFAULT_LOGIT_SCALE, POSITIVE)
+
+    def validate(self) -> None:
+        check_ranges(self, "loss.")
+        self.safe_clip_weights()
 
     def safe_clip_weights(self) -> SafeClipWeights:
         return _weights(SafeClipWeights, TERM_NAMES, self.weights, "loss.weights")
@@ -74,60 +154,61 @@ class HySACSettings:
         default_factory=lambda: dataclasses.asdict(HySACWeights()),
         metadata={"help": "weights of the 4 contrastive and 3 entailment terms"},
     )
-    curvature: float = field(default=1.0, metadata={"help": "initial curvature c (space of curvature -c)"})
-    curvature_range: tuple[float, float] = (0.1, 10.0)
+    curvature: float = _ranged(1.0, POSITIVE, help="initial curvature c (space of curvature -c)")
+    curvature_range: tuple[float, float] = _ranged((0.1, 10.0), POSITIVE)
     learn_curvature: bool = True
-    logit_scale: float = field(default=1 / 0.07, metadata={"help": "initial (exponentiated) learned logit scale"})
-    alpha_init: float | None = field(default=None, metadata={"help": "initial feature scales; None: 1/sqrt(dim)"})
-    cone_k: float = field(default=0.1, metadata={"help": "aperture constant K of the entailment cones"})
+    logit_scale: float = _ranged(1 / 0.07, POSITIVE, help="initial (exponentiated) learned logit scale")
+    alpha_init: float | None = _ranged(None, POSITIVE, help="initial feature scales; None: 1/sqrt(dim)")
+    cone_k: float = _ranged(0.1, POSITIVE, help="aperture constant K of the entailment cones")
 
     def hysac_weights(self) -> HySACWeights:
         return _weights(HySACWeights, HYSAC_TERM_NAMES, self.weights, "hysac.weights")
 
     def validate(self) -> None:
+        check_ranges(self, "hysac.")
         self.hysac_weights()
         low, high = self.curvature_range
         if not 0 < low <= self.curvature <= high:
-            raise ValueError(
+            raise TrainConfigError(
                 f"hysac: need 0 < curvature_range[0] <= curvature <= curvature_range[1], got "
                 f"{self.curvature} and {self.curvature_range}"
             )
-        if self.logit_scale <= 0 or self.cone_k <= 0 or (self.alpha_init is not None and self.alpha_init <= 0):
-            raise ValueError("hysac: logit_scale, cone_k and alpha_init must be > 0")
 
 
 @dataclass
 class DataSettings:
     source: str = field(default="synthetic", metadata={"help": "'synthetic' (offline world) or 'visu'"})
-    train_size: int = 4000
-    val_size: int = 400
-    seed: int = 0
-    image_size: int = 32
-    batch_size: int = 128
-    num_workers: int = 0
+    train_size: int = _ranged(4000, AT_LEAST_ONE)
+    val_size: int = _ranged(400, AT_LEAST_ONE)
+    seed: int = _ranged(0, SEED)
+    image_size: int = _ranged(32, AT_LEAST_ONE)
+    batch_size: int = _ranged(128, AT_LEAST_ONE)
+    num_workers: int = _ranged(0, NON_NEGATIVE)
+
+    def validate(self) -> None:
+        check_ranges(self, "data.")
 
 
 @dataclass
 class OptimSettings:
     optimizer: str = field(default="adam", metadata={"help": "'adam' (Safe-CLIP's release) or 'adamw' (HySAC's)"})
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = field(
-        default=0.0, metadata={"help": "not applied to the tensors the model lists in no_weight_decay() (HySAC)"}
+    lr: float = _ranged(1e-3, POSITIVE)
+    betas: tuple[float, float] = _ranged((0.9, 0.999), FRACTION)
+    weight_decay: float = _ranged(
+        0.0, NON_NEGATIVE, help="not applied to the tensors the model lists in no_weight_decay() (HySAC)"
     )
-    epochs: int = 50
-    grad_accum_steps: int = 1
-    warmup_steps: int = 0
+    epochs: int = _ranged(50, AT_LEAST_ONE)
+    grad_accum_steps: int = _ranged(1, AT_LEAST_ONE)
+    warmup_steps: int = _ranged(0, NON_NEGATIVE)
     schedule: str = field(default="constant", metadata={"help": "'constant' or 'cosine' (after warm-up)"})
-    max_grad_norm: float | None = None
+    max_grad_norm: float | None = _ranged(None, POSITIVE, help="clip the gradient norm (None: no clipping)")
 
     def validate(self) -> None:
-        if self.lr <= 0 or self.epochs < 1 or self.grad_accum_steps < 1 or self.warmup_steps < 0:
-            raise ValueError(f"optim: need lr > 0, epochs >= 1, grad_accum_steps >= 1, warmup_steps >= 0; got {self}")
+        check_ranges(self, "optim.")
         if self.optimizer not in ("adam", "adamw"):
-            raise ValueError(f"optim.optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
+            raise TrainConfigError(f"optim.optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
         if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"optim.schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+            raise TrainConfigError(f"optim.schedule must be 'constant' or 'cosine', got {self.schedule!r}")
 
 
 @dataclass
@@ -140,7 +221,7 @@ class TrainConfig:
         default="openai/clip-vit-large-patch14", metadata={"help": "Hub id or local folder of a transformers CLIPModel"}
     )
     output_dir: str = "out/safeclip"
-    seed: int = 0
+    seed: int = _ranged(0, SEED)
     mixed_precision: str = field(default="no", metadata={"help": "'no', 'fp16' or 'bf16' (accelerate)"})
     lora: LoraSettings = field(default_factory=LoraSettings)
     loss: LossSettings = field(default_factory=LossSettings)
@@ -155,28 +236,29 @@ class TrainConfig:
     )
     early_stopping_metric: str = "val_loss"
     early_stopping_mode: str = "min"
-    patience: int = 5
-    save_every_steps: int = field(default=0, metadata={"help": "extra mid-epoch checkpoints (0: per epoch only)"})
-    keep_checkpoints: int = 2
-    log_every_steps: int = 1
+    patience: int = _ranged(5, AT_LEAST_ONE)
+    save_every_steps: int = _ranged(0, NON_NEGATIVE, help="extra mid-epoch checkpoints (0: per epoch only)")
+    keep_checkpoints: int = _ranged(2, AT_LEAST_ONE)
+    log_every_steps: int = _ranged(1, AT_LEAST_ONE)
     progress: bool = True
     tensorboard: bool = True
 
     def validate(self) -> None:
+        """Check every value before anything runs (TrainConfigError): a NaN learning rate must not reach torch."""
+        check_ranges(self)
         self.lora.validate()
         self.optim.validate()
-        self.loss.safe_clip_weights()
+        self.loss.validate()
         self.hysac.validate()
+        self.data.validate()
         from train.methods import METHODS  # the table imports this module
 
         if self.method not in METHODS:
-            raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
+            raise TrainConfigError(f"method must be one of {list(METHODS)}, got {self.method!r}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}")
+            raise TrainConfigError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}")
         if self.early_stopping_mode not in ("min", "max"):
-            raise ValueError(f"early_stopping_mode must be 'min' or 'max', got {self.early_stopping_mode!r}")
-        if self.patience < 1 or self.data.batch_size < 1 or self.keep_checkpoints < 1:
-            raise ValueError("patience, data.batch_size and keep_checkpoints must be >= 1")
+            raise TrainConfigError(f"early_stopping_mode must be 'min' or 'max', got {self.early_stopping_mode!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -188,7 +270,7 @@ class TrainConfig:
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     if not isinstance(values, dict):
-        raise ValueError(f"config {where or 'root'}: expected a mapping, got {type(values).__name__}")
+        raise TrainConfigError(f"config {where or 'root'}: expected a mapping, got {type(values).__name__}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -196,7 +278,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {names}"
-            raise ValueError(f"config: unknown key {where + key!r}{hint}")
+            raise TrainConfigError(f"config: unknown key {where + key!r}{hint}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value, f"{where}{key}.")
@@ -222,19 +304,19 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
             return value
     if not any(k in allowed for k in (bool, int, float, str)):
         return value  # containers: taken as given
-    raise ValueError(f"config: {name} must be {hint}, got {value!r}")
+    raise TrainConfigError(f"config: {name} must be {hint}, got {value!r}")
 
 
 def _apply_override(data: dict[str, Any], override: str) -> None:
     if "=" not in override:
-        raise ValueError(f"override {override!r} must look like key.sub=value")
+        raise TrainConfigError(f"override {override!r} must look like key.sub=value")
     key, raw = override.split("=", 1)
     node = data
     parts = key.strip().split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ValueError(f"override {override!r}: {part!r} is not a section")
+            raise TrainConfigError(f"override {override!r}: {part!r} is not a section")
     node[parts[-1]] = yaml.safe_load(raw)
 
 

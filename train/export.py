@@ -5,10 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from safe_encoders.atomic import atomic_folder
 from safe_encoders.format import encoder_file_name
 from train.config import TrainConfig
+from train.finite import require_finite
 from train.model import ContrastiveClipModel, SafeClipModel
+
+
+def require_finite_export(module: nn.Module, what: str) -> None:
+    """Refuse (NonFiniteError) to export ``module`` if a weight of it is NaN or infinite: call it before writing."""
+    require_finite(
+        module.state_dict(),
+        f"export refused: {what}",
+        "nothing was written; the weights come from a training that diverged: train again with a lower optim.lr "
+        "or with optim.max_grad_norm",
+    )
 
 
 def training_metadata(
@@ -56,6 +69,8 @@ def export_safe_clip(
     out = Path(out_dir)
     lora = model.lora
     text, vision = model.merged()
+    require_finite_export(text, "the merged text encoder")
+    require_finite_export(vision, "the merged vision encoder")
     common = training_metadata("safe-clip", lora, config=config, data_description=data_description, extra=metadata)
     with atomic_folder(out) as tmp:  # written whole: a full disk leaves no folder with the text encoder only
         for kind, encoder, targets in (("text", text, lora.text_targets), ("vision", vision, lora.vision_targets)):
@@ -146,6 +161,7 @@ def export_clip_model(model: ContrastiveClipModel, out_dir: str | Path) -> Path:
     clip = CLIPModel(config)
     state = {**text.state_dict(), **vision.state_dict(), "logit_scale": model.log_logit_scale.detach()}
     clip.load_state_dict(state, strict=True)  # every tensor of the CLIPModel comes from the trained towers
+    require_finite_export(clip, "the merged CLIP model")
     with atomic_folder(out_dir) as tmp:
         clip.save_pretrained(tmp)
         for processor in (model.tokenizer, model.image_processor):

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from safe_encoders.hysac import HySACBounds, compute_bounds
 from train.config import TrainConfig
 from train.data import batch_to
-from train.export import training_metadata
+from train.export import require_finite_export, training_metadata
 from train.model import HySACTrainModel
 
 GROUP_OF_EMBEDDING = {"S": "text_safe", "V": "image_safe", "U": "text_unsafe", "G": "image_unsafe"}
@@ -83,6 +83,7 @@ def export_hysac(
     """
     lora = model.lora
     hysac = model.merged_hysac()
+    require_finite_export(hysac, "the merged HySAC model")
     hysac.bounds = bounds
     hysac.eval()
     info = training_metadata("hysac", lora, config=config, data_description=data_description, extra=metadata)

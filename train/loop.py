@@ -7,6 +7,10 @@ RNG state and the data position (epoch, batches done). The order of the data is 
 the batches and dropout masks an uninterrupted run would have seen. Checkpoints are written only
 at optimizer-step boundaries. Nothing is pickled: tensors go to safetensors, the rest to JSON.
 
+A NaN or infinite loss (checked before the optimizer step) or trainable weight (checked after it) stops the
+run with :class:`train.finite.NonFiniteError` before anything of that step is saved: the checkpoints and
+``best_adapters.safetensors`` stay those of the last good step.
+
 The parts the loop calls: :class:`train.data.EpochSampler` (the data order), :mod:`train.checkpoints`,
 :mod:`train.resume_config` (the config check of a resume), :mod:`train.validation` and :mod:`train.metrics_log`.
 """
@@ -31,12 +35,14 @@ from safe_encoders.atomic import atomic_write
 from train.checkpoints import (
     Processes,
     find_resume_checkpoint,
+    list_checkpoints,
     save_checkpoint,
     seed_everything,
     set_aside_newer,
 )
 from train.config import TrainConfig, save_config
 from train.data import EpochSampler, batch_to
+from train.finite import NonFiniteError, describe, non_finite_names
 from train.methods import References, check_model, method_of
 from train.metrics_log import MetricsLog
 from train.model import CachedReferences, LiveReferences, TwoTowerModel
@@ -189,7 +195,8 @@ def run_training(
     train_refs = references_for(train_set, "train")
     val_refs = references_for(val_set, "val") if val_set is not None else None
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in trainable]
     optimizer = build_optimizer(cfg.optim, model)
     batches_per_epoch = len(loader(train_set, 0))
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.optim.grad_accum_steps)
@@ -206,6 +213,16 @@ def run_training(
             scheduler=scheduler,
             keep=cfg.keep_checkpoints,
             processes=Processes(rank, world, accelerator.wait_for_everyone),
+        )
+
+    def diverged(state: RunState, what: str) -> NonFiniteError:
+        saved = list_checkpoints(out)
+        kept = f"the newest checkpoint, {saved[-1].name}, precedes it" if saved else "no checkpoint was written"
+        clipping = "" if cfg.optim.max_grad_norm is not None else " or with optim.max_grad_norm"
+        return NonFiniteError(
+            f"training diverged at step {state.global_step + 1} (epoch {state.epoch}): {what}; nothing of that step "
+            f"was saved ({kept}); train again, in a new run folder, with a lower optim.lr "
+            f"(now {cfg.optim.lr:g}){clipping}"
         )
 
     try:
@@ -232,6 +249,7 @@ def run_training(
                 desc=f"epoch {epoch}",
                 leave=False,
             )
+            bad_losses = torch.zeros((), device=device)  # non-finite losses seen (any one stops the run)
             for i, batch in enumerate(batches, start=state.batches_done):
                 group_start = (i // accum) * accum
                 group_size = min(accum, batches_per_epoch - group_start)
@@ -242,15 +260,21 @@ def run_training(
                     emb = prepared_model(batch)
                     with accelerator.autocast():
                         loss, terms = method.loss(cfg, model, emb, batch, train_refs)
+                    bad_losses += ~torch.isfinite(loss.detach())
                     accelerator.backward(loss / group_size)
                 bar.update(1)
                 if not last_in_group:
                     continue
+                if accelerator.reduce(bad_losses, reduction="sum").item():  # every process stops alike
+                    raise diverged(state, "the loss is NaN or infinite")
                 grad_norm = None
                 if cfg.optim.max_grad_norm is not None:
                     grad_norm = float(accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm))
                 optimizer.step()
                 method.after_step(model)
+                bad_weights = non_finite_names(trainable)  # the same on every process (gradients are shared)
+                if bad_weights:
+                    raise diverged(state, f"{describe(bad_weights)} hold NaN or infinite values after the update")
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 state.global_step += 1

@@ -7,6 +7,7 @@ inputs itself, so raw projected features can be passed in.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -52,11 +53,12 @@ def cosine_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def check_loss_weights(weights: Any) -> None:
-    """Raise ``ValueError`` unless every field of the weights dataclass is >= 0 and one is > 0."""
+    """Raise ``ValueError`` unless every field of the weights dataclass is a finite number >= 0 and one is > 0."""
     values = [getattr(weights, f.name) for f in fields(weights)]
     name = type(weights).__name__
-    if any(v < 0 for v in values):
-        raise ValueError(f"{name} must be non-negative, got {asdict(weights)}")
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+    if not numbers or any(v < 0 for v in values):
+        raise ValueError(f"{name} must be finite and non-negative, got {asdict(weights)}")
     if sum(values) <= 0:
         raise ValueError(f"{name} must not all be zero")
 

@@ -126,9 +126,11 @@ def _hysac_similarity(model: SafeClipModel) -> Similarity:
 def _hysac_export(
     model: SafeClipModel, out: Path, cfg: TrainConfig, validation: ValidationData | None, description: str | None
 ) -> str:
+    from train.export import require_finite_export
     from train.hysac_export import export_hysac, validation_bounds
 
     assert isinstance(model, HySACTrainModel) and validation is not None
+    require_finite_export(model, "the HySAC model")  # before its bounds are measured with it
     bounds = validation_bounds(model, validation.dataset, validation.collate_fn, validation.batch_size)
     folder = export_hysac(model, out, bounds=bounds, config=cfg, data_description=description)
     return (

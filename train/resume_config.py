@@ -23,7 +23,7 @@ RESUME_FREE_SETTINGS: tuple[str, ...] = (
 """Settings that may change between a checkpoint and its resume (where and how often the run reports and
 saves); changing any other setting would make the resumed run differ from an uninterrupted one."""
 
-logger = logging.getLogger("safe_encoders.train")
+logger = logging.getLogger(__name__)
 
 
 class ResumeConfigError(SafeEncodersError, ValueError):

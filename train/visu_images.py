@@ -42,7 +42,7 @@ from safe_encoders.atomic import atomic_write_text
 from train.keep_rules import KEEP_RULES, Candidate, keep_rule
 from train.visu_work import DEFAULT_MODEL, RegenConfig, RegenItem, VisuRegenProvider, condition_name, regen_items
 
-logger = logging.getLogger("safe_encoders.train")
+logger = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
 MANIFEST_COLUMNS = (

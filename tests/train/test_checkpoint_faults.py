@@ -2,16 +2,29 @@
 is at that instant), each followed by a resume that ends exactly where an uninterrupted run ends."""
 
 import errno
+import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import train.checkpoints as checkpoints
-from tests.train.synthetic_builders import encoded_worlds
-from train.checkpoints import list_checkpoints
+from tests.train.synthetic_builders import encoded_worlds, save_tiny_base, synthetic_run_overrides
+from train.checkpoints import (
+    ProcessCountError,
+    Processes,
+    find_resume_checkpoint,
+    list_checkpoints,
+    read_checkpoint,
+    save_checkpoint,
+)
 from train.config import load_config
 from train.data import stack_encoded
 from train.loop import run_training
@@ -103,7 +116,13 @@ def reference(tokenizer, data, tmp_path_factory):
 def test_the_steps_of_a_checkpoint_write_are_the_ones_faults_are_injected_into(reference):
     _, names = reference
     assert names[:3] == ["clear an older temporary folder", "create the temporary folder", "write rng-0.safetensors"]
-    assert "rename into place" in names and names.index("write state.json") < names.index("rename into place")
+    assert "rename into place" in names
+    # the digest of state.json comes last: a folder with it holds everything
+    assert (
+        names.index("write state.json") + 1
+        == names.index("write state.json.sha256")
+        < names.index("flush the temporary folder")
+    )
     assert names[-2:] == ["retire step-00000002", "remove step-00000002"]  # keep=1: the older one goes
 
 
@@ -196,9 +215,141 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(
         (newest / "state.json").write_text("")
     else:
         (newest / "optimizer.safetensors").unlink()
-    with caplog.at_level("WARNING", logger="safe_encoders.train"):
+    with caplog.at_level("WARNING", logger="train"):
         run(tokenizer, data, root, keep_two)
     assert f"checkpoint {newest.name} is damaged" in caplog.text and "falling back" in caplog.text
     assert (root / "checkpoints" / f"{newest.name}.corrupt").is_dir()  # kept for inspection, never read
     assert_same(outcome(root), want)
     shutil.rmtree(root)
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tokenizer, data, tmp_path_factory):
+    """A finished run keeping its two newest checkpoints (steps 4 and 6)."""
+    root = tmp_path_factory.mktemp("two")
+    run(tokenizer, data, root, {"keep_checkpoints": 2})
+    assert [p.name for p in list_checkpoints(root)] == ["step-00000004", "step-00000006"]
+    return root
+
+
+def _state_with_matching_digest(folder, text):
+    """Replace state.json by ``text`` and write the digest file that matches it (a state.json that is whole,
+    as its digest says, but not a checkpoint state)."""
+    (folder / "state.json").write_text(text)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    (folder / "state.json.sha256").write_text(f"{digest}  state.json\n")
+
+
+def _edit_state(folder):
+    """A state.json still valid JSON but not the one written (its digest file tells)."""
+    state = json.loads((folder / "state.json").read_text())
+    state["batches_done"] += 1
+    (folder / "state.json").write_text(json.dumps(state))
+
+
+DAMAGES = {
+    "state.json holds []": (lambda f: _state_with_matching_digest(f, "[]"), "holds a JSON list"),
+    "state.json holds null": (lambda f: _state_with_matching_digest(f, "null"), "holds a JSON NoneType"),
+    "state.json edited": (_edit_state, "is not the file state.json.sha256 was written for"),
+    "no digest file": (lambda f: (f / "state.json.sha256").unlink(), "has no state.json.sha256"),
+    "no state.json": (lambda f: (f / "state.json").unlink(), "No such file"),
+    "files not a map": (
+        lambda f: _state_with_matching_digest(
+            f, json.dumps({**json.loads((f / "state.json").read_text()), "files": []})
+        ),
+        "'files' is not a map",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_state_json_falls_back_to_the_previous_checkpoint(two_checkpoints, tmp_path, caplog, damage):
+    root = tmp_path / "run"
+    shutil.copytree(two_checkpoints, root)
+    older, newest = list_checkpoints(root)
+    spoil, reason = DAMAGES[damage]
+    spoil(newest)
+    with caplog.at_level("WARNING", logger="train"):
+        chosen = find_resume_checkpoint(root)
+    assert chosen is not None and chosen.path == older
+    assert f"checkpoint {newest.name} is damaged" in caplog.text and reason in caplog.text
+
+
+def test_a_checkpoint_of_the_previous_format_without_a_state_digest_still_resumes(two_checkpoints, tmp_path):
+    root = tmp_path / "run"
+    shutil.copytree(two_checkpoints, root)
+    newest = list_checkpoints(root)[-1]
+    state = json.loads((newest / "state.json").read_text())
+    assert state["format_version"] == 3
+    (newest / "state.json").write_text(json.dumps({**state, "format_version": 2}))
+    (newest / "state.json.sha256").unlink()
+    assert find_resume_checkpoint(root).path == newest
+
+
+def _save_as_two_processes(root, step):
+    """The checkpoint of ``step`` as a 2-process launch writes it: two ranks (threads here) with a barrier."""
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    barrier = threading.Barrier(2)
+    errors = []
+
+    def rank(r):
+        try:
+            state = {"global_step": step, "epoch": 0, "batches_done": step}
+            processes = Processes(r, 2, barrier.wait)
+            save_checkpoint(
+                root,
+                state,
+                adapters=model.state_dict,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                keep=5,
+                processes=processes,
+            )
+        except BaseException as error:  # reported below
+            errors.append(error)
+            barrier.abort()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+def test_a_relaunch_with_another_process_count_is_refused_and_keeps_every_checkpoint(tokenizer, data, tmp_path):
+    root = tmp_path / "run"
+    for step in (2, 4):
+        _save_as_two_processes(root, step)
+    written = [p.name for p in list_checkpoints(root)]
+    assert written == ["step-00000002", "step-00000004"]
+    assert read_checkpoint(root / "checkpoints" / written[-1], rank=1, world_size=2).global_step == 4
+    with pytest.raises(ProcessCountError, match=r"written by 2 process.*launch it with --num_processes 2"):
+        run(tokenizer, data, root)
+    assert [p.name for p in list_checkpoints(root)] == written  # none set aside as damaged, none replaced
+    assert sorted(p.name for p in (root / "checkpoints").iterdir()) == written
+
+
+def test_the_damaged_checkpoint_warning_reaches_the_command_line(tokenizer, tmp_path):
+    from train.__main__ import main
+
+    base = save_tiny_base(tokenizer, tmp_path / "base", width=16)
+    run_dir = tmp_path / "run"
+    overrides = synthetic_run_overrides(base, run_dir, "data.batch_size=8", "save_every_steps=1", "keep_checkpoints=2")
+    assert main(["safeclip", *overrides]) == 0
+    newest = list_checkpoints(run_dir)[-1]
+    (newest / "adapters.safetensors").write_bytes(b"\x00" * 10)
+    root = Path(__file__).parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "train", "safeclip", *overrides],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"checkpoint {newest.name} is damaged" in done.stderr and "falling back" in done.stderr
