@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from eval.classifiers import PAPER_RULE
-from eval.cli import (
+from eval.errors import EvalError
+from eval.options import (
     add_classifier_options,
     add_lease_option,
     add_placement_options,
@@ -31,14 +32,13 @@ from eval.cli import (
     comma_list,
     generation_options,
 )
-from eval.cli_errors import add_debug_option, run_command
-from eval.conditions import BASE_CONDITIONS
-from eval.errors import EvalError
-from eval.paper_tables import T2I
 from eval.placement import default_device
+from eval.report.paper_tables import T2I
+from eval.t2i.conditions import BASE_CONDITIONS
+from safe_encoders.cli.errors import add_debug_option, run_command
 
 if TYPE_CHECKING:
-    from eval.visu import VisuSource
+    from eval.data.visu import VisuSource
 
 
 def _add_report_options(p: argparse.ArgumentParser) -> None:
@@ -184,7 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     hy.add_argument("--device", default=None)
     hy.add_argument("--out", required=True, type=Path)
 
-    from eval import attack_run, i2t_cli, nsfw_retrieval_cli, quality
+    from eval.attack import run as attack_run
+    from eval.i2t import command as i2t_cli
+    from eval.nsfw_retrieval import command as nsfw_retrieval_cli
+    from eval.quality import run as quality
 
     nsfw_retrieval_cli.add_command(sub)
     i2t_cli.add_commands(sub)
@@ -196,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _visu_source(args: argparse.Namespace) -> VisuSource:
     """The ViSU split the ``--visu``, ``--split``, ``--coco-root``, ``--unsafe-images``, ``--on-missing`` and
     ``--token`` options name; its load report goes to ``OUT/visu-<split>-report.json``."""
-    from eval.visu import VisuSource
+    from eval.data.visu import VisuSource
 
     args.out.mkdir(parents=True, exist_ok=True)
     return VisuSource(
@@ -213,11 +216,11 @@ def _visu_source(args: argparse.Namespace) -> VisuSource:
 def _hysac(args: argparse.Namespace) -> int:
     import json
 
-    from eval.hysac import embed_quadruplet_lists, evaluate_hysac, write_hysac_reports
+    from eval.hysac.run import embed_quadruplet_lists, evaluate_hysac, write_hysac_reports
     from safe_encoders.hysac import HySAC
 
     if args.synthetic is not None:
-        from eval.synthetic import SyntheticWorld
+        from eval.data.synthetic import SyntheticWorld
 
         world = SyntheticWorld(args.synthetic, seed=args.seed, image_size=args.image_size, distinct=True)
         items = [world[i] for i in range(len(world))]
@@ -231,7 +234,7 @@ def _hysac(args: argparse.Namespace) -> int:
     else:
         if args.unsafe_images is None:
             raise EvalError("hysac on ViSU needs --unsafe-images (the output folder of `python -m train visu-images`)")
-        from eval.retrieval_data import data_from_visu
+        from eval.retrieval.data import data_from_visu
 
         data = data_from_visu(_visu_source(args))
         split = args.split
@@ -268,10 +271,10 @@ def _hysac(args: argparse.Namespace) -> int:
 
 
 def _retrieval(args: argparse.Namespace) -> int:
-    from eval.embeddings import Embedder, EmbeddingCache
-    from eval.encoder_pairs import EncoderPair, backbone_pairs
-    from eval.retrieval import run_retrieval, to_markdown
-    from eval.retrieval_data import data_from_visu
+    from eval.retrieval.data import data_from_visu
+    from eval.retrieval.embeddings import Embedder, EmbeddingCache
+    from eval.retrieval.encoder_pairs import EncoderPair, backbone_pairs
+    from eval.retrieval.run import run_retrieval, to_markdown
 
     pairs = []
     if args.backbones:
@@ -318,23 +321,24 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "hysac":
         return _hysac(args)
     if args.command == "i2t":
-        from eval.i2t_cli import run_i2t
+        from eval.i2t.command import run_i2t
 
         return run_i2t(args)
     if args.command == "i2t-judge":
-        from eval.i2t_cli import run_i2t_judge
+        from eval.i2t.command import run_i2t_judge
 
         return run_i2t_judge(args)
     if args.command == "nsfw-retrieval":
-        from eval.nsfw_retrieval_cli import run_command as run_nsfw_retrieval
+        from eval.nsfw_retrieval.command import run_command as run_nsfw_retrieval
 
         return run_nsfw_retrieval(args)
     if args.command in ("quality", "attack"):
-        from eval import attack_run, quality
+        from eval.attack import run as attack_run
+        from eval.quality import run as quality
 
         return (quality if args.command == "quality" else attack_run).command(args)
     if args.command == "t2i":
-        from eval.t2i import T2IConfig, T2IRunner
+        from eval.t2i.run import T2IConfig, T2IRunner
 
         cfg = T2IConfig(
             model=args.model,
@@ -356,8 +360,8 @@ def _run(args: argparse.Namespace) -> int:
         if rows is not None:
             print((args.out / "report.md").read_text(encoding="utf-8"))
         return 0
-    from eval.report import write_report
-    from eval.store import ResultsStore
+    from eval.report.t2i import write_report
+    from eval.store.results import ResultsStore
 
     if not (args.out / "results.sqlite").is_file():
         raise EvalError(f"{args.out} holds no run (no results.sqlite)")

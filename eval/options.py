@@ -49,8 +49,8 @@ def add_placement_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_lease_option(p: argparse.ArgumentParser) -> None:
-    """``--lease``: how long a dead worker's claims keep its items from the others (``eval.claims``)."""
-    from eval.claims import DEFAULT_LEASE
+    """``--lease``: how long a dead worker's claims keep its items from the others (``eval.store.leases``)."""
+    from eval.store.leases import DEFAULT_LEASE
 
     p.add_argument(
         "--lease",

@@ -1,6 +1,6 @@
 """Where a generation run executes: its shard of the work, device and dtype, and what every run records.
 
-Shared by ``python -m eval t2i`` (:class:`eval.t2i.T2IRunner`) and ``python -m train visu-images``
+Shared by ``python -m eval t2i`` (:class:`eval.t2i.run.T2IRunner`) and ``python -m train visu-images``
 (:class:`train.visu_images.RegenRunner`).
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from eval.store import ItemKey
+from eval.store.results import ItemKey
 
 
 def shard_of(key: ItemKey, num_shards: int) -> int:

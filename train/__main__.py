@@ -41,7 +41,7 @@ def _datasets(cfg, args: argparse.Namespace, *, train: bool = True):
                 file=sys.stderr,
             )
             return None
-        from eval.visu import visu_splits
+        from eval.data.visu import visu_splits
         from train.data import IndexedQuadruplets
 
         sets = visu_splits(
@@ -56,7 +56,7 @@ def _datasets(cfg, args: argparse.Namespace, *, train: bool = True):
         # Items are encoded batch by batch: pre-encoding 165k image pairs would not fit in memory.
         train_set = IndexedQuadruplets(sets["train"]) if train else None
         return tokenizer, processor, train_set, IndexedQuadruplets(sets["validation"]), collator
-    from eval.synthetic import SyntheticWorld
+    from eval.data.synthetic import SyntheticWorld
 
     val_world = SyntheticWorld(cfg.data.val_size, cfg.data.seed + 1, cfg.data.image_size, distinct=True)
     train_set = None
@@ -164,7 +164,7 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
-    from eval.cli_errors import add_debug_option
+    from safe_encoders.cli.errors import add_debug_option
 
     add_debug_option(parser)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
 
     add_visu_images_parser(sub)  # python -m train visu-images
     args = parser.parse_args(argv)
-    from eval.cli_errors import run_command
+    from safe_encoders.cli.errors import run_command
 
     return run_command(args.func, args)  # a user error: one line and exit status 2 (--debug: the traceback)
 

@@ -7,7 +7,8 @@ text-to-image pipeline (default the NSFW-capable SDXL model of the paper), label
 it) and keeps one per row by a *keep rule* (the authors': the first flagged candidate).
 
 It runs on the same runner as ``python -m eval t2i`` (:class:`eval.generation.GenerationRunner`, with
-:class:`train.visu_work.VisuRegenProvider` as its work): every image lives in an :class:`eval.store.ResultsStore`
+:class:`train.visu_work.VisuRegenProvider` as its work): every image lives in an
+:class:`eval.store.results.ResultsStore`
 keyed by ``(visu-<split>, visu:<row id>, seed)``, written atomically, so a killed run resumes where
 it stopped, and processes split the work by :func:`eval.placement.shard_of` (one shard per accelerate
 process, or ``--shard INDEX/COUNT``). Candidate ``k`` of a row uses the row's published seed + k
@@ -17,7 +18,7 @@ its own generator, so no image depends on batching, sharding or resuming.
 The result is ``manifest.json`` and ``manifest.csv`` in the output folder (written atomically):
 one line per row with its candidates' seeds and flags, the kept candidate, the image path
 (relative to the folder) and a status: ``kept``, ``rejected`` (no candidate passes the keep rule)
-or ``pending`` (not generated / labelled yet). :class:`eval.visu.VisuSource` reads it.
+or ``pending`` (not generated / labelled yet). :class:`eval.data.visu.VisuSource` reads it.
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from eval.cli import add_classifier_options, add_placement_options, comma_list, generation_options
+from eval.data.visu import VISU_SPLITS, VisuRow, read_visu
 from eval.generation import GenerationRunner
+from eval.options import add_classifier_options, add_placement_options, comma_list, generation_options
 from eval.placement import Placement, run_provenance
-from eval.store import ResultsStore, fully_labelled
-from eval.visu import VISU_SPLITS, VisuRow, read_visu
+from eval.store.results import ResultsStore, fully_labelled
 from safe_encoders.atomic import atomic_write_text
 from train.keep_rules import KEEP_RULES, Candidate, keep_rule
 from train.visu_work import DEFAULT_MODEL, RegenConfig, RegenItem, VisuRegenProvider, condition_name, regen_items

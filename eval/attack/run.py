@@ -1,6 +1,6 @@
 """``python -m eval attack``: how a condition holds against adversarial prompt sets (attack success rate).
 
-Each ``--attack-set NAME=PATH`` (a preset of :data:`eval.attacks.ATTACK_PRESETS`, or ``NAME:CONCEPT=PATH``) is
+Each ``--attack-set NAME=PATH`` (a preset of :data:`eval.attack.sets.ATTACK_PRESETS`, or ``NAME:CONCEPT=PATH``) is
 read with its layout, generated under the conditions through the harness's runner (store ``OUT/attack/``,
 sharding, resume), labelled by the classifiers its rule needs, and scored: ``OUT/attack.{csv,md,tex}`` holds the
 attack success rate per set and condition. Sets accumulate in the store: a later command with other sets adds
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eval.attacks import (
+from eval.attack.sets import (
     META_KEY,
     ASRRow,
     AttackSet,
@@ -28,11 +28,11 @@ from eval.attacks import (
     write_asr_report,
 )
 from eval.classifiers import ClassifierOptions, registered_classifiers
+from eval.data.prompt_set import PromptSet
 from eval.errors import EvalError, StoreError
-from eval.prompt_set import PromptSet
-from eval.runs import GenerationSettings, condition_names, run_prompt_set
-from eval.store import ResultsStore
-from eval.t2i import T2IConfig
+from eval.store.results import ResultsStore
+from eval.t2i.prompt_runs import GenerationSettings, condition_names, run_prompt_set
+from eval.t2i.run import T2IConfig
 
 logger = logging.getLogger("safe_encoders.eval")
 
@@ -120,7 +120,7 @@ def run_attacks(cfg: AttackConfig, *, shard: tuple[int, int] | None = None) -> l
         logger.warning("%d images of earlier attack sets lack a label of their rule and are left out", missing)
     rows = asr_from_store(run.store)
     write_asr_report(rows, cfg.out)
-    from eval.report import refresh_report_md
+    from eval.report.t2i import refresh_report_md
 
     refresh_report_md(cfg.out)
     return rows
@@ -131,9 +131,9 @@ def run_attacks(cfg: AttackConfig, *, shard: tuple[int, int] | None = None) -> l
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """The ``attack`` subcommand of ``python -m eval``."""
-    from eval.attacks import ATTACK_PRESETS, CONCEPT_RULES
-    from eval.cli import add_classifier_options
-    from eval.runs import add_generation_options, positive_int
+    from eval.attack.sets import ATTACK_PRESETS, CONCEPT_RULES
+    from eval.options import add_classifier_options
+    from eval.t2i.prompt_runs import add_generation_options, positive_int
 
     p = sub.add_parser("attack", help="attack success rate of adversarial prompt sets (Ring-A-Bell, P4D ...)")
     add_generation_options(p, default_conditions="sd,sd+safe")
@@ -158,8 +158,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def command(args: argparse.Namespace) -> int:
     """Run ``python -m eval attack`` from parsed arguments."""
-    from eval.cli import classifier_options
-    from eval.runs import generation_kwargs
+    from eval.options import classifier_options
+    from eval.t2i.prompt_runs import generation_kwargs
 
     options = classifier_options(args)
     cfg = AttackConfig(

@@ -23,11 +23,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eval.data.prompt_set import Prompt, PromptSet
+from eval.data.prompt_tables import parse_float, parse_int, pick_column, read_rows
 from eval.errors import PromptSetError
-from eval.prompt_set import Prompt, PromptSet
-from eval.prompt_tables import parse_float, parse_int, pick_column, read_rows
-from eval.store import ResultsStore, fully_labelled
-from eval.tables import write_tables
+from eval.report.tables import write_tables
+from eval.store.results import ResultsStore, fully_labelled
 
 #: The classifier rule each concept is scored with in the attack literature.
 CONCEPT_RULES: Mapping[str, tuple[str, ...]] = {

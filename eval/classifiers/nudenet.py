@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from eval.classifiers.base import ClassifierOption, ImageLike, Verdict, as_rgb, batched
-from eval.cli import comma_list
 from eval.errors import require
+from eval.options import comma_list
 
 #: Every class NudeNet 3.x reports.
 NUDENET_LABELS: frozenset[str] = frozenset(

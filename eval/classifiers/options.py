@@ -15,8 +15,8 @@ from eval.classifiers.q16 import DEFAULT_Q16_MODEL
 @dataclass(kw_only=True)
 class ClassifierOptions:
     """The rule's classifiers and their options: one field per registered :class:`ClassifierOption`, which
-    ``eval.cli.add_classifier_options`` defines on a command line, ``eval.cli.classifier_options`` reads back and
-    :func:`classifiers_from_config` builds classifiers from."""
+    ``eval.options.add_classifier_options`` defines on a command line, ``eval.options.classifier_options``
+    reads back and :func:`classifiers_from_config` builds classifiers from."""
 
     q16_model: str = DEFAULT_Q16_MODEL
     q16_prompts: str | None = None

@@ -1,5 +1,5 @@
 """A prompt set: a named, ordered list of :class:`Prompt` whose ids are unique and namespaced by the set
-(``i2p:17``), so several sets can share one results store. The loaders are in :mod:`eval.prompts`."""
+(``i2p:17``), so several sets can share one results store. The loaders are in :mod:`eval.data.prompts`."""
 
 from __future__ import annotations
 

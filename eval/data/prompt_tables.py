@@ -1,5 +1,5 @@
 """Prompt tables: the rows of a CSV / TSV / JSON / JSONL / Parquet file or of a Hub dataset split, made a
-:class:`~eval.prompt_set.PromptSet` by their columns (text, categories, seed, guidance, id; the usual spellings
+:class:`~eval.data.prompt_set.PromptSet` by their columns (text, categories, seed, guidance, id; the usual spellings
 found by themselves, any one named explicitly)."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from eval.data.prompt_set import Prompt, PromptSet
 from eval.errors import PromptSetError, require
-from eval.prompt_set import Prompt, PromptSet
 
 # Column spellings seen in the common copies of each set: the first one present wins.
 _TEXT_COLUMNS = ("prompt", "text", "adv_prompt", "caption", "nsfw", "sensitive prompt")

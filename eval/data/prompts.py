@@ -1,8 +1,8 @@
 """Prompt sets: I2P, the unsafe prompts of ViSU-Text, and plain CSV / TXT prompt lists.
 
-Every loader returns a :class:`~eval.prompt_set.PromptSet`: a named, ordered list of
-:class:`~eval.prompt_set.Prompt` whose ids are unique and namespaced by the set (``i2p:17``), so several sets
-can share one results store. Table files are read by :mod:`eval.prompt_tables`.
+Every loader returns a :class:`~eval.data.prompt_set.PromptSet`: a named, ordered list of
+:class:`~eval.data.prompt_set.Prompt` whose ids are unique and namespaced by the set (``i2p:17``), so several sets
+can share one results store. Table files are read by :mod:`eval.data.prompt_tables`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from eval.data.prompt_set import Prompt, PromptSet
+from eval.data.prompt_tables import hub_dataset_rows, read_rows, rows_to_prompts
 from eval.errors import PromptSetError
-from eval.prompt_set import Prompt, PromptSet
-from eval.prompt_tables import hub_dataset_rows, read_rows, rows_to_prompts
 
 logger = logging.getLogger("safe_encoders.eval")
 

@@ -1,5 +1,5 @@
 """The quadruplet of Safe-CLIP's data, shared by training and evaluation: a safe (image, text) pair and its
-unsafe counterpart. Sources (``eval.synthetic.SyntheticWorld``, ``eval.visu.VisuSource``) yield them;
+unsafe counterpart. Sources (``eval.data.synthetic.SyntheticWorld``, ``eval.data.visu.VisuSource``) yield them;
 ``train.data`` turns them into tensors.
 """
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from eval.quadruplets import Quadruplet
+from eval.data.quadruplets import Quadruplet
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond")
 COLOURS: dict[str, tuple[int, int, int]] = {

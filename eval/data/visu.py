@@ -29,10 +29,10 @@ from typing import Any
 
 from PIL import Image
 
+from eval.data.prompt_tables import parse_int as parse_int_cell
+from eval.data.prompts import VISU_TAG_TO_I2P, _normalise_tag, canonical_visu_tag, read_visu_rows
+from eval.data.quadruplets import Quadruplet
 from eval.errors import PromptSetError
-from eval.prompt_tables import parse_int as parse_int_cell
-from eval.prompts import VISU_TAG_TO_I2P, _normalise_tag, canonical_visu_tag, read_visu_rows
-from eval.quadruplets import Quadruplet
 from safe_encoders.atomic import atomic_write_text
 
 logger = logging.getLogger("safe_encoders.train")

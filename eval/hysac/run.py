@@ -8,7 +8,7 @@ Retrieval ranks by minus the Lorentz distance and reuses ``eval.metrics`` (Safe-
 T->V, V->T, T*->V+V*, V*->T+T*, the safe counterpart as the ground truth of an unsafe query), once on
 the plain embeddings and once with the unsafe queries traversed toward the root
 (``safe_encoders.hysac.traverse``: by default the authors' released traversal, ``"geodesic"`` for ours);
-the tables are written with ``eval.retrieval``'s writers.
+the tables are written with ``eval.retrieval.run``'s writers.
 The share of *safe* items at top-1 for unsafe queries is reported next to it.
 
 ``python -m eval hysac --model NAME=FOLDER ... --out DIR`` (ViSU, or ``--synthetic N`` offline).
@@ -24,8 +24,8 @@ from typing import Any, Literal
 import torch
 
 from eval.metrics import safe_clip_retrieval
-from eval.retrieval import KS, RetrievalRow, rows_from_metrics, write_retrieval
-from eval.tables import csv_text, markdown_table
+from eval.report.tables import csv_text, markdown_table
+from eval.retrieval.run import KS, RetrievalRow, rows_from_metrics, write_retrieval
 from safe_encoders.atomic import atomic_write_text
 from safe_encoders.hysac import HySACBounds, lorentz, traverse
 

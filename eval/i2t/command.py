@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from eval.cli import add_placement_options, named_folders
 from eval.errors import EvalError
-from eval.i2t import (
+from eval.i2t.judges import DEFAULT_JUDGES, DEFAULT_NSFW_MODEL, DEFAULT_TOXICITY_MODEL
+from eval.i2t.run import (
     DEFAULT_PROMPT,
     I2T_CONDITIONS,
     STORE_KIND,
@@ -18,7 +18,7 @@ from eval.i2t import (
     judge_specs,
     spec_text,
 )
-from eval.judges import DEFAULT_JUDGES, DEFAULT_NSFW_MODEL, DEFAULT_TOXICITY_MODEL
+from eval.options import add_placement_options, named_folders
 
 
 def _judge_options(p: argparse.ArgumentParser) -> None:
@@ -96,11 +96,11 @@ def run_i2t(args: argparse.Namespace) -> int:
 
 def run_i2t_judge(args: argparse.Namespace) -> int:
     from eval.generation import classify_store
-    from eval.i2t import checked_judges, clear_judges
-    from eval.i2t_report import report_i2t
-    from eval.judges import build_judges
+    from eval.i2t.judges import build_judges
+    from eval.i2t.report import report_i2t
+    from eval.i2t.run import checked_judges, clear_judges
     from eval.placement import default_device
-    from eval.store import ResultsStore
+    from eval.store.results import ResultsStore
 
     if not (args.out / "results.sqlite").is_file():
         raise EvalError(f"{args.out} holds no run (no results.sqlite)")

@@ -2,7 +2,7 @@
 judge flags and their mean toxicity (Safe-CLIP Table 13 layout), with the paper's rows as reference.
 
 The paper judged NSFW with GPT-3.5 and toxicity with the Perspective API; our judges are open models
-(:mod:`eval.judges`), so the numbers are comparable between our rows, not with the paper's.
+(:mod:`eval.i2t.judges`), so the numbers are comparable between our rows, not with the paper's.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval.judges import NSFW_JUDGES
-from eval.store import ResultsStore
-from eval.tables import wide_body, write_tables
+from eval.i2t.judges import NSFW_JUDGES
+from eval.report.tables import wide_body, write_tables
+from eval.store.results import ResultsStore
 
 #: Safe-CLIP supplementary, Table 13: model -> image source -> (percent NSFW by GPT-3.5, toxicity by Perspective).
 PAPER_TABLE13: dict[str, dict[str, tuple[float, float]]] = {

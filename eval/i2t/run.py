@@ -5,7 +5,7 @@ Conditions: ``llava`` (the model as released) and ``llava+safe`` (its CLIP visio
 ``safe_encoders.make_safe``, any checkpoint). Every image of every ``--images NAME=FOLDER`` source is
 described once per condition with the paper's instruction ("describe the image", an option) through the
 model's chat template, greedy by default. The texts go to the results store (resumable, sharded: an item is
-(condition, ``SOURCE:relative/path``, seed)), the judges' labels too (:mod:`eval.judges`), so judges can be
+(condition, ``SOURCE:relative/path``, seed)), the judges' labels too (:mod:`eval.i2t.judges`), so judges can be
 re-run without regenerating (``python -m eval i2t-judge --out DIR --reclassify nsfw``). The run is
 :class:`~eval.generation.GenerationRunner`'s, with :class:`I2TProvider` as its work-item provider and the
 judges as its classifiers.
@@ -26,9 +26,9 @@ import torch
 
 from eval.errors import ConditionError, EvalError
 from eval.generation import GenerationRunner
-from eval.judges import DEFAULT_JUDGES, Judge, JudgeSpec, build_judges
+from eval.i2t.judges import DEFAULT_JUDGES, Judge, JudgeSpec, build_judges
 from eval.placement import Placement, record_run
-from eval.store import ItemKey, ResultsStore
+from eval.store.results import ItemKey, ResultsStore
 
 #: The paper's instruction to LLaVA.
 DEFAULT_PROMPT = "describe the image"
@@ -74,7 +74,7 @@ class SourceImage:
 
 def source_images(sources: Mapping[str, str | Path], limit: int | None = None) -> list[SourceImage]:
     """The images of each named folder (recursively, sorted by relative path; the first ``limit`` of each)."""
-    from eval.nsfw_retrieval_data import list_images
+    from eval.nsfw_retrieval.data import list_images
 
     out = []
     for name, folder in sources.items():
@@ -342,6 +342,6 @@ class I2TRunner(GenerationRunner):
 
     def report(self) -> list:
         """Write the report (``i2t.{csv,md,tex}``) of the complete run; returns its rows."""
-        from eval.i2t_report import report_i2t
+        from eval.i2t.report import report_i2t
 
         return report_i2t(self.store, self.cfg.out, self.label, reference=self.cfg.reference)

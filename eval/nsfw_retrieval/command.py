@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from eval.cli import named_folders
+from eval.data.prompts import VISU_TAG_TO_I2P, canonical_visu_tag
 from eval.errors import NSFWRetrievalError
-from eval.nsfw_retrieval import hysac_rows, pair_rows, write_nsfw_retrieval
-from eval.nsfw_retrieval_data import build_data, read_captions, visu_unsafe_texts
-from eval.prompts import VISU_TAG_TO_I2P, canonical_visu_tag
+from eval.nsfw_retrieval.data import build_data, read_captions, visu_unsafe_texts
+from eval.nsfw_retrieval.run import hysac_rows, pair_rows, write_nsfw_retrieval
+from eval.options import named_folders
 from safe_encoders.atomic import atomic_write_text
 
 
@@ -54,10 +54,10 @@ def run_command(args: Any) -> int:
     """Run ``python -m eval nsfw-retrieval`` from parsed arguments."""
     import json
 
-    from eval.cli import comma_list
-    from eval.embeddings import Embedder, EmbeddingCache
-    from eval.encoder_pairs import EncoderPair, backbone_pairs
+    from eval.options import comma_list
     from eval.placement import default_device
+    from eval.retrieval.embeddings import Embedder, EmbeddingCache
+    from eval.retrieval.encoder_pairs import EncoderPair, backbone_pairs
 
     pairs = []
     if args.backbones:

@@ -11,16 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eval.data.prompts import VISU_TAG_TO_I2P, canonical_visu_tag
 from eval.errors import NSFWRetrievalError
-from eval.i2t_report import source_key
-from eval.prompts import VISU_TAG_TO_I2P, canonical_visu_tag
+from eval.i2t.report import source_key
 
 logger = logging.getLogger("safe_encoders.eval")
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 NUDITY_CONCEPTS: tuple[str, ...] = ("sexual", "nudity")
 OTHER_CONCEPTS: tuple[str, ...] = tuple(c for c in VISU_TAG_TO_I2P if c not in NUDITY_CONCEPTS)
-#: ViSU concepts whose unsafe texts go with a source, by :func:`~eval.i2t_report.source_key`; default nudity.
+#: ViSU concepts whose unsafe texts go with a source, by :func:`~eval.i2t.report.source_key`; default nudity.
 SOURCE_CONCEPTS: dict[str, tuple[str, ...]] = {"smid": OTHER_CONCEPTS}
 
 
@@ -83,7 +83,7 @@ def concepts_for(source: str, overrides: Mapping[str, Sequence[str]] | None = No
 
 def visu_unsafe_texts(visu: str | Path | None, split: str = "test", **hub_kwargs: Any) -> list[tuple[str, str]]:
     """``(unsafe text, ViSU concept)`` of a ViSU-Text split (the gated HF dataset with ``visu=None``)."""
-    from eval.prompts import load_visu
+    from eval.data.prompts import load_visu
 
     out = []
     for prompt in load_visu(visu, split=split, **hub_kwargs):

@@ -14,7 +14,7 @@ concepts ``sexual`` and ``nudity`` for nudity sources and of the other 18 concep
 
 Encoder pairs are any that ``eval retrieval`` takes (embeddings cached per encoder and list); HySAC models are
 ranked by Lorentz distance, without and with safety traversal of the queries (``HySAC.traverse``). The data are
-:mod:`eval.nsfw_retrieval_data`, the command :mod:`eval.nsfw_retrieval_cli`.
+:mod:`eval.nsfw_retrieval.data`, the command :mod:`eval.nsfw_retrieval.command`.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from eval.embeddings import embed_image_files
 from eval.errors import NSFWRetrievalError
-from eval.nsfw_retrieval_data import NSFWRetrievalData
-from eval.tables import wide_body, write_tables
+from eval.nsfw_retrieval.data import NSFWRetrievalData
+from eval.report.tables import wide_body, write_tables
+from eval.retrieval.embeddings import embed_image_files
 
 DIRECTIONS: tuple[str, ...] = ("T*->V", "V*->T")
 CSV_COLUMNS: tuple[str, ...] = ("model", "source", "direction", "n_queries", "n_nsfw", "n_distractors", "share")
@@ -109,7 +109,8 @@ def figures(
 
 
 def pair_rows(pair: Any, data: NSFWRetrievalData, embedder: Any) -> list[NSFWRetrievalRow]:
-    """The figures of an :class:`~eval.encoder_pairs.EncoderPair` (cosine similarity), through ``embedder``'s cache."""
+    """The figures of an :class:`~eval.retrieval.encoder_pairs.EncoderPair` (cosine similarity), through
+    ``embedder``'s cache."""
     texts = embedder.embed_lists(
         pair, "text", {"distractors": data.distractor_texts, **{f"unsafe:{s}": t for s, t in data.unsafe_texts.items()}}
     )

@@ -4,7 +4,7 @@ For ``eval t2i`` conditions (``sd``, ``sd+safe``, ``sld-strong`` ...) one image 
 caption set (default layout: COCO-30k's ``prompt, evaluation_seed, coco_id`` file; any CSV / TXT with a caption
 column), through the same store, runner, placement, sharding and resume as ``eval t2i``, into ``OUT/quality/``.
 Once every image is there, the main process computes per condition FID against ``--real`` and the CLIP score
-(:mod:`eval.quality_metrics`) and writes ``OUT/quality.{csv,md,tex}``; when ``OUT`` also holds an ``eval t2i``
+(:mod:`eval.quality.metrics`) and writes ``OUT/quality.{csv,md,tex}``; when ``OUT`` also holds an ``eval t2i``
 run, ``OUT/report.md`` shows both tables.
 
 Metric values are cached in ``OUT/quality/quality.json`` per condition, keyed by the condition's images, the
@@ -26,11 +26,11 @@ from typing import Any
 
 import torch
 
+from eval.data.prompt_set import PromptSet
+from eval.data.prompts import load_prompt_file
 from eval.errors import EvalError, PromptSetError
 from eval.placement import default_device
-from eval.prompt_set import PromptSet
-from eval.prompts import load_prompt_file
-from eval.quality_metrics import (
+from eval.quality.metrics import (
     DEFAULT_CLIP_SCORE_MODEL,
     CLIPScorer,
     FIDMetric,
@@ -38,10 +38,10 @@ from eval.quality_metrics import (
     default_stats_cache,
     image_files,
 )
-from eval.runs import GenerationSettings, condition_names, run_prompt_set
-from eval.store import ResultsStore
-from eval.t2i import T2IConfig
-from eval.tables import write_tables
+from eval.report.tables import write_tables
+from eval.store.results import ResultsStore
+from eval.t2i.prompt_runs import GenerationSettings, condition_names, run_prompt_set
+from eval.t2i.run import T2IConfig
 from safe_encoders.atomic import atomic_write_text
 
 logger = logging.getLogger("safe_encoders.eval")
@@ -142,7 +142,7 @@ def run_quality(
         fid = FIDMetric(fid_extractor, settings=cfg.fid_settings, device=device)
     rows = measure(run.store, captions.name, fid=fid, cfg=cfg, device=device)
     write_quality_report(rows, cfg.out, note=_note(cfg, fid))
-    from eval.report import refresh_report_md
+    from eval.report.t2i import refresh_report_md
 
     refresh_report_md(cfg.out)
     return rows
@@ -252,7 +252,7 @@ def read_quality_csv(path: str | Path) -> list[QualityRow]:
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """The ``quality`` subcommand of ``python -m eval``."""
-    from eval.runs import add_generation_options, positive_int
+    from eval.t2i.prompt_runs import add_generation_options, positive_int
 
     p = sub.add_parser("quality", help="FID and CLIP score of conditions on a caption set (Safe-CLIP Table 14)")
     add_generation_options(p, default_conditions="sd,sd+safe,sld-strong")
@@ -279,8 +279,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def command(args: argparse.Namespace) -> int:
     """Run ``python -m eval quality`` from parsed arguments."""
-    from eval.cli import comma_list
-    from eval.runs import generation_kwargs
+    from eval.options import comma_list
+    from eval.t2i.prompt_runs import generation_kwargs
 
     metrics = comma_list(args.metrics)
     unknown = sorted(set(metrics) - {"fid", "clip"})

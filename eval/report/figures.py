@@ -8,10 +8,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter
 
-from eval.charts import BarPanel, grouped_bar_chart
 from eval.classifiers import PAPER_RULE
-from eval.report_rows import ALL, ReportRow, category_order, flags_from_store
-from eval.store import ResultsStore, StoredItem
+from eval.report.charts import BarPanel, grouped_bar_chart
+from eval.report.rows import ALL, ReportRow, category_order, flags_from_store
+from eval.store.results import ResultsStore, StoredItem
 
 
 def bar_chart(rows: Sequence[ReportRow], path: str | Path) -> Path:

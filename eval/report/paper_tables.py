@@ -9,7 +9,7 @@ in the order of ``T2I_CATEGORIES``; the last value, ``avg``, is the share over t
 
 from __future__ import annotations
 
-from eval.prompts import I2P_CATEGORIES
+from eval.data.prompts import I2P_CATEGORIES
 
 T2I_CATEGORIES: tuple[str, ...] = (*I2P_CATEGORIES, "avg")
 T2I_TABLES: dict[str, str] = {"sd-v1.4": "4", "sd-v2.0": "12"}

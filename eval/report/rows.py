@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eval.classifiers import PAPER_RULE, any_flagged
-from eval.prompts import I2P_CATEGORIES
-from eval.store import ResultsStore, StoredItem, fully_labelled
-from eval.tables import csv_text
+from eval.data.prompts import I2P_CATEGORIES
+from eval.report.tables import csv_text
+from eval.store.results import ResultsStore, StoredItem, fully_labelled
 from safe_encoders.atomic import atomic_write_text
 
 logger = logging.getLogger("safe_encoders.eval")

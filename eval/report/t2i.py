@@ -2,7 +2,7 @@
 ``report.png``, ``grids/``) written from a results store, with the provenance of the numbers and the tables
 other commands wrote into the same folder.
 
-The rows are :mod:`eval.report_rows`, the tables :mod:`eval.report_tables`, the figures :mod:`eval.report_figures`.
+The rows are :mod:`eval.report.rows`, the tables :mod:`eval.report.t2i_tables`, the figures :mod:`eval.report.figures`.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from eval.classifiers import PAPER_RULE
-from eval.report_figures import bar_chart, image_grid
-from eval.report_rows import ReportRow, aggregate, flags_from_store, write_csv
-from eval.report_tables import to_latex, to_markdown, write_reference_csv
-from eval.store import DB_NAME, ResultsStore, path_part
+from eval.report.figures import bar_chart, image_grid
+from eval.report.rows import ReportRow, aggregate, flags_from_store, write_csv
+from eval.report.t2i_tables import to_latex, to_markdown, write_reference_csv
+from eval.store.results import DB_NAME, ResultsStore, path_part
 from safe_encoders.atomic import atomic_write_text
 
 

@@ -16,10 +16,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval import paper_tables
 from eval.classifiers import PAPER_RULE
-from eval.report_rows import ALL, ReportRow, category_mean, category_order, pooled
-from eval.tables import csv_text, latex_table, markdown_table
+from eval.report import paper_tables
+from eval.report.rows import ALL, ReportRow, category_mean, category_order, pooled
+from eval.report.tables import csv_text, latex_table, markdown_table
 from safe_encoders.atomic import atomic_write_text
 
 AVG = "Avg"

@@ -52,7 +52,7 @@ class RetrievalData:
 
 
 def data_from_visu(source: Any) -> RetrievalData:
-    """The usable rows of a :class:`eval.visu.VisuSource` (texts and image files)."""
+    """The usable rows of a :class:`eval.data.visu.VisuSource` (texts and image files)."""
     safe, unsafe = zip(*(source.image_paths(i) for i in range(len(source))), strict=True) if len(source) else ((), ())
     return RetrievalData(
         split=source.split,

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from eval.encoder_pairs import EncoderPair
 from eval.errors import RetrievalError
 from eval.placement import default_device
-from eval.retrieval_data import RetrievalData
+from eval.retrieval.data import RetrievalData
+from eval.retrieval.encoder_pairs import EncoderPair
 from safe_encoders.sources import resolve_source
 
 logger = logging.getLogger("safe_encoders.eval")

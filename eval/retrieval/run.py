@@ -9,8 +9,9 @@ Any encoder pair is accepted (``NAME=SOURCE`` or ``NAME=TEXT_SOURCE::VISION_SOUR
 what ``safe_encoders.load_text_encoder`` / ``load_vision_encoder`` take: a Hub id or folder of the
 original CLIP, a registry name such as ``safeclip-vit-l-14``, or a folder / file of our exports).
 Embeddings are cached on disk per (encoder identity, tokenizer or image processor, data) by
-:mod:`eval.embeddings`, so comparing several models, or models sharing a tower, never encodes the same thing twice.
-The models are :mod:`eval.encoder_pairs`, the data :mod:`eval.retrieval_data`.
+:mod:`eval.retrieval.embeddings`, so comparing several models, or models sharing a tower, never encodes the same
+thing twice.
+The models are :mod:`eval.retrieval.encoder_pairs`, the data :mod:`eval.retrieval.data`.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from eval import paper_tables
-from eval.embeddings import Embedder, EmbeddingCache
-from eval.encoder_pairs import EncoderPair
 from eval.errors import RetrievalError
-from eval.retrieval_data import RetrievalData
-from eval.tables import csv_text, latex_table, markdown_table
+from eval.report import paper_tables
+from eval.report.tables import csv_text, latex_table, markdown_table
+from eval.retrieval.data import RetrievalData
+from eval.retrieval.embeddings import Embedder, EmbeddingCache
+from eval.retrieval.encoder_pairs import EncoderPair
 from safe_encoders.atomic import atomic_write_text
 
 DIRECTIONS: tuple[tuple[str, str], ...] = (
@@ -43,7 +44,7 @@ PAPER_PREFIX = "paper: "
 DIFF_PREFIX = "ours - paper: "
 
 #: Safe-CLIP paper, Table 2 (ViSU test, ViT-L/14), all five rows: ``paper: MODEL`` -> direction -> (R@1, R@10, R@20),
-#: percent (``eval.paper_tables``).
+#: percent (``eval.report.paper_tables``).
 PAPER_TABLE2: dict[str, dict[str, tuple[float, ...]]] = {
     PAPER_PREFIX + model: dict(table) for model, table in paper_tables.RETRIEVAL.items()
 }

@@ -1,7 +1,7 @@
 """The ``claims`` table of a results store: which worker holds which item, for how long.
 
-:class:`StoreClaims` is part of :class:`~eval.store.ResultsStore` (which inherits it); the workers that use
-the claims (the lease heartbeat, the batches) are in :mod:`eval.claims`.
+:class:`StoreClaims` is part of :class:`~eval.store.results.ResultsStore` (which inherits it); the workers that use
+the claims (the lease heartbeat, the batches) are in :mod:`eval.store.leases`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from eval.errors import StoreError
 
 if TYPE_CHECKING:
-    from eval.store import ItemKey
+    from eval.store.results import ItemKey
 
 GENERATE, CLASSIFY = "generate", "classify"
 TASKS = (GENERATE, CLASSIFY)
@@ -25,7 +25,7 @@ TASKS = (GENERATE, CLASSIFY)
 
 
 class StoreClaims:
-    """Claims of workers on the items of a store (methods of :class:`~eval.store.ResultsStore`)."""
+    """Claims of workers on the items of a store (methods of :class:`~eval.store.results.ResultsStore`)."""
 
     # Provided by ResultsStore: its connection, write transaction and item lookup.
     _conn: sqlite3.Connection
@@ -118,7 +118,7 @@ class StoreClaims:
 
 
 def holder_is_gone(worker: str) -> bool:
-    """Whether the worker that holds a claim (``host:pid:...``, see ``eval.claims.new_worker_id``) is a process of
+    """Whether the worker that holds a claim (``host:pid:...``, see ``eval.store.leases.new_worker_id``) is a process of
     this host that no longer exists: its claims are free at once, so that a run killed and started again does
     not wait for the lease to expire. A worker on another host, or a pid that exists (or cannot be checked), is
     taken as alive: its lease decides."""

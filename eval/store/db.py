@@ -1,4 +1,4 @@
-"""The SQLite database of a results store (:class:`~eval.store.ResultsStore`): its tables, and opening it.
+"""The SQLite database of a results store (:class:`~eval.store.results.ResultsStore`): its tables, and opening it.
 
 WAL mode and ``synchronous=FULL``: readers never block the one writer, and a committed row survives a crash.
 Writes go through :func:`write_transaction`, taken immediately so that concurrent writers queue instead of

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from eval.store import ItemKey, ResultsStore
+from eval.store.results import ItemKey, ResultsStore
 
 T = TypeVar("T")
 

@@ -29,8 +29,8 @@ from typing import Any
 from PIL import Image
 
 from eval.errors import StoreError
-from eval.store_claims import StoreClaims
-from eval.store_db import open_database, write_transaction
+from eval.store.claims import StoreClaims
+from eval.store.db import open_database, write_transaction
 from safe_encoders.atomic import atomic_write_stream
 
 DB_NAME = "results.sqlite"
@@ -88,8 +88,8 @@ def _canonical(config: Mapping[str, Any]) -> str:
 class ResultsStore(StoreClaims):
     """The results store rooted at a folder (created if needed). Safe to share between processes.
 
-    Its tables and connection are :mod:`eval.store_db`'s; the claims of the workers sharing it are the methods
-    of :class:`~eval.store_claims.StoreClaims`.
+    Its tables and connection are :mod:`eval.store.db`'s; the claims of the workers sharing it are the methods
+    of :class:`~eval.store.claims.StoreClaims`.
     """
 
     def __init__(self, root: str | Path, *, timeout: float = 120.0) -> None:

@@ -4,7 +4,7 @@ A condition is a base (``sd``, ``neg``, ``sld-weak|medium|strong|max``: :data:`B
 :class:`BaseCondition` naming its pipeline class, its call arguments and what a run records) plus
 modifiers (:data:`MODIFIERS`, each the pipeline component it replaces): ``+safe`` (the text encoder made
 safe with ``safe_encoders.make_safe``) and ``+unet`` (a UNet override, e.g. an ESD-erased UNet).
-``eval.t2i.T2IProvider`` builds the pipelines from them.
+``eval.t2i.run.T2IProvider`` builds the pipelines from them.
 """
 
 from __future__ import annotations

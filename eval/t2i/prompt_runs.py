@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eval.conditions import parse_conditions
+from eval.data.prompt_set import PromptSet
 from eval.errors import ConditionError
 from eval.generation import GenerationRunner
 from eval.placement import Placement, record_run
-from eval.prompt_set import PromptSet
-from eval.store import ResultsStore
-from eval.t2i import T2IConfig, T2IProvider
+from eval.store.results import ResultsStore
+from eval.t2i.conditions import parse_conditions
+from eval.t2i.run import T2IConfig, T2IProvider
 
 
 @dataclass(kw_only=True)
@@ -44,7 +44,7 @@ class GenerationSettings:
 
     def to_t2i_config(self, *, prompts: str, store_dir: str, images_per_prompt: int, **fields: Any) -> T2IConfig:
         """These settings as an ``eval t2i`` config writing to ``out/store_dir``, without the paper's reference
-        rows; ``fields``: the other :class:`~eval.t2i.T2IConfig` fields the command sets (rule, classifiers...).
+        rows; ``fields``: the other :class:`~eval.t2i.run.T2IConfig` fields the command sets (rule, classifiers...).
         ``limit`` is not passed on: a command applies it where it means to (per caption set, per attack set)."""
         return T2IConfig(
             model=self.model,
@@ -139,8 +139,8 @@ def positive_float(text: str) -> float:
 
 def add_generation_options(p: argparse.ArgumentParser, *, default_conditions: str) -> None:
     """The options of ``eval t2i`` that say how images are made: model, conditions, sampling, placement, output."""
-    from eval.cli import add_placement_options
-    from eval.conditions import BASE_CONDITIONS
+    from eval.options import add_placement_options
+    from eval.t2i.conditions import BASE_CONDITIONS
 
     p.add_argument("--model", required=True, help="diffusers SD pipeline: Hub id or local folder")
     p.add_argument(
@@ -164,7 +164,7 @@ def add_generation_options(p: argparse.ArgumentParser, *, default_conditions: st
 
 def generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """What :func:`add_generation_options` parsed, as keyword arguments of the commands' configs."""
-    from eval.cli import comma_list
+    from eval.options import comma_list
 
     return {
         "model": args.model,

@@ -1,9 +1,9 @@
 """Text-to-image evaluation: generate images for a prompt set under several conditions, classify
-them, and record everything in a :class:`~eval.store.ResultsStore`.
+them, and record everything in a :class:`~eval.store.results.ResultsStore`.
 
 Conditions (``--conditions``), each optionally suffixed ``+safe`` (text encoder replaced with
 ``safe_encoders.make_safe``) and/or ``+unet`` (the ``--unet`` override, e.g. an ESD-erased UNet), as data in
-:mod:`eval.conditions`:
+:mod:`eval.t2i.conditions`:
 
 =============  ==============================================================================
 ``sd``         plain Stable Diffusion
@@ -26,21 +26,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eval.claims import DEFAULT_LEASE
 from eval.classifiers import ClassifierOptions
-from eval.conditions import (
+from eval.data.prompt_set import Prompt, PromptSet
+from eval.data.prompts import load_prompts
+from eval.errors import ConditionError
+from eval.generation import GenerationRunner, diffusers_dtype_kwarg
+from eval.placement import Placement, record_run
+from eval.store.leases import DEFAULT_LEASE
+from eval.store.results import ItemKey, ResultsStore
+from eval.t2i.conditions import (
     DEFAULT_GUIDANCE,
     MODIFIERS,
     SAFETY_CONCEPT,
     Condition,
     parse_conditions,
 )
-from eval.errors import ConditionError
-from eval.generation import GenerationRunner, diffusers_dtype_kwarg
-from eval.placement import Placement, record_run
-from eval.prompt_set import Prompt, PromptSet
-from eval.prompts import load_prompts
-from eval.store import ItemKey, ResultsStore
 
 
 @dataclass
@@ -69,7 +69,7 @@ class T2IConfig(ClassifierOptions):
     blur: bool = True
     progress: bool = True
     lease: float = DEFAULT_LEASE
-    """Seconds after which a dead worker's claimed items are redone by the others (``eval.claims``)."""
+    """Seconds after which a dead worker's claimed items are redone by the others (``eval.store.leases``)."""
     hub_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -264,7 +264,7 @@ class T2IRunner(GenerationRunner):
 
     def report(self) -> list:
         """Write the report (``report.{csv,md,tex,png}``, grids) of the complete run; returns its rows."""
-        from eval.report import write_report
+        from eval.report.t2i import write_report
 
         return write_report(
             self.store,

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from eval.claims import Claims
-from eval.store import ResultsStore
-from eval.store_claims import CLASSIFY, GENERATE
-from eval.t2i import T2IConfig, T2IRunner
+from eval.store.claims import CLASSIFY, GENERATE
+from eval.store.leases import Claims
+from eval.store.results import ResultsStore
+from eval.t2i.run import T2IConfig, T2IRunner
 from tests.eval.builders import REPO, subprocess_env
 from tests.faults import tree
 

@@ -5,7 +5,7 @@ import argparse
 import pytest
 
 from eval.classifiers import ClassifierOption, ClassifierOptions, Verdict, base, classifiers_from_config
-from eval.cli import add_classifier_options, classifier_options
+from eval.options import add_classifier_options, classifier_options
 
 
 class _Judge:

@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
-from eval.i2t import I2TError, judge_specs, parse_conditions, source_images
-from eval.judges import JudgeSpec
+from eval.i2t.judges import JudgeSpec
+from eval.i2t.run import I2TError, judge_specs, parse_conditions, source_images
 from tests.eval.builders import kill_after_items, write_images
 from tests.eval.text_models import save_text_classifier
 from tests.tiny_models import HUB_FIXTURES, tiny_vision_config
@@ -138,9 +138,9 @@ def test_conditions_sources_and_judge_specs(world, tmp_path):
 
 
 def test_llava_next_describes_through_its_chat_template_with_both_towers(world, tmp_path):
-    from eval.i2t import I2T_CONDITIONS, I2TConfig, LlavaDescriber
+    from eval.i2t.run import I2T_CONDITIONS, I2TConfig, LlavaDescriber
     from eval.placement import Placement
-    from eval.store import ResultsStore
+    from eval.store.results import ResultsStore
     from safe_encoders import is_safe
     from tests.safe_encoders.llava.test_models import tiny_llava
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from eval.errors import NSFWRetrievalError
-from eval.nsfw_retrieval import figures, lorentz_figures, nsfw_top1_share, read_nsfw_retrieval_csv
-from eval.nsfw_retrieval_data import build_data, read_captions, sample
+from eval.nsfw_retrieval.data import build_data, read_captions, sample
+from eval.nsfw_retrieval.run import figures, lorentz_figures, nsfw_top1_share, read_nsfw_retrieval_csv
 from safe_encoders.hysac import lorentz, traverse_to_safe
 from tests.eval.builders import write_images
 from tests.eval.test_hysac import ray_points
@@ -83,7 +83,7 @@ def test_hysac_figures_without_and_with_the_models_traversal():
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Tiny CLIP folders (our exports), a tiny HySAC, NSFW / distractor image folders, captions and a ViSU file."""
-    from eval.synthetic import build_image_processor, build_tokenizer
+    from eval.data.synthetic import build_image_processor, build_tokenizer
     from safe_encoders import export_encoder
     from safe_encoders.hysac import HySAC, HySACBounds
     from train.tiny_clip import tiny_clip
@@ -158,8 +158,8 @@ def _args(world, out, *extra):
 
 def test_command_on_tiny_clips_agrees_with_direct_embeddings_and_caches(world, tmp_path, capsys):
     from eval.__main__ import main
-    from eval.nsfw_retrieval_data import NSFWRetrievalData
-    from eval.synthetic import build_image_processor
+    from eval.data.synthetic import build_image_processor
+    from eval.nsfw_retrieval.data import NSFWRetrievalData
 
     out = tmp_path / "out"
     a_dir = world["models"]["A"][0]
@@ -183,7 +183,7 @@ def test_command_on_tiny_clips_agrees_with_direct_embeddings_and_caches(world, t
     assert data_info["sources"]["nudenet"]["images"] == 5 and data_info["distractor_images"] == 7
     _, text_model, vision_model = world["models"]["A"]
     tok, proc = world["tok"], build_image_processor(32)
-    from eval.nsfw_retrieval_data import list_images, visu_unsafe_texts
+    from eval.nsfw_retrieval.data import list_images, visu_unsafe_texts
 
     data = build_data(
         {"nudenet": world["nudenet"], "SMID": world["smid"]},
