@@ -135,6 +135,9 @@ def parse_shard(text: str) -> tuple[int, int]:
     """``"INDEX/COUNT"`` -> ``(index, count)`` (an argparse type)."""
     index, _, count = text.partition("/")
     try:
-        return int(index), int(count)
+        shard = int(index), int(count)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--shard takes INDEX/COUNT, e.g. 0/2; got {text!r}") from None
+    if not 0 <= shard[0] < shard[1]:
+        raise argparse.ArgumentTypeError(f"--shard INDEX/COUNT needs 0 <= INDEX < COUNT, e.g. 0/2; got {text!r}")
+    return shard

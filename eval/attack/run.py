@@ -9,12 +9,9 @@ columns to the same table.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 from eval.attack.sets import (
     META_KEY,
@@ -54,12 +51,7 @@ class AttackConfig(ClassifierOptions, GenerationSettings):
             prompts=",".join(self.attack_sets),
             store_dir=STORE_DIR,
             images_per_prompt=self.images_per_prompt,
-            q16_model=self.q16_model,
-            q16_prompts=self.q16_prompts,
-            nudenet_threshold=self.nudenet_threshold,
-            nudenet_labels=self.nudenet_labels,
-            classify_batch_size=self.classify_batch_size,
-            rule=rule,
+            **{**self.classifier_values(), "rule": rule},
         )
 
 
@@ -124,52 +116,3 @@ def run_attacks(cfg: AttackConfig, *, shard: tuple[int, int] | None = None) -> l
 
     refresh_report_md(cfg.out)
     return rows
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def add_parser(sub: Any) -> argparse.ArgumentParser:
-    """The ``attack`` subcommand of ``python -m eval``."""
-    from eval.attack.sets import ATTACK_PRESETS, CONCEPT_RULES
-    from eval.options import add_classifier_options
-    from eval.t2i.prompt_runs import add_generation_options, positive_int
-
-    p = sub.add_parser("attack", help="attack success rate of adversarial prompt sets (Ring-A-Bell, P4D ...)")
-    add_generation_options(p, default_conditions="sd,sd+safe")
-    p.add_argument(
-        "--attack-set",
-        action="append",
-        default=[],
-        metavar="NAME=PATH",
-        help=f"repeatable; NAME a preset ({', '.join(ATTACK_PRESETS)}) or NAME:CONCEPT=PATH for any set "
-        f"(CONCEPT in {', '.join(CONCEPT_RULES)})",
-    )
-    p.add_argument("--prompt-column", default=None, help="prompt column (default: the preset's / the usual ones)")
-    p.add_argument("--id-column", default=None, help="id column; repeated ids are numbered 17, 17#2, ...")
-    p.add_argument("--seed-column", default=None, help="per-prompt seed column (default: evaluation_seed, seed...)")
-    p.add_argument("--guidance-column", default=None, help="per-prompt guidance column")
-    p.add_argument("--images-per-prompt", type=positive_int, default=1)
-    add_classifier_options(p)
-    # Each set is judged by its concept's rule; --rule overrides it for every set of the command.
-    p.set_defaults(rule="")
-    return p
-
-
-def command(args: argparse.Namespace) -> int:
-    """Run ``python -m eval attack`` from parsed arguments."""
-    from eval.options import classifier_options
-    from eval.t2i.prompt_runs import generation_kwargs
-
-    options = classifier_options(args)
-    cfg = AttackConfig(
-        **generation_kwargs(args),
-        **options,
-        attack_sets=list(args.attack_set),
-        columns=ColumnOverrides(args.prompt_column, args.id_column, args.seed_column, args.guidance_column),
-        images_per_prompt=args.images_per_prompt,
-    )
-    rows = run_attacks(cfg, shard=args.shard)
-    if rows is not None:
-        print((Path(args.out) / "attack.md").read_text(encoding="utf-8"))
-    return 0

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-from typing import Any
 
 from eval.errors import EvalError
 from eval.i2t.judges import DEFAULT_JUDGES, DEFAULT_NSFW_MODEL, DEFAULT_TOXICITY_MODEL
@@ -18,7 +16,15 @@ from eval.i2t.run import (
     judge_specs,
     spec_text,
 )
-from eval.options import add_placement_options, named_folders
+from eval.options import (
+    add_device_option,
+    add_out_option,
+    add_placement_options,
+    add_progress_option,
+    named_folders,
+)
+from safe_encoders.cli import Command
+from safe_encoders.cli.types import nonnegative_float, nonnegative_int, positive_int
 
 
 def _judge_options(p: argparse.ArgumentParser) -> None:
@@ -32,15 +38,13 @@ def _judge_options(p: argparse.ArgumentParser) -> None:
         f"nsfw[:MODEL] (default {DEFAULT_NSFW_MODEL}), llm:MODEL (a local instruct LLM with a fixed rubric)",
     )
     g.add_argument("--nsfw-label", default="nsfw", help="the NSFW classifier's label that means NSFW")
-    g.add_argument("--judge-batch-size", type=int, default=16)
+    g.add_argument("--judge-batch-size", type=positive_int, default=16, help="texts per judge call (default 16)")
     g.add_argument("--label", default=None, help="the model's name in the report (default: from --model)")
     g.add_argument("--no-reference", action="store_true", help="omit the paper's Table 13 rows")
-    g.add_argument("--no-progress", action="store_true")
+    add_progress_option(g)
 
 
-def add_commands(sub: Any) -> None:
-    """The ``i2t`` and ``i2t-judge`` subcommands of ``python -m eval``."""
-    p = sub.add_parser("i2t", help="LLaVA describes NSFW images, with and without Safe-CLIP (Tables 5 / 13)")
+def add_i2t_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="LLaVA 1.5 / 1.6 (transformers): Hub id or local folder")
     p.add_argument(
         "--images", action="append", required=True, metavar="NAME=FOLDER", help="an image source (repeatable)"
@@ -48,21 +52,24 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--conditions", default=",".join(I2T_CONDITIONS), help=f"from {', '.join(I2T_CONDITIONS)}")
     p.add_argument("--safe-checkpoint", default="auto", help="anything safe_encoders.make_safe accepts")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the instruction (the paper's: 'describe the image')")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); >0: sampling, seeded")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--limit", type=int, default=None, help="first N images of each source only")
+    p.add_argument("--max-new-tokens", type=positive_int, default=256, help="tokens per description (default 256)")
+    p.add_argument(
+        "--temperature", type=nonnegative_float, default=0.0, help="0: greedy (default); >0: sampling, seeded"
+    )
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="sampling seed (with the image id; default 0)")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="images per generate call (default 4)")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N images of each source only")
     add_placement_options(p)
-    p.add_argument("--out", required=True, type=Path, help="output folder (resumed if it holds a run)")
+    add_out_option(p)
     _judge_options(p)
 
-    j = sub.add_parser("i2t-judge", help="(re-)judge the descriptions of an i2t run and rewrite its report")
-    j.add_argument("--out", required=True, type=Path)
+
+def add_i2t_judge_arguments(j: argparse.ArgumentParser) -> None:
+    add_out_option(j, help="the folder of an `eval i2t` run")
     j.add_argument(
         "--reclassify", default=None, help="comma-separated judges whose labels are dropped first ('all': every one)"
     )
-    j.add_argument("--device", default=None)
+    add_device_option(j)
     _judge_options(j)
 
 
@@ -128,3 +135,22 @@ def run_i2t_judge(args: argparse.Namespace) -> int:
     report_i2t(store, args.out, label, reference=not args.no_reference)
     print((args.out / "i2t.md").read_text(encoding="utf-8"))
     return 0
+
+
+COMMANDS = (
+    Command(
+        "i2t",
+        "LLaVA describes NSFW images, with and without Safe-CLIP (Tables 5 / 13)",
+        "LLaVA describes image folders with its own and the Safe-CLIP tower; open judges score the descriptions "
+        "(resolved before anything is generated); resumable, shardable.",
+        add_i2t_arguments,
+        run_i2t,
+    ),
+    Command(
+        "i2t-judge",
+        "(re-)judge the descriptions of an i2t run and rewrite its report",
+        "(Re-)judge the stored descriptions of an `eval i2t` run without regenerating them; rewrite i2t.{csv,md,tex}.",
+        add_i2t_judge_arguments,
+        run_i2t_judge,
+    ),
+)

@@ -56,6 +56,20 @@ class Judge(Protocol):
         """One verdict per text, in order."""
         ...
 
+    def prepare(self) -> None:
+        """Resolve (and, if small, load) the judge's model now: a judge that cannot be found fails before any
+        text is generated, with a :class:`JudgeError` naming it and ``--judge``."""
+        ...
+
+
+def unreachable(judge: str, model: str, error: BaseException) -> JudgeError:
+    """The error for a judge whose model cannot be loaded: it names the judge, its model and the fix."""
+    reason = " ".join(str(error).split())[:300] or type(error).__name__
+    return JudgeError(
+        f"judge {judge!r}: model {model} cannot be loaded ({reason}); pass a local folder or a Hub id in the "
+        f"Hugging Face cache with --judge {judge}:MODEL"
+    )
+
 
 def _finite(value: float, judge: str) -> float:
     if not math.isfinite(value):
@@ -97,16 +111,22 @@ class TextClassifierJudge:
             "scale": self.scale,
         }
 
+    def prepare(self) -> None:
+        self._pipeline()
+
     def _pipeline(self):
         if self._pipe is None:
             from transformers import pipeline
 
-            pipe = pipeline(
-                "text-classification",
-                model=self.model,
-                device=_device_index(self.device),
-                model_kwargs={"use_safetensors": True},
-            )
+            try:
+                pipe = pipeline(
+                    "text-classification",
+                    model=self.model,
+                    device=_device_index(self.device),
+                    model_kwargs={"use_safetensors": True},
+                )
+            except (OSError, ValueError) as error:
+                raise unreachable(self.name, self.model, error) from error
             labels = {str(v).lower(): str(v) for v in pipe.model.config.id2label.values()}
             if self.label.lower() not in labels:
                 raise JudgeError(
@@ -148,6 +168,17 @@ class LLMJudge:
     @property
     def config(self) -> dict[str, Any]:
         return {"kind": "llm", "model": self.model, "rubric": self.rubric, "threshold": self.threshold}
+
+    def prepare(self) -> None:
+        """Resolve the model's config and tokenizer; its weights are loaded when texts are judged (after the
+        describing model is released, so that both never share the accelerator)."""
+        from transformers import AutoConfig, AutoTokenizer
+
+        try:
+            AutoConfig.from_pretrained(self.model)
+            AutoTokenizer.from_pretrained(self.model)
+        except (OSError, ValueError) as error:
+            raise unreachable(self.name, self.model, error) from error
 
     def _load(self):
         if self._loaded is None:

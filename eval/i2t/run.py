@@ -311,6 +311,7 @@ class I2TRunner(GenerationRunner):
             raise ValueError("batch_size and max_new_tokens must be >= 1 and temperature >= 0")
         self.cfg = config
         self.specs = judge_specs(config.judges, [])
+        self._judges: list[Judge] | None = None
         placement = Placement.resolve(shard, device=config.device, dtype=config.dtype)
         store = ResultsStore(config.out)
         kind = store.get_meta("kind")
@@ -327,13 +328,23 @@ class I2TRunner(GenerationRunner):
         return self.cfg.label or Path(self.cfg.model.rstrip("/")).name
 
     def make_judges(self) -> list[Judge]:
-        judges = build_judges(
-            self.specs,
-            device=self.placement.device,
-            batch_size=self.cfg.judge_batch_size,
-            nsfw_label=self.cfg.nsfw_label,
-        )
-        return checked_judges(self.store, judges)
+        """The run's judges, built, checked against the store and prepared once (see :meth:`run`)."""
+        if self._judges is None:
+            judges = build_judges(
+                self.specs,
+                device=self.placement.device,
+                batch_size=self.cfg.judge_batch_size,
+                nsfw_label=self.cfg.nsfw_label,
+            )
+            for judge in judges:
+                judge.prepare()
+            self._judges = checked_judges(self.store, judges)
+        return self._judges
+
+    def run(self) -> list | None:
+        """Resolve the judges first: a judge that cannot be loaded fails before any text is generated."""
+        self.make_judges()
+        return super().run()
 
     def stamp(self) -> None:
         self.store.set_meta("kind", STORE_KIND)

@@ -2,29 +2,35 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
-from typing import Any
 
 from eval.data.prompts import VISU_TAG_TO_I2P, canonical_visu_tag
 from eval.errors import NSFWRetrievalError
+from eval.hysac.command import add_traversal_options, traversal_strength
 from eval.nsfw_retrieval.data import build_data, read_captions, visu_unsafe_texts
 from eval.nsfw_retrieval.run import hysac_rows, pair_rows, write_nsfw_retrieval
-from eval.options import named_folders
+from eval.options import (
+    add_embedding_options,
+    add_encoder_pair_options,
+    add_out_option,
+    comma_list,
+    embedder,
+    encoder_pairs,
+    named_folders,
+)
 from safe_encoders.atomic import atomic_write_text
+from safe_encoders.cli import Command
+from safe_encoders.cli.types import nonnegative_int, positive_int
 
 
-def add_command(sub: Any) -> None:
-    """The ``nsfw-retrieval`` subcommand of ``python -m eval``."""
-    p = sub.add_parser("nsfw-retrieval", help="NSFW retrieval among distractors (Safe-CLIP Tables 3 / 11)")
-    p.add_argument(
-        "--model", action="append", default=[], help="NAME=SOURCE or NAME=TEXT::VISION, as for `eval retrieval`"
-    )
-    p.add_argument("--backbones", default=None, help="original CLIP and Safe-CLIP per backbone, as `eval retrieval`")
-    p.add_argument("--processor", default=None, help="tokenizer + image processor for --model pairs")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``eval nsfw-retrieval``."""
+    add_encoder_pair_options(p)
     p.add_argument(
         "--hysac", action="append", default=[], help="NAME=SOURCE: a HySAC model (HySAC.from_pretrained), repeatable"
     )
-    p.add_argument("--strength", type=float, default=1.0, help="HySAC traversal strength (1: onto the boundary)")
+    add_traversal_options(p, target=False)
     p.add_argument("--unsafe-images", action="append", required=True, help="NAME=FOLDER of real NSFW images")
     p.add_argument("--distractor-images", required=True, type=Path, help="folder of distractor images (LAION)")
     p.add_argument("--distractor-texts", required=True, type=Path, help="captions: .txt (one a line) or .csv")
@@ -32,7 +38,7 @@ def add_command(sub: Any) -> None:
     texts = p.add_mutually_exclusive_group()
     texts.add_argument("--visu", default=None, help="ViSU-Text split file or folder; default the gated HF dataset")
     texts.add_argument("--unsafe-texts", type=Path, default=None, help="instead of ViSU: unsafe captions for all")
-    p.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    p.add_argument("--split", default="test", choices=["train", "validation", "test"], help="ViSU split (default test)")
     p.add_argument("--token", default=None, help="HF token for the gated ViSU-Text")
     p.add_argument(
         "--concepts",
@@ -40,29 +46,26 @@ def add_command(sub: Any) -> None:
         default=[],
         help="NAME=CONCEPT,CONCEPT: ViSU concepts of a source's unsafe texts (default: sexual,nudity; SMID: the rest)",
     )
-    p.add_argument("--images-per-source", type=int, default=1000)
-    p.add_argument("--distractors", type=int, default=10000, help="distractor images and captions each")
-    p.add_argument("--texts-per-source", type=int, default=None, help="default: every matched unsafe text")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default: OUT/embeddings)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default=None)
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument(
+        "--images-per-source", type=positive_int, default=1000, help="NSFW images sampled per source (default 1000)"
+    )
+    p.add_argument(
+        "--distractors", type=positive_int, default=10000, help="distractor images and captions each (default 10000)"
+    )
+    p.add_argument("--texts-per-source", type=positive_int, default=None, help="default: every matched unsafe text")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="sampling seed (default 0)")
+    add_embedding_options(p, batch_size=64)
+    add_out_option(p, help="output folder")
 
 
-def run_command(args: Any) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run ``python -m eval nsfw-retrieval`` from parsed arguments."""
     import json
 
-    from eval.options import comma_list
     from eval.placement import default_device
-    from eval.retrieval.embeddings import Embedder, EmbeddingCache
-    from eval.retrieval.encoder_pairs import EncoderPair, backbone_pairs
 
-    pairs = []
-    if args.backbones:
-        pairs += backbone_pairs(None if args.backbones.strip() == "all" else comma_list(args.backbones))
-    pairs += [EncoderPair.parse(spec, args.processor) for spec in args.model]
+    strength = traversal_strength(args)
+    pairs = encoder_pairs(args)
     hysac = named_folders(args.hysac, "--hysac")
     names = [p.name for p in pairs] + list(hysac)
     if not names or len(set(names)) != len(names):
@@ -91,14 +94,26 @@ def run_command(args: Any) -> int:
         concepts=overrides,
     )
     device = default_device(args.device)
-    embedder = Embedder(EmbeddingCache(args.cache_dir or args.out / "embeddings"), args.batch_size, device)
-    rows = [row for pair in pairs for row in pair_rows(pair, data, embedder)]
+    cached = embedder(args)
+    rows = [row for pair in pairs for row in pair_rows(pair, data, cached)]
     for name, source in hysac.items():
         from safe_encoders.hysac import HySAC
 
         model = HySAC.from_pretrained(str(source)).to(device).eval()
-        rows += hysac_rows(name, model, data, strength=args.strength, batch_size=args.batch_size)
+        rows += hysac_rows(name, model, data, method=args.traversal, strength=strength, batch_size=args.batch_size)
     paths = write_nsfw_retrieval(rows, args.out)
     atomic_write_text(args.out / "nsfw_retrieval.json", json.dumps({**data.describe(), "seed": args.seed}, indent=2))
     print(paths["md"].read_text(encoding="utf-8"))
     return 0
+
+
+COMMANDS = (
+    Command(
+        "nsfw-retrieval",
+        "NSFW retrieval among distractors (Safe-CLIP Tables 3 / 11)",
+        "Share of unsafe queries whose top-1 is NSFW among distractors, for CLIP encoder pairs and HySAC models "
+        "(HySAC: without and with traversal, the released rule unless --traversal geodesic).",
+        add_arguments,
+        run,
+    ),
+)

@@ -151,10 +151,17 @@ def lorentz_figures(
 
 
 def hysac_rows(
-    name: str, model: Any, data: NSFWRetrievalData, *, strength: float = 1.0, batch_size: int = 32
+    name: str,
+    model: Any,
+    data: NSFWRetrievalData,
+    *,
+    method: str = "release",
+    strength: float = 1.0,
+    batch_size: int = 32,
 ) -> list[NSFWRetrievalRow]:
-    """The figures of a ``safe_encoders.hysac.HySAC``, without and with ``model.traverse`` (each query toward
-    the safe threshold of its own modality, from the model's bounds)."""
+    """The figures of a ``safe_encoders.hysac.HySAC``, without and with ``model.traverse`` by ``method``: the
+    released traversal (default: an unsafe query beyond ``tau`` of its own modality's bound is rescaled to norm
+    ``tau``) or ``"geodesic"`` (moved ``strength`` of the way onto its own modality's safe bound)."""
     from safe_encoders.hysac import embed_images, embed_texts
 
     def images(paths: Sequence[Path]) -> torch.Tensor:
@@ -166,7 +173,7 @@ def hysac_rows(
         return embed_texts(model, list(items), batch_size=batch_size).float().cpu()
 
     def traverse(points: torch.Tensor, modality: str) -> torch.Tensor:
-        return model.traverse(points.to(model.device), modality, strength=strength).float().cpu()
+        return model.traverse(points.to(model.device), modality, method=method, strength=strength).float().cpu()
 
     curvature = model.curvature.detach().float().cpu()
     shared = {"distractor_images": images(data.distractor_images), "distractor_texts": texts(data.distractor_texts)}

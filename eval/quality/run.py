@@ -14,7 +14,6 @@ changed. Real-image statistics have their own cache (``--stats-cache``), shared 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -245,62 +244,3 @@ def read_quality_csv(path: str | Path) -> list[QualityRow]:
             QualityRow(r["condition"], int(r["n_images"]), float(r["fid"]), float(r["clip_score"]))
             for r in csv.DictReader(fh)
         ]
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def add_parser(sub: Any) -> argparse.ArgumentParser:
-    """The ``quality`` subcommand of ``python -m eval``."""
-    from eval.t2i.prompt_runs import add_generation_options, positive_int
-
-    p = sub.add_parser("quality", help="FID and CLIP score of conditions on a caption set (Safe-CLIP Table 14)")
-    add_generation_options(p, default_conditions="sd,sd+safe,sld-strong")
-    p.add_argument("--captions", required=True, help="caption file: COCO-30k's coco_30k.csv, or any CSV / TXT")
-    p.add_argument("--caption-column", default=None, help="the caption column (default: prompt, text, caption...)")
-    p.add_argument("--real", type=Path, default=None, help="folder of real images for FID (e.g. COCO val2017)")
-    p.add_argument(
-        "--metrics",
-        default="fid,clip",
-        help="comma-separated: fid, clip (the CLIP score); e.g. 'clip' without real images",
-    )
-    p.add_argument(
-        "--clip-model", default=DEFAULT_CLIP_SCORE_MODEL, help="CLIP model of the CLIP score: Hub id or local folder"
-    )
-    p.add_argument("--fid-weights", default=None, help="local copy of torch-fidelity's Inception v3 weights")
-    p.add_argument("--fid-size", type=positive_int, default=299, help="both FID sides are resized to this (299)")
-    p.add_argument(
-        "--no-center-crop", action="store_true", help="resize real images without cropping them square first"
-    )
-    p.add_argument("--stats-cache", type=Path, default=None, help=f"real-statistics cache ({default_stats_cache()})")
-    p.add_argument("--metrics-batch-size", type=positive_int, default=50)
-    return p
-
-
-def command(args: argparse.Namespace) -> int:
-    """Run ``python -m eval quality`` from parsed arguments."""
-    from eval.options import comma_list
-    from eval.t2i.prompt_runs import generation_kwargs
-
-    metrics = comma_list(args.metrics)
-    unknown = sorted(set(metrics) - {"fid", "clip"})
-    if unknown or not metrics:
-        raise EvalError(f"--metrics {args.metrics!r}: choose among fid, clip (unknown: {unknown})")
-    cfg = QualityConfig(
-        **generation_kwargs(args),
-        captions=args.captions,
-        caption_column=args.caption_column,
-        real=args.real,
-        fid="fid" in metrics,
-        clip_model=args.clip_model if "clip" in metrics else None,
-        fid_weights=args.fid_weights,
-        fid_settings=FIDSettings(
-            image_size=args.fid_size, center_crop=not args.no_center_crop, batch_size=args.metrics_batch_size
-        ),
-        stats_cache=args.stats_cache,
-        metrics_batch_size=args.metrics_batch_size,
-    )
-    rows = run_quality(cfg, shard=args.shard)
-    if rows is not None:
-        print((Path(args.out) / "quality.md").read_text(encoding="utf-8"))
-    return 0

@@ -4,8 +4,6 @@ resume), for the commands that bring their own prompts: ``eval quality`` (captio
 
 from __future__ import annotations
 
-import argparse
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,74 +108,3 @@ def run_prompt_set(config: T2IConfig, prompts: PromptSet, *, shard: tuple[int, i
 def condition_names(conditions: Sequence[str]) -> list[str]:
     """The canonical names of ``eval t2i`` conditions (``"SD+Safe"`` -> ``"sd+safe"``), validated."""
     return [c.name for c in parse_conditions(list(conditions))]
-
-
-# --------------------------------------------------------------------------- command-line options
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """An argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
-    return value
-
-
-def add_generation_options(p: argparse.ArgumentParser, *, default_conditions: str) -> None:
-    """The options of ``eval t2i`` that say how images are made: model, conditions, sampling, placement, output."""
-    from eval.options import add_placement_options
-    from eval.t2i.conditions import BASE_CONDITIONS
-
-    p.add_argument("--model", required=True, help="diffusers SD pipeline: Hub id or local folder")
-    p.add_argument(
-        "--conditions",
-        default=default_conditions,
-        help=f"comma-separated, from {', '.join(BASE_CONDITIONS)}, each optionally +safe / +unet",
-    )
-    p.add_argument("--safe-checkpoint", default="auto", help="anything safe_encoders.make_safe accepts")
-    p.add_argument("--unet", default=None, help="UNet override for '+unet' conditions (folder, Hub id, file)")
-    p.add_argument("--limit", type=positive_int, default=None, help="first N prompts only")
-    p.add_argument("--steps", type=positive_int, default=50)
-    p.add_argument(
-        "--guidance", type=positive_float, default=None, help="guidance scale; default: the file's own, else 7.5"
-    )
-    p.add_argument("--size", type=positive_int, default=None, help="image height and width; default: the model's")
-    p.add_argument("--batch-size", type=positive_int, default=4)
-    add_placement_options(p)
-    p.add_argument("--out", required=True, type=Path, help="output folder (resumed if it holds a run)")
-    p.add_argument("--no-progress", action="store_true")
-
-
-def generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """What :func:`add_generation_options` parsed, as keyword arguments of the commands' configs."""
-    from eval.options import comma_list
-
-    return {
-        "model": args.model,
-        "conditions": comma_list(args.conditions),
-        "out": args.out,
-        "safe_checkpoint": args.safe_checkpoint,
-        "unet": args.unet,
-        "limit": args.limit,
-        "steps": args.steps,
-        "guidance": args.guidance,
-        "size": args.size,
-        "batch_size": args.batch_size,
-        "dtype": args.dtype,
-        "device": args.device,
-        "progress": not args.no_progress,
-    }

@@ -46,7 +46,7 @@ def build_program(
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         command.add_arguments(sub)
-        sub.set_defaults(run=command.run)
+        sub.set_defaults(_run_command=command.run)  # not "run": a command may have a --run option
     return parser
 
 
@@ -64,7 +64,7 @@ def run_program(
     try:
         if before is not None:
             before(args)
-        return args.run(args)
+        return args._run_command(args)
     except KeyboardInterrupt:
         if interrupted is None or args.debug:
             raise

@@ -75,3 +75,8 @@ NUMERIC_TYPES: dict[Callable[[str], object], str] = {
     probability: "nonnegative",
 }
 """The validating numeric types and the sign they require (a parser walk checks each option against it)."""
+
+
+def comma_list(text: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``: a comma-separated command-line value."""
+    return [t.strip() for t in text.split(",") if t.strip()]
