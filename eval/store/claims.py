@@ -1,7 +1,8 @@
 """The ``claims`` table of a results store: which worker holds which item, for how long.
 
-:class:`StoreClaims` is part of :class:`~eval.store.results.ResultsStore` (which inherits it); the workers that use
-the claims (the lease heartbeat, the batches) are in :mod:`eval.store.leases`.
+:class:`StoreClaims` is a collaborator of :class:`~eval.store.results.ResultsStore` (``store.claims``): it shares the
+store's connection and write transaction, which the store hands it, and reads its items through the store's
+public ``has``. The workers that use the claims (the lease heartbeat, the batches) are in :mod:`eval.store.leases`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
@@ -25,21 +26,23 @@ TASKS = (GENERATE, CLASSIFY)
 
 
 class StoreClaims:
-    """Claims of workers on the items of a store (methods of :class:`~eval.store.results.ResultsStore`)."""
+    """Claims of workers on the items of one store: ``conn`` its connection, ``write`` its write transaction,
+    ``has`` whether it holds an item (given by :class:`~eval.store.results.ResultsStore`, which owns them)."""
 
-    # Provided by ResultsStore: its connection, write transaction and item lookup.
-    _conn: sqlite3.Connection
-
-    if TYPE_CHECKING:
-
-        def _write(self) -> AbstractContextManager[sqlite3.Connection]: ...
-
-        def has(self, condition: str, prompt_id: str, seed: int) -> bool: ...
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        write: Callable[[], AbstractContextManager[sqlite3.Connection]],
+        has: Callable[[str, str, int], bool],
+    ) -> None:
+        self._conn = conn
+        self._write = write
+        self._has = has
 
     def _done(self, task: str, key: ItemKey, rule: Sequence[str]) -> bool:
         c, p, s = key
         if task == GENERATE:
-            return self.has(c, p, s)
+            return self._has(c, p, s)
         names = {
             n for (n,) in self._conn.execute(
                 "SELECT classifier FROM labels WHERE condition=? AND prompt_id=? AND seed=?", (c, p, int(s))
@@ -91,12 +94,12 @@ class StoreClaims:
                 got.append((key[0], key[1], int(key[2])))
         return got, done
 
-    def renew_claims(self, worker: str, lease: float) -> int:
+    def renew(self, worker: str, lease: float) -> int:
         """Push the expiry of every claim of ``worker`` to ``lease`` seconds from now (its heartbeat)."""
         with self._write() as c:
             return c.execute("UPDATE claims SET expires=? WHERE worker=?", (time.time() + lease, worker)).rowcount
 
-    def release_claims(self, worker: str, task: str | None = None, keys: Iterable[ItemKey] | None = None) -> int:
+    def release(self, worker: str, task: str | None = None, keys: Iterable[ItemKey] | None = None) -> int:
         """Drop claims of ``worker`` (of one task / some keys, or all)."""
         with self._write() as c:
             if keys is None:
@@ -109,7 +112,7 @@ class StoreClaims:
                 "DELETE FROM claims WHERE worker=? AND task=? AND condition=? AND prompt_id=? AND seed=?", rows
             ).rowcount
 
-    def live_claims(self, task: str, *, exclude: str | None = None) -> set[ItemKey]:
+    def live(self, task: str, *, exclude: str | None = None) -> set[ItemKey]:
         """Keys of ``task`` that a worker (other than ``exclude``) holds an unexpired claim on."""
         rows = self._conn.execute(
             "SELECT condition, prompt_id, seed, worker FROM claims WHERE task=? AND expires>?", (task, time.time())

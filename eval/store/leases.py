@@ -51,7 +51,7 @@ class Claims:
     def _heartbeat(self) -> None:
         with ResultsStore(self.root) as store:  # its own connection: SQLite connections stay in their thread
             while not self._stop.wait(self.lease / 3):
-                store.renew_claims(self.worker, self.lease)
+                store.claims.renew(self.worker, self.lease)
 
     def __enter__(self) -> Claims:
         self._stop.clear()
@@ -65,7 +65,7 @@ class Claims:
             self._thread.join()
             self._thread = None
         with ResultsStore(self.root) as store:
-            store.release_claims(self.worker)
+            store.claims.release(self.worker)
 
     def batches(
         self,
@@ -87,7 +87,9 @@ class Claims:
         pending = {key(t): t for t in todo}
         wait = poll if poll is not None else min(self.lease / 4, 5.0)
         while pending:
-            claimed, done = store.claim(task, pending, worker=self.worker, lease=self.lease, limit=size, rule=rule)
+            claimed, done = store.claims.claim(
+                task, pending, worker=self.worker, lease=self.lease, limit=size, rule=rule
+            )
             for k in done:
                 pending.pop(k, None)
             if claimed:
@@ -95,7 +97,7 @@ class Claims:
                 try:
                     yield batch
                 finally:
-                    store.release_claims(self.worker, task, claimed)
+                    store.claims.release(self.worker, task, claimed)
                 continue
             if pending:  # every remaining item is held by another live worker: wait, take over if it dies
                 time.sleep(wait)

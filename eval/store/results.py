@@ -85,11 +85,11 @@ def _canonical(config: Mapping[str, Any]) -> str:
     return json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
 
 
-class ResultsStore(StoreClaims):
+class ResultsStore:
     """The results store rooted at a folder (created if needed). Safe to share between processes.
 
-    Its tables and connection are :mod:`eval.store.db`'s; the claims of the workers sharing it are the methods
-    of :class:`~eval.store.claims.StoreClaims`.
+    Its tables and connection are :mod:`eval.store.db`'s; the claims of the workers sharing it are
+    :attr:`claims` (a :class:`~eval.store.claims.StoreClaims` on the same connection).
     """
 
     def __init__(self, root: str | Path, *, timeout: float = 120.0) -> None:
@@ -97,6 +97,7 @@ class ResultsStore(StoreClaims):
         self.root.mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / DB_NAME
         self._conn = open_database(self.db_path, timeout=timeout)
+        self.claims = StoreClaims(self._conn, self._write, self.has)
 
     # ------------------------------------------------------------------ plumbing
 
