@@ -62,8 +62,7 @@ def _processor_source(pair: EncoderPair, kind: str, base: str | None) -> str:
         return pair.processor
     src = pair.text if kind == "text" else pair.vision
     path = Path(src)
-    marker = "tokenizer_config.json" if kind == "text" else "preprocessor_config.json"
-    if path.is_dir() and (path / marker).is_file():
+    if path.is_dir() and (has_tokenizer(path) if kind == "text" else has_image_processor(path)):
         return str(path)
     if base:
         return base
@@ -72,6 +71,22 @@ def _processor_source(pair: EncoderPair, kind: str, base: str | None) -> str:
     raise RetrievalError(
         f"model {pair.name!r}: cannot tell which tokenizer / image processor goes with {src}; pass --processor"
     )
+
+
+def has_tokenizer(folder: Path) -> bool:
+    return (folder / "tokenizer_config.json").is_file()
+
+
+def has_image_processor(folder: Path) -> bool:
+    """Whether ``folder`` holds an image processor: ``preprocessor_config.json``, or the ``processor_config.json``
+    with an ``image_processor`` entry that transformers 5's ``CLIPProcessor.save_pretrained`` writes alone."""
+    if (folder / "preprocessor_config.json").is_file():
+        return True
+    try:
+        config = json.loads((folder / "processor_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and isinstance(config.get("image_processor"), dict)
 
 
 def _processor_identity(spec: str) -> str:

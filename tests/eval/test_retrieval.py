@@ -185,6 +185,29 @@ def test_cli(tmp_path, world, capsys):
     assert "| A |" in capsys.readouterr().out
 
 
+def test_a_folder_saved_by_clip_processor_is_read_as_it_is(tmp_path, world):
+    """transformers 5's CLIPProcessor.save_pretrained writes processor_config.json (no preprocessor_config.json):
+    its image processor is found there, no --processor needed, and the table is that of the same processor."""
+    import shutil
+
+    from transformers import CLIPProcessor
+
+    from eval.__main__ import main
+    from eval.data.synthetic import build_image_processor
+
+    folder = tmp_path / "model_c"
+    folder.mkdir()
+    for name in ("text_encoder.safetensors", "vision_encoder.safetensors"):
+        shutil.copy(world["a"] / name, folder / name)
+    CLIPProcessor(image_processor=build_image_processor(32), tokenizer=world["tok"]).save_pretrained(folder)
+    assert (folder / "processor_config.json").is_file() and not (folder / "preprocessor_config.json").exists()
+    paths = world["paths"]
+    data = ["--visu", str(paths["text"]), "--coco-root", str(paths["coco"]), "--unsafe-images", str(paths["regen"])]
+    assert main(["retrieval", "--model", f"M={folder}", *data, "--out", str(tmp_path / "c"), "--no-reference"]) == 0
+    assert main(["retrieval", "--model", f"M={world['a']}", *data, "--out", str(tmp_path / "a"), "--no-reference"]) == 0
+    assert (tmp_path / "c" / "retrieval.csv").read_bytes() == (tmp_path / "a" / "retrieval.csv").read_bytes()
+
+
 def test_backbone_table_through_the_hub_cache_as_a_user_runs_it(tmp_path, world):
     """`python -m eval retrieval --backbones ViT-L/14` in a real process with HF_HUB_OFFLINE=1 and HF_HUB_CACHE.
 
