@@ -236,6 +236,29 @@ def test_command_with_hysac_writes_plain_and_traversal_rows(world, tmp_path):
     assert "H + traversal" in (out / "nsfw_retrieval.md").read_text()
 
 
+def test_command_traversal_is_the_released_rule_unless_geodesic_is_asked(world, tmp_path, capsys):
+    from eval.__main__ import main
+
+    def run(name, *extra):
+        assert main(_args(world, tmp_path / name, "--hysac", f"H={world['hysac']}", *extra)) == 0
+        return {
+            (r.model, r.source, r.direction): r.share
+            for r in read_nsfw_retrieval_csv(tmp_path / name / "nsfw_retrieval.csv")
+        }
+
+    default, release = run("default"), run("release", "--traversal", "release")
+    assert default == release
+    # geodesic with strength 0 leaves every query where it is: the traversal rows are the plain ones
+    still = run("still", "--traversal", "geodesic", "--strength", "0")
+    assert all(share == still[("H", s, d)] for (m, s, d), share in still.items() if m == "H + traversal")
+    run("half", "--traversal", "geodesic", "--strength", "0.5")
+    capsys.readouterr()
+    # --strength belongs to the geodesic traversal: with the released one it is refused in one line
+    assert main(_args(world, tmp_path / "bad", "--hysac", f"H={world['hysac']}", "--strength", "0.5")) == 2
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert "--strength 0.5 applies to --traversal geodesic" in line
+
+
 def test_command_refuses_what_it_cannot_run(world, tmp_path, capsys):
     from eval.__main__ import main
 
