@@ -1,4 +1,4 @@
-"""One clear line per user error, for ``python -m eval`` and ``python -m train``.
+"""One clear line per user error, for ``python -m eval`` and ``python -m train`` (see :mod:`.program`).
 
 A command that fails because of what the user gave it (a project error, a path that does not exist, a model
 that cannot be read, a refused pickle, a full disk) ends with one line on stderr naming the argument, its
@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import errno
 import pickle
-import sys
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -99,17 +97,3 @@ def one_line(error: BaseException, args: argparse.Namespace) -> str | None:
 
 def add_debug_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-
-
-def run_command(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run ``command(args)``; a user error becomes one line on stderr and exit status 2 (unless ``--debug``)."""
-    try:
-        return command(args)
-    except Exception as error:
-        if getattr(args, "debug", False):
-            raise
-        line = one_line(error, args)
-        if line is None:
-            raise
-        print(line, file=sys.stderr)
-        return EXIT_USER_ERROR
