@@ -15,21 +15,6 @@ from eval.errors import NSFWRetrievalError
 from eval.placement import parse_shard
 from safe_encoders.cli.types import comma_list, positive_float, positive_int
 
-__all__ = [
-    "add_classifier_options",
-    "add_device_option",
-    "add_generation_options",
-    "add_lease_option",
-    "add_out_option",
-    "add_placement_options",
-    "add_progress_option",
-    "classifier_options",
-    "comma_list",
-    "generation_kwargs",
-    "named_folders",
-    "t2i_generation_kwargs",
-]
-
 
 def named_folders(specs: Sequence[str], option: str) -> dict[str, Path]:
     """``["NAME=FOLDER", ...]`` (the values of a repeated ``option``) -> ``{NAME: FOLDER}``; names distinct."""
@@ -181,9 +166,22 @@ def generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def t2i_generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """What :func:`add_generation_options` and :func:`add_classifier_options` parsed, as keyword arguments of
     an :class:`~eval.t2i.run.T2IConfig`."""
-    settings = generation_kwargs(args)
-    size = settings.pop("size")
-    return {**settings, "height": size, "width": size, "lease": args.lease, **classifier_options(args)}
+    common = {k: getattr(args, k) for k in ("model", "out", "safe_checkpoint", "unet")}
+    return {**common, "conditions": comma_list(args.conditions), **run_kwargs(args)}
+
+
+def run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampling, placement and classifier settings a generating command parsed (``--steps``, ``--guidance``,
+    ``--size``, ``--batch-size``, ``--limit``, placement, ``--no-progress``, the classifiers), as keyword
+    arguments of a config run by :class:`~eval.generation.GenerationRunner` (``T2IConfig``, ``RegenConfig``)."""
+    settings = {k: getattr(args, k) for k in ("steps", "guidance", "batch_size", "limit", "dtype", "device", "lease")}
+    return {
+        **settings,
+        "height": args.size,
+        "width": args.size,
+        "progress": not args.no_progress,
+        **classifier_options(args),
+    }
 
 
 def _same(value: Any) -> Any:

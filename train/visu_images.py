@@ -40,8 +40,8 @@ from eval.options import (
     add_classifier_options,
     add_placement_options,
     add_progress_option,
-    classifier_options,
     comma_list,
+    run_kwargs,
 )
 from eval.placement import Placement, run_provenance
 from eval.store.results import ResultsStore, fully_labelled
@@ -229,17 +229,7 @@ def run_visu_images_command(args: argparse.Namespace) -> int:
         candidates=args.candidates,
         keep=args.keep,
         hub_kwargs={"token": args.token} if args.token else {},
-        steps=args.steps,
-        guidance=args.guidance,
-        height=args.size,
-        width=args.size,
-        batch_size=args.batch_size,
-        limit=args.limit,
-        dtype=args.dtype,
-        device=args.device,
-        progress=not args.no_progress,
-        lease=args.lease,
-        **classifier_options(args),
+        **run_kwargs(args),
     )
     counts = RegenRunner(cfg, shard=args.shard).run()
     if counts is not None:
