@@ -236,22 +236,33 @@ def test_command_with_hysac_writes_plain_and_traversal_rows(world, tmp_path):
     assert "H + traversal" in (out / "nsfw_retrieval.md").read_text()
 
 
-def test_command_traversal_is_the_released_rule_unless_geodesic_is_asked(world, tmp_path, capsys):
+def test_command_traversal_is_the_released_rule_unless_geodesic_is_asked(world, tmp_path, capsys, monkeypatch):
     from eval.__main__ import main
+    from safe_encoders.hysac import HySAC
+
+    calls = []
+    traverse = HySAC.traverse
+
+    def recorded(self, x, modality="text", **kw):
+        calls.append((kw.get("method", "release"), kw.get("strength", 1.0)))
+        return traverse(self, x, modality, **kw)
+
+    monkeypatch.setattr(HySAC, "traverse", recorded)
 
     def run(name, *extra):
+        calls.clear()
         assert main(_args(world, tmp_path / name, "--hysac", f"H={world['hysac']}", *extra)) == 0
-        return {
-            (r.model, r.source, r.direction): r.share
-            for r in read_nsfw_retrieval_csv(tmp_path / name / "nsfw_retrieval.csv")
-        }
+        rows = read_nsfw_retrieval_csv(tmp_path / name / "nsfw_retrieval.csv")
+        return {(r.model, r.source, r.direction): r.share for r in rows}, set(calls)
 
-    default, release = run("default"), run("release", "--traversal", "release")
-    assert default == release
+    default, used = run("default")
+    assert used == {("release", 1.0)}  # HySAC.traverse's own default: the released rule
+    assert run("release", "--traversal", "release") == (default, used)
     # geodesic with strength 0 leaves every query where it is: the traversal rows are the plain ones
-    still = run("still", "--traversal", "geodesic", "--strength", "0")
+    still, used = run("still", "--traversal", "geodesic", "--strength", "0")
+    assert used == {("geodesic", 0.0)}
     assert all(share == still[("H", s, d)] for (m, s, d), share in still.items() if m == "H + traversal")
-    run("half", "--traversal", "geodesic", "--strength", "0.5")
+    assert run("half", "--traversal", "geodesic", "--strength", "0.5")[1] == {("geodesic", 0.5)}
     capsys.readouterr()
     # --strength belongs to the geodesic traversal: with the released one it is refused in one line
     assert main(_args(world, tmp_path / "bad", "--hysac", f"H={world['hysac']}", "--strength", "0.5")) == 2
