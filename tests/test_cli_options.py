@@ -106,3 +106,29 @@ def test_other_programs_refuse_bad_numbers_at_parse_time(program, argv):
     with pytest.raises(SystemExit) as exit_:
         PROGRAMS[program]().parse_args(argv)
     assert exit_.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("program", "argv", "message"),
+    [
+        ("safe-encoders", ["search", "{tmp}/absent", "--text", "a"], "no scan.json"),
+        ("eval", ["report", "--out", "{tmp}/absent"], "holds no run"),
+        ("train", ["export", "--run", "{tmp}/absent", "--out", "{tmp}/o"], "not a finished training run"),
+    ],
+)
+def test_every_program_prints_a_user_error_in_one_line_and_shows_the_traceback_with_debug(
+    tmp_path, capsys, program, argv, message
+):
+    from eval.__main__ import main as eval_main
+    from safe_encoders.cli import main as safe_encoders_main
+    from train.__main__ import main as train_main
+
+    main = {"safe-encoders": safe_encoders_main, "eval": eval_main, "train": train_main}[program]
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    if program == "train":
+        return  # train export reports this one itself (no exception to show)
+    with pytest.raises(Exception, match=message):
+        main(["--debug", *argv])
