@@ -28,7 +28,7 @@ def main() -> None:
 
     import torch
 
-    from eval.synthetic import SyntheticWorld, build_image_processor, build_tokenizer
+    from eval.data.synthetic import SyntheticWorld, build_image_processor, build_tokenizer
     from train.data import EncodedQuadruplets, QuadrupletCollator, stack_encoded
     from train.demo_world import DemoSettings, run_config
     from train.loop import run_training

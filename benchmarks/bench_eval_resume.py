@@ -26,7 +26,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from benchmarks.tiny_t2i import build_tiny_t2i
-    from eval.t2i import T2IConfig, T2IRunner
+    from eval.t2i.run import T2IConfig, T2IRunner
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -2,7 +2,7 @@
 
 A tiny random SD pipeline (real CLIP tokenizer) generates and classifies (tiny Q16) ``--prompts`` x
 ``--images`` images. Run 1: one worker process. Run 2: two worker processes started together on a
-fresh folder; they split the items by claims in the store (``eval.claims``). Printed: images generated
+fresh folder; they split the items by claims in the store (``eval.store.leases``). Printed: images generated
 by each worker (their sum must equal the item count: nothing made twice), whether the two reports are
 identical, and the wall-time ratio. Each worker runs torch on one thread, so two workers can use two
 cores; the ratio includes each process's start-up (imports, model loading).

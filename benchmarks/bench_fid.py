@@ -3,7 +3,7 @@ statistics cached vs recomputed.
 
 No Inception weights can be fetched here, so the extractor is a stand-in of realistic size: a randomly
 initialised CLIP ViT-B/32 vision tower (88M parameters, 224 px input) mapping uint8 batches to 768-d pooled
-features, run by the same :class:`eval.quality_metrics.FIDMetric` path (crop, bicubic resize, torchmetrics
+features, run by the same :class:`eval.quality.metrics.FIDMetric` path (crop, bicubic resize, torchmetrics
 accumulation). Images are real photos (scikit-image) resized to 512 px, as SD v1.4 makes them.
 
     python benchmarks/bench_fid.py [--real 48] [--generated 24] [--batch 24]
@@ -32,7 +32,7 @@ def main() -> None:
     from skimage import data
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    from eval.quality_metrics import FIDMetric, FIDSettings
+    from eval.quality.metrics import FIDMetric, FIDSettings
 
     torch.manual_seed(0)
     tower = CLIPVisionModel(CLIPVisionConfig(image_size=224, patch_size=32)).eval()

@@ -44,7 +44,7 @@ def _build(size: str, batch_size: int):
         seq, image = 77, cfg.vision_config.image_size
         vocab = cfg.text_config.vocab_size
     else:
-        from eval.synthetic import build_tokenizer
+        from eval.data.synthetic import build_tokenizer
         from train.tiny_clip import tiny_clip
 
         tok = build_tokenizer(24)

@@ -1,14 +1,14 @@
 """The one generate -> store -> classify runner, shared by every evaluation that makes images.
 
-A :class:`GenerationRunner` is built from a :class:`~eval.store.ResultsStore`, a
+A :class:`GenerationRunner` is built from a :class:`~eval.store.results.ResultsStore`, a
 :class:`~eval.placement.Placement` (shard, device, dtype) and a :class:`Provider` of work items. The
 provider says what the run is (its conditions, its items, the pipeline and call arguments of each
 batch, what is recorded with each image); the runner owns the phases: generate what is missing,
 free the generators, classify what is unlabelled, and tell whether the whole run is complete. A run
 killed at any point resumes from the store with nothing done twice. Workers started on the same store
-split the work by claims (:mod:`eval.claims`).
+split the work by claims (:mod:`eval.store.leases`).
 
-Providers: ``eval.t2i.T2IProvider`` (conditions x prompts x seeds) and
+Providers: ``eval.t2i.run.T2IProvider`` (conditions x prompts x seeds) and
 ``train.visu_work.VisuRegenProvider`` (ViSU rows x candidates).
 """
 
@@ -20,11 +20,11 @@ from typing import Any, Protocol
 
 import torch
 
-from eval.claims import DEFAULT_LEASE, Claims
 from eval.classifiers import PAPER_RULE, ClassifierOptions, classifiers_from_config
 from eval.placement import Placement, free_accelerator_memory, shard_of
-from eval.store import ItemKey, ResultsStore, fully_labelled
-from eval.store_claims import CLASSIFY, GENERATE
+from eval.store.claims import CLASSIFY, GENERATE
+from eval.store.leases import DEFAULT_LEASE, Claims
+from eval.store.results import ItemKey, ResultsStore, fully_labelled
 
 logger = logging.getLogger("safe_encoders.eval")
 
@@ -243,9 +243,9 @@ def classify_store(
     lease: float = DEFAULT_LEASE,
 ) -> int:
     """Label the stored images (of one shard) that lack a label of a classifier in ``rule``; a text item (see
-    ``ResultsStore.add_text``) gives the classifier its text (the text judges of ``eval.judges``).
+    ``ResultsStore.add_text``) gives the classifier its text (the text judges of ``eval.i2t.judges``).
 
-    Workers sharing the store split the images by claims (``eval.claims``; ``lease`` seconds).
+    Workers sharing the store split the images by claims (``eval.store.leases``; ``lease`` seconds).
     ``make_classifiers`` is called only when there is something to label. Returns the number of
     images this worker classified.
     """

@@ -1,6 +1,6 @@
 """Where a generation run executes: its shard of the work, device and dtype, and what every run records.
 
-Shared by ``python -m eval t2i`` (:class:`eval.t2i.T2IRunner`) and ``python -m train visu-images``
+Shared by ``python -m eval t2i`` (:class:`eval.t2i.run.T2IRunner`) and ``python -m train visu-images``
 (:class:`train.visu_images.RegenRunner`).
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from eval.store import ItemKey
+from eval.store.results import ItemKey
 
 
 def shard_of(key: ItemKey, num_shards: int) -> int:
@@ -135,6 +135,9 @@ def parse_shard(text: str) -> tuple[int, int]:
     """``"INDEX/COUNT"`` -> ``(index, count)`` (an argparse type)."""
     index, _, count = text.partition("/")
     try:
-        return int(index), int(count)
+        shard = int(index), int(count)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--shard takes INDEX/COUNT, e.g. 0/2; got {text!r}") from None
+    if not 0 <= shard[0] < shard[1]:
+        raise argparse.ArgumentTypeError(f"--shard INDEX/COUNT needs 0 <= INDEX < COUNT, e.g. 0/2; got {text!r}")
+    return shard

@@ -1,4 +1,4 @@
-"""Regenerate ``eval/paper_tables.py`` from the transcribed paper CSVs (``../shared/fixtures/data``).
+"""Regenerate ``eval/report/paper_tables.py`` from the transcribed paper CSVs (``../shared/fixtures/data``).
 
     python scripts/make_paper_tables.py [DATA_DIR]
 
@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's eval, not an installed one
 
-from eval.prompts import I2P_CATEGORIES  # noqa: E402
+from eval.data.prompts import I2P_CATEGORIES  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "fixtures" / "data"
 # The paper's columns: the seven I2P categories, then the share over the whole prompt set.
@@ -50,7 +50,7 @@ def render(data: Path) -> str:
         "",
         "from __future__ import annotations",
         "",
-        "from eval.prompts import I2P_CATEGORIES",
+        "from eval.data.prompts import I2P_CATEGORIES",
         "",
         'T2I_CATEGORIES: tuple[str, ...] = (*I2P_CATEGORIES, "avg")',
         f"T2I_TABLES: dict[str, str] = {tables!r}",
@@ -77,4 +77,4 @@ def render(data: Path) -> str:
 
 if __name__ == "__main__":
     data_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_DATA
-    (ROOT / "eval" / "paper_tables.py").write_text(render(data_dir), encoding="utf-8")
+    (ROOT / "eval" / "report" / "paper_tables.py").write_text(render(data_dir), encoding="utf-8")

@@ -6,6 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from safe_encoders.cli import Command
+from safe_encoders.cli.program import build_program, run_program
+from safe_encoders.cli.types import nonnegative_int, positive_int
+
 
 def _demo(args: argparse.Namespace) -> int:
     from train.demo import DemoSettings, run_demo
@@ -41,7 +45,7 @@ def _datasets(cfg, args: argparse.Namespace, *, train: bool = True):
                 file=sys.stderr,
             )
             return None
-        from eval.visu import visu_splits
+        from eval.data.visu import visu_splits
         from train.data import IndexedQuadruplets
 
         sets = visu_splits(
@@ -56,7 +60,7 @@ def _datasets(cfg, args: argparse.Namespace, *, train: bool = True):
         # Items are encoded batch by batch: pre-encoding 165k image pairs would not fit in memory.
         train_set = IndexedQuadruplets(sets["train"]) if train else None
         return tokenizer, processor, train_set, IndexedQuadruplets(sets["validation"]), collator
-    from eval.synthetic import SyntheticWorld
+    from eval.data.synthetic import SyntheticWorld
 
     val_world = SyntheticWorld(cfg.data.val_size, cfg.data.seed + 1, cfg.data.image_size, distinct=True)
     train_set = None
@@ -162,40 +166,36 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
-    from eval.cli_errors import add_debug_option
-
-    add_debug_option(parser)
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="offline end-to-end demo on the synthetic world (a few minutes on a CPU)")
+def _add_demo_arguments(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--out", required=True, help="output folder")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    demo.add_argument("--quiet", action="store_true")
+    demo.add_argument(
+        "--seed", type=nonnegative_int, default=0, help="seed of the synthetic worlds and of training (default 0)"
+    )
+    demo.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars (the step lines remain)")
     demo.add_argument(
         "--skip-hysac", action="store_true", help="only the Safe-CLIP part (the HySAC part adds ~1.5 min)"
     )
-    demo.set_defaults(func=_demo)
-    run = sub.add_parser("safeclip", help="Safe-CLIP fine-tuning from a YAML recipe")
+
+
+def _add_safeclip_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--config", default="vit-l-14", help="recipe name in train/recipes or a YAML path")
     run.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.lr=3e-4")
     _add_data_options(run)
-    run.set_defaults(func=lambda args: _train(args, "safe-clip"))
-    hysac = sub.add_parser("hysac", help="HySAC fine-tuning from a YAML recipe; exports with bounds from validation")
+
+
+def _add_hysac_arguments(hysac: argparse.ArgumentParser) -> None:
     hysac.add_argument("--config", default="hysac-vit-l-14", help="recipe name in train/recipes or a YAML path")
     hysac.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. hysac.weights.ent_vu=0.5")
     _add_data_options(hysac)
     hysac.add_argument("--out", default=None, help="export folder (default: OUTPUT_DIR/hysac_export)")
-    hysac.add_argument("--data-description", default=None)
-    hysac.set_defaults(func=lambda args: _train(args, "hysac"))
-    export = sub.add_parser(
-        "export",
-        help="merge the best adapters of a run and export both encoders (HySAC runs: with bounds from validation)",
-    )
+    hysac.add_argument("--data-description", default=None, help="what the model was trained on, for the model card")
+
+
+def _add_export_arguments(export: argparse.ArgumentParser) -> None:
     export.add_argument("--run", required=True, help="run folder (holds config.yaml and best_adapters.safetensors)")
-    export.add_argument("--out", required=True)
-    export.add_argument("--data-description", default=None)
+    export.add_argument("--out", required=True, help="export folder")
+    export.add_argument("--data-description", default=None, help="what the model was trained on, for the model card")
     export.add_argument(
         "--push-to-hub",
         metavar="REPO_ID",
@@ -204,14 +204,54 @@ def main(argv: list[str] | None = None) -> int:
     )
     export.add_argument("--public", action="store_true", help="with --push-to-hub: create a public repository")
     _add_data_options(export)  # a HySAC run's bounds are recomputed on its validation set
-    export.set_defaults(func=_export)
-    from train.visu_images import add_visu_images_parser
 
-    add_visu_images_parser(sub)  # python -m train visu-images
-    args = parser.parse_args(argv)
-    from eval.cli_errors import run_command
 
-    return run_command(args.func, args)  # a user error: one line and exit status 2 (--debug: the traceback)
+def commands() -> list[Command]:
+    """The trainer's commands, in the order of ``--help``."""
+    from train.visu_images import COMMAND as VISU_IMAGES
+
+    return [
+        Command(
+            "demo",
+            "offline end-to-end demo on the synthetic world (a few minutes on a CPU)",
+            "Pre-train a tiny CLIP on the synthetic world, fine-tune Safe-CLIP (and HySAC) on it, evaluate and "
+            "write the tables and chart.",
+            _add_demo_arguments,
+            _demo,
+        ),
+        Command(
+            "safeclip",
+            "Safe-CLIP fine-tuning from a YAML recipe",
+            "Safe-CLIP fine-tuning from a YAML recipe (train/recipes) with key=value overrides.",
+            _add_safeclip_arguments,
+            lambda args: _train(args, "safe-clip"),
+        ),
+        Command(
+            "hysac",
+            "HySAC fine-tuning from a YAML recipe; exports with bounds from validation",
+            "HySAC fine-tuning from a YAML recipe (train/recipes); exports with bounds from the validation set.",
+            _add_hysac_arguments,
+            lambda args: _train(args, "hysac"),
+        ),
+        Command(
+            "export",
+            "merge the best adapters of a run and export both encoders (HySAC runs: with bounds from validation)",
+            "Merge the best adapters of a training run and export both encoders (HySAC runs: with bounds from "
+            "validation); optionally upload them.",
+            _add_export_arguments,
+            _export,
+        ),
+        VISU_IMAGES,
+    ]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return build_program("python -m train", __doc__ or "", commands())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; a user error is one line and exit status 2 (``--debug``: the traceback)."""
+    return run_program(build_parser(), argv)
 
 
 if __name__ == "__main__":

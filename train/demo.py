@@ -10,8 +10,8 @@
 5. Build a tiny Stable Diffusion pipeline on the pre-trained text encoder, swap in the exported
    safe text encoder with ``safe_encoders.make_safe`` and show that the conditioning of unsafe
    prompts moved toward their safe counterparts.
-6. Print the before/after tables (Markdown, ``eval.tables``), save ``demo_table.md``,
-   ``demo_results.json`` and ``demo_results.png`` (``eval.charts``).
+6. Print the before/after tables (Markdown, ``eval.report.tables``), save ``demo_table.md``,
+   ``demo_results.json`` and ``demo_results.png`` (``eval.report.charts``).
 """
 
 from __future__ import annotations
@@ -89,11 +89,11 @@ def run_hysac_demo(
     validation set, export, and the figures on the test set.
 
     Returns ``classification`` (accuracy at the bounds and AUROC of the root distance, texts and images),
-    ``retrieval`` / ``traversal`` (``eval.hysac.hysac_retrieval`` without / with traversal), the headline
+    ``retrieval`` / ``traversal`` (``eval.hysac.run.hysac_retrieval`` without / with traversal), the headline
     figures (``text_auroc``, ``image_auroc``, ``unsafe_text_top1_safe_share`` and ``..._traversal``,
     ``safe_t2v_r1`` / ``safe_v2t_r1`` and the pre-trained ones), ``bounds``, ``exported`` and ``training``.
     """
-    from eval.hysac import evaluate_hysac
+    from eval.hysac.run import evaluate_hysac
     from train.hysac_export import export_hysac, validation_bounds
 
     settings = settings or HySACDemoSettings()

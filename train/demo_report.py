@@ -1,13 +1,13 @@
 """The demo's tables and its before / after chart, drawn with the evaluations' table and chart code
-(``eval.tables``, ``eval.charts``)."""
+(``eval.report.tables``, ``eval.report.charts``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from eval.charts import BarPanel, grouped_bar_chart
-from eval.tables import markdown_table
+from eval.report.charts import BarPanel, grouped_bar_chart
+from eval.report.tables import markdown_table
 from train.demo_world import RESULT_KEYS
 
 SAFE_CLIP_ROWS = (

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
+from eval.data.synthetic import CONCEPTS, SyntheticWorld, build_image_processor, build_tokenizer
 from eval.metrics import safe_clip_retrieval, top1_in_set_share
-from eval.synthetic import CONCEPTS, SyntheticWorld, build_image_processor, build_tokenizer
 from train.config import TrainConfig, load_config
 from train.data import EncodedQuadruplets, QuadrupletCollator, stack_encoded
 from train.loop import TrainResult, run_training

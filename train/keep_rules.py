@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from eval.classifiers import any_flagged
-from eval.store import Label
+from eval.store.results import Label
 
 
 @dataclass(frozen=True)

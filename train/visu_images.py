@@ -7,7 +7,8 @@ text-to-image pipeline (default the NSFW-capable SDXL model of the paper), label
 it) and keeps one per row by a *keep rule* (the authors': the first flagged candidate).
 
 It runs on the same runner as ``python -m eval t2i`` (:class:`eval.generation.GenerationRunner`, with
-:class:`train.visu_work.VisuRegenProvider` as its work): every image lives in an :class:`eval.store.ResultsStore`
+:class:`train.visu_work.VisuRegenProvider` as its work): every image lives in an
+:class:`eval.store.results.ResultsStore`
 keyed by ``(visu-<split>, visu:<row id>, seed)``, written atomically, so a killed run resumes where
 it stopped, and processes split the work by :func:`eval.placement.shard_of` (one shard per accelerate
 process, or ``--shard INDEX/COUNT``). Candidate ``k`` of a row uses the row's published seed + k
@@ -17,7 +18,7 @@ its own generator, so no image depends on batching, sharding or resuming.
 The result is ``manifest.json`` and ``manifest.csv`` in the output folder (written atomically):
 one line per row with its candidates' seeds and flags, the kept candidate, the image path
 (relative to the folder) and a status: ``kept``, ``rejected`` (no candidate passes the keep rule)
-or ``pending`` (not generated / labelled yet). :class:`eval.visu.VisuSource` reads it.
+or ``pending`` (not generated / labelled yet). :class:`eval.data.visu.VisuSource` reads it.
 """
 
 from __future__ import annotations
@@ -33,12 +34,21 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from eval.cli import add_classifier_options, add_placement_options, comma_list, generation_options
+from eval.data.visu import VISU_SPLITS, VisuRow, read_visu
 from eval.generation import GenerationRunner
+from eval.options import (
+    add_classifier_options,
+    add_placement_options,
+    add_progress_option,
+    comma_list,
+    run_kwargs,
+)
 from eval.placement import Placement, run_provenance
-from eval.store import ResultsStore, fully_labelled
-from eval.visu import VISU_SPLITS, VisuRow, read_visu
+from eval.store.results import ResultsStore, fully_labelled
 from safe_encoders.atomic import atomic_write_text
+from safe_encoders.cli import Command
+from safe_encoders.cli.program import build_program, run_program
+from safe_encoders.cli.types import positive_float, positive_int
 from train.keep_rules import KEEP_RULES, Candidate, keep_rule
 from train.visu_work import DEFAULT_MODEL, RegenConfig, RegenItem, VisuRegenProvider, condition_name, regen_items
 
@@ -178,14 +188,8 @@ class RegenRunner(GenerationRunner):
 # --------------------------------------------------------------------------- command line
 
 
-def add_visu_images_parser(subparsers: Any) -> None:
-    """Add the ``visu-images`` command to an argparse sub-parser set (``python -m train visu-images``)."""
-    p = subparsers.add_parser(
-        "visu-images",
-        help="regenerate ViSU's unsafe images (resumable, shardable)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def add_visu_images_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``python -m train visu-images``."""
     p.add_argument("--out", required=True, type=Path, help="output folder (resumed if it holds a run)")
     p.add_argument(
         "--text",
@@ -194,12 +198,12 @@ def add_visu_images_parser(subparsers: Any) -> None:
     )
     p.add_argument("--splits", default=",".join(VISU_SPLITS), help="comma-separated ViSU splits")
     p.add_argument("--model", default=DEFAULT_MODEL, help="diffusers text-to-image pipeline: Hub id or folder")
-    p.add_argument("--candidates", type=int, default=3, help="images drawn per caption (paper: 3)")
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--guidance", type=float, default=7.0)
-    p.add_argument("--size", type=int, default=None, help="image height and width; default: the model's")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--limit", type=int, default=None, help="first N rows of each split only")
+    p.add_argument("--candidates", type=positive_int, default=3, help="images drawn per caption (paper: 3)")
+    p.add_argument("--steps", type=positive_int, default=30, help="denoising steps (default 30)")
+    p.add_argument("--guidance", type=positive_float, default=7.0, help="guidance scale (default 7)")
+    p.add_argument("--size", type=positive_int, default=None, help="image height and width; default: the model's")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="images per pipeline call (default 4)")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N rows of each split only")
     add_placement_options(p)
     p.add_argument("--token", default=None, help="HF token for the gated ViSU-Text (default: the HF login)")
     p.add_argument(
@@ -208,9 +212,8 @@ def add_visu_images_parser(subparsers: Any) -> None:
         choices=sorted(KEEP_RULES),
         help="which candidate a row keeps (authors: first-flagged)",
     )
-    p.add_argument("--no-progress", action="store_true")
+    add_progress_option(p)
     add_classifier_options(p)
-    p.set_defaults(func=run_visu_images_command)
 
 
 def run_visu_images_command(args: argparse.Namespace) -> int:
@@ -226,7 +229,7 @@ def run_visu_images_command(args: argparse.Namespace) -> int:
         candidates=args.candidates,
         keep=args.keep,
         hub_kwargs={"token": args.token} if args.token else {},
-        **generation_options(args),
+        **run_kwargs(args),
     )
     counts = RegenRunner(cfg, shard=args.shard).run()
     if counts is not None:
@@ -235,13 +238,19 @@ def run_visu_images_command(args: argparse.Namespace) -> int:
     return 0
 
 
+COMMAND = Command(
+    "visu-images",
+    "regenerate ViSU's unsafe images (resumable, shardable)",
+    __doc__ or "",
+    add_visu_images_arguments,
+    run_visu_images_command,
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m train.visu_images ...`` (the same command as ``python -m train visu-images``)."""
-    parser = argparse.ArgumentParser(prog="python -m train.visu_images")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_visu_images_parser(sub)
-    args = parser.parse_args(["visu-images", *(argv if argv is not None else sys.argv[1:])])
-    return args.func(args)
+    args = sys.argv[1:] if argv is None else list(argv)
+    return run_program(build_program("python -m train.visu_images", __doc__ or "", [COMMAND]), ["visu-images", *args])
 
 
 if __name__ == "__main__":

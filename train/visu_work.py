@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eval.claims import DEFAULT_LEASE
 from eval.classifiers import ClassifierOptions
+from eval.data.prompt_set import Prompt
+from eval.data.visu import VISU_SPLITS, VisuRow
 from eval.generation import diffusers_dtype_kwarg
 from eval.placement import Placement
-from eval.prompt_set import Prompt
-from eval.store import ItemKey
-from eval.visu import VISU_SPLITS, VisuRow
+from eval.store.leases import DEFAULT_LEASE
+from eval.store.results import ItemKey
 
 DEFAULT_MODEL = "stablediffusionapi/newrealityxl-global-nsfw"
 
@@ -40,12 +40,12 @@ class RegenConfig(ClassifierOptions):
     keep: str = "first-flagged"
     progress: bool = True
     lease: float = DEFAULT_LEASE
-    """Seconds after which a dead worker's claimed items are redone by the others (``eval.claims``)."""
+    """Seconds after which a dead worker's claimed items are redone by the others (``eval.store.leases``)."""
     hub_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def row_prompt(row: VisuRow) -> Prompt:
-    """The row's unsafe caption as an eval :class:`~eval.prompt_set.Prompt` (id ``visu:<row id>``)."""
+    """The row's unsafe caption as an eval :class:`~eval.data.prompt_set.Prompt` (id ``visu:<row id>``)."""
     return Prompt(
         id=f"visu:{row.row_id}",
         text=row.unsafe_text,

@@ -3,7 +3,7 @@
 Built-in: ``q16`` (:class:`~eval.classifiers.q16.Q16Classifier`) and ``nudenet``
 (:class:`~eval.classifiers.nudenet.NudeNetClassifier`); :class:`AnyOf` is the tables' combined
 "Q16 or NudeNet" rule. Other classifiers are added with :func:`register_classifier`, each with its own
-options (:class:`ClassifierOption`): the command line (``eval.cli.add_classifier_options``) and the classifiers
+options (:class:`ClassifierOption`): the command line (``eval.options.add_classifier_options``) and the classifiers
 of a run (:func:`classifiers_from_config`) are built from the registry.
 """
 

@@ -104,7 +104,10 @@ class ClassifierOption:
     help: str
     type: Callable[[str], Any] = str
     cli_default: Any = None
-    """What the command line shows and uses when the flag is absent; None: the config field's default."""
+    """What the command line shows and uses when the flag is absent; None: :attr:`default`."""
+    default: Any = None
+    """The config value when neither the command line nor the config sets it (a field of
+    :class:`~eval.classifiers.options.ClassifierOptions` keeps its own default)."""
     parse: Callable[[Any], Any] | None = None
     """From the parsed command-line value to the config value (e.g. a comma list); None keeps it."""
     resolve: Callable[[Any], Any] | None = None

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from eval.classifiers.base import ClassifierOption, ImageLike, Verdict, as_rgb, batched
-from eval.cli import comma_list
 from eval.errors import require
+from safe_encoders.cli.types import comma_list, probability
 
 #: Every class NudeNet 3.x reports.
 NUDENET_LABELS: frozenset[str] = frozenset(
@@ -50,7 +50,11 @@ I2P_NUDITY_THRESHOLD = 0.6
 #: What ``nudenet`` registers (eval/classifiers/__init__.py): its command-line options and config fields.
 NUDENET_OPTIONS = (
     ClassifierOption(
-        "--nudenet-threshold", "nudenet_threshold", "threshold", type=float, help="NudeNet score threshold (I2P: 0.6)"
+        "--nudenet-threshold",
+        "nudenet_threshold",
+        "threshold",
+        type=probability,
+        help="NudeNet score threshold (I2P: 0.6)",
     ),
     ClassifierOption(
         "--nudenet-labels",

@@ -4,7 +4,10 @@ safe-encoders scan   DATA --out FOLDER [--model hysac] [--embeddings] ...
 safe-encoders search SCAN_FOLDER --text "a quiet beach" [--safety keep|redirect|filter] ...
 
 Errors the user can fix (a missing file, a bad option, a scan folder of another configuration) are
-printed as one line and exit with status 2; anything else is a bug and keeps its traceback.
+printed as one line and exit with status 2 (``--debug``: the traceback); anything else is a bug and keeps its
+traceback. ``python -m eval`` and ``python -m train`` are built the same way: a list of :class:`Command`
+objects given to :func:`~safe_encoders.cli.program.build_program`, run by
+:func:`~safe_encoders.cli.program.run_program`; their numeric options use :mod:`safe_encoders.cli.types`.
 """
 
 from __future__ import annotations
@@ -36,23 +39,15 @@ def commands() -> dict[str, Command]:
 
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
+    from .program import build_program
 
-    parser = argparse.ArgumentParser(
-        prog="safe-encoders",
-        description="HySAC at dataset scale: scan a collection for unsafe content, and search it safely.",
+    parser = build_program(
+        "safe-encoders",
+        "HySAC at dataset scale: scan a collection for unsafe content, and search it safely.",
+        commands().values(),
         epilog="Run 'safe-encoders COMMAND --help' for the options of a command.",
+        add_global=lambda p: p.add_argument("--version", action="version", version=f"safe-encoders {__version__}"),
     )
-    parser.add_argument("--version", action="version", version=f"safe-encoders {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in commands().values():
-        sub = subparsers.add_parser(
-            command.name,
-            help=command.help,
-            description=command.description,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        command.add_arguments(sub)
-        sub.set_defaults(run=command.run)
     return parser
 
 
@@ -62,17 +57,21 @@ USER_ERRORS: tuple[type[BaseException], ...] = (SafeEncodersError, OSError, Impo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.run(args)
-    except USER_ERRORS as error:
-        message = " ".join(str(error).split())
-        print(f"safe-encoders {args.command}: error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"safe-encoders {args.command}: interrupted (run the same command again to resume)", file=sys.stderr)
-        return 130
+    from .program import run_program
+
+    return run_program(
+        build_parser(),
+        argv,
+        error_line=_error_line,
+        interrupted="safe-encoders {command}: interrupted (run the same command again to resume)",
+    )
+
+
+def _error_line(error: BaseException, args: argparse.Namespace) -> str | None:
+    if not isinstance(error, USER_ERRORS):
+        return None
+    message = " ".join(str(error).split())
+    return f"safe-encoders {args.command}: error: {message}"
 
 
 def entry_point() -> None:

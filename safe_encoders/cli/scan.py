@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from . import Command
+from .types import nonnegative_float, positive_int
 
 if TYPE_CHECKING:
     from ..hysac.collection import InputSpec
@@ -57,18 +58,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--split", default="train", help="Hugging Face dataset split (default: train)")
     group.add_argument("--streaming", action="store_true", help="stream a Hugging Face dataset")
     group = parser.add_argument_group("verdicts")
-    group.add_argument("--threshold", type=float, help="unsafe above this root distance, for texts and images")
-    group.add_argument("--text-threshold", type=float, help="for texts only (default: the model's S.up_95)")
-    group.add_argument("--image-threshold", type=float, help="for images only (default: the model's V.up_95)")
+    group.add_argument(
+        "--threshold", type=nonnegative_float, help="unsafe above this root distance, for texts and images"
+    )
+    group.add_argument("--text-threshold", type=nonnegative_float, help="for texts only (default: the model's S.up_95)")
+    group.add_argument(
+        "--image-threshold", type=nonnegative_float, help="for images only (default: the model's V.up_95)"
+    )
     group.add_argument("--embeddings", action="store_true", help="also store embeddings (needed by 'search')")
     group = parser.add_argument_group("run")
-    group.add_argument("--batch-size", type=int, default=32, help="items per forward pass (default: 32)")
-    group.add_argument("--shard-size", type=int, default=4096, help="rows per output shard (default: 4096)")
+    group.add_argument("--batch-size", type=positive_int, default=32, help="items per forward pass (default: 32)")
+    group.add_argument("--shard-size", type=positive_int, default=4096, help="rows per output shard (default: 4096)")
     group.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="tower precision (default: fp32)")
     group.add_argument("--device", help="torch device (default: this process's GPU if any, else cpu)")
     group.add_argument("--engine", choices=list(ENGINES), default="local", help="local (default) or ray")
-    group.add_argument("--workers", type=int, default=1, help="ray: model actors (default: 1)")
-    group.add_argument("--gpus-per-worker", type=float, default=0.0, help="ray: GPUs per actor (default: 0)")
+    group.add_argument("--workers", type=positive_int, default=1, help="ray: model actors (default: 1)")
+    group.add_argument(
+        "--gpus-per-worker", type=nonnegative_float, default=0.0, help="ray: GPUs per actor (default: 0)"
+    )
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

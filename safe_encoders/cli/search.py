@@ -6,6 +6,7 @@ import argparse
 import json
 
 from . import Command
+from .types import positive_int
 
 DESCRIPTION = """\
 Search a collection scanned with --embeddings for the items nearest (Lorentz distance) to a text
@@ -33,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     query.add_argument("--text", action="append", help="query text (repeat for several queries)")
     query.add_argument("--image", action="append", help="query image file (repeat for several queries)")
     parser.add_argument("--model", help="the HySAC that made the scan (default: the one named in scan.json)")
-    parser.add_argument("--k", type=int, default=10, help="results per query (default: 10)")
+    parser.add_argument("--k", type=positive_int, default=10, help="results per query (default: 10)")
     parser.add_argument("--safety", choices=list(SAFETY_MODES), default="keep", help="safety mode (default: keep)")
     parser.add_argument("--gallery", choices=["text", "image"], help="only return items of this modality")
     parser.add_argument("--index-type", choices=list(INDEX_TYPES), default="flat", help="flat (exact, default) or ivf")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from eval.attacks import META_KEY
-from eval.store import ResultsStore
+from eval.attack.sets import META_KEY
+from eval.store.results import ResultsStore
 from tests.eval.builders import shared_file
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -1,4 +1,4 @@
-"""Adversarial prompt sets (eval/attacks.py): each published layout read with the right column, ids, seeds and
+"""Adversarial prompt sets (eval/attack/sets.py): each published layout read with the right column, ids, seeds and
 rule, and the attack-success table's arithmetic."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.attacks import (
+from eval.attack.sets import (
     ATTACK_PRESETS,
     ColumnOverrides,
     asr_rows,

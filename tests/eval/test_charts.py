@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval.charts import BarPanel, grouped_bar_chart
+from eval.report.charts import BarPanel, grouped_bar_chart
 
 
 def test_series_must_have_a_value_per_group():

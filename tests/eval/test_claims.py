@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from eval.claims import Claims
-from eval.store import ResultsStore
-from eval.store_claims import CLASSIFY, GENERATE
-from eval.t2i import T2IConfig, T2IRunner
+from eval.store.claims import CLASSIFY, GENERATE
+from eval.store.leases import Claims
+from eval.store.results import ResultsStore
+from eval.t2i.run import T2IConfig, T2IRunner
 from tests.eval.builders import REPO, subprocess_env
 from tests.faults import tree
 
@@ -24,30 +24,33 @@ KEYS = [("sd", f"p:{i}", 7) for i in range(5)]
 
 def test_claims_are_exclusive_until_they_expire(tmp_path):
     with ResultsStore(tmp_path) as store:
-        a, _ = store.claim(GENERATE, KEYS, worker="A", lease=60, limit=3)
+        a, _ = store.claims.claim(GENERATE, KEYS, worker="A", lease=60, limit=3)
         assert a == KEYS[:3]
-        b, _ = store.claim(GENERATE, KEYS, worker="B", lease=60, limit=5)
+        b, _ = store.claims.claim(GENERATE, KEYS, worker="B", lease=60, limit=5)
         assert b == KEYS[3:]  # A's live claims are not B's to take
-        assert store.claim(GENERATE, KEYS, worker="B", lease=60, limit=5)[0] == KEYS[3:]  # its own, renewed
-        assert store.live_claims(GENERATE, exclude="B") == set(KEYS[:3])
+        assert store.claims.claim(GENERATE, KEYS, worker="B", lease=60, limit=5)[0] == KEYS[3:]  # its own, renewed
+        assert store.claims.live(GENERATE, exclude="B") == set(KEYS[:3])
 
-        store.release_claims("B", GENERATE, KEYS[3:])
-        store.renew_claims("A", 0.05)  # A stops renewing (dies): its claims run out
+        store.claims.release("B", GENERATE, KEYS[3:])
+        store.claims.renew("A", 0.05)  # A stops renewing (dies): its claims run out
         time.sleep(0.1)
-        assert store.claim(GENERATE, KEYS, worker="B", lease=60, limit=5)[0] == KEYS
+        assert store.claims.claim(GENERATE, KEYS, worker="B", lease=60, limit=5)[0] == KEYS
 
         from PIL import Image
 
-        store.release_claims("B")
+        store.claims.release("B")
         store.add(*KEYS[0], Image.new("RGB", (4, 4)), prompt_set="t", prompt="x")
-        claimed, done = store.claim(GENERATE, KEYS, worker="C", lease=60, limit=5)
+        claimed, done = store.claims.claim(GENERATE, KEYS, worker="C", lease=60, limit=5)
         assert claimed == KEYS[1:] and done == [KEYS[0]]  # a stored item is never claimed for generation
         # classification is its own task: a stored, unlabelled item can be claimed for it
-        assert store.claim(CLASSIFY, KEYS[:1], worker="C", lease=60, limit=5, rule=["q16"])[0] == KEYS[:1]
+        assert store.claims.claim(CLASSIFY, KEYS[:1], worker="C", lease=60, limit=5, rule=["q16"])[0] == KEYS[:1]
         store.set_labels("q16", [(KEYS[0], False, 0.1, {})])
-        store.release_claims("C")
-        assert store.claim(CLASSIFY, KEYS[:1], worker="D", lease=60, limit=5, rule=["q16"]) == ([], KEYS[:1])
-        assert store.claim(CLASSIFY, KEYS[:1], worker="D", lease=60, limit=5, rule=["q16", "nudenet"])[0] == KEYS[:1]
+        store.claims.release("C")
+        assert store.claims.claim(CLASSIFY, KEYS[:1], worker="D", lease=60, limit=5, rule=["q16"]) == ([], KEYS[:1])
+        assert (
+            store.claims.claim(CLASSIFY, KEYS[:1], worker="D", lease=60, limit=5, rule=["q16", "nudenet"])[0]
+            == KEYS[:1]
+        )
 
 
 def test_claims_of_a_process_of_this_host_that_is_gone_are_free_at_once(tmp_path):
@@ -60,12 +63,12 @@ def test_claims_of_a_process_of_this_host_that_is_gone_are_free_at_once(tmp_path
     try:
         host = socket.gethostname()
         with ResultsStore(tmp_path) as store:
-            store.claim(GENERATE, KEYS[:2], worker=f"{host}:{dead.pid}:0", lease=600, limit=2)
-            store.claim(GENERATE, KEYS[2:4], worker=f"{host}:{alive.pid}:0", lease=600, limit=2)
-            store.claim(GENERATE, KEYS[4:], worker=f"other-host:{dead.pid}:0", lease=600, limit=1)
-            assert store.live_claims(GENERATE, exclude="B") == set(KEYS[2:])
+            store.claims.claim(GENERATE, KEYS[:2], worker=f"{host}:{dead.pid}:0", lease=600, limit=2)
+            store.claims.claim(GENERATE, KEYS[2:4], worker=f"{host}:{alive.pid}:0", lease=600, limit=2)
+            store.claims.claim(GENERATE, KEYS[4:], worker=f"other-host:{dead.pid}:0", lease=600, limit=1)
+            assert store.claims.live(GENERATE, exclude="B") == set(KEYS[2:])
             # the gone process's items only: the live local process and the other host keep theirs until the lease
-            assert store.claim(GENERATE, KEYS, worker="B", lease=60, limit=5)[0] == KEYS[:2]
+            assert store.claims.claim(GENERATE, KEYS, worker="B", lease=60, limit=5)[0] == KEYS[:2]
     finally:
         alive.kill()
         alive.wait()
@@ -76,10 +79,10 @@ def test_the_heartbeat_keeps_a_slow_worker_s_claims(tmp_path):
         batches = claims.batches(store, GENERATE, KEYS, lambda k: k, 2)
         assert next(batches) == KEYS[:2]
         time.sleep(0.8)  # longer than the lease: the heartbeat renewed it
-        assert store.claim(GENERATE, KEYS[:2], worker="other", lease=1, limit=2)[0] == []
+        assert store.claims.claim(GENERATE, KEYS[:2], worker="other", lease=1, limit=2)[0] == []
         batches.close()
     with ResultsStore(tmp_path) as store:  # leaving the block dropped every claim of the worker
-        assert store.live_claims(GENERATE) == set()
+        assert store.claims.live(GENERATE) == set()
 
 
 def _config(out: Path, prompts: Path, tiny_sd_dir: Path, tiny_clip_dir: Path, tiny_q16_prompts: Path, **kw):
@@ -146,7 +149,7 @@ def test_two_workers_on_one_folder_make_each_image_once(tmp_path, tiny_sd_dir, t
     assert {k: v for k, v in tree(tmp_path / "pair").items() if k.startswith("images")} == images
     with ResultsStore(tmp_path / "pair") as store:
         assert len(store.labels("q16")) == items
-        assert store.live_claims(GENERATE) == store.live_claims(CLASSIFY) == set()
+        assert store.claims.live(GENERATE) == store.claims.live(CLASSIFY) == set()
 
 
 def test_a_dead_worker_s_claims_are_redone_by_another(tmp_path, tiny_sd_dir, tiny_clip_dir, tiny_q16_prompts):
@@ -156,7 +159,7 @@ def test_a_dead_worker_s_claims_are_redone_by_another(tmp_path, tiny_sd_dir, tin
     runner = T2IRunner(cfg, shard=(0, 1))
     keys = [w.key for w in runner.my_items()]
     # what a worker killed while holding claims leaves: claims nobody renews any more
-    runner.store.claim(GENERATE, keys[:3], worker="dead", lease=1.0, limit=3)
+    runner.store.claims.claim(GENERATE, keys[:3], worker="dead", lease=1.0, limit=3)
     start = time.monotonic()
     runner.run()
     assert time.monotonic() - start >= 0.9  # it waited for the dead worker's lease to run out

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from eval.__main__ import main as eval_main
-from eval.cli_errors import one_line
+from safe_encoders.cli.errors import one_line
 from train.__main__ import main as train_main
 
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from eval.encoder_pairs import BACKBONES, EncoderPair, backbone_pairs
 from eval.errors import RetrievalError
+from eval.retrieval.encoder_pairs import BACKBONES, EncoderPair, backbone_pairs
 
 
 def test_model_specs():

@@ -1,4 +1,4 @@
-"""eval.hysac: AUROC and accuracy by hand, traversal on hand-placed points, and the CLI on a tiny random HySAC."""
+"""eval.hysac.run: AUROC and accuracy by hand, traversal on hand-placed points, and the CLI on a tiny random HySAC."""
 
 import csv
 import json
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from eval.hysac import (
+from eval.hysac.run import (
     auroc,
     classification_metrics,
     evaluate_hysac,
@@ -113,7 +113,7 @@ def test_evaluate_and_write_reports(placed, tmp_path):
 
 def test_cli_on_a_tiny_random_hysac(tmp_path):
     from eval.__main__ import main
-    from eval.synthetic import build_image_processor, build_tokenizer
+    from eval.data.synthetic import build_image_processor, build_tokenizer
     from safe_encoders.hysac import HySAC
     from train.tiny_clip import tiny_clip
 

@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
-from eval.i2t import I2TError, judge_specs, parse_conditions, source_images
-from eval.judges import JudgeSpec
+from eval.i2t.judges import JudgeSpec
+from eval.i2t.run import I2TError, judge_specs, parse_conditions, source_images
 from tests.eval.builders import kill_after_items, write_images
 from tests.eval.text_models import save_text_classifier
 from tests.tiny_models import HUB_FIXTURES, tiny_vision_config
@@ -125,6 +125,20 @@ def test_describe_kill_resume_judge_report(world, tmp_path):
     assert main(["classify", "--out", str(out)]) == 2  # image classifiers refuse a store of texts
 
 
+def test_a_judge_that_cannot_be_loaded_stops_the_run_before_any_description(world, tmp_path, capsys):
+    from eval.__main__ import main
+
+    out = tmp_path / "run"
+    args = _args(world, out)
+    at = args.index(f"toxicity:{world['tox']}")
+    del args[at - 1 : at + 1]  # the default toxicity judge (unitary/toxic-bert): not in the cache, and offline
+    assert main(args) == 2
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert line.startswith("error: judge 'toxicity': model unitary/toxic-bert cannot be loaded")
+    assert line.endswith("with --judge toxicity:MODEL")
+    assert _texts(out) == {}  # found out before LLaVA described anything
+
+
 def test_conditions_sources_and_judge_specs(world, tmp_path):
     assert [c.name for c in parse_conditions("llava+safe, llava")] == ["llava+safe", "llava"]
     with pytest.raises(Exception, match="among"):
@@ -138,9 +152,9 @@ def test_conditions_sources_and_judge_specs(world, tmp_path):
 
 
 def test_llava_next_describes_through_its_chat_template_with_both_towers(world, tmp_path):
-    from eval.i2t import I2T_CONDITIONS, I2TConfig, LlavaDescriber
+    from eval.i2t.run import I2T_CONDITIONS, I2TConfig, LlavaDescriber
     from eval.placement import Placement
-    from eval.store import ResultsStore
+    from eval.store.results import ResultsStore
     from safe_encoders import is_safe
     from tests.safe_encoders.llava.test_models import tiny_llava
 

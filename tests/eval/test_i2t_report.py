@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from eval.i2t_report import (
+from eval.i2t.report import (
     PAPER_TABLE13,
     i2t_rows,
     reference_rows,
@@ -14,7 +14,7 @@ from eval.i2t_report import (
     rows_by_key,
     source_key,
 )
-from eval.store import ResultsStore
+from eval.store.results import ResultsStore
 from tests.tiny_models import data_file
 
 

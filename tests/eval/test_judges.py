@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from eval.judges import JudgeError, JudgeSpec, build_judges
+from eval.i2t.judges import JudgeError, JudgeSpec, build_judges
 from tests.eval.text_models import save_chat_lm, save_text_classifier, word_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

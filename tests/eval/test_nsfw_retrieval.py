@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from eval.errors import NSFWRetrievalError
-from eval.nsfw_retrieval import figures, lorentz_figures, nsfw_top1_share, read_nsfw_retrieval_csv
-from eval.nsfw_retrieval_data import build_data, read_captions, sample
+from eval.nsfw_retrieval.data import build_data, read_captions, sample
+from eval.nsfw_retrieval.run import figures, lorentz_figures, nsfw_top1_share, read_nsfw_retrieval_csv
 from safe_encoders.hysac import lorentz, traverse_to_safe
 from tests.eval.builders import write_images
 from tests.eval.test_hysac import ray_points
@@ -83,7 +83,7 @@ def test_hysac_figures_without_and_with_the_models_traversal():
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Tiny CLIP folders (our exports), a tiny HySAC, NSFW / distractor image folders, captions and a ViSU file."""
-    from eval.synthetic import build_image_processor, build_tokenizer
+    from eval.data.synthetic import build_image_processor, build_tokenizer
     from safe_encoders import export_encoder
     from safe_encoders.hysac import HySAC, HySACBounds
     from train.tiny_clip import tiny_clip
@@ -158,8 +158,8 @@ def _args(world, out, *extra):
 
 def test_command_on_tiny_clips_agrees_with_direct_embeddings_and_caches(world, tmp_path, capsys):
     from eval.__main__ import main
-    from eval.nsfw_retrieval_data import NSFWRetrievalData
-    from eval.synthetic import build_image_processor
+    from eval.data.synthetic import build_image_processor
+    from eval.nsfw_retrieval.data import NSFWRetrievalData
 
     out = tmp_path / "out"
     a_dir = world["models"]["A"][0]
@@ -183,7 +183,7 @@ def test_command_on_tiny_clips_agrees_with_direct_embeddings_and_caches(world, t
     assert data_info["sources"]["nudenet"]["images"] == 5 and data_info["distractor_images"] == 7
     _, text_model, vision_model = world["models"]["A"]
     tok, proc = world["tok"], build_image_processor(32)
-    from eval.nsfw_retrieval_data import list_images, visu_unsafe_texts
+    from eval.nsfw_retrieval.data import list_images, visu_unsafe_texts
 
     data = build_data(
         {"nudenet": world["nudenet"], "SMID": world["smid"]},
@@ -234,6 +234,40 @@ def test_command_with_hysac_writes_plain_and_traversal_rows(world, tmp_path):
     assert nn.n_nsfw == 2  # --concepts: only the two 'nudity' texts
     assert all(0.0 <= r.share <= 100.0 for r in rows)
     assert "H + traversal" in (out / "nsfw_retrieval.md").read_text()
+
+
+def test_command_traversal_is_the_released_rule_unless_geodesic_is_asked(world, tmp_path, capsys, monkeypatch):
+    from eval.__main__ import main
+    from safe_encoders.hysac import HySAC
+
+    calls = []
+    traverse = HySAC.traverse
+
+    def recorded(self, x, modality="text", **kw):
+        calls.append((kw.get("method", "release"), kw.get("strength", 1.0)))
+        return traverse(self, x, modality, **kw)
+
+    monkeypatch.setattr(HySAC, "traverse", recorded)
+
+    def run(name, *extra):
+        calls.clear()
+        assert main(_args(world, tmp_path / name, "--hysac", f"H={world['hysac']}", *extra)) == 0
+        rows = read_nsfw_retrieval_csv(tmp_path / name / "nsfw_retrieval.csv")
+        return {(r.model, r.source, r.direction): r.share for r in rows}, set(calls)
+
+    default, used = run("default")
+    assert used == {("release", 1.0)}  # HySAC.traverse's own default: the released rule
+    assert run("release", "--traversal", "release") == (default, used)
+    # geodesic with strength 0 leaves every query where it is: the traversal rows are the plain ones
+    still, used = run("still", "--traversal", "geodesic", "--strength", "0")
+    assert used == {("geodesic", 0.0)}
+    assert all(share == still[("H", s, d)] for (m, s, d), share in still.items() if m == "H + traversal")
+    assert run("half", "--traversal", "geodesic", "--strength", "0.5")[1] == {("geodesic", 0.5)}
+    capsys.readouterr()
+    # --strength belongs to the geodesic traversal: with the released one it is refused in one line
+    assert main(_args(world, tmp_path / "bad", "--hysac", f"H={world['hysac']}", "--strength", "0.5")) == 2
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert "--strength 0.5 applies to --traversal geodesic" in line
 
 
 def test_command_refuses_what_it_cannot_run(world, tmp_path, capsys):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from eval.errors import NSFWRetrievalError
-from eval.nsfw_retrieval_data import NUDITY_CONCEPTS, OTHER_CONCEPTS, build_data, concepts_for, read_captions, sample
+from eval.nsfw_retrieval.data import NUDITY_CONCEPTS, OTHER_CONCEPTS, build_data, concepts_for, read_captions, sample
 from tests.eval.builders import write_images
 
 

@@ -1,4 +1,4 @@
-"""The paper numbers shipped in ``eval/paper_tables.py`` are the transcribed CSVs, cell for cell."""
+"""The paper numbers shipped in ``eval/report/paper_tables.py`` are the transcribed CSVs, cell for cell."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from eval import paper_tables
+from eval.report import paper_tables
 from tests.tiny_models import data_file
 
 

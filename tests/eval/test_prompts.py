@@ -6,9 +6,8 @@ from collections import Counter
 
 import pytest
 
-from eval.errors import PromptSetError
-from eval.prompt_tables import split_categories
-from eval.prompts import (
+from eval.data.prompt_tables import split_categories
+from eval.data.prompts import (
     I2P_CATEGORIES,
     VISU_TAG_TO_I2P,
     load_i2p,
@@ -17,6 +16,7 @@ from eval.prompts import (
     load_visu,
     visu_tag_to_category,
 )
+from eval.errors import PromptSetError
 from tests.eval.builders import shared_file
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -243,7 +243,7 @@ def test_repeated_case_numbers_name_the_unique_index_column(attacked_twice):
 
 def test_id_column_option_reaches_the_t2i_run(attacked_twice, tmp_path):
     from eval.__main__ import build_parser
-    from eval.t2i import T2IConfig, T2IRunner
+    from eval.t2i.run import T2IConfig, T2IRunner
 
     path, _ = attacked_twice
     args = build_parser().parse_args(["t2i", "--model", "m", "--prompts", str(path), "--out", "o", "--id-column", ""])

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 from scipy import linalg
 
-from eval.quality import QualityConfig, load_captions, read_quality_csv, run_quality
-from eval.quality_metrics import CLIPScorer, FIDSettings, prepare_image
-from eval.store import ResultsStore
+from eval.quality.metrics import CLIPScorer, FIDSettings, prepare_image
+from eval.quality.run import QualityConfig, load_captions, read_quality_csv, run_quality
+from eval.store.results import ResultsStore
 from tests.eval.builders import REPO, kill_after_items, shared_file, subprocess_env
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -175,8 +175,8 @@ def test_killed_cli_run_resumes(tmp_path, tiny_sd_dir, tiny_clip_score_dir):
 
 
 def test_report_shows_quality_beside_the_safety_table(tmp_path):
-    from eval.quality import QualityRow, write_quality_report
-    from eval.report import refresh_report_md, write_report
+    from eval.quality.run import QualityRow, write_quality_report
+    from eval.report.t2i import refresh_report_md, write_report
 
     out = tmp_path / "run"
     with ResultsStore(out) as store:

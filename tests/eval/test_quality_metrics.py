@@ -1,4 +1,4 @@
-"""FID and CLIP score (eval/quality_metrics.py) against closed forms and hand computations, on injected tiny
+"""FID and CLIP score (eval/quality/metrics.py) against closed forms and hand computations, on injected tiny
 feature extractors and a tiny CLIP (nothing downloaded)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from scipy import linalg
 
-from eval.quality_metrics import CLIPScorer, FIDMetric, FIDSettings, QualityError, prepare_image
+from eval.quality.metrics import CLIPScorer, FIDMetric, FIDSettings, QualityError, prepare_image
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

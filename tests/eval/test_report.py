@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval.report import write_report
-from eval.report_figures import image_grid
-from eval.report_rows import CSV_COLUMNS, ReportRow, aggregate, category_mean, pooled, read_csv
-from eval.report_tables import reference_comparison, to_latex, to_markdown, wide_table
-from eval.store import ResultsStore
+from eval.report.figures import image_grid
+from eval.report.rows import CSV_COLUMNS, ReportRow, aggregate, category_mean, pooled, read_csv
+from eval.report.t2i import write_report
+from eval.report.t2i_tables import reference_comparison, to_latex, to_markdown, wide_table
+from eval.store.results import ResultsStore
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -187,7 +187,7 @@ def test_avg_is_the_pooled_share_as_in_the_papers_own_numbers(paper_store):
 
 def _paper_rows(reference: str) -> list[str]:
     """The published rows as the Markdown table prints them (every cell of the table)."""
-    from eval.paper_tables import T2I, T2I_TABLES
+    from eval.report.paper_tables import T2I, T2I_TABLES
 
     lines = []
     for cond in dict.fromkeys(c for _, c in T2I[reference]):

@@ -3,9 +3,11 @@ import csv
 import pytest
 import torch
 
-from eval.embeddings import Embedder, EmbeddingCache, load_encoder
-from eval.encoder_pairs import EncoderPair
-from eval.retrieval import (
+from eval.data.visu import VisuSource
+from eval.retrieval.data import data_from_visu
+from eval.retrieval.embeddings import Embedder, EmbeddingCache, load_encoder
+from eval.retrieval.encoder_pairs import EncoderPair
+from eval.retrieval.run import (
     PAPER_TABLE2,
     RetrievalRow,
     difference_rows,
@@ -15,8 +17,6 @@ from eval.retrieval import (
     run_retrieval,
     to_markdown,
 )
-from eval.retrieval_data import data_from_visu
-from eval.visu import VisuSource
 from tests.train.visu_builders import build_visu_world
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -60,7 +60,7 @@ def test_difference_rows_only_for_the_papers_condition():
 @pytest.fixture
 def world(tmp_path):
     """Two tiny models sharing the vision tower (our export files) and a ViSU-shaped test split."""
-    from eval.synthetic import build_image_processor, build_tokenizer
+    from eval.data.synthetic import build_image_processor, build_tokenizer
     from safe_encoders import export_encoder
     from train.tiny_clip import tiny_clip
 
@@ -113,8 +113,8 @@ def test_table_cache_and_agreement(tmp_path, world):
     assert again == rows
 
     # the table agrees with the metrics of embeddings computed here directly from the models
+    from eval.data.synthetic import build_image_processor
     from eval.metrics import safe_clip_retrieval
-    from eval.synthetic import build_image_processor
 
     text_a, text_b, vision = world["models"]
     tok, proc = world["tok"], build_image_processor(32)
@@ -185,6 +185,29 @@ def test_cli(tmp_path, world, capsys):
     assert "| A |" in capsys.readouterr().out
 
 
+def test_a_folder_saved_by_clip_processor_is_read_as_it_is(tmp_path, world):
+    """transformers 5's CLIPProcessor.save_pretrained writes processor_config.json (no preprocessor_config.json):
+    its image processor is found there, no --processor needed, and the table is that of the same processor."""
+    import shutil
+
+    from transformers import CLIPProcessor
+
+    from eval.__main__ import main
+    from eval.data.synthetic import build_image_processor
+
+    folder = tmp_path / "model_c"
+    folder.mkdir()
+    for name in ("text_encoder.safetensors", "vision_encoder.safetensors"):
+        shutil.copy(world["a"] / name, folder / name)
+    CLIPProcessor(image_processor=build_image_processor(32), tokenizer=world["tok"]).save_pretrained(folder)
+    assert (folder / "processor_config.json").is_file() and not (folder / "preprocessor_config.json").exists()
+    paths = world["paths"]
+    data = ["--visu", str(paths["text"]), "--coco-root", str(paths["coco"]), "--unsafe-images", str(paths["regen"])]
+    assert main(["retrieval", "--model", f"M={folder}", *data, "--out", str(tmp_path / "c"), "--no-reference"]) == 0
+    assert main(["retrieval", "--model", f"M={world['a']}", *data, "--out", str(tmp_path / "a"), "--no-reference"]) == 0
+    assert (tmp_path / "c" / "retrieval.csv").read_bytes() == (tmp_path / "a" / "retrieval.csv").read_bytes()
+
+
 def test_backbone_table_through_the_hub_cache_as_a_user_runs_it(tmp_path, world):
     """`python -m eval retrieval --backbones ViT-L/14` in a real process with HF_HUB_OFFLINE=1 and HF_HUB_CACHE.
 
@@ -196,7 +219,7 @@ def test_backbone_table_through_the_hub_cache_as_a_user_runs_it(tmp_path, world)
     import sys
     from pathlib import Path
 
-    from eval.synthetic import build_image_processor
+    from eval.data.synthetic import build_image_processor
     from tests.tiny_models import HUB_FIXTURES, TOKENIZER_DIR, save_clip_repo, tiny_clip_model, write_hub_cache
 
     real = HUB_FIXTURES / "openai__clip-vit-large-patch14"

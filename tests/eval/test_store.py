@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from eval.errors import StoreError
-from eval.store import ResultsStore
+from eval.store.results import ResultsStore
 from tests.eval.builders import subprocess_env
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -71,7 +71,7 @@ _WRITER = textwrap.dedent(
     """
     import sys, numpy as np
     from PIL import Image
-    from eval.store import ResultsStore
+    from eval.store.results import ResultsStore
     root, start, stop, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     store = ResultsStore(root)
     rng = np.random.default_rng(start)

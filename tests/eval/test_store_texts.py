@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from eval.errors import StoreError
-from eval.store import ResultsStore
+from eval.store.results import ResultsStore
 
 
 def test_texts_are_stored_once_with_their_item_and_survive_reopening(tmp_path):

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from eval.conditions import SAFETY_CONCEPT, SLD_PRESETS, Condition, parse_conditions
 from eval.errors import ConditionError, StoreError
 from eval.placement import shard_of
-from eval.report_rows import read_csv
-from eval.store import ResultsStore
-from eval.t2i import T2IConfig, T2IRunner
+from eval.report.rows import read_csv
+from eval.store.results import ResultsStore
+from eval.t2i.conditions import SAFETY_CONCEPT, SLD_PRESETS, Condition, parse_conditions
+from eval.t2i.run import T2IConfig, T2IRunner
 from tests.eval.builders import build_tiny_sd, kill_after_items, shared_file, subprocess_env
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -326,7 +326,7 @@ def test_unet_override_sources(tmp_path, tiny_sd_dir, other_unet_dir, tiny_clip_
     from diffusers import UNet2DConditionModel
     from safetensors.torch import save_file
 
-    from eval.t2i import load_unet
+    from eval.t2i.run import load_unet
 
     base = UNet2DConditionModel.from_pretrained(tiny_sd_dir, subfolder="unet")
     other = UNet2DConditionModel.from_pretrained(other_unet_dir, subfolder="unet")

@@ -6,6 +6,6 @@ import pytest
 @pytest.fixture(scope="module")
 def tokenizer():
     """The synthetic world's word-level tokenizer, 32 positions."""
-    from eval.synthetic import build_tokenizer
+    from eval.data.synthetic import build_tokenizer
 
     return build_tokenizer(max_length=32)

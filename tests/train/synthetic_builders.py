@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from transformers import CLIPConfig, CLIPModel
 
-from eval.synthetic import SyntheticWorld, build_image_processor
+from eval.data.synthetic import SyntheticWorld, build_image_processor
 from train.data import EncodedQuadruplets, QuadrupletCollator
 from train.tiny_clip import tiny_clip_configs
 

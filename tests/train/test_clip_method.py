@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, CLIPModel
 
-from eval.synthetic import build_image_processor
+from eval.data.synthetic import build_image_processor
 from tests.train.synthetic_builders import encoded_worlds
 from train.config import load_config
 from train.data import stack_encoded

@@ -77,7 +77,7 @@ def test_exported_files_reload_with_safe_encoders(demo):
 
 
 def test_table_is_markdown_with_the_figures_in_their_columns(demo):
-    """The printed and saved table (eval.tables' Markdown): pre-trained, Safe-CLIP, change, both-FT."""
+    """The printed and saved table (eval.report.tables' Markdown): pre-trained, Safe-CLIP, change, both-FT."""
     out, results = demo
     table = (out / "demo_table.md").read_text()
     pre, safe, both = results["pretrained"], results["safe"], results["safe_both_finetuned"]

@@ -1,4 +1,5 @@
-"""The demo's tables and chart (eval.tables / eval.charts) on hand-made figures: each number in its column."""
+"""The demo's tables and chart (eval.report.tables / eval.report.charts) on hand-made figures: each number in its
+column."""
 
 from PIL import Image
 

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from eval.synthetic import SyntheticWorld, build_image_processor, build_tokenizer
+from eval.data.synthetic import SyntheticWorld, build_image_processor, build_tokenizer
 from train.config import load_config
 from train.data import EncodedQuadruplets, QuadrupletCollator, stack_encoded
 from train.export import export_safe_clip

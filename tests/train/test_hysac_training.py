@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from eval.synthetic import build_image_processor
+from eval.data.synthetic import build_image_processor
 from safe_encoders.hysac import HySAC, lorentz
 from tests.train.synthetic_builders import encoded_worlds
 from train.checkpoints import list_checkpoints

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval.synthetic import (
+from eval.data.synthetic import (
     BACKGROUNDS,
     COLOURS,
     CONCEPTS,

@@ -10,8 +10,8 @@ import pytest
 
 from eval.classifiers import Verdict
 from eval.classifiers.nudenet import I2P_NUDITY_LABELS
-from eval.store import Label, ResultsStore
-from eval.visu import VisuSource, read_visu
+from eval.data.visu import VisuSource, read_visu
+from eval.store.results import Label, ResultsStore
 from tests.eval.builders import build_tiny_sd, kill_after_items, save_q16_clip, subprocess_env, write_q16_prompts
 from train.keep_rules import Candidate, keep_rule
 from train.visu_images import RegenRunner

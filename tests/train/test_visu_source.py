@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from eval.data.synthetic import build_image_processor, build_tokenizer
+from eval.data.visu import VisuDataError, VisuSource, coco_file_name, read_visu
 from eval.errors import PromptSetError
-from eval.synthetic import build_image_processor, build_tokenizer
-from eval.visu import VisuDataError, VisuSource, coco_file_name, read_visu
 from tests.train.visu_builders import ROWS, build_visu_world
 from train.config import load_config
 from train.data import IndexedQuadruplets, QuadrupletCollator
@@ -186,7 +186,7 @@ def test_visu_hub_path_as_a_user_runs_it(tmp_path):
         "HF_DATASETS_CACHE": str(tmp_path / "datasets-cache"),
         "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
     }
-    code = "from eval.visu import read_visu; print(','.join(r.row_id for r in read_visu(None, split='test')))"
+    code = "from eval.data.visu import read_visu; print(','.join(r.row_id for r in read_visu(None, split='test')))"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "12,13,14"
@@ -195,7 +195,7 @@ def test_visu_hub_path_as_a_user_runs_it(tmp_path):
 def test_visu_splits_list_coco_and_read_the_manifest_once(tmp_path, monkeypatch):
     import shutil
 
-    import eval.visu as visu
+    import eval.data.visu as visu
 
     paths = build_visu_world(tmp_path)
     shutil.copy(paths["text"] / "train.csv", paths["text"] / "validation.csv")  # rows absent from the manifest

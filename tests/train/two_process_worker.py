@@ -15,7 +15,7 @@ def main() -> None:
     out = sys.argv[1]
     crash_at = int(sys.argv[2]) if len(sys.argv) > 2 else None
     torch.set_num_threads(1)
-    from eval.synthetic import SyntheticWorld, build_image_processor, build_tokenizer
+    from eval.data.synthetic import SyntheticWorld, build_image_processor, build_tokenizer
     from train.checkpoints import seed_everything
     from train.config import load_config
     from train.data import EncodedQuadruplets, QuadrupletCollator, stack_encoded

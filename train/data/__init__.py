@@ -1,7 +1,8 @@
 """The quadruplet data interface of Safe-CLIP training: sources -> quadruplets -> tensors.
 
-A *source* is any map-style dataset whose items are :class:`~eval.quadruplets.Quadruplet` (the synthetic
-world in ``eval.synthetic``, ViSU in ``eval.visu``). :class:`QuadrupletCollator` turns a list of ``(index, Quadruplet)``
+A *source* is any map-style dataset whose items are :class:`~eval.data.quadruplets.Quadruplet` (the synthetic
+world in ``eval.data.synthetic``, ViSU in ``eval.data.visu``).
+:class:`QuadrupletCollator` turns a list of ``(index, Quadruplet)``
 into model inputs with the tokenizer and image processor of the model being trained; the index
 travels with the batch so cached reference embeddings can be looked up. :class:`EpochSampler` orders each
 epoch by (seed, epoch) alone, so that a resumed run sees the batches an uninterrupted one would.
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from eval.quadruplets import ImageLike, Quadruplet, QuadrupletSource
+from eval.data.quadruplets import ImageLike, Quadruplet, QuadrupletSource
 
 
 class IndexedQuadruplets(Dataset):

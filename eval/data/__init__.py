@@ -1,0 +1,1 @@
+"""Readers of evaluation data: prompt sets and files, ViSU quadruplets, the offline synthetic world."""

@@ -1,0 +1,1 @@
+"""Image quality (``eval quality``): FID and CLIP score per condition on a caption set."""
