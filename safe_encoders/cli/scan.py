@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 from . import Command
 
 if TYPE_CHECKING:
-    from ..hysac.collection import InputSpec
-    from ..hysac.scan import ScanConfig, ScanSummary
+    from ..moderation.collection import InputSpec
+    from ..moderation.scan import ScanConfig, ScanSummary
 
 DESCRIPTION = """\
 Score every image and / or text of a collection with HySAC (distance from the root of the
@@ -40,8 +40,8 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..hysac.collection import INPUT_KINDS
-    from ..hysac.scan import DTYPES
+    from ..moderation.collection import INPUT_KINDS
+    from ..moderation.scan import DTYPES
 
     parser.add_argument("source", help="folder, .csv / .jsonl / .parquet file, .tar shard(s) or glob, or HF dataset")
     parser.add_argument("--out", "-o", required=True, help="output folder (created; reuse it to resume)")
@@ -73,8 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..hysac.collection import InputSpec, validate_input
-    from ..hysac.scan import ScanConfig
+    from ..moderation.collection import InputSpec, validate_input
+    from ..moderation.scan import ScanConfig
 
     spec = InputSpec(
         source=args.source, kind=args.kind, image_column=args.image_column, text_column=args.text_column,
@@ -106,7 +106,7 @@ def _local(args: argparse.Namespace, spec: InputSpec, config: ScanConfig) -> Sca
     from accelerate import PartialState
 
     from ..hysac import HySAC
-    from ..hysac.scan import prepare_model, scan
+    from ..moderation.scan import prepare_model, scan
 
     state = PartialState()
     index, count = process_share(state.process_index, state.num_processes, os.environ)
@@ -127,7 +127,7 @@ def process_share(index: int, count: int, environ: Mapping[str, str]) -> tuple[i
 
 
 def _ray(args: argparse.Namespace, spec: InputSpec, config: ScanConfig) -> ScanSummary:
-    from ..hysac.scale import RayOptions, scan_with_ray
+    from ..moderation.scale import RayOptions, scan_with_ray
 
     options = RayOptions(workers=args.workers, gpus_per_worker=args.gpus_per_worker, device=args.device)
     return scan_with_ray(args.model, spec, args.out, config, options)

@@ -26,7 +26,7 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..hysac.search import INDEX_TYPES, SAFETY_MODES
+    from ..moderation.search import INDEX_TYPES, SAFETY_MODES
 
     parser.add_argument("scan", metavar="SCAN_FOLDER", help="output folder of 'safe-encoders scan --embeddings'")
     query = parser.add_mutually_exclusive_group(required=True)
@@ -43,8 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..hysac import HySAC
-    from ..hysac.scan import ScanOutput, prepare_model
-    from ..hysac.search import SearchError, build_index, search
+    from ..moderation.scan import ScanOutput, prepare_model
+    from ..moderation.search import SearchError, build_index, search
 
     if args.k < 1:
         raise SearchError(f"--k must be >= 1, got {args.k}.")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from safe_encoders.cli import main
-from tests.safe_encoders.hysac.scan_data import (
+from tests.safe_encoders.moderation.scan_data import (
     expected_image_scores,
     image_folder,
     png_bytes,
@@ -37,7 +37,7 @@ def test_help_names_both_commands_and_their_options(capsys):
 
 def test_scan_then_search_end_to_end(model_dir, tmp_path, capsys):
     from safe_encoders.hysac import HySAC, lorentz, top_k
-    from safe_encoders.hysac.scan import read_scan
+    from safe_encoders.moderation.scan import read_scan
 
     model = HySAC.from_pretrained(model_dir)
     folder = image_folder(tmp_path / "photos", n=6)

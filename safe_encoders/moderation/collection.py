@@ -33,7 +33,7 @@ from typing import Any
 
 from ..errors import SafeEncodersError
 from ..extras import require
-from .bounds import Modality
+from ..hysac.bounds import Modality
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 # Column names tried, in order, when neither --image-column nor --text-column is given.

@@ -15,7 +15,7 @@ Safety modes (`SAFETY_MODES`):
   `traversal.traverse_to_safe`, the library's safety traversal;
 - `filter`: items flagged unsafe by the scan are never returned.
 
-from safe_encoders.hysac.search import build_index, search
+from safe_encoders.moderation.search import build_index, search
 index = build_index("scan_out")                         # a scan made with embeddings=True
 hits = search(model, index, texts=["a beach at dusk"], k=10, safety="redirect")
 """
@@ -35,15 +35,15 @@ import torch
 from ..atomic import atomic_write, atomic_write_text
 from ..errors import SafeEncodersError
 from ..extras import require
-from . import lorentz
-from .bounds import Modality
-from .classify import embed_images, embed_texts
+from ..hysac import lorentz
+from ..hysac.bounds import Modality
+from ..hysac.classify import embed_images, embed_texts
+from ..hysac.traversal import traverse_to_safe
 from .collection import load_image
 from .scan import ScanOutput, read_scan
-from .traversal import traverse_to_safe
 
 if TYPE_CHECKING:
-    from .model import HySAC
+    from ..hysac.model import HySAC
 
 INDEX_FORMAT = "safe-encoders-lorentz-index"
 INDEX_FOLDER = "search-index"

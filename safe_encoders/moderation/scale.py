@@ -53,7 +53,7 @@ class HySACScorer:
     def __init__(self, model_source: str, spec: dict[str, Any], config: dict[str, Any], device: str | None) -> None:
         import torch
 
-        from .model import HySAC
+        from ..hysac.model import HySAC
 
         self.spec = InputSpec(**spec)
         self.config = ScanConfig(**config)
@@ -102,7 +102,7 @@ def scan_with_ray(
         raise ScanError(f"{output} is not empty: a Ray scan starts from scratch; pick a new folder.")
     spec = dataclasses.replace(spec, kind="parquet")
     # The manifest needs the model's curvature and thresholds: the driver loads it once (on the CPU).
-    from .model import HySAC
+    from ..hysac.model import HySAC
 
     driver_model = HySAC.from_pretrained(model_source)
     manifest = scan_manifest(driver_model, spec, config, _thresholds(driver_model, config)) | {"engine": "ray"}

@@ -31,14 +31,14 @@ import torch
 from ..atomic import atomic_write, atomic_write_text
 from ..errors import SafeEncodersError
 from ..extras import require
-from . import lorentz
-from .classify import embed_images, embed_texts
+from ..hysac import lorentz
+from ..hysac.classify import embed_images, embed_texts
 from .collection import InputSpec, Item, load_image, read_items, validate_input
 
 if TYPE_CHECKING:
-    from .model import HySAC
+    from ..hysac.model import HySAC
 
-logger = logging.getLogger("safe_encoders.hysac.scan")
+logger = logging.getLogger("safe_encoders.moderation.scan")
 
 SCAN_FORMAT = "safe-encoders-scan"
 SCAN_VERSION = 1
