@@ -4,7 +4,8 @@ safe-encoders scan   DATA --out FOLDER [--model hysac] [--embeddings] ...
 safe-encoders search SCAN_FOLDER --text "a quiet beach" [--safety keep|redirect|filter] ...
 
 Errors the user can fix (a missing file, a bad option, a scan folder of another configuration) are
-printed as one line and exit with status 2; anything else is a bug and keeps its traceback.
+printed as one line and exit with status 2 (`--debug` before the command shows the traceback); anything else is a
+bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'safe-encoders COMMAND --help' for the options of a command.",
     )
     parser.add_argument("--version", action="version", version=f"safe-encoders {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in commands().values():
         sub = subparsers.add_parser(
@@ -67,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except USER_ERRORS as error:
+        if args.debug:
+            raise
         message = " ".join(str(error).split())
         print(f"safe-encoders {args.command}: error: {message}", file=sys.stderr)
         return 2

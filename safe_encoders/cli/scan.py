@@ -21,6 +21,9 @@ id, modality, score, threshold, unsafe, error (and the embedding with --embeddin
 Inputs: an image folder (recursive), a CSV / JSONL / Parquet table of image paths and / or texts,
 a Hugging Face dataset (saved folder or Hub id, --streaming), or WebDataset .tar shards.
 Unreadable items are recorded with the reason (error column) and never counted as safe.
+Every frame of an animation / page of a TIFF is scored, an image with transparency on white and
+on black, a long text window by window: the item's score is the highest (the view column names
+where it came from). Duplicate ids are refused (or --dedupe first).
 
 The same command resumes an interrupted scan (even after kill -9): shards are written atomically
 and positions already written are skipped.
@@ -42,6 +45,7 @@ examples:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..moderation.collection import INPUT_KINDS
     from ..moderation.scan import DTYPES
+    from ..moderation.views import MAX_FRAMES
 
     parser.add_argument("source", help="folder, .csv / .jsonl / .parquet file, .tar shard(s) or glob, or HF dataset")
     parser.add_argument("--out", "-o", required=True, help="output folder (created; reuse it to resume)")
@@ -56,11 +60,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--image-root", help="folder that relative image paths are relative to (default: the table's)")
     group.add_argument("--split", default="train", help="Hugging Face dataset split (default: train)")
     group.add_argument("--streaming", action="store_true", help="stream a Hugging Face dataset")
+    group.add_argument(
+        "--dedupe", choices=["refuse", "first"], default="refuse",
+        help="duplicate ids: refuse the scan (default, the first few listed) or scan the first of each",
+    )  # fmt: skip
     group = parser.add_argument_group("verdicts")
     group.add_argument("--threshold", type=float, help="unsafe above this root distance, for texts and images")
     group.add_argument("--text-threshold", type=float, help="for texts only (default: the model's S.up_95)")
     group.add_argument("--image-threshold", type=float, help="for images only (default: the model's V.up_95)")
     group.add_argument("--embeddings", action="store_true", help="also store embeddings (needed by 'search')")
+    group.add_argument(
+        "--max-frames", type=int, default=MAX_FRAMES,
+        help=f"an image with more frames is an error row (default: {MAX_FRAMES}; every frame is scored)",
+    )  # fmt: skip
     group = parser.add_argument_group("run")
     group.add_argument("--batch-size", type=int, default=32, help="items per forward pass (default: 32)")
     group.add_argument("--shard-size", type=int, default=4096, help="rows per output shard (default: 4096)")
@@ -88,13 +100,16 @@ def run(args: argparse.Namespace) -> int:
             thresholds[modality] = value
     config = ScanConfig(
         thresholds=thresholds, batch_size=args.batch_size, shard_size=args.shard_size, embeddings=args.embeddings,
-        dtype=args.dtype, progress=not args.no_progress, model_name=args.model,
+        dtype=args.dtype, progress=not args.no_progress, model_name=args.model, max_frames=args.max_frames,
+        dedupe=args.dedupe,
     )  # fmt: skip
     validate_input(spec)
     summary = ENGINES[args.engine](args, spec, config)
     print(
         f"scanned {summary.written} items ({summary.unsafe} unsafe, {summary.errors} unreadable); "
-        f"{summary.skipped_done} were already done -> {summary.output}"
+        f"{summary.skipped_done} were already done"
+        + (f"; {summary.duplicates_left_out} duplicate ids left out" if summary.duplicates_left_out else "")
+        + f" -> {summary.output}"
     )
     return 0
 

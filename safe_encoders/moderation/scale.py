@@ -71,7 +71,10 @@ class HySACScorer:
             Item(-1, i, m, text=p, error=e) if m == "text" else Item(-1, i, m, image=p, error=e)
             for i, m, p, e in entries
         ]
-        rows = score_items(self.model, items, self.thresholds, embeddings=self.config.embeddings)
+        rows = score_items(
+            self.model, items, self.thresholds, embeddings=self.config.embeddings,
+            max_frames=self.config.max_frames, batch_size=self.config.batch_size,
+        )  # fmt: skip
         for row in rows:
             row["position"] = None  # no global order under Ray; rows are keyed by (id, modality)
         return rows_to_table(rows, self.model.embed_dim if self.config.embeddings else None)
