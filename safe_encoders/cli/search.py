@@ -9,7 +9,7 @@ from . import Command
 
 DESCRIPTION = """\
 Search a collection scanned with --embeddings for the items nearest (Lorentz distance) to a text
-or an image. The FAISS index is built on first use and kept in SCAN_FOLDER/search-index/
+or an image. The FAISS index is built on first use and kept in SCAN_FOLDER/.search-index/
 (rebuilt when the scan changes).
 
 Safety modes:
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     query = parser.add_mutually_exclusive_group(required=True)
     query.add_argument("--text", action="append", help="query text (repeat for several queries)")
     query.add_argument("--image", action="append", help="query image file (repeat for several queries)")
-    parser.add_argument("--model", help="the HySAC that made the scan (default: the one named in _scan.json)")
+    parser.add_argument("--model", help="the HySAC that made the scan (default: the one named in .scan.json)")
     parser.add_argument("--k", type=int, default=10, help="results per query (default: 10)")
     parser.add_argument("--safety", choices=list(SAFETY_MODES), default="keep", help="safety mode (default: keep)")
     parser.add_argument("--gallery", choices=["text", "image"], help="only return items of this modality")
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         raise SearchError(f"--k must be >= 1, got {args.k}.")
     manifest = ScanOutput(args.scan).manifest()
     if manifest is None:
-        raise SearchError(f"{args.scan}: no _scan.json; run 'safe-encoders scan ... --embeddings' first.")
+        raise SearchError(f"{args.scan}: no .scan.json; run 'safe-encoders scan ... --embeddings' first.")
     index = build_index(args.scan, index_type=args.index_type)
     model = prepare_model(HySAC.from_pretrained(args.model or manifest["model"]), device=args.device)
     queries = args.text or args.image

@@ -1,10 +1,10 @@
 """`scan`: score every text and image of a collection with HySAC and write the verdicts as Parquet shards.
 
 Output folder (readable as one table as it stands: `pyarrow.parquet.read_table(folder)`,
-`pandas.read_parquet(folder)`, `datasets.load_dataset("parquet", data_dir=folder)`; they skip names
-starting with "_" or "."):
+`pandas.read_parquet(folder)`, `datasets.load_dataset("parquet", data_dir=folder)`: they skip hidden
+files and folders):
 
-- `_scan.json`: what made the scan (input, model, thresholds, curvature, dtype, library version);
+- `.scan.json`: what made the scan (input, model, thresholds, curvature, dtype, library version);
   a resumed scan must match it, or it is refused.
 - `part-<first>-<last>.parquet`: rows `position, id, modality, score, threshold, unsafe, view, error`
   and, with `embeddings=True`, `embedding` (the space components, float32). `score` is the root
@@ -51,8 +51,8 @@ logger = logging.getLogger("safe_encoders.moderation.scan")
 
 SCAN_FORMAT = "safe-encoders-scan"
 SCAN_VERSION = 2
-# "_" / "." prefixes: pyarrow, pandas and datasets skip such files when they read the folder as a table.
-MANIFEST = "_scan.json"
+# Hidden ("."): pyarrow, pandas and datasets skip it when they read the folder as a table.
+MANIFEST = ".scan.json"
 LEGACY_MANIFEST = "scan.json"
 # Fields of the manifest that decide what the rows mean; a resume must match them.
 _IDENTITY = (
@@ -414,8 +414,8 @@ def scan(model: HySAC, spec: InputSpec, output: str | Path, config: ScanConfig |
     thresholds = resolve_thresholds(model, config.thresholds)
     store = ScanOutput(output)
     with store.lock(config):
+        left_out = duplicate_positions(spec, refuse=config.dedupe == "refuse")  # before anything is written
         store.claim(scan_manifest(model, spec, config, thresholds))
-        left_out = duplicate_positions(spec, refuse=config.dedupe == "refuse")
         done = store.done_positions()
         mine = (
             item

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from ..hysac.model import HySAC
 
 INDEX_FORMAT = "safe-encoders-lorentz-index"
-INDEX_FOLDER = "_search-index"  # "_": readers of the scan folder as a table skip it
+INDEX_FOLDER = ".search-index"  # hidden: readers of the scan folder as a table skip it
 
 
 class SearchError(SafeEncodersError, ValueError):
@@ -285,14 +285,14 @@ def embedding_matrix(column: Any) -> np.ndarray:
 def build_index(scan_folder: str | os.PathLike, *, index_type: str = "flat", cache: bool = True) -> LorentzIndex:
     """The index over a scan's embeddings (rows with an error are left out).
 
-    With `cache`, the index is kept in `<scan>/_search-index/` with the digest of the shards it was built
+    With `cache`, the index is kept in `<scan>/.search-index/` with the digest of the shards it was built
     from (their bytes: verdicts and embeddings), and rebuilt whenever they change (a rescan, a resumed
     scan, a replaced shard): it never serves a verdict the scan no longer holds.
     """
     output = ScanOutput(scan_folder)
     manifest = output.manifest()
     if manifest is None:
-        raise SearchError(f"{scan_folder}: no _scan.json; run 'safe-encoders scan' first.")
+        raise SearchError(f"{scan_folder}: no .scan.json; run 'safe-encoders scan' first.")
     fingerprint = scan_digest(output, index_type)
     cached = output.folder / INDEX_FOLDER
     meta = cached / "index.json"
