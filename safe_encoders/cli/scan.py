@@ -76,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("run")
     group.add_argument("--batch-size", type=int, default=32, help="items per forward pass (default: 32)")
     group.add_argument("--shard-size", type=int, default=4096, help="rows per output shard (default: 4096)")
+    group.add_argument(
+        "--decode-workers", type=int, default=0, help="threads decoding images ahead of the model (default: 0)"
+    )
     group.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="tower precision (default: fp32)")
     group.add_argument("--device", help="torch device (default: this process's GPU if any, else cpu)")
     group.add_argument("--engine", choices=list(ENGINES), default="local", help="local (default) or ray")
@@ -101,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     config = ScanConfig(
         thresholds=thresholds, batch_size=args.batch_size, shard_size=args.shard_size, embeddings=args.embeddings,
         dtype=args.dtype, progress=not args.no_progress, model_name=args.model, max_frames=args.max_frames,
-        dedupe=args.dedupe,
+        dedupe=args.dedupe, workers=args.decode_workers,
     )  # fmt: skip
     validate_input(spec)
     summary = ENGINES[args.engine](args, spec, config)

@@ -342,10 +342,20 @@ def _read_parquet(spec: InputSpec) -> Iterator[tuple[str, Modality, Any, str | N
         raise InputError(f"{source}: no .parquet files in this folder.")
     root = Path(spec.image_root) if spec.image_root else (source if source.is_dir() else source.parent)
     for path in files:
-        table = pq.ParquetFile(path)
+        try:
+            table = pq.ParquetFile(path)
+        except Exception as error:  # pyarrow's ArrowInvalid / OSError: a damaged or non-Parquet file
+            raise InputError(f"{path}: not a readable Parquet file ({error}); repair or remove it.") from error
         prefix = f"{path.relative_to(source).as_posix()}:" if source.is_dir() and not spec.id_column else ""
-        rows = (row for batch in table.iter_batches(batch_size=1024) for row in batch.to_pylist())
-        yield from rows_to_items(spec, table.schema_arrow.names, rows, root, prefix)
+        yield from rows_to_items(spec, table.schema_arrow.names, _parquet_rows(path, table), root, prefix)
+
+
+def _parquet_rows(path: Path, table: Any) -> Iterator[dict[str, Any]]:
+    try:
+        for batch in table.iter_batches(batch_size=1024):
+            yield from batch.to_pylist()
+    except (OSError, ValueError) as error:  # ArrowInvalid is a ValueError
+        raise InputError(f"{path}: damaged Parquet data ({error}); repair or remove the file.") from error
 
 
 def _existing_file(source: str) -> Path:

@@ -26,7 +26,9 @@ import json
 import logging
 import math
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
@@ -78,6 +80,7 @@ class ScanConfig:
         dtype: "fp32", "fp16" or "bf16" for the towers (distances are computed in float32).
         process_index, num_processes: this process takes the positions `p % num_processes == process_index`.
         progress: show a progress bar (items/s).
+        workers: threads decoding images (and splitting texts) a few batches ahead of the model; 0: inline.
         model_name: how the model is named in the manifest (its source).
         max_frames: an image with more frames is an error row (every frame is scored, or none).
         dedupe: "refuse" (default: duplicate ids stop the scan before it starts, the first few listed)
@@ -95,11 +98,14 @@ class ScanConfig:
     model_name: str = "unnamed"
     max_frames: int = MAX_FRAMES
     dedupe: str = "refuse"
+    workers: int = 0
 
     def __post_init__(self) -> None:
         for modality, value in self.thresholds.items():
             if not isinstance(value, int | float) or not math.isfinite(value):
                 raise ScanError(f"The {modality} threshold must be a finite number, got {value!r}.")
+        if self.workers < 0:
+            raise ScanError(f"workers must be >= 0, got {self.workers}.")
         if self.max_frames < 1:
             raise ScanError(f"max_frames must be >= 1, got {self.max_frames}.")
         if self.dedupe not in DEDUPE_MODES:
@@ -165,27 +171,25 @@ def score_items(
     embeddings: bool = False,
     max_frames: int = MAX_FRAMES,
     batch_size: int = 32,
+    decoded: Sequence[list[tuple[str | None, Any]] | str] | None = None,
 ) -> list[dict[str, Any]]:
     """One output row per item (same order): root distance, threshold, verdict, or the reason it failed.
 
     An item is judged whole: a text by every window of tokens the tokenizer reads (the gate's
     `text_windows`), an image by every view (`views.image_views`: frames, alpha on white and on black).
     Its score is the highest, the `view` column names the view that gave it (null when there is one).
+    `decoded`: `item_views` of each item, when decoding workers made them already.
     """
     rows = [_row(item, thresholds) for item in items]
     views: list[tuple[int, str | None, Any]] = []  # (row, label, text or RGB image)
     for i, item in enumerate(items):
         if rows[i]["error"] is not None:
             continue
-        if item.modality == "text":
-            windows = text_windows(model.tokenizer, item.text)
-            views.extend((i, f"window {n + 1}/{len(windows)}" if len(windows) > 1 else None, window)
-                         for n, window in enumerate(windows))  # fmt: skip
-            continue
-        try:
-            views.extend((i, view.label, view.image) for view in image_views(item.image, max_frames=max_frames))
-        except Exception as error:  # any decoder failure is a property of the item, recorded
-            rows[i]["error"] = f"unreadable image: {type(error).__name__}: {error}"
+        found = decoded[i] if decoded is not None else item_views(model, item, max_frames)
+        if isinstance(found, str):
+            rows[i]["error"] = found
+        else:
+            views.extend((i, label, view) for label, view in found)
     texts = [view for view in views if items[view[0]].modality == "text"]
     points: list[tuple[int, str | None, torch.Tensor]] = []
     for start in range(0, len(texts), batch_size):
@@ -213,6 +217,20 @@ def score_items(
         if embeddings:
             rows[i]["embedding"] = point.float().cpu().tolist()
     return rows
+
+
+def item_views(model: HySAC, item: Item, max_frames: int = MAX_FRAMES) -> list[tuple[str | None, Any]] | str:
+    """`(label, text window or RGB image)` per view of one item, or why it cannot be read (thread-safe: the
+    decoding workers call it)."""
+    if item.error is not None:
+        return item.error
+    if item.modality == "text":
+        windows = text_windows(model.tokenizer, item.text)
+        return [(f"window {n + 1}/{len(windows)}" if len(windows) > 1 else None, w) for n, w in enumerate(windows)]
+    try:
+        return [(view.label, view.image) for view in image_views(item.image, max_frames=max_frames)]
+    except Exception as error:  # any decoder failure is a property of the item, recorded
+        return f"unreadable image: {type(error).__name__}: {error}"
 
 
 def _row(item: Item, thresholds: dict[str, float | None]) -> dict[str, Any]:
@@ -428,8 +446,8 @@ def scan(model: HySAC, spec: InputSpec, output: str | Path, config: ScanConfig |
         written = unsafe = errors = 0
         pending: list[dict[str, Any]] = []
         with _progress(config) as bar:
-            for batch in _batches(mine, config.batch_size):
-                rows = score_items(model, batch, thresholds, embeddings=config.embeddings,
+            for batch, decoded in _decoded(model, _batches(mine, config.batch_size), config):
+                rows = score_items(model, batch, thresholds, embeddings=config.embeddings, decoded=decoded,
                                    max_frames=config.max_frames, batch_size=config.batch_size)  # fmt: skip
                 pending.extend(rows)
                 unsafe += sum(bool(row["unsafe"]) for row in rows)
@@ -448,6 +466,25 @@ def _batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
     iterator = iter(items)
     while batch := list(islice(iterator, size)):
         yield batch
+
+
+def _decoded(
+    model: HySAC, batches: Iterable[list[Item]], config: ScanConfig
+) -> Iterator[tuple[list[Item], list[Any] | None]]:
+    """`(batch, item_views per item)`, decoded by `config.workers` threads up to two batches ahead (inline: None)."""
+    if config.workers == 0:
+        yield from ((batch, None) for batch in batches)
+        return
+    with ThreadPoolExecutor(config.workers) as pool:
+        ahead: deque[tuple[list[Item], list[Future]]] = deque()
+        for batch in batches:
+            ahead.append((batch, [pool.submit(item_views, model, item, config.max_frames) for item in batch]))
+            if len(ahead) > 2:
+                done, futures = ahead.popleft()
+                yield done, [future.result() for future in futures]
+        while ahead:
+            done, futures = ahead.popleft()
+            yield done, [future.result() for future in futures]
 
 
 def _progress(config: ScanConfig) -> Any:

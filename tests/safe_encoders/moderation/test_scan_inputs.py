@@ -219,3 +219,10 @@ def test_the_readme_keep_recipe_runs_on_a_scan(model, tmp_path, monkeypatch):
     namespace: dict = {}
     exec(block, namespace)
     assert sorted(namespace["keep"]) == sorted(f"{i}.png" for i in range(4) if scores[i] <= threshold)
+
+
+def test_a_damaged_input_table_is_one_line(model_dir, tmp_path, capsys):
+    (tmp_path / "t.parquet").write_bytes(b"PAR1 not really parquet")
+    assert main(["scan", str(tmp_path / "t.parquet"), "--out", str(tmp_path / "out"), "--model", str(model_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a readable Parquet file" in err

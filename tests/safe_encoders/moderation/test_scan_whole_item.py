@@ -138,3 +138,19 @@ def test_cli_threshold_nan_is_one_line_and_exit_2(model_dir, tmp_path, capsys):
     assert err.count("\n") == 1 and "finite" in err and "Traceback" not in err
     with pytest.raises(ScanError):
         main(["--debug", *argv])
+
+
+def test_decoding_workers_give_the_rows_of_the_inline_scan(model, tmp_path):
+    from tests.safe_encoders.moderation.scan_data import image_folder
+
+    folder = image_folder(tmp_path / "photos", n=7)
+    frames = [Image.fromarray(few_colour_picture(seed), "RGB") for seed in (3, 4)]
+    frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:])
+    tables = []
+    for workers in (0, 2):
+        config = ScanConfig(batch_size=2, workers=workers, progress=False)
+        scan(model, InputSpec(str(folder)), tmp_path / f"out{workers}", config)
+        tables.append(read_scan(tmp_path / f"out{workers}").drop_columns(["score"]).to_pylist())
+    assert tables[0] == tables[1] and len(tables[0]) == 9
+    scores = [read_scan(tmp_path / f"out{w}").column("score").to_pylist() for w in (0, 2)]
+    assert scores[1] == pytest.approx(scores[0], abs=1e-6, nan_ok=True)
