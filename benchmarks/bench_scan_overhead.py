@@ -42,7 +42,7 @@ def vit_b32_hysac(folder: Path) -> Path:
     torch.manual_seed(0)
     model = HySAC.from_clip_model(CLIPModel(config).eval(), bounds=HySACBounds({"S": {"up_95": 1}, "V": {"up_95": 1}}))
     model.tokenizer = clip_tokenizer()
-    model.image_processor = CLIPImageProcessor.from_pretrained(hub)
+    model.image_processor = CLIPImageProcessor()  # its defaults are CLIP's: 224 px, OpenAI mean / std
     return model.save_pretrained(folder)
 
 

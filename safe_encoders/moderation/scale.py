@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..extras import require
-from .collection import InputSpec, Item, rows_to_items
+from .collection import InputSpec, Item, duplicate_positions, rows_to_items
 from .scan import (
     ScanConfig,
     ScanError,
@@ -104,6 +104,9 @@ def scan_with_ray(
     if output.exists() and any(output.iterdir()):
         raise ScanError(f"{output} is not empty: a Ray scan starts from scratch; pick a new folder.")
     spec = dataclasses.replace(spec, kind="parquet")
+    if config.dedupe != "refuse":
+        raise ScanError("--engine ray refuses duplicate ids (--dedupe refuse): it has no order to tell the first.")
+    duplicate_positions(spec, refuse=True)  # before any worker starts
     # The manifest needs the model's curvature and thresholds: the driver loads it once (on the CPU).
     from ..hysac.model import HySAC
 
@@ -126,8 +129,12 @@ def scan_with_ray(
         num_gpus=options.gpus_per_worker or None,
         num_cpus=options.cpus_per_worker,
     )
-    ScanOutput(output).claim(manifest)
-    scored.write_parquet(str(output))
+    store = ScanOutput(output)
+    with store.lock(config):  # a second run into the same folder is refused while this one writes
+        if any(path for path in output.iterdir() if not path.name.startswith(".lock-")):
+            raise ScanError(f"{output} is not empty: another scan wrote to it; pick a new folder.")
+        store.claim(manifest)
+        scored.write_parquet(str(output))
     tables = [pq.read_table(path, columns=["unsafe", "error"]) for path in ScanOutput(output).shards()]
     rows = sum(table.num_rows for table in tables)
     unsafe = sum(bool(value) for table in tables for value in table.column("unsafe").to_pylist())

@@ -154,3 +154,18 @@ def test_decoding_workers_give_the_rows_of_the_inline_scan(model, tmp_path):
     assert tables[0] == tables[1] and len(tables[0]) == 9
     scores = [read_scan(tmp_path / f"out{w}").column("score").to_pylist() for w in (0, 2)]
     assert scores[1] == pytest.approx(scores[0], abs=1e-6, nan_ok=True)
+
+
+def test_a_palette_image_with_a_transparent_index_is_composited(model, tmp_path):
+    """Index 0 is transparent (its palette colour, green, is never shown); index 1 is red."""
+    mask = np.random.default_rng(9).integers(0, 2, (36, 44)).astype(np.uint8)
+    image = Image.fromarray(mask, "P")
+    image.putpalette([0, 255, 0, 255, 0, 0] + [0] * 762)
+    (tmp_path / "photos").mkdir()
+    image.save(tmp_path / "photos" / "pal.png", transparency=0)
+    red = np.array([255, 0, 0], np.uint8)
+    on_white = np.where(mask[..., None] == 1, red, np.uint8(255))
+    on_black = np.where(mask[..., None] == 1, red, np.uint8(0))
+    expected = max(image_scores(model, [on_white.astype(np.uint8), on_black.astype(np.uint8)]))
+    row = scan_one_image(model, tmp_path, tmp_path / "photos" / "pal.png", 0.6)
+    assert row["score"] == pytest.approx(expected, abs=1e-4) and row["view"] in ("on white", "on black")
