@@ -52,9 +52,9 @@ def bench_scan(root: Path, n_images: int, n_texts: int) -> None:
     import torch
 
     from safe_encoders.hysac import HySAC
-    from safe_encoders.hysac.collection import InputSpec
-    from safe_encoders.hysac.scan import ScanConfig, scan
-    from tests.safe_encoders.hysac.scan_data import png_bytes
+    from safe_encoders.moderation.collection import InputSpec
+    from safe_encoders.moderation.scan import ScanConfig, scan
+    from tests.safe_encoders.moderation.scan_data import png_bytes
 
     model = HySAC.from_pretrained(small_hysac(root / "model")).eval()
     (root / "images").mkdir()
@@ -79,7 +79,7 @@ def bench_search(n_gallery: int, dim: int, n_queries: int = 200, k: int = 10) ->
     import torch
 
     from safe_encoders.hysac import lorentz, top_k
-    from safe_encoders.hysac.search import LorentzIndex
+    from safe_encoders.moderation.search import LorentzIndex
 
     g = torch.Generator().manual_seed(0)
     c = 1.0

@@ -8,11 +8,11 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from . import Command
-from .types import nonnegative_float, positive_int
+from .types import nonnegative_float, nonnegative_int, positive_int
 
 if TYPE_CHECKING:
-    from ..hysac.collection import InputSpec
-    from ..hysac.scan import ScanConfig, ScanSummary
+    from ..moderation.collection import InputSpec
+    from ..moderation.scan import ScanConfig, ScanSummary
 
 DESCRIPTION = """\
 Score every image and / or text of a collection with HySAC (distance from the root of the
@@ -22,6 +22,9 @@ id, modality, score, threshold, unsafe, error (and the embedding with --embeddin
 Inputs: an image folder (recursive), a CSV / JSONL / Parquet table of image paths and / or texts,
 a Hugging Face dataset (saved folder or Hub id, --streaming), or WebDataset .tar shards.
 Unreadable items are recorded with the reason (error column) and never counted as safe.
+Every frame of an animation / page of a TIFF is scored, an image with transparency on white and
+on black, a long text window by window: the item's score is the highest (the view column names
+where it came from). Duplicate ids are refused (or --dedupe first).
 
 The same command resumes an interrupted scan (even after kill -9): shards are written atomically
 and positions already written are skipped.
@@ -41,8 +44,9 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..hysac.collection import INPUT_KINDS
-    from ..hysac.scan import DTYPES
+    from ..moderation.collection import INPUT_KINDS
+    from ..moderation.scan import DTYPES
+    from ..moderation.views import MAX_FRAMES
 
     parser.add_argument("source", help="folder, .csv / .jsonl / .parquet file, .tar shard(s) or glob, or HF dataset")
     parser.add_argument("--out", "-o", required=True, help="output folder (created; reuse it to resume)")
@@ -57,6 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--image-root", help="folder that relative image paths are relative to (default: the table's)")
     group.add_argument("--split", default="train", help="Hugging Face dataset split (default: train)")
     group.add_argument("--streaming", action="store_true", help="stream a Hugging Face dataset")
+    group.add_argument(
+        "--dedupe", choices=["refuse", "first"], default="refuse",
+        help="duplicate ids: refuse the scan (default, the first few listed) or scan the first of each",
+    )  # fmt: skip
     group = parser.add_argument_group("verdicts")
     group.add_argument(
         "--threshold", type=nonnegative_float, help="unsafe above this root distance, for texts and images"
@@ -66,9 +74,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--image-threshold", type=nonnegative_float, help="for images only (default: the model's V.up_95)"
     )
     group.add_argument("--embeddings", action="store_true", help="also store embeddings (needed by 'search')")
+    group.add_argument(
+        "--max-frames", type=positive_int, default=MAX_FRAMES,
+        help=f"an image with more frames is an error row (default: {MAX_FRAMES}; every frame is scored)",
+    )  # fmt: skip
     group = parser.add_argument_group("run")
     group.add_argument("--batch-size", type=positive_int, default=32, help="items per forward pass (default: 32)")
     group.add_argument("--shard-size", type=positive_int, default=4096, help="rows per output shard (default: 4096)")
+    group.add_argument(
+        "--decode-workers",
+        type=nonnegative_int,
+        default=0,
+        help="threads decoding images ahead of the model (default: 0)",
+    )
     group.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="tower precision (default: fp32)")
     group.add_argument("--device", help="torch device (default: this process's GPU if any, else cpu)")
     group.add_argument("--engine", choices=list(ENGINES), default="local", help="local (default) or ray")
@@ -80,8 +98,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..hysac.collection import InputSpec, validate_input
-    from ..hysac.scan import ScanConfig
+    from ..moderation.collection import InputSpec, validate_input
+    from ..moderation.scan import ScanConfig
 
     spec = InputSpec(
         source=args.source, kind=args.kind, image_column=args.image_column, text_column=args.text_column,
@@ -95,13 +113,16 @@ def run(args: argparse.Namespace) -> int:
             thresholds[modality] = value
     config = ScanConfig(
         thresholds=thresholds, batch_size=args.batch_size, shard_size=args.shard_size, embeddings=args.embeddings,
-        dtype=args.dtype, progress=not args.no_progress, model_name=args.model,
+        dtype=args.dtype, progress=not args.no_progress, model_name=args.model, max_frames=args.max_frames,
+        dedupe=args.dedupe, workers=args.decode_workers,
     )  # fmt: skip
     validate_input(spec)
     summary = ENGINES[args.engine](args, spec, config)
     print(
         f"scanned {summary.written} items ({summary.unsafe} unsafe, {summary.errors} unreadable); "
-        f"{summary.skipped_done} were already done -> {summary.output}"
+        f"{summary.skipped_done} were already done"
+        + (f"; {summary.duplicates_left_out} duplicate ids left out" if summary.duplicates_left_out else "")
+        + f" -> {summary.output}"
     )
     return 0
 
@@ -113,7 +134,7 @@ def _local(args: argparse.Namespace, spec: InputSpec, config: ScanConfig) -> Sca
     from accelerate import PartialState
 
     from ..hysac import HySAC
-    from ..hysac.scan import prepare_model, scan
+    from ..moderation.scan import prepare_model, scan
 
     state = PartialState()
     index, count = process_share(state.process_index, state.num_processes, os.environ)
@@ -134,7 +155,7 @@ def process_share(index: int, count: int, environ: Mapping[str, str]) -> tuple[i
 
 
 def _ray(args: argparse.Namespace, spec: InputSpec, config: ScanConfig) -> ScanSummary:
-    from ..hysac.scale import RayOptions, scan_with_ray
+    from ..moderation.scale import RayOptions, scan_with_ray
 
     options = RayOptions(workers=args.workers, gpus_per_worker=args.gpus_per_worker, device=args.device)
     return scan_with_ray(args.model, spec, args.out, config, options)

@@ -10,7 +10,7 @@ from .types import positive_int
 
 DESCRIPTION = """\
 Search a collection scanned with --embeddings for the items nearest (Lorentz distance) to a text
-or an image. The FAISS index is built on first use and kept in SCAN_FOLDER/search-index/
+or an image. The FAISS index is built on first use and kept in SCAN_FOLDER/.search-index/
 (rebuilt when the scan changes).
 
 Safety modes:
@@ -27,13 +27,13 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..hysac.search import INDEX_TYPES, SAFETY_MODES
+    from ..moderation.search import INDEX_TYPES, SAFETY_MODES
 
     parser.add_argument("scan", metavar="SCAN_FOLDER", help="output folder of 'safe-encoders scan --embeddings'")
     query = parser.add_mutually_exclusive_group(required=True)
     query.add_argument("--text", action="append", help="query text (repeat for several queries)")
     query.add_argument("--image", action="append", help="query image file (repeat for several queries)")
-    parser.add_argument("--model", help="the HySAC that made the scan (default: the one named in scan.json)")
+    parser.add_argument("--model", help="the HySAC that made the scan (default: the one named in .scan.json)")
     parser.add_argument("--k", type=positive_int, default=10, help="results per query (default: 10)")
     parser.add_argument("--safety", choices=list(SAFETY_MODES), default="keep", help="safety mode (default: keep)")
     parser.add_argument("--gallery", choices=["text", "image"], help="only return items of this modality")
@@ -44,14 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..hysac import HySAC
-    from ..hysac.scan import ScanOutput, prepare_model
-    from ..hysac.search import SearchError, build_index, search
+    from ..moderation.scan import ScanOutput, prepare_model
+    from ..moderation.search import SearchError, build_index, search
 
     if args.k < 1:
         raise SearchError(f"--k must be >= 1, got {args.k}.")
     manifest = ScanOutput(args.scan).manifest()
     if manifest is None:
-        raise SearchError(f"{args.scan}: no scan.json; run 'safe-encoders scan ... --embeddings' first.")
+        raise SearchError(f"{args.scan}: no .scan.json; run 'safe-encoders scan ... --embeddings' first.")
     index = build_index(args.scan, index_type=args.index_type)
     model = prepare_model(HySAC.from_pretrained(args.model or manifest["model"]), device=args.device)
     queries = args.text or args.image

@@ -5,10 +5,7 @@ from safe_encoders.hysac import HySAC, add_safety_gate, SafetyGate
 model = HySAC.from_pretrained("aimagelab/hysac")          # or a folder written by model.save_pretrained
 model.unsafe_score(texts=["a photo of a cat"]).text.unsafe
 
-At dataset scale (the `safe-encoders scan` / `search` commands; the modules keep their names):
-from safe_encoders.hysac.scan import scan; from safe_encoders.hysac.search import build_index, search
-scan(model, InputSpec("photos/"), "scan_out", ScanConfig(embeddings=True))
-search(model, build_index("scan_out"), texts=["a beach"], k=10, safety="redirect")
+Dataset-scale moderation built on this model (`safe-encoders scan` / `search`) is `safe_encoders.moderation`.
 """
 
 from . import lorentz
@@ -63,11 +60,3 @@ __all__ = [
     "traverse_to_safe",
     "unsafe_score",
 ]
-
-# Dataset scale: the Python API of the `safe-encoders scan` / `search` commands (the functions `scan` and
-# `search` stay in their modules, which they would otherwise hide).
-from .collection import InputSpec
-from .scan import ScanConfig
-from .search import LorentzIndex, build_index
-
-__all__ += ["InputSpec", "LorentzIndex", "ScanConfig", "build_index"]

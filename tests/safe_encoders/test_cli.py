@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from safe_encoders.cli import main
-from tests.safe_encoders.hysac.scan_data import (
+from tests.safe_encoders.moderation.scan_data import (
     expected_image_scores,
     image_folder,
     png_bytes,
@@ -37,7 +37,7 @@ def test_help_names_both_commands_and_their_options(capsys):
 
 def test_scan_then_search_end_to_end(model_dir, tmp_path, capsys):
     from safe_encoders.hysac import HySAC, lorentz, top_k
-    from safe_encoders.hysac.scan import read_scan
+    from safe_encoders.moderation.scan import read_scan
 
     model = HySAC.from_pretrained(model_dir)
     folder = image_folder(tmp_path / "photos", n=6)
@@ -59,7 +59,7 @@ def test_scan_then_search_end_to_end(model_dir, tmp_path, capsys):
     assert main(["search", str(out), "--text", "a photo of a cat", "--k", "3", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert [hit["id"] for hit in result["hits"]] == expected
-    assert (out / "search-index" / "index.faiss").exists()
+    assert (out / ".search-index" / "index.faiss").exists()
     assert main(["search", str(out), "--text", "a photo of a cat", "--k", "6", "--safety", "filter", "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)["hits"]
     flagged = {row["id"] for row in table.to_pylist() if row["unsafe"]}
@@ -72,7 +72,7 @@ def test_errors_are_one_line_with_exit_status_2(model_dir, tmp_path, capsys, mon
     cases = [
         (["scan", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], "nope: no such file or folder."),
         (["scan", table, "--out", str(tmp_path / "o2"), "--engine", "ray"], "--engine ray reads Parquet"),
-        (["search", str(tmp_path), "--text", "a"], "no scan.json"),
+        (["search", str(tmp_path), "--text", "a"], "no .scan.json"),
     ]
     for argv, message in cases:
         assert main([*argv, "--model", str(model_dir)] if argv[0] == "scan" else argv) == 2

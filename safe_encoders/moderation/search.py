@@ -15,13 +15,14 @@ Safety modes (`SAFETY_MODES`):
   `traversal.traverse_to_safe`, the library's safety traversal;
 - `filter`: items flagged unsafe by the scan are never returned.
 
-from safe_encoders.hysac.search import build_index, search
+from safe_encoders.moderation.search import build_index, search
 index = build_index("scan_out")                         # a scan made with embeddings=True
 hits = search(model, index, texts=["a beach at dusk"], k=10, safety="redirect")
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -35,18 +36,18 @@ import torch
 from ..atomic import atomic_write, atomic_write_text
 from ..errors import SafeEncodersError
 from ..extras import require
-from . import lorentz
-from .bounds import Modality
-from .classify import embed_images, embed_texts
+from ..hysac import lorentz
+from ..hysac.bounds import Modality
+from ..hysac.classify import embed_images, embed_texts
+from ..hysac.traversal import traverse_to_safe
 from .collection import load_image
 from .scan import ScanOutput, read_scan
-from .traversal import traverse_to_safe
 
 if TYPE_CHECKING:
-    from .model import HySAC
+    from ..hysac.model import HySAC
 
 INDEX_FORMAT = "safe-encoders-lorentz-index"
-INDEX_FOLDER = "search-index"
+INDEX_FOLDER = ".search-index"  # hidden: readers of the scan folder as a table skip it
 
 
 class SearchError(SafeEncodersError, ValueError):
@@ -127,6 +128,8 @@ class LorentzIndex:
                 f"LorentzIndex: {tuple(self.embeddings.shape)} embeddings for {len(ids)} ids, {len(modalities)} "
                 f"modalities, {len(unsafe)} verdicts."
             )
+        if len(self.embeddings) == 0:
+            raise SearchError("LorentzIndex: no items: an empty gallery has nothing to search.")
         if not torch.isfinite(self.embeddings).all():
             raise SearchError("LorentzIndex: non-finite embeddings; the scan should have recorded them as errors.")
         if index_type not in INDEX_TYPES:
@@ -190,6 +193,11 @@ class LorentzIndex:
             excluded |= self.unsafe
         if gallery is not None:
             excluded |= np.asarray(self.modalities) != gallery
+        if excluded.all():
+            raise SearchError(
+                f"search: no item is left to return ({len(self)} items; safety {safety!r}, gallery {gallery!r}): "
+                "every one is flagged unsafe or of another modality."
+            )
         params, keep = None, []
         selector = {}
         if excluded.any():
@@ -277,13 +285,15 @@ def embedding_matrix(column: Any) -> np.ndarray:
 def build_index(scan_folder: str | os.PathLike, *, index_type: str = "flat", cache: bool = True) -> LorentzIndex:
     """The index over a scan's embeddings (rows with an error are left out).
 
-    With `cache`, the index is kept in `<scan>/search-index/` and rebuilt when the scan's shards change.
+    With `cache`, the index is kept in `<scan>/.search-index/` with the digest of the shards it was built
+    from (their bytes: verdicts and embeddings), and rebuilt whenever they change (a rescan, a resumed
+    scan, a replaced shard): it never serves a verdict the scan no longer holds.
     """
     output = ScanOutput(scan_folder)
     manifest = output.manifest()
     if manifest is None:
-        raise SearchError(f"{scan_folder}: no scan.json; run 'safe-encoders scan' first.")
-    fingerprint = json.dumps([(p.name, p.stat().st_size) for p in output.shards()] + [index_type])
+        raise SearchError(f"{scan_folder}: no .scan.json; run 'safe-encoders scan' first.")
+    fingerprint = scan_digest(output, index_type)
     cached = output.folder / INDEX_FOLDER
     meta = cached / "index.json"
     if cache and meta.exists() and json.loads(meta.read_text()).get("fingerprint") == fingerprint:
@@ -291,7 +301,13 @@ def build_index(scan_folder: str | os.PathLike, *, index_type: str = "flat", cac
     table = read_scan(scan_folder)
     if "embedding" not in table.column_names:
         raise SearchError(f"{scan_folder}: the scan has no embeddings; rescan with --embeddings into a new folder.")
+    total = table.num_rows
     table = table.filter(table.column("error").is_null())
+    if table.num_rows == 0:
+        raise SearchError(
+            f"{scan_folder}: none of the scan's {total} rows has an embedding (every item is an error row, see the "
+            "error column): nothing to search. Fix the inputs and scan again."
+        )
     index = LorentzIndex(
         embedding_matrix(table.column("embedding")),
         table.column("id").to_pylist(), table.column("modality").to_pylist(), table.column("unsafe").to_pylist(),
@@ -300,6 +316,15 @@ def build_index(scan_folder: str | os.PathLike, *, index_type: str = "flat", cac
     if cache:
         index.save(cached, fingerprint=fingerprint)
     return index
+
+
+def scan_digest(output: ScanOutput, index_type: str) -> str:
+    """sha256 over the bytes of every shard of a scan (with its name and the manifest) and the index type."""
+    digest = hashlib.sha256(json.dumps([index_type, output.manifest()], sort_keys=True).encode())
+    for path in output.shards():
+        with open(path, "rb") as handle:
+            digest.update(path.name.encode() + b"\0" + hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()
 
 
 def search(

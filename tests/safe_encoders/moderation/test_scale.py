@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 
 from safe_encoders.hysac import HySAC
-from safe_encoders.hysac.collection import InputSpec
-from safe_encoders.hysac.scale import RayOptions, scan_with_ray
-from safe_encoders.hysac.scan import ScanConfig, read_scan, scan
-from tests.safe_encoders.hysac.scan_data import TEXTS, png_bytes, saved_tiny_hysac, write_table
+from safe_encoders.moderation.collection import InputSpec
+from safe_encoders.moderation.scale import RayOptions, scan_with_ray
+from safe_encoders.moderation.scan import ScanConfig, read_scan, scan
+from tests.safe_encoders.moderation.scan_data import TEXTS, png_bytes, saved_tiny_hysac, write_table
 
 ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.usefixtures("one_torch_thread")]

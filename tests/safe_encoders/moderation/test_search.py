@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from safe_encoders.hysac import lorentz, top_k, traverse_to_safe
-from safe_encoders.hysac.search import LorentzIndex, SearchError, augment_items, augment_queries
+from safe_encoders.moderation.search import LorentzIndex, SearchError, augment_items, augment_queries
 
 pytest.importorskip("faiss")
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from safe_encoders.hysac import HySAC
-from safe_encoders.hysac.collection import InputError, InputSpec, read_items
-from safe_encoders.hysac.scan import ScanConfig, ScanError, read_scan, scan
-from tests.safe_encoders.hysac.scan_data import (
+from safe_encoders.moderation.collection import InputError, InputSpec, read_items
+from safe_encoders.moderation.scan import ScanConfig, ScanError, read_scan, scan
+from tests.safe_encoders.moderation.scan_data import (
     TEXTS,
     expected_image_scores,
     image_folder,
@@ -178,7 +178,7 @@ def test_resume_refuses_another_configuration_and_half_precision_is_close(model,
         scan(model, InputSpec(str(path)), tmp_path / "out", ScanConfig(thresholds={"text": 2.0}, progress=False))
     again = scan(model, InputSpec(str(path)), tmp_path / "out", ScanConfig(progress=False))
     assert (again.written, again.skipped_done) == (0, 6)
-    from safe_encoders.hysac.scan import prepare_model
+    from safe_encoders.moderation.scan import prepare_model
 
     bf16 = prepare_model(HySAC.from_pretrained(model_dir), dtype="bf16")
     scan(bf16, InputSpec(str(path)), tmp_path / "bf16", ScanConfig(dtype="bf16", progress=False))

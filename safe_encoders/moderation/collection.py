@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import csv
 import glob
-import io
 import json
 import os
+import stat
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -33,7 +33,8 @@ from typing import Any
 
 from ..errors import SafeEncodersError
 from ..extras import require
-from .bounds import Modality
+from ..hysac.bounds import Modality
+from .views import image_views
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 # Column names tried, in order, when neither --image-column nor --text-column is given.
@@ -114,6 +115,31 @@ def validate_input(spec: InputSpec) -> str:
     return kind.name
 
 
+def duplicate_positions(spec: InputSpec, *, refuse: bool = True, shown: int = 5) -> set[int]:
+    """The positions of items whose `(id, modality)` an earlier item already has; with `refuse`, an
+    `InputError` listing the first few instead (the verdicts of two items under one id could not be told
+    apart: a keep list would keep an id that also has an unsafe row)."""
+    first: dict[tuple[str, str], int] = {}
+    repeated: dict[tuple[str, str], list[int]] = {}
+    for item in read_items(spec):
+        key = (item.id, item.modality)
+        if key in first:
+            repeated.setdefault(key, [first[key]]).append(item.position)
+        else:
+            first[key] = item.position
+    if repeated and refuse:
+        listed = "; ".join(
+            f"{item_id!r} ({modality}) at positions {', '.join(map(str, positions[:3]))}"
+            + (", ..." if len(positions) > 3 else "")
+            for (item_id, modality), positions in list(repeated.items())[:shown]
+        )
+        raise InputError(
+            f"{spec.source}: {len(repeated)} id(s) are not unique: {listed}. Give each item its own id "
+            "(--id-column), or pass --dedupe first to scan the first item of each id and leave the others out."
+        )
+    return {position for positions in repeated.values() for position in positions[1:]}
+
+
 def input_kind(spec: InputSpec) -> InputKind:
     if spec.kind is not None:
         if spec.kind not in INPUT_KINDS:
@@ -131,24 +157,9 @@ def input_kind(spec: InputSpec) -> InputKind:
 
 
 def load_image(value: Any, root: str | os.PathLike | None = None) -> Any:
-    """Decode an image fully (a truncated file fails here, not later) and convert it to RGB."""
-    from PIL import Image
-
-    if isinstance(value, dict):
-        value = value.get("bytes") or value.get("path")
-    if isinstance(value, Image.Image):
-        image = value
-    elif isinstance(value, bytes | bytearray):
-        image = Image.open(io.BytesIO(value))
-    elif isinstance(value, str | os.PathLike):
-        path = Path(value)
-        if not path.is_absolute() and root is not None:
-            path = Path(root) / path
-        image = Image.open(path)
-    else:
-        raise ValueError(f"no image (got {type(value).__name__})")
-    image.load()
-    return image.convert("RGB")
+    """Decode an image fully (a truncated file fails here, not later) as the RGB picture a viewer sees first
+    (a search query); a scan scores every view (`views.image_views`)."""
+    return image_views(value, root=root)[0].image
 
 
 # ---------------------------------------------------------------------------------------------- folder
@@ -158,12 +169,50 @@ def _read_folder(spec: InputSpec) -> Iterator[tuple[str, Modality, Any, str | No
     root = Path(spec.source)
     if not root.is_dir():
         raise InputError(f"{root} is not a folder.")
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
-                path = Path(dirpath) / name
-                yield path.relative_to(root).as_posix(), "image", str(path), None
+    real_root = Path(os.path.realpath(root))
+    yield from _walk(root, root, real_root, frozenset({real_root}))
+
+
+def _walk(
+    folder: Path, root: Path, real_root: Path, ancestors: frozenset[Path]
+) -> Iterator[tuple[str, Modality, Any, str | None]]:
+    """Images of `folder` (files first, then sub-folders, each sorted by name). Symbolic links are followed
+    inside the scanned root; a link out of it, a link loop, a broken link and a file that is not a regular
+    file (a FIFO would block the reader) become rows with the reason, never silence."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except OSError as error:
+        yield folder.relative_to(root).as_posix(), "image", None, f"unreadable folder: {error}"
+        return
+    folders = []
+    for entry in entries:
+        path = Path(entry.path)
+        name, item_id = entry.name, path.relative_to(root).as_posix()
+        real = Path(os.path.realpath(path))
+        is_image = name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+        try:
+            is_dir = entry.is_dir()  # follows links
+        except OSError:
+            is_dir = False
+        if entry.is_symlink() and not real.is_relative_to(real_root) and (is_dir or is_image):
+            yield item_id, "image", None, f"symbolic link out of the scanned folder (-> {real}): not followed"
+        elif is_dir:
+            folders.append((path, item_id, real))
+        elif is_image:
+            try:
+                mode = os.stat(path).st_mode
+            except OSError as error:
+                yield item_id, "image", None, f"unreadable: {type(error).__name__}: {error}"
+                continue
+            if stat.S_ISREG(mode):
+                yield item_id, "image", str(path), None
+            else:
+                yield item_id, "image", None, "not a regular file (a FIFO, device or socket): not opened"
+    for path, item_id, real in folders:
+        if real in ancestors:
+            yield item_id, "image", None, f"symbolic link loop (-> {real}): not followed again"
+        else:
+            yield from _walk(path, root, real_root, ancestors | {real})
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -188,23 +237,41 @@ def _columns(spec: InputSpec, names: list[str]) -> tuple[str | None, str | None]
 def rows_to_items(
     spec: InputSpec, names: list[str], rows: Iterator[dict[str, Any] | str], root: Path, prefix: str = ""
 ) -> Iterator[tuple[str, Modality, Any, str | None]]:
-    """Items of table rows; a row given as a string is one that could not be parsed (the reason)."""
+    """Items of table rows; a row given as a string is one that could not be parsed (the reason).
+
+    A row without any of the columns read (a JSONL line with other fields) is one error row; a row holding
+    only some of them gives the items of those it holds.
+    """
     image_column, text_column = _columns(spec, names)
+    read = [(modality, column) for modality, column in (("text", text_column), ("image", image_column)) if column]
     for number, row in enumerate(rows):
         if isinstance(row, str):
-            for modality, column in (("text", text_column), ("image", image_column)):
-                if column is not None:
-                    yield f"{prefix}{number}", modality, None, row  # type: ignore[misc]
+            for modality, _ in read:
+                yield f"{prefix}{number}", modality, None, row  # type: ignore[misc]
             continue
         item_id = prefix + (str(row.get(spec.id_column)) if spec.id_column else str(number))
-        if text_column is not None:
-            value = row.get(text_column)
-            yield item_id, "text", value, None if isinstance(value, str) else f"no text in column {text_column!r}"
-        if image_column is not None:
-            value = row.get(image_column)
-            if isinstance(value, str | os.PathLike) and not Path(value).is_absolute():
-                value = str(root / value)
-            yield item_id, "image", value, None if value is not None else f"no image in column {image_column!r}"
+        present = [(modality, column) for modality, column in read if column in row]
+        if not present:
+            wanted = " or ".join(repr(column) for _, column in read)
+            yield item_id, read[0][0], None, f"no {wanted} field (the record has {sorted(map(str, row))})"  # type: ignore[misc]
+            continue
+        for modality, column in present:
+            value = row.get(column)
+            if modality == "text":
+                yield item_id, "text", value, None if isinstance(value, str) else f"no text in column {column!r}"
+            else:
+                value = _resolved(value, root)
+                yield item_id, "image", value, None if value is not None else f"no image in column {column!r}"
+
+
+def _resolved(value: Any, root: Path) -> Any:
+    """A relative image path (alone, or in a `{"bytes": None, "path"}` struct) against the table's folder."""
+    if isinstance(value, str | os.PathLike) and not Path(value).is_absolute():
+        return str(root / value)
+    path = value.get("path") if isinstance(value, dict) and not value.get("bytes") else None
+    if isinstance(path, str) and not Path(path).is_absolute():
+        return {**value, "path": str(root / path)}
+    return value
 
 
 def _image_root(spec: InputSpec) -> Path:
@@ -213,33 +280,58 @@ def _image_root(spec: InputSpec) -> Path:
 
 def _read_csv(spec: InputSpec) -> Iterator[tuple[str, Modality, Any, str | None]]:
     path = _existing_file(spec.source)
-    with open(path, newline="", encoding="utf-8") as handle:
+    # surrogateescape: a byte that is not UTF-8 spoils its row only (an error row), not the scan
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
         reader = csv.DictReader(handle)
-        yield from rows_to_items(spec, list(reader.fieldnames or []), iter(reader), _image_root(spec))
+        yield from rows_to_items(spec, list(reader.fieldnames or []), _csv_rows(reader), _image_root(spec))
+
+
+def _csv_rows(reader: csv.DictReader) -> Iterator[dict[str, Any] | str]:
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            yield f"line {reader.line_num}: unreadable CSV: {error}"
+            continue
+        values = [*row.values(), *row.keys()]
+        if None in row:
+            yield f"line {reader.line_num}: more fields than the header ({len(reader.fieldnames or [])} columns)"
+        elif any(isinstance(v, str) and _has_bad_bytes(v) for v in values):
+            yield f"line {reader.line_num}: not valid UTF-8"
+        else:
+            yield row
+
+
+def _has_bad_bytes(text: str) -> bool:
+    return any("\udc80" <= char <= "\udcff" for char in text)
 
 
 def _read_jsonl(spec: InputSpec) -> Iterator[tuple[str, Modality, Any, str | None]]:
     path = _existing_file(spec.source)
 
     def rows(handle: Any) -> Iterator[dict[str, Any] | str]:
-        for line in handle:
-            if not line.strip():
+        for number, raw in enumerate(handle, 1):
+            if not raw.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as error:
+                yield f"line {number}: not valid UTF-8: {error}"
+                continue
             except json.JSONDecodeError as error:
                 yield f"malformed JSON line: {error}"
                 continue
             yield row if isinstance(row, dict) else f"JSON line is a {type(row).__name__}, not an object"
 
-    names: list[str] = []
-    with open(path, encoding="utf-8") as handle:
+    names: dict[str, None] = {}  # the schema: the fields of every line, in order of appearance
+    with open(path, "rb") as handle:
         for row in rows(handle):
             if isinstance(row, dict):
-                names = list(row)  # the columns are those of the first parsable line
-                break
-    with open(path, encoding="utf-8") as handle:
-        yield from rows_to_items(spec, names, rows(handle), _image_root(spec))
+                names.update(dict.fromkeys(row))
+    with open(path, "rb") as handle:
+        yield from rows_to_items(spec, list(names), rows(handle), _image_root(spec))
 
 
 def _read_parquet(spec: InputSpec) -> Iterator[tuple[str, Modality, Any, str | None]]:
@@ -250,10 +342,20 @@ def _read_parquet(spec: InputSpec) -> Iterator[tuple[str, Modality, Any, str | N
         raise InputError(f"{source}: no .parquet files in this folder.")
     root = Path(spec.image_root) if spec.image_root else (source if source.is_dir() else source.parent)
     for path in files:
-        table = pq.ParquetFile(path)
+        try:
+            table = pq.ParquetFile(path)
+        except Exception as error:  # pyarrow's ArrowInvalid / OSError: a damaged or non-Parquet file
+            raise InputError(f"{path}: not a readable Parquet file ({error}); repair or remove it.") from error
         prefix = f"{path.relative_to(source).as_posix()}:" if source.is_dir() and not spec.id_column else ""
-        rows = (row for batch in table.iter_batches(batch_size=1024) for row in batch.to_pylist())
-        yield from rows_to_items(spec, table.schema_arrow.names, rows, root, prefix)
+        yield from rows_to_items(spec, table.schema_arrow.names, _parquet_rows(path, table), root, prefix)
+
+
+def _parquet_rows(path: Path, table: Any) -> Iterator[dict[str, Any]]:
+    try:
+        for batch in table.iter_batches(batch_size=1024):
+            yield from batch.to_pylist()
+    except (OSError, ValueError) as error:  # ArrowInvalid is a ValueError
+        raise InputError(f"{path}: damaged Parquet data ({error}); repair or remove the file.") from error
 
 
 def _existing_file(source: str) -> Path:

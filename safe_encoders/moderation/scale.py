@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..extras import require
-from .collection import InputSpec, Item, rows_to_items
+from .collection import InputSpec, Item, duplicate_positions, rows_to_items
 from .scan import (
     ScanConfig,
     ScanError,
@@ -53,7 +53,7 @@ class HySACScorer:
     def __init__(self, model_source: str, spec: dict[str, Any], config: dict[str, Any], device: str | None) -> None:
         import torch
 
-        from .model import HySAC
+        from ..hysac.model import HySAC
 
         self.spec = InputSpec(**spec)
         self.config = ScanConfig(**config)
@@ -71,7 +71,10 @@ class HySACScorer:
             Item(-1, i, m, text=p, error=e) if m == "text" else Item(-1, i, m, image=p, error=e)
             for i, m, p, e in entries
         ]
-        rows = score_items(self.model, items, self.thresholds, embeddings=self.config.embeddings)
+        rows = score_items(
+            self.model, items, self.thresholds, embeddings=self.config.embeddings,
+            max_frames=self.config.max_frames, batch_size=self.config.batch_size,
+        )  # fmt: skip
         for row in rows:
             row["position"] = None  # no global order under Ray; rows are keyed by (id, modality)
         return rows_to_table(rows, self.model.embed_dim if self.config.embeddings else None)
@@ -101,8 +104,11 @@ def scan_with_ray(
     if output.exists() and any(output.iterdir()):
         raise ScanError(f"{output} is not empty: a Ray scan starts from scratch; pick a new folder.")
     spec = dataclasses.replace(spec, kind="parquet")
+    if config.dedupe != "refuse":
+        raise ScanError("--engine ray refuses duplicate ids (--dedupe refuse): it has no order to tell the first.")
+    duplicate_positions(spec, refuse=True)  # before any worker starts
     # The manifest needs the model's curvature and thresholds: the driver loads it once (on the CPU).
-    from .model import HySAC
+    from ..hysac.model import HySAC
 
     driver_model = HySAC.from_pretrained(model_source)
     manifest = scan_manifest(driver_model, spec, config, _thresholds(driver_model, config)) | {"engine": "ray"}
@@ -123,8 +129,12 @@ def scan_with_ray(
         num_gpus=options.gpus_per_worker or None,
         num_cpus=options.cpus_per_worker,
     )
-    ScanOutput(output).claim(manifest)
-    scored.write_parquet(str(output))
+    store = ScanOutput(output)
+    with store.lock(config):  # a second run into the same folder is refused while this one writes
+        if any(path for path in output.iterdir() if not path.name.startswith(".lock-")):
+            raise ScanError(f"{output} is not empty: another scan wrote to it; pick a new folder.")
+        store.claim(manifest)
+        scored.write_parquet(str(output))
     tables = [pq.read_table(path, columns=["unsafe", "error"]) for path in ScanOutput(output).shards()]
     rows = sum(table.num_rows for table in tables)
     unsafe = sum(bool(value) for table in tables for value in table.column("unsafe").to_pylist())
