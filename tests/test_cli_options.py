@@ -111,7 +111,7 @@ def test_other_programs_refuse_bad_numbers_at_parse_time(program, argv):
 @pytest.mark.parametrize(
     ("program", "argv", "message"),
     [
-        ("safe-encoders", ["search", "{tmp}/absent", "--text", "a"], "no scan.json"),
+        ("safe-encoders", ["search", "{tmp}/absent", "--text", "a"], "no .scan.json"),
         ("eval", ["report", "--out", "{tmp}/absent"], "holds no run"),
         ("train", ["export", "--run", "{tmp}/absent", "--out", "{tmp}/o"], "not a finished training run"),
     ],
