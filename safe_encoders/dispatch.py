@@ -17,7 +17,13 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from .errors import ArchitectureMismatchError, InvalidArgumentError, SafeEncodersError, PartialSwapError, UnsupportedModelError
+from .errors import (
+    ArchitectureMismatchError,
+    InvalidArgumentError,
+    PartialSwapError,
+    SafeEncodersError,
+    UnsupportedModelError,
+)
 from .registry import Checkpoint, EncoderKind, find_checkpoint
 from .sources import resolve_source
 from .sources.encoder_source import EncoderSource

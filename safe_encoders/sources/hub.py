@@ -78,7 +78,8 @@ def hub_source(repo_id: str, kind: EncoderKind, hub_kwargs: Mapping[str, Any], b
     commit = _snapshot_commit(config_path, hub_kwargs)
     source = transformers_source(lambda name: fetch(name), kind, label=label, identity=f"hf:{repo_id}@{commit}")
     source.base_model = source.base_model or base_model
-    source.provenance.update({"repo_id": repo_id, "revision": revision, "commit": commit, "config_file": str(config_path)})
+    source.provenance.update({"repo_id": repo_id, "revision": revision, "commit": commit})
+    source.provenance["config_file"] = str(config_path)  # pinned with the weights on first use
     return source
 
 

@@ -16,6 +16,7 @@ offloaded-to-disk tensors are read afresh every time.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import weakref
@@ -36,7 +37,10 @@ from .digests import dtype_name
 ENCODER_CLASSES = ("CLIPTextModel", "CLIPTextModelWithProjection", "CLIPVisionModel", "CLIPVisionModelWithProjection")
 # Instance-level forward wrappers of the offloading we know, by the wrapper function's module and qualname.
 _ACCELERATE_WRAPPER = ("accelerate.hooks", "add_hook_to_module.<locals>.new_forward")
-_DIFFUSERS_WRAPPER = ("diffusers.hooks.hooks", "HookRegistry.register_hook.<locals>.create_new_forward.<locals>.new_forward")
+_DIFFUSERS_WRAPPER = (
+    "diffusers.hooks.hooks",
+    "HookRegistry.register_hook.<locals>.create_new_forward.<locals>.new_forward",
+)
 # Hooks those wrappers may run: offloading only (by module and class name).
 _ALLOWED_HOOKS = {
     ("accelerate.hooks", "AlignDevicesHook"),
@@ -101,7 +105,7 @@ def _global_hooks() -> list[tuple[str, str]]:
 
     names = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_forward_hooks_with_kwargs")
     if any(getattr(torch_module, name, None) for name in names):
-        return [("(every module)", "a global forward hook is registered (torch.nn.modules.module.register_module_forward_hook)")]
+        return [("(every module)", "a global forward hook is registered (register_module_forward_hook)")]
     return []
 
 
@@ -119,7 +123,8 @@ def _class_and_tree(module: nn.Module) -> list[tuple[str, str]]:
     reference = _reference_tree(cls, module.config)
     for (name, got), (ref_name, want) in zip(live, reference, strict=False):
         if name != ref_name:
-            return [(name or ref_name, f"the module tree differs from {cls.__name__}'s: {name!r} where {ref_name!r} belongs")]
+            what = f"the module tree differs from {cls.__name__}'s: {name!r} where {ref_name!r} belongs"
+            return [(name or ref_name, what)]
         if got != want:
             return [(name or "(the encoder)", f"{got} where a {cls.__name__} has {want}")]
     if len(live) != len(reference):
@@ -218,15 +223,14 @@ _CACHE: dict[int, tuple[weakref.ref, tuple[Any, ...], str]] = {}
 def _digest(tensor: torch.Tensor, cached: bool) -> str:
     """`format.tensor_digest`, served from the cache when the very same tensor has not changed since."""
     try:
-        stamp = (tensor._version, tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor.stride(), str(tensor.device))
+        stamp = (tensor._version, tensor.data_ptr(), tensor.dtype, tensor.shape, tensor.stride(), str(tensor.device))
     except RuntimeError:  # an inference tensor has no version counter: never cached
         return tensor_digest(tensor)
     hit = _CACHE.get(id(tensor))
     if cached and hit is not None and hit[0]() is tensor and hit[1] == stamp:
         return hit[2]
     digest = tensor_digest(tensor)
-    try:
-        _CACHE[id(tensor)] = (weakref.ref(tensor, lambda _, key=id(tensor): _CACHE.pop(key, None)), stamp, digest)
-    except TypeError:
-        pass
+    key = id(tensor)
+    with contextlib.suppress(TypeError):  # a tensor subclass without weak references: not cached
+        _CACHE[key] = (weakref.ref(tensor, lambda _: _CACHE.pop(key, None)), stamp, digest)
     return digest

@@ -74,7 +74,8 @@ def pin_registry_source(source: EncoderSource) -> TrustEntry | None:
     if not repo_id or not commit:
         return None
     files = {}
-    for path in [*source.files, *([Path(source.provenance["config_file"])] if "config_file" in source.provenance else [])]:
+    config_file = source.provenance.get("config_file")
+    for path in [*source.files, *([Path(config_file)] if config_file else [])]:
         digest = file_sha256(path)
         blob = Path(path).resolve().name
         if _LFS_BLOB.match(blob) and blob != digest:

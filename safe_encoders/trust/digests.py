@@ -19,7 +19,7 @@ from ..errors import CorruptCheckpointError
 from ..format import combined_digest
 from ..sources.encoder_source import EncoderSource
 from ..streaming import WEIGHT_DTYPES, as_bytes, digest_start
-from .store import TrustEntry, TrustedBy
+from .store import TrustedBy, TrustEntry
 
 # The dtypes an encoder runs in; a live tensor of another dtype matches no trusted digest (fails closed).
 RUNTIME_DTYPES = (torch.float32, torch.float16, torch.bfloat16)

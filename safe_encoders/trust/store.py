@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from ..atomic import atomic_write_text
 from ..errors import CorruptCheckpointError
@@ -88,7 +88,7 @@ class TrustStore:
     """The entries of one trust folder. Reads are cached by file (name, size, mtime), so checking an
     encoder many times does not re-parse the store."""
 
-    _parsed: dict[Path, tuple[tuple[int, int], TrustEntry]] = {}  # shared: the files are the truth
+    _parsed: ClassVar[dict[Path, tuple[tuple[int, int], TrustEntry]]] = {}  # shared: the files are the truth
 
     def __init__(self, root: Path | None = None) -> None:
         self.root = root if root is not None else trust_dir()

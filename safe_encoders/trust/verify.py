@@ -66,7 +66,7 @@ def verify_encoder(module: nn.Module, label: str | None = None, *, cached: bool 
     hinted = [entry for entry in entries if _named_by(record, entry)]
     for entry in [*hinted, *(entry for entry in entries if entry not in hinted)]:
         if _first_difference(entry, live, kind) is None:
-            mismatch = _config_mismatch(entry, config)
+            mismatch = config_mismatch(entry, config)
             if mismatch:
                 return EncoderVerdict(False, entry.checkpoint, None, "config", mismatch)
             return EncoderVerdict(True, entry.checkpoint, entry.trusted_by)
@@ -127,7 +127,7 @@ def _record_describes(record: dict[str, Any], live: dict[str, tuple[str, str]]) 
     return bool(recorded) and recorded == combined_digest({key: digest for key, (_, digest) in live.items()})
 
 
-def _config_mismatch(entry: TrustEntry, config: Any) -> str | None:
+def config_mismatch(entry: TrustEntry, config: Any) -> str | None:
     """The forward-relevant config of the live encoder must be its checkpoint's (a shorter depth is allowed:
     SD 2 runs the first 23 of ViT-H's 24 layers)."""
     live = forward_config(config)

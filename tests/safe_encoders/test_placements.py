@@ -246,7 +246,12 @@ def test_a_write_the_forward_never_sees_is_caught_and_undone(tmp_path, safe_file
 
 @pytest.mark.parametrize(
     ("bad", "message"),
-    [("nan", r"NaN or Inf"), ("inf", r"NaN or Inf"), ("-inf", r"NaN or Inf"), ("int8", r"torch.int8, not a floating-point weight")],
+    [
+        ("nan", r"NaN or Inf"),
+        ("inf", r"NaN or Inf"),
+        ("-inf", r"NaN or Inf"),
+        ("int8", r"torch.int8, not a floating-point weight"),
+    ],
 )
 def test_bad_source_values_are_refused_with_the_model_unchanged(tmp_path, bad, message):
     from safe_encoders.format import canonical_name
