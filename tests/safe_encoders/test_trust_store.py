@@ -66,7 +66,7 @@ def test_trusting_a_file_after_the_swap_makes_it_verify(tmp_path):
 def registered(monkeypatch):
     """A registry entry for a tiny Safe-CLIP published at REPO."""
     fingerprint = EncoderFingerprint.from_config(tiny_clip_model(seed=1).config.text_config, projection_dim=16)
-    entry = Checkpoint(name="safeclip-tiny", repo_id=REPO, base_model="tiny", encoders={"text": fingerprint}, auto=False)
+    entry = Checkpoint(name="safeclip-tiny", repo_id=REPO, base_model="tiny", encoders={"text": fingerprint})
     monkeypatch.setitem(CHECKPOINTS, entry.name, entry)
     return entry
 
@@ -106,7 +106,7 @@ def test_a_cached_file_that_does_not_hash_to_its_blob_name_is_not_pinned(tmp_pat
     cache, commit = _publish(tmp_path, seed=1)
     blob = (cache / "models--tinyorg--safeclip-tiny" / "snapshots" / commit / "model.safetensors").resolve()
     tensors = load_file(blob)
-    tensors["text_model.final_layer_norm.bias"] = tensors["text_model.final_layer_norm.bias"] + 1  # swapped in the cache
+    tensors["text_model.final_layer_norm.bias"] += 1  # the file is changed in the cache, its blob name is not
     save_file(tensors, blob, metadata={"format": "pt"})
     with caplog.at_level(logging.WARNING, logger="safe_encoders"):
         encoder = make_safe(tiny_text_encoder(seed=0), "safeclip-tiny", cache_dir=str(cache))

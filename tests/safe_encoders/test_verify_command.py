@@ -103,9 +103,10 @@ def test_a_changed_config_value_and_remote_code_are_refused(capsys, tmp_path, sa
 
 
 def test_a_llava_folder_is_verified_from_its_files(capsys, tmp_path):
+    from transformers import CLIPVisionModel
+
     from tests.safe_encoders.llava.test_models import tiny_llava
     from tests.tiny_models import tiny_vision_config
-    from transformers import CLIPVisionModel
 
     torch.manual_seed(99)
     tower = export_encoder(CLIPVisionModel(tiny_vision_config(image_size=30)), tmp_path / "vision.safetensors")
