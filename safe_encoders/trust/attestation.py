@@ -79,14 +79,13 @@ def attest(module: nn.Module, label: str, *, cached: bool = False) -> Attestatio
             result.problems.append((where, problem))
     if result.problems:
         return result
-    keys = [name for name, _ in inner.named_parameters()] + [name for name, _ in inner.named_buffers()]
     try:
-        homes = locate(inner, keys, label)
+        live = _live_tensors(inner, label)
     except UnsupportedModelError as error:
         result.problems.append(("(weights)", str(error)))
         return result
-    for key in keys:
-        value = homes[key].read()
+    for key, read in live.items():
+        value = read()
         derived = next((rule for suffix, rule in _DERIVED_BUFFERS.items() if key.endswith(suffix)), None)
         if derived is not None:
             expected = derived(tuple(value.shape))
@@ -95,6 +94,18 @@ def attest(module: nn.Module, label: str, *, cached: bool = False) -> Attestatio
             continue
         result.digests[key] = (dtype_name(value.dtype), _digest(value, cached))
     return result
+
+
+def _live_tensors(module: nn.Module, label: str) -> dict[str, Any]:
+    """{key: () -> the value the forward reads} for every parameter and buffer. Without any offload hook the
+    forward reads the tensors themselves (the common case, and the cheap one); else `placement.locate` says where."""
+    tensors = dict(module.named_parameters())
+    tensors.update(module.named_buffers())
+    hooked = any("_hf_hook" in sub.__dict__ or "_diffusers_hook" in sub.__dict__ for sub in module.modules())
+    if not hooked and not any(tensor.device.type == "meta" for tensor in tensors.values()):
+        return {key: (lambda tensor=tensor: tensor) for key, tensor in tensors.items()}
+    homes = locate(module, list(tensors), label)
+    return {key: homes[key].read for key in tensors}
 
 
 # --------------------------------------------------------------------------------------- code paths
