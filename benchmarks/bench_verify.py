@@ -87,11 +87,15 @@ def bench_encoder(name: str, kind: str, folder: Path, repeat: int) -> list[str]:
     size = sum(p.numel() * p.element_size() for p in module.parameters()) / 1e6
     return [
         f"{name} ({size:.0f} MB fp32)",
-        f"  one load_{kind}_encoder      {t_load:8.3f} s   1.00x",
-        f"  verify_encoder (full)        {t_verify:8.3f} s   {t_verify / t_load:5.2f}x",
-        f"  verify_encoder(cached=True)  {t_cached:8.4f} s   {t_cached / t_load:5.3f}x   (unchanged tensors)",
-        f"  trust_checkpoint (once)      {trust:8.3f} s   {trust / t_load:5.2f}x",
+        row(f"one load_{kind}_encoder", t_load, t_load),
+        row("verify_encoder (full)", t_verify, t_load),
+        row("verify_encoder(cached=True), unchanged", t_cached, t_load),
+        row("trust_checkpoint (once per machine)", trust, t_load),
     ]
+
+
+def row(label: str, seconds: float, reference: float) -> str:
+    return f"  {label:42} {seconds:8.3f} s  {seconds / reference:6.3f}x"
 
 
 def bench_folder(folder: Path, repeat: int) -> list[str]:
@@ -113,8 +117,8 @@ def bench_folder(folder: Path, repeat: int) -> list[str]:
     t_load = best(repeat, lambda: StableDiffusionPipeline.from_pretrained(folder / "pipeline"))
     return [
         "saved SD pipeline folder (full-size text encoder, tiny UNet / VAE)",
-        f"  StableDiffusionPipeline.from_pretrained  {t_load:8.3f} s   1.00x",
-        f"  safe-encoders verify (files only)        {t_verify:8.3f} s   {t_verify / t_load:5.2f}x",
+        row("StableDiffusionPipeline.from_pretrained", t_load, t_load),
+        row("safe-encoders verify (files only)", t_verify, t_load),
     ]
 
 

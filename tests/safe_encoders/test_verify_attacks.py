@@ -130,6 +130,12 @@ def test_an_appended_layer_fails_verification(swapped):
     assert not report["verified"] and report["first_difference"].startswith("encoder.layers.3")
 
 
+def test_a_module_added_after_the_last_one_fails_verification(swapped):
+    swapped.add_module("extra", torch.nn.Linear(32, 32))
+    report = verdict(swapped)
+    assert not report["verified"] and report["first_difference"] == "extra" and "added" in report["reason"]
+
+
 def test_a_replaced_submodule_class_fails_verification(swapped):
     class Sneaky(torch.nn.LayerNorm):
         pass
