@@ -21,6 +21,7 @@ import functools
 import json
 import weakref
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ from torch import nn
 from ..errors import UnsupportedModelError
 from ..format import RECORD_KEY, tensor_digest
 from ..placement import locate
+from ..sources.encoder_source import CHECK_THREADS
 from ..targets import unwrap
 from .digests import dtype_name
 
@@ -80,32 +82,40 @@ def attest(module: nn.Module, label: str, *, cached: bool = False) -> Attestatio
     if result.problems:
         return result
     try:
-        live = _live_tensors(inner, label)
+        live, in_memory = _live_tensors(inner, label)
     except UnsupportedModelError as error:
         result.problems.append(("(weights)", str(error)))
         return result
-    for key, read in live.items():
-        value = read()
+
+    def check(key: str) -> tuple[str, str] | None:
+        value = live[key]()
         derived = next((rule for suffix, rule in _DERIVED_BUFFERS.items() if key.endswith(suffix)), None)
-        if derived is not None:
-            expected = derived(tuple(value.shape))
-            if value.dtype != expected.dtype or not torch.equal(value.detach().to("cpu"), expected):
-                result.problems.append((key, "a derived buffer does not hold its only valid value"))
-            continue
-        result.digests[key] = (dtype_name(value.dtype), _digest(value, cached))
+        if derived is None:
+            return dtype_name(value.dtype), _digest(value, cached)
+        expected = derived(tuple(value.shape))
+        if value.dtype != expected.dtype or not torch.equal(value.detach().to("cpu"), expected):
+            result.problems.append((key, "a derived buffer does not hold its only valid value"))
+        return None
+
+    # sha256 releases the GIL: in-memory tensors are hashed on a few threads (offloaded ones one at a time).
+    with ThreadPoolExecutor(max_workers=CHECK_THREADS if in_memory else 1) as pool:
+        for key, found in zip(live, pool.map(check, live), strict=True):
+            if found is not None:
+                result.digests[key] = found
     return result
 
 
-def _live_tensors(module: nn.Module, label: str) -> dict[str, Any]:
-    """{key: () -> the value the forward reads} for every parameter and buffer. Without any offload hook the
-    forward reads the tensors themselves (the common case, and the cheap one); else `placement.locate` says where."""
+def _live_tensors(module: nn.Module, label: str) -> tuple[dict[str, Any], bool]:
+    """({key: () -> the value the forward reads} for every parameter and buffer, whether they are all in memory).
+    Without any offload hook the forward reads the tensors themselves (the common case, and the cheap one); else
+    `placement.locate` says where."""
     tensors = dict(module.named_parameters())
     tensors.update(module.named_buffers())
     hooked = any("_hf_hook" in sub.__dict__ or "_diffusers_hook" in sub.__dict__ for sub in module.modules())
     if not hooked and not any(tensor.device.type == "meta" for tensor in tensors.values()):
-        return {key: (lambda tensor=tensor: tensor) for key, tensor in tensors.items()}
+        return {key: (lambda tensor=tensor: tensor) for key, tensor in tensors.items()}, True
     homes = locate(module, list(tensors), label)
-    return {key: homes[key].read for key in tensors}
+    return {key: homes[key].read for key in tensors}, False
 
 
 # --------------------------------------------------------------------------------------- code paths

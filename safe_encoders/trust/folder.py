@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 from ..errors import CheckpointNotFoundError
 from ..format import PROJECTION, canonical_name, is_ignored
 from ..registry import EncoderKind
+from ..sources.encoder_source import CHECK_THREADS
 from ..sources.pickles import PICKLE_SUFFIXES
 from ..sources.transformers_checkpoint import read_json_object
 from ..streaming import Span, as_bytes, digest_start, safetensors_spans, stream_span
@@ -176,7 +178,8 @@ def _tensors(folder: Path, belongs: Any) -> tuple[dict[str, Span], str]:
 def _verdict(encoder: SavedEncoder) -> EncoderVerdict:
     if encoder.problem or encoder.kind is None:
         return EncoderVerdict(False, reason=encoder.problem or "not a CLIP encoder")
-    digests = {name: _file_digest(span) for name, span in encoder.tensors.items()}
+    with ThreadPoolExecutor(max_workers=CHECK_THREADS) as pool:  # sha256 and file reads release the GIL
+        digests = dict(zip(encoder.tensors, pool.map(_file_digest, encoder.tensors.values()), strict=True))
     entries = TrustStore().entries(encoder.kind)
     best: tuple[int, TrustEntry | None, str | None] = (len(digests) + 1, None, None)
     for entry in entries:
