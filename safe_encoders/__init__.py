@@ -18,6 +18,7 @@ from .errors import (
     ArchitectureMismatchError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
+    InvalidArgumentError,
     PartialSwapError,
     SafeEncodersError,
     SwapVerificationError,
@@ -28,6 +29,7 @@ from .errors import (
 from .llava import LLAVA_MODEL
 from .loading import load_text_encoder, load_vision_encoder
 from .registry import Checkpoint, find_checkpoint, get_checkpoint, list_checkpoints
+from .trust import EncoderVerdict, trust_checkpoint, trust_dir, verify_encoder
 
 register_handler(DIFFUSERS_PIPELINE)
 register_handler(LLAVA_MODEL)
@@ -40,6 +42,8 @@ __all__ = [
     "Checkpoint",
     "CheckpointNotFoundError",
     "CorruptCheckpointError",
+    "EncoderVerdict",
+    "InvalidArgumentError",
     "PartialSwapError",
     "SafeEncodersError",
     "SwapVerificationError",
@@ -57,4 +61,7 @@ __all__ = [
     "load_vision_encoder",
     "make_safe",
     "swap_report",
+    "trust_checkpoint",
+    "trust_dir",
+    "verify_encoder",
 ]

@@ -8,6 +8,7 @@ handler only says where the encoders are; the checks and the swap are shared.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,8 +17,14 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from .errors import ArchitectureMismatchError, PartialSwapError, UnsupportedModelError
-from .registry import EncoderKind, find_checkpoint
+from .errors import (
+    ArchitectureMismatchError,
+    InvalidArgumentError,
+    PartialSwapError,
+    SafeEncodersError,
+    UnsupportedModelError,
+)
+from .registry import Checkpoint, EncoderKind, find_checkpoint
 from .sources import resolve_source
 from .sources.encoder_source import EncoderSource
 from .swap import (
@@ -32,6 +39,7 @@ from .swap import (
     recast,
     verify_installed,
 )
+from .trust import pin_registry_source, verify_encoder
 
 logger = logging.getLogger("safe_encoders")
 T = TypeVar("T")
@@ -112,6 +120,7 @@ def make_safe(
     swapped or none is. Calling it again with the same checkpoint does nothing (after checking that
     the encoder still holds it).
     """
+    _check_checkpoint_argument(checkpoint)
     dtype = parse_dtype(torch_dtype)
     handler = _handler_for(obj)
     slots = handler.slots(obj)
@@ -153,11 +162,32 @@ def make_safe(
     # Check every source tensor first (a slice at a time), so that a bad file cannot leave a half-swapped target.
     digests = [plan.source.validate(plan.names) for plan in todo]
     install(todo, digests, torch_dtype=dtype)
+    _pin_registry_sources(todo)
     if dtype is not None:
         for plan in plans:
             if plan not in todo:
                 recast(plan, dtype)
     return obj
+
+
+def _check_checkpoint_argument(checkpoint: Any) -> None:
+    if isinstance(checkpoint, str | os.PathLike | Checkpoint) and str(checkpoint):
+        return
+    raise InvalidArgumentError(
+        f"checkpoint={checkpoint!r} ({type(checkpoint).__name__}) is not a checkpoint. make_safe accepts 'auto', a "
+        "registry name (safe_encoders.list_checkpoints()), a safe_encoders.Checkpoint, a Hub id 'org/name', or the "
+        "path of a local folder or .safetensors file. Nothing was changed."
+    )
+
+
+def _pin_registry_sources(plans: list[SwapPlan]) -> None:
+    """Trust on first use: pin each registry checkpoint just read from the Hub (a failure never undoes the swap;
+    the encoder then simply does not verify until the user trusts the checkpoint)."""
+    for source in {id(plan.source): plan.source for plan in plans if plan.source.provenance.get("registry")}.values():
+        try:
+            pin_registry_source(source)
+        except (OSError, SafeEncodersError) as error:
+            logger.warning("safe_encoders: could not pin %s in the trust store: %s", source.label, error)
 
 
 def _already_holds(plan: SwapPlan) -> bool:
@@ -209,11 +239,17 @@ def _source_for(
 
 
 def swap_report(obj: Any, *, verify: bool = False) -> dict[str, dict[str, Any] | None]:
-    """For each encoder of `obj`: the record of its Safe-CLIP swap, or None if it is not swapped.
+    """For each encoder of `obj` (a pipeline, a LLaVA model or a bare CLIP encoder): the record of its
+    Safe-CLIP swap, or None if it is not swapped.
 
-    With `verify=True` each record also says whether the weights the forward pass reads (through any
-    offload hooks) are still the ones installed: `verified` (bool), `first_difference` (the first
-    tensor that differs, or None) and `reason`. That costs one pass over each encoder's bytes.
+    The record lives in the encoder's config (it is saved with the model), so on its own it proves
+    nothing: anyone can write one. With `verify=True` each CLIP encoder is checked against the trust
+    store instead (`trust.verify_encoder`: the module tree, hooks and forward, and the digest of every
+    tensor the forward reads, against the checkpoints this machine trusts), and its entry also says:
+    `checkpoint` (the trusted checkpoint it runs, else the one its record claims), `trusted_by`
+    ("registry", "user" or None), `verified` (bool), `first_difference` (the first tensor or module that
+    differs, or None), `reason` and `forged` (the record names a trusted checkpoint the weights are not).
+    That costs one pass over each encoder's bytes.
     """
     try:
         handler = _handler_for(obj)
@@ -224,9 +260,14 @@ def swap_report(obj: Any, *, verify: bool = False) -> dict[str, dict[str, Any] |
         record = installed_record(slot.module) if slot.kind else None
         if record is not None:
             record = {key: value for key, value in record.items() if key != "installed_tensors"}
-            if verify:
-                check = verify_installed(slot.module, slot.label)
-                record.update(verified=check.verified, first_difference=check.first_difference, reason=check.reason)
+        if verify and slot.kind is not None:
+            assert slot.module is not None
+            verdict = verify_encoder(slot.module, slot.label)
+            if record is not None or verdict.verified:
+                fields = verdict.as_dict()
+                if fields["checkpoint"] is None:
+                    del fields["checkpoint"]
+                record = {**(record or {}), **fields}
         report[slot.label] = record
     return report
 
@@ -234,13 +275,18 @@ def swap_report(obj: Any, *, verify: bool = False) -> dict[str, dict[str, Any] |
 def is_safe(obj: Any, *, verify: bool = False) -> bool:
     """True when every encoder of `obj` that conditions generation carries a Safe-CLIP swap.
 
-    A partial swap (`allow_partial=True`) reports False: an unswapped encoder still knows the
-    unsafe concepts. With `verify=True` the weights the forward reads are also re-read and compared
-    with what was installed (one pass over the encoders' bytes). `swap_report` says which encoder
-    holds what.
+    Without `verify` this reads the swap records in the encoders' configs, which travel with a saved
+    model: a record can be forged (write one into a config.json) and is only a hint. With
+    `verify=True` it is True only when every encoder is verified against the trust store (a trusted
+    checkpoint, `trusted_by` "registry" or "user", and nothing else in the forward; see `swap_report`).
+    A partial swap (`allow_partial=True`) reports False: an unswapped encoder still knows the unsafe
+    concepts. `swap_report` says which encoder holds what.
     """
     report = swap_report(obj, verify=verify)
-    return bool(report) and all(record is not None and (not verify or record["verified"]) for record in report.values())
+    return bool(report) and all(
+        record is not None and (not verify or (record["verified"] and record["trusted_by"] is not None))
+        for record in report.values()
+    )
 
 
 # ----------------------------------------------------------------------- built-in handlers

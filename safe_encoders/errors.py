@@ -21,6 +21,10 @@ class PartialSwapError(SafeEncodersError, ValueError):
     """Only some encoders of the target have a Safe-CLIP replacement and the caller did not opt in."""
 
 
+class InvalidArgumentError(SafeEncodersError, ValueError, TypeError):
+    """An argument has a value or type the function does not accept; the message names it and what it accepts."""
+
+
 class CheckpointNotFoundError(SafeEncodersError, OSError):
     """A checkpoint (registry name, Hub id, folder or file) cannot be found or reached."""
 

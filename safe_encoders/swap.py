@@ -17,7 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ArchitectureMismatchError, CorruptCheckpointError, SwapVerificationError, UnsupportedModelError
+from .errors import (
+    ArchitectureMismatchError,
+    CorruptCheckpointError,
+    InvalidArgumentError,
+    SwapVerificationError,
+    UnsupportedModelError,
+)
 from .format import PROJECTION, RECORD_KEY, combined_digest, module_names, tensor_digest
 from .placement import TensorHome, locate
 from .registry import EncoderFingerprint, EncoderKind, fitting_checkpoint_names
@@ -274,6 +280,8 @@ class Verification:
 def verify_installed(module: nn.Module, label: str) -> Verification:
     """Re-read every recorded tensor as the forward would (through offload hooks) and compare with the record.
 
+    Whether the encoder still holds what its own record says (make_safe uses it to skip a repeated swap):
+    a consistency check, not a trust check, since a record can be forged (`trust.verify_encoder` is that).
     Costs one pass over the encoder's bytes (a sha256 of each tensor)."""
     record = installed_record(module)
     if record is None:
@@ -316,7 +324,7 @@ def parse_dtype(value: Any) -> torch.dtype | None:
         return value
     if isinstance(value, str) and value.removeprefix("torch.") in _DTYPES:
         return _DTYPES[value.removeprefix("torch.")]
-    raise ValueError(
+    raise InvalidArgumentError(
         f"torch_dtype={value!r} is not a floating-point dtype; use one of {', '.join(sorted(_DTYPES))}, a "
         "torch.dtype such as torch.float16, or 'auto' / None to keep the current dtype."
     )

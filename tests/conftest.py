@@ -56,3 +56,9 @@ def pytest_sessionfinish(session, exitstatus) -> None:
         for line in [*lines, *_unexpected_skips]:
             reporter.write_line(line) if reporter else print(line)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(autouse=True)
+def _private_trust_store(tmp_path_factory, monkeypatch):
+    """Every test gets an empty trust store of its own: nothing is read from or written to the user's cache."""
+    monkeypatch.setenv("SAFE_ENCODERS_TRUST_DIR", str(tmp_path_factory.mktemp("trust")))

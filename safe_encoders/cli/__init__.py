@@ -32,9 +32,9 @@ class Command:
 
 
 def commands() -> dict[str, Command]:
-    from . import scan, search
+    from . import scan, search, trust, verify
 
-    return {command.name: command for command in (scan.COMMAND, search.COMMAND)}
+    return {command.name: command for command in (scan.COMMAND, search.COMMAND, verify.COMMAND, trust.COMMAND)}
 
 
 def build_parser() -> argparse.ArgumentParser:

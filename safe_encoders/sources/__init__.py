@@ -33,4 +33,7 @@ def resolve_source(source: Any, kind: EncoderKind, **hub_kwargs: Any) -> Encoder
         return local_source(parsed.path, kind)
     assert parsed.repo_id is not None
     base_model = parsed.entry.base_model if parsed.entry is not None else None
-    return hub_source(parsed.repo_id, kind, parsed.hub_kwargs(hub_kwargs), base_model)
+    source = hub_source(parsed.repo_id, kind, parsed.hub_kwargs(hub_kwargs), base_model)
+    if parsed.entry is not None:  # a registry checkpoint: pinned in the trust store on first use
+        source.provenance["registry"] = parsed.entry.name
+    return source

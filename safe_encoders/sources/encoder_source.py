@@ -52,6 +52,11 @@ class EncoderSource:
         """The content digest when the source is one of our files (None otherwise)."""
         return self.provenance.get("digest") if self.expected_digests is not None else None
 
+    @property
+    def files(self) -> list[Path]:
+        """The files the tensors are read from."""
+        return sorted({path for path, _ in self._locations.values()})
+
     def read(self, names: Iterable[str], digests: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
         """Read the named tensors on CPU, each checked (floating point, finite, our files' digests); their
         digests (`format.tensor_digest`) go into `digests` when given."""

@@ -70,12 +70,20 @@ def hub_source(repo_id: str, kind: EncoderKind, hub_kwargs: Mapping[str, Any], b
     if config_path is None:
         ours = fetch(encoder_file_name(kind))
         if ours is not None:
-            return encoder_file_source(ours, kind)
+            source = encoder_file_source(ours, kind)
+            source.provenance.update({"repo_id": repo_id, "commit": _snapshot_commit(ours, hub_kwargs)})
+            return source
         fetch("config.json", required=True)
-    parts = config_path.parts  # .../snapshots/<commit>/[subfolder/]config.json names the exact revision used
     revision = hub_kwargs.get("revision") or "main"
-    commit = parts[parts.index("snapshots") + 1] if "snapshots" in parts[:-1] else revision
+    commit = _snapshot_commit(config_path, hub_kwargs)
     source = transformers_source(lambda name: fetch(name), kind, label=label, identity=f"hf:{repo_id}@{commit}")
     source.base_model = source.base_model or base_model
     source.provenance.update({"repo_id": repo_id, "revision": revision, "commit": commit})
+    source.provenance["config_file"] = str(config_path)  # pinned with the weights on first use
     return source
+
+
+def _snapshot_commit(path: Path, hub_kwargs: Mapping[str, Any]) -> str:
+    """The commit a cached file belongs to: .../snapshots/<commit>/[subfolder/]name names the exact revision."""
+    parts = path.parts
+    return parts[parts.index("snapshots") + 1] if "snapshots" in parts[:-1] else (hub_kwargs.get("revision") or "main")

@@ -17,6 +17,7 @@ from safe_encoders import (
     load_text_encoder,
     make_safe,
     swap_report,
+    trust_checkpoint,
 )
 from safe_encoders.errors import SwapVerificationError
 from safe_encoders.format import write_encoder_file
@@ -32,6 +33,12 @@ IDS = torch.tensor([[49406, 320, 1125, 539, 320, 2368, 49407] + [49407] * 5])
 def safe_file(tmp_path_factory):
     """The checkpoint to swap in: a tiny text encoder with other weights than the targets (seed 0)."""
     return export_encoder(tiny_text_encoder(seed=123), tmp_path_factory.mktemp("safe") / "text.safetensors")
+
+
+@pytest.fixture(autouse=True)
+def trusted_safe_file(safe_file):
+    """The checkpoint is a local file: verify=True accepts it only because the user (this test) trusts it."""
+    trust_checkpoint(safe_file)
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +246,12 @@ def test_a_write_the_forward_never_sees_is_caught_and_undone(tmp_path, safe_file
 
 @pytest.mark.parametrize(
     ("bad", "message"),
-    [("nan", r"NaN or Inf"), ("inf", r"NaN or Inf"), ("int8", r"torch.int8, not a floating-point weight")],
+    [
+        ("nan", r"NaN or Inf"),
+        ("inf", r"NaN or Inf"),
+        ("-inf", r"NaN or Inf"),
+        ("int8", r"torch.int8, not a floating-point weight"),
+    ],
 )
 def test_bad_source_values_are_refused_with_the_model_unchanged(tmp_path, bad, message):
     from safe_encoders.format import canonical_name

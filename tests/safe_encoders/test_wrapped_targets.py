@@ -7,7 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from safe_encoders import UnsupportedModelError, export_encoder, is_safe, load_text_encoder, make_safe, swap_report
+from safe_encoders import (
+    UnsupportedModelError,
+    export_encoder,
+    is_safe,
+    load_text_encoder,
+    make_safe,
+    swap_report,
+    trust_checkpoint,
+)
 from tests.tiny_models import tiny_sd_pipeline, tiny_text_encoder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -37,6 +45,7 @@ def test_a_compiled_encoder_is_swapped_through_orig_mod_and_runs_the_checkpoint(
     compiled = torch.compile(tiny_text_encoder(seed=0), backend="eager")
     output(compiled)  # compiled once with the original weights
     make_safe(compiled, safe_file)
+    trust_checkpoint(safe_file)  # a local file is trusted only when the user says so
     expected = output(load_text_encoder(safe_file, with_projection=False))
     assert torch.equal(output(compiled), expected)
     assert is_safe(compiled, verify=True)
@@ -47,6 +56,7 @@ def test_a_compiled_text_encoder_inside_a_pipeline(safe_file):
     pipe = tiny_sd_pipeline("v1")
     pipe.text_encoder = torch.compile(pipe.text_encoder, backend="eager")
     make_safe(pipe, safe_file)
+    trust_checkpoint(safe_file)
     assert torch.equal(output(pipe.text_encoder), output(load_text_encoder(safe_file, with_projection=False)))
     assert is_safe(pipe, verify=True)
 
