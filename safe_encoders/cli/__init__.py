@@ -2,6 +2,8 @@
 
 safe-encoders scan   DATA --out FOLDER [--model hysac] [--embeddings] ...
 safe-encoders search SCAN_FOLDER --text "a quiet beach" [--safety keep|redirect|filter] ...
+safe-encoders verify PATH_OR_HUB_ID [--json]    check a saved pipeline's encoders against the trust store
+safe-encoders trust  PATH_OR_HUB_ID | --list    trust a checkpoint on this machine
 
 Errors the user can fix (a missing file, a bad option, a scan folder of another configuration) are
 printed as one line and exit with status 2 (``--debug``: the traceback); anything else is a bug and keeps its
