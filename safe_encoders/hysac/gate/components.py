@@ -69,10 +69,17 @@ def call_context(ctx: CallContext) -> Iterator[CallContext]:
 
 @dataclass(frozen=True)
 class EncoderSlot:
-    """A text encoder the gate hooks: its pipeline attribute name and the tokenizer that feeds it."""
+    """A text encoder the gate hooks: its pipeline attribute name and the tokenizer that feeds it.
+
+    `reader` is the gate's own copy of that tokenizer: a fast tokenizer keeps its padding / truncation settings
+    as state, so tokenizing with the pipeline's tokenizer while another thread's call uses it would change what
+    that call gets. The copy only finds rows already checked; decoding (stateless) uses the pipeline's tokenizer.
+    """
 
     name: str
     tokenizer: Any
+    reader: Any = None
+    lock: Any = field(default_factory=threading.Lock, compare=False)
 
 
 def content_ids(tokenizer: Any, row: list[int]) -> tuple[int, ...]:
@@ -116,7 +123,11 @@ def unreadable_tokens(tokenizer: Any, rows: list[list[int]]) -> list[str]:
 def known_rows(pipe: Any, slots: list[EncoderSlot], texts: list[str]) -> dict[str, set[tuple[int, ...]]]:
     """For each encoder, the content ids of `texts` and of the pipeline's steer-away texts (e.g. SLD's concept)."""
     texts = [*texts, *(getattr(pipe, a) for a in STEER_AWAY_ATTRIBUTES if isinstance(getattr(pipe, a, None), str))]
-    return {slot.name: {text_ids(slot.tokenizer, text) for text in texts} for slot in slots}
+    known = {}
+    for slot in slots:
+        with slot.lock:
+            known[slot.name] = {text_ids(slot.reader or slot.tokenizer, text) for text in texts}
+    return known
 
 
 # ------------------------------------------------------------------------------ hooks

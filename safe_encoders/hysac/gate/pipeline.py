@@ -98,7 +98,7 @@ def _encoder_slots(pipe: Any) -> list[EncoderSlot]:
                     f"add_safety_gate: {type(pipe).__name__}.{name} has no tokenizer beside it, so the gate cannot "
                     "read the token ids it receives."
                 )
-            slots.append(EncoderSlot(name, tokenizer))
+            slots.append(EncoderSlot(name, tokenizer, reader=copy.deepcopy(tokenizer)))
     return slots
 
 
