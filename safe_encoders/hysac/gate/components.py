@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 
 from ...errors import UnsafeContentError
-from .core import GateHandle, GateReport, InputCheck, apply_image_policy, nonfinite_note, score_texts
+from .core import TOKENIZER_LOCK, GateHandle, GateReport, InputCheck, apply_image_policy, nonfinite_note, score_texts
 from .images import ImageBatch
 
 # The name `allow_unchecked` takes for tokens the classifier cannot read (textual inversion and the like).
@@ -69,17 +70,43 @@ def call_context(ctx: CallContext) -> Iterator[CallContext]:
 
 @dataclass(frozen=True)
 class EncoderSlot:
-    """A text encoder the gate hooks: its pipeline attribute name and the tokenizer that feeds it.
-
-    `reader` is the gate's own copy of that tokenizer: a fast tokenizer keeps its padding / truncation settings
-    as state, so tokenizing with the pipeline's tokenizer while another thread's call uses it would change what
-    that call gets. The copy only finds rows already checked; decoding (stateless) uses the pipeline's tokenizer.
-    """
+    """A text encoder the gate hooks: its pipeline attribute name and the tokenizer that feeds it."""
 
     name: str
     tokenizer: Any
-    reader: Any = None
-    lock: Any = field(default_factory=threading.Lock, compare=False)
+
+
+# The tokenizer methods that set the padding / truncation state and then encode.
+LOCKED_METHODS = ("__call__", "tokenize", "encode", "encode_plus", "batch_encode_plus", "_encode_plus",
+                  "_batch_encode_plus", "pad")  # fmt: skip
+
+
+@functools.cache
+def _locked_class(base: type) -> type:
+    def locked(method: Any) -> Any:
+        @functools.wraps(method)
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            with TOKENIZER_LOCK:
+                return method(self, *args, **kwargs)
+
+        return call
+
+    methods = {name: locked(getattr(base, name)) for name in LOCKED_METHODS if callable(getattr(base, name, None))}
+    return type(base.__name__, (base,), {**methods, "__module__": base.__module__, "__qualname__": base.__qualname__,
+                                         "_safe_encoders_locked": True})  # fmt: skip
+
+
+def lock_tokenizer(handle: GateHandle, tokenizer: Any) -> None:
+    """Make each call of a pipeline's tokenizer atomic while the gate is on (same class name, undone on removal).
+
+    A fast tokenizer sets its padding / truncation state, then encodes: two threads calling one pipeline (with
+    different settings: diffusers pads to the maximum length, then checks truncation with padding="longest")
+    could otherwise get each other's padding."""
+    base = type(tokenizer)
+    if getattr(base, "_safe_encoders_locked", False):
+        return  # another gate holds it already
+    tokenizer.__class__ = _locked_class(base)
+    handle.on_remove(lambda: setattr(tokenizer, "__class__", base))
 
 
 def content_ids(tokenizer: Any, row: list[int]) -> tuple[int, ...]:
@@ -123,11 +150,8 @@ def unreadable_tokens(tokenizer: Any, rows: list[list[int]]) -> list[str]:
 def known_rows(pipe: Any, slots: list[EncoderSlot], texts: list[str]) -> dict[str, set[tuple[int, ...]]]:
     """For each encoder, the content ids of `texts` and of the pipeline's steer-away texts (e.g. SLD's concept)."""
     texts = [*texts, *(getattr(pipe, a) for a in STEER_AWAY_ATTRIBUTES if isinstance(getattr(pipe, a, None), str))]
-    known = {}
-    for slot in slots:
-        with slot.lock:
-            known[slot.name] = {text_ids(slot.reader or slot.tokenizer, text) for text in texts}
-    return known
+    with TOKENIZER_LOCK:
+        return {slot.name: {text_ids(slot.tokenizer, text) for text in texts} for slot in slots}
 
 
 # ------------------------------------------------------------------------------ hooks

@@ -214,8 +214,9 @@ def _threshold(classifier: HySAC, modality: Literal["text", "image"], given: flo
 # ------------------------------------------------------------------------------ scoring
 
 
-# A fast tokenizer keeps its padding / truncation settings as state: concurrent calls of the gate take turns.
-_CLASSIFIER_LOCK = threading.RLock()
+# A fast tokenizer keeps its padding / truncation settings as state between setting them and encoding: the
+# gate's tokenizer calls (the classifier's, and the gated pipelines' tokenizers) take turns under this lock.
+TOKENIZER_LOCK = threading.RLock()
 
 
 def score_texts(handle: GateHandle, texts: list[str]) -> Verdicts:
@@ -224,7 +225,7 @@ def score_texts(handle: GateHandle, texts: list[str]) -> Verdicts:
     A text longer than the classifier's tokenizer reads (77 CLIP tokens; SD 3's T5 prompt takes 256) is
     also scored window by window; its score is the highest (fail closed: no tail goes unread).
     """
-    with _CLASSIFIER_LOCK:
+    with TOKENIZER_LOCK:
         return _score_texts(handle, texts)
 
 

@@ -25,6 +25,7 @@ from .components import (
     hook_text_encoder,
     hook_vae_decoder,
     known_rows,
+    lock_tokenizer,
 )
 from .config import SafetyGate
 from .core import GATE_ATTRIBUTE, GateHandle, InputCheck
@@ -79,6 +80,7 @@ def install_pipeline_gate(handle: GateHandle) -> None:
     handle.on_remove(lambda: setattr(pipe, "__class__", base))
     for slot in slots:
         hook_component(handle, slot.name, getattr(pipe, slot.name))
+        lock_tokenizer(handle, slot.tokenizer)
     hook_component(handle, "vae", getattr(pipe, "vae", None))
     if gate.replace_safety_checker and getattr(pipe, "safety_checker", None) is not None:
         checker = pipe.safety_checker
@@ -98,7 +100,7 @@ def _encoder_slots(pipe: Any) -> list[EncoderSlot]:
                     f"add_safety_gate: {type(pipe).__name__}.{name} has no tokenizer beside it, so the gate cannot "
                     "read the token ids it receives."
                 )
-            slots.append(EncoderSlot(name, tokenizer, reader=copy.deepcopy(tokenizer)))
+            slots.append(EncoderSlot(name, tokenizer))
     return slots
 
 

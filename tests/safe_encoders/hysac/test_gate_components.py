@@ -181,6 +181,7 @@ def test_class_level_calls_new_pipelines_and_from_pipe_are_checked_by_constructi
     handle.remove()
     generate(rebuilt, prompts.unsafe)  # removed from the modules too
     assert _hooks(pipe.text_encoder) == 0 and _hooks(pipe.vae.decoder) == 0
+    assert type(pipe.tokenizer).__call__ is type(tiny_sd_pipeline().tokenizer).__call__  # its lock is gone too
 
 
 def test_the_vae_decoder_hook_applies_the_image_policy_outside_gated_calls(classifier, prompts):
