@@ -42,9 +42,11 @@ without a role is refused under "block" / "redirect" (at install when the signat
 
 What is refused (under `prompt_policy` "block" and "redirect", unless opted out)
 
-- Inputs the gate cannot read: `prompt_embeds`, `pooled_prompt_embeds`, `ip_adapter_image_embeds`,
-  any other `*_embeds` / `*_latents` argument, an image input given as latents, and image inputs
-  while `image_policy="off"`: `UnsafeContentError` naming the input and the opt-out.
+- Inputs the gate cannot read: `prompt_embeds`, `negative_prompt_embeds`, `pooled_prompt_embeds`,
+  `ip_adapter_image_embeds`, any other `*_embeds` / `*_embeddings` / `*_latents` argument, attention
+  masks, an image input given as latents, image inputs while `image_policy="off"`, tokens the
+  classifier cannot read, an argument with no role: `UnsafeContentError` naming the input and the
+  opt-out.
 - `output_type="latent"` that cannot be decoded (no VAE, packed latents) while an image policy is on.
 - LLaVA: `inputs_embeds` given by the caller while an image policy is on, and (transformers 5)
   `mm_encoder_outputs` the gated tower did not compute.
@@ -56,9 +58,10 @@ How to opt out: `SafetyGate(..., allow_unchecked=("prompt_embeds", "pooled_promp
 "inputs_embeds", "mm_encoder_outputs"); each use is recorded in `report.opt_outs` and the input's entry. With
 `prompt_policy` "flag" or "off" nothing is refused; unreadable inputs are recorded as "unchecked".
 
-What stays out of reach is listed in one place: README.md, section "HySAC: detect and steer instead of erase", after the gate table.
+What stays out of reach is listed in one place: README.md, section "HySAC: detect and steer instead
+of erase", after the gate table.
 
-Not a generation target: `negative_prompt*` (negative prompts and their embeddings steer away from
+Not a generation target: `negative_prompt*` (negative prompts steer away from
 their content; they are listed in the report, not scored), `mask_image`, `latents` (the starting
 noise). The image policy is the backstop for what they (or anything else) make the pipeline draw.
 
