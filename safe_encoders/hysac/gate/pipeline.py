@@ -70,7 +70,7 @@ def install_pipeline_gate(handle: GateHandle) -> None:
         handle.require_threshold("text")
         if handle.classifier.tokenizer is None:
             raise ValueError("SafetyGate: the classifier has no tokenizer; set classifier.tokenizer to check prompts.")
-    slots = _encoder_slots(pipe)
+    slots = _encoder_slots(pipe) if gate.prompt_policy != "off" else []
     if gate.prompt_policy == "redirect":  # after the cheap checks: this copies encoders and may download
         handle.state["redirect"] = _redirect_encoders(pipe, gate)
     handle.state["slots"] = slots
