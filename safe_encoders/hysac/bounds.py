@@ -67,13 +67,22 @@ class HySACBounds:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], *, threshold_key: str = "up_95", label: str = "bounds") -> HySACBounds:
-        """Read the JSON layout; non-numeric entries are dropped, an empty or malformed file is refused."""
+        """Read the JSON layout. Notes beside the numbers are dropped, but a statistic of the wrong type (e.g.
+        `"up_95": "0.5"`, any `up_*` / `low_*` / avg / mean / std / min / max / count entry, or any text that reads
+        as a number) is refused, as is an empty or malformed file: a bound silently dropped would change the
+        threshold the gate uses."""
         if not isinstance(raw, Mapping):
             raise CorruptCheckpointError(f"{label}: expected a JSON object of groups, got {type(raw).__name__}.")
         stats: dict[str, dict[str, float]] = {}
         for group, values in raw.items():
             if not isinstance(values, Mapping):
                 continue
+            wrong = {k: v for k, v in values.items() if _misread_statistic(str(k), v, threshold_key)}
+            if wrong:
+                raise CorruptCheckpointError(
+                    f"{label}: {', '.join(f'{group}.{k} ({v!r}, {type(v).__name__})' for k, v in wrong.items())} "
+                    "must be numbers; the bounds give the unsafe thresholds, so a value of the wrong type is refused."
+                )
             numbers = {
                 str(k): float(v) for k, v in values.items() if isinstance(v, int | float) and not isinstance(v, bool)
             }
@@ -91,6 +100,22 @@ class HySACBounds:
                 f"top-level keys: {sorted(map(str, raw))[:8]}."
             )
         return cls(stats=stats, threshold_key=threshold_key)
+
+
+STATISTICS = ("avg", "mean", "std", "min", "max", "count")
+
+
+def _misread_statistic(key: str, value: Any, threshold_key: str) -> bool:
+    """A statistic whose value is not a number (a note beside the statistics is not one)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return False
+    if key == threshold_key or key in STATISTICS or key.startswith(("up_", "low_")) or isinstance(value, bool):
+        return True
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def non_finite_entries(stats: Mapping[str, Mapping[str, Any]]) -> list[str]:

@@ -4,19 +4,30 @@
 (or `remove_safety_gate(target)`) undoes everything it did. `handle.last_report` lists every input of
 the last call: whether it was checked, its scores, and the action taken (`report.summary()`).
 
-What is checked (diffusers pipelines: a subclass of the pipeline's class, same name and signature)
+What is checked (diffusers pipelines: a subclass of the pipeline's class, same name and signature, plus
+hooks where the work happens, `components.py`: the text encoders' token ids before they run, the VAE
+decoder's images after it; so class-level calls, rebuilt pipelines, `from_pipe` and SEGA's editing
+prompts are checked by construction). Every argument of `__call__` has a role (`roles.py`); one
+without a role is refused under "block" / "redirect" (at install when the signature takes it).
 
-- Text prompts: `prompt`, `prompt_2`, `prompt_3` (every text encoder's prompt), scored with HySAC's
-  text side (a prompt longer than the classifier reads, e.g. SD 3's 256-token T5 prompt, is also
-  scored window by window and takes its highest score); `prompt_policy` applies to a row when any
-  of them is unsafe:
+- Text prompts: `prompt`, `prompt_2`, `prompt_3` (every text encoder's prompt) and SEGA's
+  `editing_prompt`, scored with HySAC's text side (a prompt longer than the classifier reads, e.g.
+  SD 3's 256-token T5 prompt, is also scored window by window and takes its highest score);
+  `prompt_policy` applies to a row when any of them is unsafe:
   "block" raises `UnsafeContentError` (`on_block="raise"`) or (`on_block="blank"`) generates "" for
-  those rows and blacks their images out; "redirect" runs the whole call through Safe-CLIP text
-  encoder(s) (the pipeline's own when `is_safe(pipe)`, else copies made safe with
-  `redirect_checkpoint` when the gate is added; safe prompts of that call go through Safe-CLIP too,
-  calls with only safe prompts keep the original encoder); "flag" only reports; "off" does not check.
-- Input images: `image` (img2img / inpaint / ControlNet), `ip_adapter_image`, `control_image`,
-  scored with HySAC's image side; `image_policy` applies to what the pipeline will see: "block"
+  those rows and blacks their images out; "redirect" takes the Safe-CLIP text encoder(s)' output for
+  the whole call (the pipeline's own when `is_safe(pipe)`, else copies made safe with
+  `redirect_checkpoint` when the gate is added), decided per call in a context variable (the pipeline
+  is never changed, so concurrent calls are safe) and refused when that encoder no longer verifies
+  as Safe-CLIP; calls with only safe prompts keep the original encoder; "flag" only reports; "off"
+  does not check.
+- Text encoders, whoever calls them: the token ids they receive are decoded and scored (rows the
+  call already checked are skipped); tokens the classifier cannot read (textual inversion) are
+  refused under "block" / "redirect" (opt-out "unreadable_tokens").
+- Input images: `image` (img2img / inpaint / ControlNet), `ip_adapter_image`, `control_image`, read
+  as diffusers' image processor reads them (RGBA / 4-channel inputs that img2img uses as latents,
+  integer arrays and out-of-range values are refused), scored with HySAC's image side;
+  `image_policy` applies to what the pipeline will see: "block"
   raises before generation, "blur" / "black" change the image passed on, "flag" reports.
 - Generated images, whatever `output_type` and `return_dict`: every image field of the output
   (`images`, and e.g. `unsafe_images` of `StableDiffusionPipelineSafe`) is scored and
@@ -25,15 +36,17 @@ What is checked (diffusers pipelines: a subclass of the pipeline's class, same n
   decoded with the pipeline's VAE and checked; safe latents are returned unchanged, unsafe ones are
   flagged ("flag") or refused ("block", and also "blur" / "black": latents cannot be blurred
   faithfully, so they are withheld rather than passed on).
-- `callback_on_step_end`: wrapped; the call is stopped if the callback changes any tensor but the
-  latents (e.g. returns new `prompt_embeds`).
+- `callback_on_step_end`: wrapped; its return value is copied to a plain dict (what the pipeline
+  reads) and the call is stopped if it changes any tensor but the latents (e.g. new `prompt_embeds`).
 - A score that is not finite (NaN / Inf) counts as unsafe; the report says so.
 
 What is refused (under `prompt_policy` "block" and "redirect", unless opted out)
 
-- Inputs the gate cannot read: `prompt_embeds`, `pooled_prompt_embeds`, `ip_adapter_image_embeds`,
-  any other `*_embeds` / `*_latents` argument, an image input given as latents, and image inputs
-  while `image_policy="off"`: `UnsafeContentError` naming the input and the opt-out.
+- Inputs the gate cannot read: `prompt_embeds`, `negative_prompt_embeds`, `pooled_prompt_embeds`,
+  `ip_adapter_image_embeds`, any other `*_embeds` / `*_embeddings` / `*_latents` argument, attention
+  masks, an image input given as latents, image inputs while `image_policy="off"`, tokens the
+  classifier cannot read, an argument with no role: `UnsafeContentError` naming the input and the
+  opt-out.
 - `output_type="latent"` that cannot be decoded (no VAE, packed latents) while an image policy is on.
 - LLaVA: `inputs_embeds` given by the caller while an image policy is on, and (transformers 5)
   `mm_encoder_outputs` the gated tower did not compute.
@@ -45,7 +58,10 @@ How to opt out: `SafetyGate(..., allow_unchecked=("prompt_embeds", "pooled_promp
 "inputs_embeds", "mm_encoder_outputs"); each use is recorded in `report.opt_outs` and the input's entry. With
 `prompt_policy` "flag" or "off" nothing is refused; unreadable inputs are recorded as "unchecked".
 
-Not a generation target: `negative_prompt*` (negative prompts and their embeddings steer away from
+What stays out of reach is listed in one place: README.md, section "HySAC: detect and steer instead
+of erase", after the gate table.
+
+Not a generation target: `negative_prompt*` (negative prompts steer away from
 their content; they are listed in the report, not scored), `mask_image`, `latents` (the starting
 noise). The image policy is the backstop for what they (or anything else) make the pipeline draw.
 

@@ -46,9 +46,10 @@ class SafetyGate:
             OpenAI CLIP's, which LLaVA's image processors use); three finite numbers, std > 0.
         allow_unchecked: names of inputs the gate cannot check that a call may still use under a strict
             policy, e.g. `("prompt_embeds", "pooled_prompt_embeds")`, `"ip_adapter_image_embeds"`,
-            `"callback_on_step_end"`, `"output_latents"`, `"inputs_embeds"` / `"mm_encoder_outputs"`
-            (LLaVA), or an image input ("image", "ip_adapter_image") while image_policy="off". Each use is
-            recorded in the report.
+            `"callback_on_step_end"`, `"output_latents"`, `"unreadable_tokens"` (tokens the classifier
+            cannot read, e.g. textual inversion), `"inputs_embeds"` (an encoder called without token ids;
+            LLaVA's too) / `"mm_encoder_outputs"` (LLaVA), a pipeline argument with no role, or an image
+            input ("image", "ip_adapter_image") while image_policy="off". Each use is recorded in the report.
     """
 
     classifier: HySAC | str | os.PathLike

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -213,12 +214,22 @@ def _threshold(classifier: HySAC, modality: Literal["text", "image"], given: flo
 # ------------------------------------------------------------------------------ scoring
 
 
+# A fast tokenizer keeps its padding / truncation settings as state between setting them and encoding: the
+# gate's tokenizer calls (the classifier's, and the gated pipelines' tokenizers) take turns under this lock.
+TOKENIZER_LOCK = threading.RLock()
+
+
 def score_texts(handle: GateHandle, texts: list[str]) -> Verdicts:
     """Verdicts for `texts` at the text threshold (a non-finite score counts as unsafe).
 
     A text longer than the classifier's tokenizer reads (77 CLIP tokens; SD 3's T5 prompt takes 256) is
     also scored window by window; its score is the highest (fail closed: no tail goes unread).
     """
+    with TOKENIZER_LOCK:
+        return _score_texts(handle, texts)
+
+
+def _score_texts(handle: GateHandle, texts: list[str]) -> Verdicts:
     classifier = handle.classifier
     windows, owners = [], []
     for index, text in enumerate(texts):

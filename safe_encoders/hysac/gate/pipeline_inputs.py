@@ -4,13 +4,10 @@ see), a step-end callback (wrapped so that it may change only the latents), and 
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch import nn
 
 from ...errors import UnsafeContentError
 from .config import SafetyGate
@@ -24,7 +21,7 @@ from .core import (
     refuse_unchecked,
     score_texts,
 )
-from .images import read_images
+from .images import input_reading, read_input_images
 
 
 class Arguments:
@@ -66,33 +63,42 @@ def unreadable_input(handle: GateHandle, report: GateReport, name: str, why: str
 
 
 def check_prompts(
-    handle: GateHandle, report: GateReport, arguments: Arguments, names: list[str]
-) -> tuple[list[int], dict[str, nn.Module]]:
-    """Score every text prompt; apply the prompt policy. Returns the rows to blank and the encoders to swap in."""
+    handle: GateHandle, report: GateReport, arguments: Arguments, names: list[str], concepts: list[str]
+) -> tuple[list[int], bool]:
+    """Score every text prompt; apply the prompt policy. Returns the rows to blank and whether to redirect.
+
+    `concepts` (e.g. SEGA's `editing_prompt`) apply to every row: one unsafe concept makes every row unsafe."""
     gate = handle.gate
     if gate.prompt_policy == "off":
         for name in names:
             report.add(InputCheck(name, "unchecked", "off", note="prompt_policy='off'"))
         report.prompt_action = "off"
-        return [], {}
+        return [], False
     if not names:
         report.prompt_action = "unchecked"
-        return [], {}
+        return [], False
     texts = {name: arguments[name] for name in names}
-    batch = max((len(value) for value in texts.values() if not isinstance(value, str)), default=1)
+    for name, value in texts.items():
+        is_list = isinstance(value, list | tuple) and all(isinstance(t, str) for t in value)
+        if not isinstance(value, str) and not is_list:
+            unreadable_input(handle, report, name, f"it is not text or a list of texts ({type(value).__name__})")
+            return [], False
+    rows = {name: value for name, value in texts.items() if name not in concepts}
+    batch = max((len(value) for value in rows.values() if not isinstance(value, str)), default=1)
     unsafe_rows: set[int] = set()
     checks = []
     for name, value in texts.items():
         prompts = [value] if isinstance(value, str) else list(value)
         verdicts = score_texts(handle, prompts)
         unsafe = [i for i, flag in enumerate(verdicts.unsafe.tolist()) if flag]
-        # a single string conditions every row of the batch
-        unsafe_rows.update(range(batch) if isinstance(value, str) and unsafe else unsafe)
+        # a single string (or a concept) conditions every row of the batch
+        every_row = isinstance(value, str) or name in concepts
+        unsafe_rows.update(range(batch) if every_row and unsafe else unsafe)
         checks.append(report.add(InputCheck(name, "checked", "passed", verdicts, nonfinite_note(verdicts))))
     report.prompts = checks[0].verdicts
     if not unsafe_rows:
         report.prompt_action = "passed"
-        return [], {}
+        return [], False
     action = _prompt_action(gate)
     report.prompt_action = action
     for check in checks:
@@ -112,13 +118,15 @@ def check_prompts(
         )
     if gate.prompt_policy == "block":  # on_block="blank": every text input of those rows becomes ""
         for name, value in texts.items():
-            rows = [value] * batch if isinstance(value, str) else list(value)
-            blanked = ["" if i in unsafe_rows else text for i, text in enumerate(rows)]
+            if name in concepts:  # an unsafe concept would steer every row: it is dropped
+                if any(c.name == name and bool(c.verdicts.unsafe.any()) for c in checks):  # type: ignore[union-attr]
+                    arguments[name] = None
+                continue
+            row_texts = [value] * batch if isinstance(value, str) else list(value)
+            blanked = ["" if i in unsafe_rows else text for i, text in enumerate(row_texts)]
             arguments[name] = "" if isinstance(value, str) and batch == 1 else blanked
-        return sorted(unsafe_rows), {}
-    if gate.prompt_policy == "redirect":
-        return [], handle.state.get("redirect", {})
-    return [], {}
+        return sorted(unsafe_rows), False
+    return [], gate.prompt_policy == "redirect"
 
 
 def _prompt_action(gate: SafetyGate) -> str:
@@ -127,35 +135,33 @@ def _prompt_action(gate: SafetyGate) -> str:
     return {"redirect": "redirected", "flag": "flagged"}[gate.prompt_policy]
 
 
-@contextlib.contextmanager
-def swapped_components(pipe: Any, components: dict[str, nn.Module]) -> Iterator[None]:
-    """Set `components` (e.g. Safe-CLIP text encoders) on the pipeline for one call, then put the originals back."""
-    saved = {name: getattr(pipe, name) for name in components}
-    try:
-        for name, module in components.items():
-            setattr(pipe, name, module)
-        yield
-    finally:
-        for name, module in saved.items():
-            setattr(pipe, name, module)
-
-
 # ------------------------------------------------------------------------------ image inputs and callbacks
 
 
-def check_input_image(handle: GateHandle, report: GateReport, arguments: Arguments, name: str, value: Any) -> None:
-    """Score an image input; apply `image_policy` to what the pipeline will see ("blur" / "black" replace it)."""
+def check_input_image(
+    handle: GateHandle, report: GateReport, arguments: Arguments, pipe: Any, name: str, value: Any
+) -> None:
+    """Score an image input as the pipeline will read it; apply `image_policy` ("blur" / "black" replace it)."""
     if handle.gate.image_policy == "off":
         unreadable_input(handle, report, name, "image_policy is 'off'")
         return
-    batch = read_images(value)
+    batch, why = read_input_images(value, input_reading(pipe, name))
     if batch is None:
-        unreadable_input(handle, report, name, f"it is not an RGB image the gate can read ({type(value).__name__})")
+        unreadable_input(handle, report, name, why)
         return
     check, flags = apply_image_policy(handle, report, name, batch, "generation was not run")
     if bool(flags.any()) and handle.gate.image_policy in ("blur", "black"):
         arguments[name] = batch.restore(batch.pixels)
         check.note = (check.note + "; " if check.note else "") + "the pipeline saw the changed image"
+
+
+def check_options(handle: GateHandle, report: GateReport, name: str, value: Any) -> None:
+    """Attention-processor keyword arguments: harmless numbers / strings / booleans; tensors cannot be read."""
+    values = list(value.values()) if isinstance(value, dict) else [value]
+    if all(isinstance(v, int | float | str | bool) or v is None for v in values):
+        report.add(InputCheck(name, "not a target", "used", note="numbers / strings for the attention processors"))
+        return
+    unreadable_input(handle, report, name, "it holds values other than numbers / strings (e.g. tensors)")
 
 
 def guard_callback(handle: GateHandle, report: GateReport, arguments: Arguments, callback: Any) -> None:
@@ -172,8 +178,17 @@ def guard_callback(handle: GateHandle, report: GateReport, arguments: Arguments,
 
     def guarded(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
         before = {k: (v, v.clone()) for k, v in tensors.items() if k != "latents" and isinstance(v, torch.Tensor)}
-        out = callback(pipe, step, timestep, tensors)
-        changed = sorted(k for k, v in (out or {}).items() if k != "latents" and not _same(v, before.get(k))) + sorted(
+        returned = callback(pipe, step, timestep, tensors)
+        if returned is not None and not isinstance(returned, dict):
+            check.action, check.note = "refused", f"it returned a {type(returned).__name__}, not a dict"
+            raise UnsafeContentError(
+                f"safety gate: callback_on_step_end returned a {type(returned).__name__}, not a dict; the gate "
+                "cannot tell what the pipeline would read from it. The call was stopped.",
+                report,
+            )
+        # What the pipeline reads: a plain dict copied from the dict's own storage (a subclass cannot hide keys).
+        out = dict(dict.items(returned)) if returned is not None else {}
+        changed = sorted(k for k, v in out.items() if k != "latents" and not _same(v, before.get(k))) + sorted(
             k for k, (v, copy_) in before.items() if not torch.equal(v, copy_)
         )
         if changed:
@@ -184,7 +199,7 @@ def guard_callback(handle: GateHandle, report: GateReport, arguments: Arguments,
                 f"Opt out with SafetyGate(..., allow_unchecked=({name!r},)) (recorded in the gate's report).",
                 report,
             )
-        return out
+        return out if returned is not None else returned
 
     check = report.add(InputCheck(name, "checked", "passed", note="may change the latents only"))
     arguments[name] = guarded

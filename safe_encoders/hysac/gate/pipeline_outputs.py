@@ -153,4 +153,6 @@ def decode_latents(pipe: Any, latents: Any) -> torch.Tensor | None:
 def _merge_flags(existing: list[bool] | None, flags: list[bool]) -> list[bool]:
     if existing is None:
         return list(flags)
+    if isinstance(existing, bool):  # SLD's pipeline returns one bool (its loop variable) instead of a list
+        existing = [existing] * len(flags)
     return [bool(a) or bool(b) for a, b in zip(existing, flags, strict=True)]
