@@ -20,7 +20,7 @@ import contextlib
 import functools
 import json
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,9 +130,22 @@ def _global_hooks() -> list[tuple[str, str]]:
     return []
 
 
+# Hooks of our own safety gate: they read an encoder's inputs, or replace its output by a verified Safe-CLIP's, and
+# never change what the encoder computes. Known by identity (the function objects the gate registered), not by name.
+_GATE_HOOKS: weakref.WeakSet = weakref.WeakSet()
+
+
+def allow_gate_hook(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark `hook` (a function object) as one of the safety gate's own: attestation does not count it as tampering."""
+    _GATE_HOOKS.add(hook)
+    return hook
+
+
 def _hooks_of(sub: nn.Module) -> Iterator[tuple[str, str]]:
     for attribute, what in (("_forward_hooks", "forward hook"), ("_forward_pre_hooks", "forward pre-hook")):
         for hook in getattr(sub, attribute, {}).values():
+            if hook in _GATE_HOOKS:
+                continue
             yield attribute, f"a {what} is registered ({getattr(hook, '__qualname__', type(hook).__name__)})"
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ...errors import UnsafeContentError
+from ...trust.attestation import allow_gate_hook
 from .core import TOKENIZER_LOCK, GateHandle, GateReport, InputCheck, apply_image_policy, nonfinite_note, score_texts
 from .images import ImageBatch
 
@@ -172,9 +173,9 @@ def hook_text_encoder(handle: GateHandle, module: nn.Module, slot: EncoderSlot) 
             return None
         return redirect_output(handle, mod, slot, args, kwargs, output)
 
-    hooks = (
-        module.register_forward_pre_hook(before, with_kwargs=True),
-        module.register_forward_hook(after, with_kwargs=True),
+    hooks = (  # the gate's own hooks: a verified Safe-CLIP stays verified while the gate holds it
+        module.register_forward_pre_hook(allow_gate_hook(before), with_kwargs=True),
+        module.register_forward_hook(allow_gate_hook(after), with_kwargs=True),
     )
     handle.on_remove(lambda: [hook.remove() for hook in hooks])
 
@@ -252,8 +253,9 @@ def redirect_output(handle: GateHandle, module: nn.Module, slot: EncoderSlot, ar
     if not trusted_encoder(handle, encoder):
         raise UnsafeContentError(
             f"safety gate: prompt_policy='redirect' relies on {slot.name}'s Safe-CLIP encoder, but it no longer "
-            "holds a trusted Safe-CLIP (is_safe(encoder, verify=True) is False: it was replaced or its weights "
-            "changed), so the call was refused. Add the gate again after make_safe.",
+            f"holds a trusted Safe-CLIP ({handle.state.get('verify_reason') or 'it was replaced or changed'}), so the "
+            "call was refused. Add the gate again after make_safe; a Safe-CLIP of your own must be trusted first "
+            "(safe_encoders.trust_checkpoint(path), or `safe-encoders trust PATH`).",
             handle.last_report,
         )
     if encoder is module:
@@ -267,11 +269,15 @@ def redirect_output(handle: GateHandle, module: nn.Module, slot: EncoderSlot, ar
 _VERIFY_LOCK = threading.Lock()
 
 
-def is_trusted_safe_clip(encoder: nn.Module) -> bool:
-    """Whether `encoder` holds a trusted Safe-CLIP (the one place the gate asks; a full pass over its weights)."""
-    from ...dispatch import is_safe
+def is_trusted_safe_clip(encoder: nn.Module, handle: GateHandle | None = None) -> bool:
+    """Whether `encoder` holds a trusted Safe-CLIP (the one place the gate asks; a full pass over its weights).
+    The reason of a refusal is kept in the handle's state for the error message."""
+    from ...trust import verify_encoder
 
-    return is_safe(encoder, verify=True)
+    verdict = verify_encoder(encoder)
+    if handle is not None:
+        handle.state["verify_reason"] = verdict.reason
+    return verdict.verified
 
 
 def fingerprint(module: nn.Module) -> tuple | None:
@@ -282,7 +288,14 @@ def fingerprint(module: nn.Module) -> tuple | None:
     from ...swap import installed_record
 
     tensors = [*module.named_parameters(), *module.named_buffers()]
-    return (id(module), id(installed_record(module)), *((n, id(t), t.data_ptr(), t._version) for n, t in tensors))
+    # hooks and instance-level forwards change what the encoder computes without touching a tensor
+    extras = [
+        (tuple(map(id, sub._forward_pre_hooks.values())), tuple(map(id, sub._forward_hooks.values())),
+         id(sub.__dict__.get("forward")), type(sub))
+        for sub in module.modules()
+    ]  # fmt: skip
+    tensor_state = ((n, id(t), t.data_ptr(), t._version) for n, t in tensors)
+    return (id(module), id(installed_record(module)), *extras, *tensor_state)
 
 
 def trusted_encoder(handle: GateHandle, encoder: nn.Module) -> bool:
@@ -292,7 +305,7 @@ def trusted_encoder(handle: GateHandle, encoder: nn.Module) -> bool:
     if now is not None and cache.get(id(encoder)) == now:
         return True
     with _VERIFY_LOCK:
-        if not is_trusted_safe_clip(encoder):
+        if not is_trusted_safe_clip(encoder, handle):
             cache.pop(id(encoder), None)
             return False
         if now is not None:

@@ -40,3 +40,12 @@ def prompts(classifier):
 @pytest.fixture(scope="module")
 def safe_clip_file(tmp_path_factory):
     return export_encoder(tiny_text_encoder(42), tmp_path_factory.mktemp("safeclip") / "text.safetensors")
+
+
+@pytest.fixture
+def trusted_safe_clip_file(safe_clip_file):
+    """`safe_clip_file`, trusted in this test's own trust store: redirect verifies its Safe-CLIP against it."""
+    from safe_encoders import trust_checkpoint
+
+    trust_checkpoint(safe_clip_file)
+    return safe_clip_file

@@ -42,14 +42,14 @@ def test_block_blank_returns_black_images_for_the_unsafe_prompts_only(classifier
     assert out.nsfw_content_detected == [False, False, True, True]
 
 
-def test_redirect_through_a_safe_clip_copy_for_unsafe_prompts_only(classifier, prompts, safe_clip_file):
+def test_redirect_through_a_safe_clip_copy_for_unsafe_prompts_only(classifier, prompts, trusted_safe_clip_file):
     pipe = tiny_sd_pipeline()
     original_encoder = pipe.text_encoder
     reference = {p: generate(pipe, p) for p in (prompts.safe, prompts.unsafe)}
-    safe_pipe = make_safe(copy.deepcopy(pipe), safe_clip_file)
+    safe_pipe = make_safe(copy.deepcopy(pipe), trusted_safe_clip_file)
     redirected_reference = generate(safe_pipe, prompts.unsafe)
     handle = add_safety_gate(pipe, _gate(classifier, prompts, prompt_policy="redirect",
-                                         redirect_checkpoint=str(safe_clip_file)))  # fmt: skip
+                                         redirect_checkpoint=str(trusted_safe_clip_file)))  # fmt: skip
     assert torch.equal(generate(pipe, prompts.safe), reference[prompts.safe])
     unsafe_out = generate(pipe, prompts.unsafe)
     assert handle.last_report.prompt_action == "redirected"
@@ -58,14 +58,14 @@ def test_redirect_through_a_safe_clip_copy_for_unsafe_prompts_only(classifier, p
     assert pipe.text_encoder is original_encoder and not is_safe(pipe)  # swapped for the call only
 
 
-def test_redirect_needs_a_safe_encoder_and_checks_before_touching_the_pipe(classifier, prompts, safe_clip_file):
+def test_redirect_needs_a_safe_encoder_and_checks_before_touching_the_pipe(classifier, prompts, trusted_safe_clip_file):
     pipe = tiny_sd_pipeline()
     cls = type(pipe)
     with pytest.raises(ValueError, match=r"is_safe\(pipe\) is False"):
         add_safety_gate(pipe, _gate(classifier, prompts, prompt_policy="redirect"))
     assert type(pipe) is cls and not hasattr(pipe, "_safe_encoders_gate")
     # with make_safe first, the pipeline's own (safe) encoder does the redirection
-    make_safe(pipe, safe_clip_file)
+    make_safe(pipe, trusted_safe_clip_file)
     reference = generate(pipe, prompts.unsafe)
     handle = add_safety_gate(pipe, _gate(classifier, prompts, prompt_policy="redirect"))
     assert torch.equal(generate(pipe, prompts.unsafe), reference)

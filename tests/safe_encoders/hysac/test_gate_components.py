@@ -258,14 +258,14 @@ def test_textual_inversion_tokens_are_refused_naming_them(classifier, prompts):
 
 
 def test_redirect_is_verified_at_each_call_and_refused_when_the_safe_clip_is_gone(
-    classifier, prompts, safe_clip_file, monkeypatch
+    classifier, prompts, trusted_safe_clip_file, monkeypatch
 ):
     original_state = copy.deepcopy(tiny_sd_pipeline().text_encoder.state_dict())
     full_checks = []
     check = components.is_trusted_safe_clip
-    monkeypatch.setattr(components, "is_trusted_safe_clip", lambda e: full_checks.append(1) or check(e))
+    monkeypatch.setattr(components, "is_trusted_safe_clip", lambda e, h=None: full_checks.append(1) or check(e, h))
 
-    pipe = make_safe(tiny_sd_pipeline(), safe_clip_file)  # the pipeline's own encoder does the redirection
+    pipe = make_safe(tiny_sd_pipeline(), trusted_safe_clip_file)  # the pipeline's own encoder does the redirection
     reference = generate(pipe, prompts.unsafe)
     handle = add_safety_gate(pipe, _gate(classifier, prompts, prompt_policy="redirect"))
     for _ in range(2):
@@ -280,7 +280,7 @@ def test_redirect_is_verified_at_each_call_and_refused_when_the_safe_clip_is_gon
     generate(pipe, prompts.safe)  # safe prompts keep the pipeline's encoder, whatever it holds
     handle.remove()
 
-    pipe = make_safe(tiny_sd_pipeline(), safe_clip_file)
+    pipe = make_safe(tiny_sd_pipeline(), trusted_safe_clip_file)
     add_safety_gate(pipe, _gate(classifier, prompts, prompt_policy="redirect"))
     pipe.text_encoder = tiny_sd_pipeline().text_encoder  # replaced by an encoder that is not Safe-CLIP
     with pytest.raises(UnsafeContentError, match="no longer holds a trusted Safe-CLIP"):
@@ -288,7 +288,7 @@ def test_redirect_is_verified_at_each_call_and_refused_when_the_safe_clip_is_gon
 
     pipe = tiny_sd_pipeline()  # a Safe-CLIP copy held by the gate
     handle = add_safety_gate(pipe, _gate(classifier, prompts, prompt_policy="redirect",
-                                         redirect_checkpoint=str(safe_clip_file)))  # fmt: skip
+                                         redirect_checkpoint=str(trusted_safe_clip_file)))  # fmt: skip
     generate(pipe, prompts.unsafe)
     with torch.no_grad():
         handle.state["redirect"]["text_encoder"].load_state_dict(original_state)
@@ -297,12 +297,12 @@ def test_redirect_is_verified_at_each_call_and_refused_when_the_safe_clip_is_gon
 
 
 def test_redirect_under_four_threads_gives_each_call_its_own_result_and_leaves_the_pipeline(
-    classifier, prompts, safe_clip_file
+    classifier, prompts, trusted_safe_clip_file
 ):
     pipe = tiny_sd_pipeline()
     encoder, ungated_unsafe = pipe.text_encoder, generate(pipe, prompts.unsafe, seed=1)
     add_safety_gate(pipe, _gate(classifier, prompts, prompt_policy="redirect",
-                                redirect_checkpoint=str(safe_clip_file)))  # fmt: skip
+                                redirect_checkpoint=str(trusted_safe_clip_file)))  # fmt: skip
     jobs = [(prompts.safe if i % 2 else prompts.unsafe, i % 3) for i in range(8)]
     alone = {job: generate(pipe, job[0], seed=job[1]) for job in set(jobs)}
     assert not torch.allclose(alone[(prompts.unsafe, 1)], ungated_unsafe, atol=1e-4)  # redirected
@@ -418,3 +418,25 @@ def test_sld_unsafe_images_are_scored_and_treated(classifier, prompts):
     out = run()
     assert np.abs(out.unsafe_images).max() == 0
     assert handle.last_report["output.unsafe_images"].action == "blacked out"
+
+
+def test_redirect_refuses_a_hook_added_between_calls_and_an_untrusted_safe_clip(
+    classifier, prompts, safe_clip_file, trusted_safe_clip_file
+):
+    pipe = make_safe(tiny_sd_pipeline(), trusted_safe_clip_file)
+    add_safety_gate(pipe, _gate(classifier, prompts, prompt_policy="redirect"))
+    generate(pipe, prompts.unsafe)  # verified in full once; the gate's own hooks do not count as tampering
+    assert is_safe(pipe, verify=True)
+    hook = pipe.text_encoder.register_forward_hook(lambda module, args, output: None)  # changes nothing, still refused
+    assert not is_safe(pipe, verify=True)
+    with pytest.raises(UnsafeContentError, match="forward hook"):
+        generate(pipe, prompts.unsafe)
+    hook.remove()
+    generate(pipe, prompts.unsafe)
+
+
+def test_redirect_names_the_fix_for_a_safe_clip_nobody_trusted(classifier, prompts, safe_clip_file):
+    pipe = make_safe(tiny_sd_pipeline(), safe_clip_file)  # a local file: trusted only when the user says so
+    add_safety_gate(pipe, _gate(classifier, prompts, prompt_policy="redirect"))
+    with pytest.raises(UnsafeContentError, match=r"trust_checkpoint\(path\)"):
+        generate(pipe, prompts.unsafe)
