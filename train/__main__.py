@@ -8,11 +8,9 @@ from pathlib import Path
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from train.demo import DemoSettings, run_demo
+    from train.demo_cli import demo_main
 
-    settings = DemoSettings(seed=args.seed, threads=args.threads)
-    run_demo(args.out, settings, progress=not args.quiet, hysac=not args.skip_hysac)
-    return 0
+    return demo_main(args)
 
 
 def _datasets(cfg, args: argparse.Namespace, *, train: bool = True):
@@ -20,8 +18,9 @@ def _datasets(cfg, args: argparse.Namespace, *, train: bool = True):
 
     With ``train=False`` only the validation set is built (the train set is None).
     """
-    from transformers import CLIPImageProcessor, CLIPTokenizer
+    from transformers import CLIPTokenizer
 
+    from safe_encoders.image_processors import clip_image_processor_class
     from train.data import EncodedQuadruplets, QuadrupletCollator, stack_encoded
 
     if cfg.data.source not in ("synthetic", "visu"):
@@ -31,7 +30,7 @@ def _datasets(cfg, args: argparse.Namespace, *, train: bool = True):
         )
         return None
     tokenizer = CLIPTokenizer.from_pretrained(cfg.base_model)
-    processor = CLIPImageProcessor.from_pretrained(cfg.base_model)
+    processor = clip_image_processor_class().from_pretrained(cfg.base_model)
     collator = QuadrupletCollator(tokenizer, processor)
     if cfg.data.source == "visu":
         if not (args.coco_root and args.unsafe_images):
@@ -169,13 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     add_debug_option(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="offline end-to-end demo on the synthetic world (a few minutes on a CPU)")
-    demo.add_argument("--out", required=True, help="output folder")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    demo.add_argument("--quiet", action="store_true")
-    demo.add_argument(
-        "--skip-hysac", action="store_true", help="only the Safe-CLIP part (the HySAC part adds ~1.5 min)"
-    )
+    from train.demo_cli import add_demo_arguments  # the demo's options live with the demo (light import)
+
+    add_demo_arguments(demo)
     demo.set_defaults(func=_demo)
     run = sub.add_parser("safeclip", help="Safe-CLIP fine-tuning from a YAML recipe")
     run.add_argument("--config", default="vit-l-14", help="recipe name in train/recipes or a YAML path")

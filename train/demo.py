@@ -28,6 +28,7 @@ import torch
 
 from safe_encoders.atomic import atomic_write_text
 from train.data import stack_encoded
+from train.demo_progress import DEMO_THREADS, quiet_libraries
 from train.demo_report import format_hysac_table, format_table, save_plot
 from train.demo_world import (
     BASE_MODEL_NAME,
@@ -41,10 +42,10 @@ from train.demo_world import (
     prepare_world,
     run_config,
     tiny_sd_pipeline,
+    train_run,
     training_summary,
 )
 from train.export import export_safe_clip
-from train.loop import run_training
 from train.methods import method_of
 
 
@@ -84,6 +85,7 @@ def run_hysac_demo(
     settings: HySACDemoSettings | None = None,
     *,
     progress: bool = False,
+    say: Any = None,
 ) -> dict[str, Any]:
     """HySAC fine-tuning of ``towers`` (the pre-trained tiny CLIP, not yet LoRA-wrapped), bounds from the
     validation set, export, and the figures on the test set.
@@ -102,7 +104,7 @@ def run_hysac_demo(
     cfg = run_config(out / "hysac", s, progress, ["method=hysac", *settings.finetune])
     torch.manual_seed(s.seed)
     model = method_of(cfg).build(cfg, *towers, world.tokenizer, world.image_processor)
-    result = run_training(cfg, model, world.train_set, world.val_set, stack_encoded, resume=False)
+    result = train_run(cfg, model, world.train_set, world.val_set, "HySAC", say)
     model.eval()
     curvature = model.hysac.curvature.detach()
     bounds = validation_bounds(model, world.val_set, stack_encoded)
@@ -160,18 +162,37 @@ def run_demo(
     *,
     hysac: bool = False,
     hysac_settings: HySACDemoSettings | None = None,
+    verbose: bool = False,
 ) -> dict[str, Any]:
     """Run every step of the demo into ``out_dir``; returns what ``demo_results.json`` holds.
 
     With ``hysac`` a HySAC run from the same pre-trained tiny CLIP follows (``run_hysac_demo``); its
     figures go under the key ``"hysac"`` and into the printed table. The Safe-CLIP results are unchanged.
+    ``progress`` prints the step headers, a line with epoch and loss every few seconds of training, and the
+    tables; ``verbose`` adds the training loop's progress bars and the libraries' warnings and bars. Torch runs
+    on ``settings.threads`` (default ``DEMO_THREADS``) and is put back to its thread count after.
     """
     settings = settings or DemoSettings()
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(settings.threads or DEMO_THREADS)
+    try:
+        with quiet_libraries(enabled=not verbose):
+            return _run_demo(out_dir, settings, progress, hysac, hysac_settings, verbose)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run_demo(
+    out_dir: str | Path,
+    settings: DemoSettings,
+    progress: bool,
+    hysac: bool,
+    hysac_settings: HySACDemoSettings | None,
+    verbose: bool,
+) -> dict[str, Any]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    say = print if progress else (lambda *a, **k: None)
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
+    say: Any = print if progress else (lambda *a, **k: None)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -182,7 +203,7 @@ def run_demo(
         clock = now
 
     s = settings
-    world = prepare_world(s, out, say, progress)
+    world = prepare_world(s, out, say, verbose)
     tokenizer, train_set, val_set, test_set = world.tokenizer, world.train_set, world.val_set, world.test_set
     test_world, tags, text, vision = world.test_world, world.tags, world.text, world.vision
     original_emb, pretrained = world.original_emb, world.pretrained
@@ -193,9 +214,9 @@ def run_demo(
     sd_text_encoder = plain_text_encoder(text)  # T0 for the pipeline, before LoRA wraps the tower
 
     say("[3/6] Safe-CLIP fine-tuning (LoRA on both towers, eight-term loss, cached frozen references)")
-    cfg = run_config(out / "safeclip", s, progress, s.finetune)
+    cfg = run_config(out / "safeclip", s, verbose, s.finetune)
     model = method_of(cfg).build(cfg, text, vision, world.tokenizer, world.image_processor)
-    result = run_training(cfg, model, train_set, val_set, stack_encoded, resume=False)
+    result = train_run(cfg, model, train_set, val_set, "Safe-CLIP", say)
     model.eval()
     tuned_emb = embed(model, test_set)
     safe = measure_deployed(tuned_emb, original_emb, tags)
@@ -251,7 +272,7 @@ def run_demo(
     }
     if hysac_towers is not None:
         say("[+] HySAC from the same pre-trained tiny CLIP")
-        results["hysac"] = run_hysac_demo(out, world, hysac_towers, hysac_settings, progress=progress)
+        results["hysac"] = run_hysac_demo(out, world, hysac_towers, hysac_settings, progress=verbose, say=say)
         lap("hysac")
     say("[6/6] results")
     table = format_table(results)

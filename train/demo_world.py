@@ -16,6 +16,7 @@ from eval.metrics import safe_clip_retrieval, top1_in_set_share
 from eval.synthetic import CONCEPTS, SyntheticWorld, build_image_processor, build_tokenizer
 from train.config import TrainConfig, load_config
 from train.data import EncodedQuadruplets, QuadrupletCollator, stack_encoded
+from train.demo_progress import StepLines
 from train.loop import TrainResult, run_training
 from train.methods import method_of
 from train.model import TwoTowerModel
@@ -64,6 +65,16 @@ class DemoSettings:
     """Overrides of the Safe-CLIP run config. Rank, dropout, targets and the eight loss weights stay the
     paper's; alpha 16 (LoRA scaling 1 instead of 1/16) and lr 3e-3 let a tiny model move in 10 epochs."""
     threads: int | None = None
+    """Torch CPU threads; None: ``train.demo_progress.DEMO_THREADS``."""
+
+
+def train_run(
+    cfg: TrainConfig, model: TwoTowerModel, train_set: Any, val_set: Any, label: str, say: Any
+) -> TrainResult:
+    """A demo training run (``run_training``, fresh) that prints a step line with epoch and loss every few seconds
+    through ``say`` (None: silent)."""
+    hook = StepLines(label, Path(cfg.output_dir), cfg.optim.epochs, say) if say is not None else None
+    return run_training(cfg, model, train_set, val_set, stack_encoded, resume=False, on_step=hook)
 
 
 # ---------------------------------------------------------------------------- steps
@@ -262,8 +273,12 @@ class DemoWorld:
 
 def prepare_world(settings: DemoSettings, out_dir: str | Path, say: Any = None, progress: bool = False) -> DemoWorld:
     """Build the synthetic world and pre-train the tiny CLIP (demo steps 1 and 2) through the training loop
-    (``method=clip``, run folder ``out_dir/pretrain``); the pre-trained model is saved to ``out_dir/pretrained``."""
+    (``method=clip``, run folder ``out_dir/pretrain``); the pre-trained model is saved to ``out_dir/pretrained``.
+
+    ``say`` (e.g. ``print``) receives the step headers and the training's step lines; ``progress`` adds the
+    training loop's progress bars."""
     s = settings
+    step_lines = say
     say = say or (lambda *a, **k: None)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -288,7 +303,7 @@ def prepare_world(settings: DemoSettings, out_dir: str | Path, say: Any = None, 
     )
     method = method_of(cfg)
     model = method.build(cfg, text, vision, tokenizer, processor)
-    result = run_training(cfg, model, train_set, None, stack_encoded, resume=False)  # no validation: all epochs
+    result = train_run(cfg, model, train_set, None, "pre-training", step_lines)  # no validation: all epochs
     method.export(model, out / "pretrained", cfg, None, None)
     original_emb = embed(model, test_set)
     pretrained = measure(original_emb, tags)
