@@ -29,7 +29,7 @@ import torch
 from safe_encoders.atomic import atomic_write_text
 from train.data import stack_encoded
 from train.demo_progress import DEMO_THREADS, quiet_libraries
-from train.demo_report import format_hysac_table, format_table, save_plot
+from train.demo_report import format_report, save_plot
 from train.demo_world import (
     BASE_MODEL_NAME,
     DemoSettings,
@@ -142,6 +142,7 @@ def run_hysac_demo(
         "pretrained_safe_t2v_r1": pre["safe_t2v_r1"],
         "pretrained_safe_v2t_r1": pre["safe_v2t_r1"],
         "pretrained_unsafe_text_top1_safe_share": 1.0 - pre["unsafe_text_top1_unsafe_share"],
+        "pretrained_unsafe_image_top1_safe_share": 1.0 - pre["unsafe_image_top1_unsafe_share"],
         "classification": report.classification,
         "retrieval": report.retrieval,
         "traversal": report.traversal,
@@ -275,13 +276,12 @@ def _run_demo(
         results["hysac"] = run_hysac_demo(out, world, hysac_towers, hysac_settings, progress=verbose, say=say)
         lap("hysac")
     say("[6/6] results")
-    table = format_table(results)
-    if "hysac" in results:
-        table += "\n" + format_hysac_table(results["hysac"])
-    say(table)
-    atomic_write_text(out / "demo_table.md", table + "\n")
+    report = format_report(results)
+    say(report)
+    atomic_write_text(out / "demo_table.md", report)
     results["plot"] = str(save_plot(results, out / "demo_results.png"))
     timings["total"] = round(sum(timings.values()), 2)
     atomic_write_text(out / "demo_results.json", json.dumps(results, indent=2))
-    say(f"wrote {out / 'demo_results.json'}, demo_table.md and {results['plot']} in {timings['total']:.0f} s")
+    written = (out / "demo_results.json", out / "demo_table.md", Path(results["plot"]))
+    say(f"wrote {', '.join(map(str, written[:-1]))} and {written[-1]} in {timings['total']:.0f} s")
     return results
