@@ -239,6 +239,7 @@ def _run_demo(
     from safe_encoders import make_safe
 
     pipe = tiny_sd_pipeline(sd_text_encoder, tokenizer, seed=s.seed)
+    pipe.set_progress_bar_config(disable=not verbose)  # a bar for a 2-step image says nothing
     safe_prompts = [test_world.captions(i)[0] for i in range(64)]
     unsafe_prompts = [test_world.captions(i)[1] for i in range(64)]
     sd_before = pipeline_check(pipe, safe_prompts, unsafe_prompts)

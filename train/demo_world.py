@@ -212,7 +212,10 @@ def tiny_sd_pipeline(text_encoder: torch.nn.Module, tokenizer: Any, seed: int = 
         norm_num_groups=8,
         sample_size=16,
     )
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False)
+    # steps_offset=1, as Stable Diffusion's own scheduler config: diffusers warns about any other value
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, steps_offset=1
+    )
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
