@@ -183,6 +183,73 @@ def run_demo(
         torch.set_num_threads(threads_before)
 
 
+def run_safe_clip_demo(
+    out_dir: str | Path,
+    world: DemoWorld,
+    towers: tuple[torch.nn.Module, torch.nn.Module],
+    *,
+    say: Any = None,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Steps 3-5 of the demo from ``world``'s pre-trained ``towers`` (LoRA is injected into them in place): Safe-CLIP
+    fine-tuning, measures, export, the tiny SD pipeline with ``make_safe``. Returns the Safe-CLIP part of
+    ``demo_results.json`` (``safe``, ``safe_both_finetuned``, ``exported``, ``stable_diffusion``, ``training``,
+    ``config_digest``)."""
+    from safe_encoders import make_safe
+
+    s, out = world.settings, Path(out_dir)
+    say = say or (lambda *a, **k: None)
+    text, vision = towers
+    sd_text_encoder = plain_text_encoder(text)  # T0 for the pipeline, before LoRA wraps the tower
+
+    say("[3/6] Safe-CLIP fine-tuning (LoRA on both towers, eight-term loss, cached frozen references)")
+    cfg = run_config(out / "safeclip", s, verbose, s.finetune)
+    model = method_of(cfg).build(cfg, text, vision, world.tokenizer, world.image_processor)
+    result = train_run(cfg, model, world.train_set, world.val_set, "Safe-CLIP", say)
+    model.eval()
+    tuned_emb = embed(model, world.test_set)
+
+    say("[4/6] merging LoRA and exporting the encoders")
+    exported = export_safe_clip(
+        model,
+        out / "exported",
+        base_model=BASE_MODEL_NAME,
+        config=cfg,
+        data_description=f"synthetic world seed {s.seed}, {s.train_size} quadruplets",
+        metadata={"demo": True},
+    )
+
+    say("[5/6] tiny Stable Diffusion pipeline: make_safe with the exported text encoder")
+    pipe = tiny_sd_pipeline(sd_text_encoder, world.tokenizer, seed=s.seed)
+    pipe.set_progress_bar_config(disable=not verbose)  # a bar for a 2-step image says nothing
+    safe_prompts = [world.test_world.captions(i)[0] for i in range(64)]
+    unsafe_prompts = [world.test_world.captions(i)[1] for i in range(64)]
+    sd_before = pipeline_check(pipe, safe_prompts, unsafe_prompts)
+    make_safe(pipe, checkpoint=str(exported["text"]))
+    sd_after = pipeline_check(pipe, safe_prompts, unsafe_prompts)
+    image = pipe(
+        unsafe_prompts[0],
+        num_inference_steps=2,
+        height=16,
+        width=16,
+        output_type="np",
+        generator=torch.Generator().manual_seed(s.seed),
+    ).images[0]
+    return {
+        "safe": measure_deployed(tuned_emb, world.original_emb, world.tags),
+        "safe_both_finetuned": measure(tuned_emb, world.tags),
+        "exported": {k: str(v) for k, v in exported.items()},
+        "stable_diffusion": {
+            "before": sd_before,
+            "after": sd_after,
+            "image_shape": list(image.shape),
+            "example_prompt": unsafe_prompts[0],
+        },
+        "training": training_summary(result),
+        "config_digest": cfg.digest(),
+    }
+
+
 def _run_demo(
     out_dir: str | Path,
     settings: DemoSettings,
@@ -196,86 +263,25 @@ def _run_demo(
     say: Any = print if progress else (lambda *a, **k: None)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 2)
-        clock = now
-
-    s = settings
-    world = prepare_world(s, out, say, verbose)
-    tokenizer, train_set, val_set, test_set = world.tokenizer, world.train_set, world.val_set, world.test_set
-    test_world, tags, text, vision = world.test_world, world.tags, world.text, world.vision
-    original_emb, pretrained = world.original_emb, world.pretrained
+    world = prepare_world(settings, out, say, verbose)
     timings.update(world.timings)
-    clock = time.perf_counter()
     # HySAC starts from the same pre-trained towers; Safe-CLIP's LoRA is injected into them in place
-    hysac_towers = (copy.deepcopy(text), copy.deepcopy(vision)) if hysac else None
-    sd_text_encoder = plain_text_encoder(text)  # T0 for the pipeline, before LoRA wraps the tower
-
-    say("[3/6] Safe-CLIP fine-tuning (LoRA on both towers, eight-term loss, cached frozen references)")
-    cfg = run_config(out / "safeclip", s, verbose, s.finetune)
-    model = method_of(cfg).build(cfg, text, vision, world.tokenizer, world.image_processor)
-    result = train_run(cfg, model, train_set, val_set, "Safe-CLIP", say)
-    model.eval()
-    tuned_emb = embed(model, test_set)
-    safe = measure_deployed(tuned_emb, original_emb, tags)
-    safe_both = measure(tuned_emb, tags)
-    lap("finetune")
-
-    say("[4/6] merging LoRA and exporting the encoders")
-    exported = export_safe_clip(
-        model,
-        out / "exported",
-        base_model=BASE_MODEL_NAME,
-        config=cfg,
-        data_description=f"synthetic world seed {s.seed}, {s.train_size} quadruplets",
-        metadata={"demo": True},
-    )
-    lap("export")
-
-    say("[5/6] tiny Stable Diffusion pipeline: make_safe with the exported text encoder")
-    from safe_encoders import make_safe
-
-    pipe = tiny_sd_pipeline(sd_text_encoder, tokenizer, seed=s.seed)
-    pipe.set_progress_bar_config(disable=not verbose)  # a bar for a 2-step image says nothing
-    safe_prompts = [test_world.captions(i)[0] for i in range(64)]
-    unsafe_prompts = [test_world.captions(i)[1] for i in range(64)]
-    sd_before = pipeline_check(pipe, safe_prompts, unsafe_prompts)
-    make_safe(pipe, checkpoint=str(exported["text"]))
-    sd_after = pipeline_check(pipe, safe_prompts, unsafe_prompts)
-    image = pipe(
-        unsafe_prompts[0],
-        num_inference_steps=2,
-        height=16,
-        width=16,
-        output_type="np",
-        generator=torch.Generator().manual_seed(s.seed),
-    ).images[0]
-    lap("stable_diffusion")
-
+    hysac_towers = (copy.deepcopy(world.text), copy.deepcopy(world.vision)) if hysac else None
+    clock = time.perf_counter()
+    safe_clip = run_safe_clip_demo(out, world, (world.text, world.vision), say=say, verbose=verbose)
+    timings["safe_clip"] = round(time.perf_counter() - clock, 2)
     results: dict[str, Any] = {
-        "pretrained": pretrained,
+        "pretrained": world.pretrained,
         "pretraining": world.pretraining,
-        "safe": safe,
-        "safe_both_finetuned": safe_both,
-        "exported": {k: str(v) for k, v in exported.items()},
-        "stable_diffusion": {
-            "before": sd_before,
-            "after": sd_after,
-            "image_shape": list(image.shape),
-            "example_prompt": unsafe_prompts[0],
-        },
-        "training": training_summary(result),
-        "settings": dataclasses.asdict(s),
-        "config_digest": cfg.digest(),
+        **safe_clip,
+        "settings": dataclasses.asdict(settings),
         "timings_s": timings,
     }
     if hysac_towers is not None:
         say("[+] HySAC from the same pre-trained tiny CLIP")
+        clock = time.perf_counter()
         results["hysac"] = run_hysac_demo(out, world, hysac_towers, hysac_settings, progress=verbose, say=say)
-        lap("hysac")
+        timings["hysac"] = round(time.perf_counter() - clock, 2)
     say("[6/6] results")
     report = format_report(results)
     say(report)

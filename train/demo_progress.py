@@ -44,7 +44,8 @@ def last_step_record(path: Path, tail_bytes: int = 16384) -> dict[str, Any] | No
 
 
 class StepLines:
-    """An ``on_step`` hook of ``train.loop.run_training``: at most one line per ``every`` seconds, e.g.
+    """An ``on_step`` hook of ``train.loop.run_training``: at most one line per ``every`` seconds (default
+    ``STEP_LINE_EVERY_S``), e.g.
     ``  pre-training: epoch 3/15, step 57, loss 2.911 (40 s)``."""
 
     def __init__(
@@ -53,7 +54,7 @@ class StepLines:
         run_dir: Path,
         epochs: int,
         say: Callable[[str], Any],
-        every: float = STEP_LINE_EVERY_S,
+        every: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.label, self.log, self.epochs, self.say, self.every, self.clock = (
@@ -61,7 +62,7 @@ class StepLines:
             Path(run_dir) / "metrics.jsonl",
             epochs,
             say,
-            every,
+            STEP_LINE_EVERY_S if every is None else every,
             clock,
         )
         self.start = self.last = clock()
