@@ -41,6 +41,7 @@ from train.demo_world import (
     plain_text_encoder,
     prepare_world,
     run_config,
+    save_samples,
     tiny_sd_pipeline,
     train_run,
     training_summary,
@@ -264,6 +265,7 @@ def _run_demo(
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     world = prepare_world(settings, out, say, verbose)
+    samples = save_samples(world.test_world, out / "samples")  # to try `safe-encoders scan` / `search` on
     timings.update(world.timings)
     # HySAC starts from the same pre-trained towers; Safe-CLIP's LoRA is injected into them in place
     hysac_towers = (copy.deepcopy(world.text), copy.deepcopy(world.vision)) if hysac else None
@@ -275,6 +277,7 @@ def _run_demo(
         "pretraining": world.pretraining,
         **safe_clip,
         "settings": dataclasses.asdict(settings),
+        "samples": str(samples),
         "timings_s": timings,
     }
     if hysac_towers is not None:

@@ -250,6 +250,34 @@ def pipeline_check(pipe: Any, safe_prompts: list[str], unsafe_prompts: list[str]
     }
 
 
+def save_samples(world: SyntheticWorld, folder: Path, count: int = 16) -> Path:
+    """The first ``count`` test items as files to try ``safe-encoders scan`` / ``search`` on: ``images/<i>_safe.png``
+    and ``images/<i>_unsafe.png``, and ``captions.csv`` (``id,caption``: each item's safe and unsafe caption)."""
+    import csv
+    import io
+
+    from PIL import Image
+
+    from safe_encoders.atomic import atomic_write_text
+
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    rows = io.StringIO()
+    writer = csv.writer(rows)
+    writer.writerow(["id", "caption"])
+    for i in range(min(count, len(world))):
+        item = world[i]
+        for kind, array, caption in (
+            ("safe", item.safe_image, item.safe_text),
+            ("unsafe", item.unsafe_image, item.unsafe_text),
+        ):
+            pixels = array if array.dtype.kind == "u" else (array.clip(0, 1) * 255).round().astype("uint8")
+            Image.fromarray(pixels).save(images / f"{i:03d}_{kind}.png")
+            writer.writerow([f"{i:03d}_{kind}", caption])
+    atomic_write_text(folder / "captions.csv", rows.getvalue())
+    return folder
+
+
 # ---------------------------------------------------------------------------- the world (steps 1-2)
 
 

@@ -125,6 +125,9 @@ def test_demo_writes_results_json_table_and_chart(short_demo):
     assert (out / "demo_results.png").exists()
     assert (out / "hysac_export" / "hysac_config.json").exists()
     assert saved["hysac"]["pretrained_safe_t2v_r1"] == saved["pretrained"]["safe_t2v_r1"]
+    # the files the README's first scan / search example reads
+    assert len(list((out / "samples" / "images").glob("*_unsafe.png"))) == 16
+    assert len((out / "samples" / "captions.csv").read_text().splitlines()) == 1 + 32
     assert saved == json.loads(json.dumps(results))
 
 
