@@ -26,7 +26,9 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also show the training loop's progress bars and the libraries' own bars and warnings",
     )
-    parser.add_argument("--skip-hysac", action="store_true", help="only the Safe-CLIP part (HySAC adds about a third)")
+    parser.add_argument(
+        "--skip-hysac", action="store_true", help="only the Safe-CLIP part (HySAC is about half of the run)"
+    )
 
 
 def demo_main(args: argparse.Namespace) -> int:
