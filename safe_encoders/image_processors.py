@@ -8,6 +8,9 @@ transformers only have ``CLIPImageProcessor``, which is that PIL processor.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -18,3 +21,27 @@ def clip_image_processor_class() -> Any:
 
     pil = getattr(transformers, "CLIPImageProcessorPil", None)
     return pil if pil is not None else transformers.CLIPImageProcessor
+
+
+TORCHVISION_FALLBACK = "requires torchvision (not installed); falling back to"
+"""The part of transformers' warning when something reads ``transformers.<Name>ImageProcessor`` without torchvision
+(diffusers' pipeline modules do so on import)."""
+
+
+class _DropTorchvisionFallback(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return TORCHVISION_FALLBACK not in record.getMessage()
+
+
+@contextlib.contextmanager
+def no_torchvision_fallback_warning() -> Iterator[None]:
+    """Drop exactly transformers' "requires torchvision (not installed); falling back" warning while the block runs
+    (e.g. around importing diffusers' Safe Latent Diffusion module, which names ``CLIPImageProcessor``); every
+    other message of transformers passes."""
+    logger = logging.getLogger("transformers.utils.import_utils")
+    drop = _DropTorchvisionFallback()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)

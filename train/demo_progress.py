@@ -84,17 +84,20 @@ class StepLines:
 @contextlib.contextmanager
 def quiet_libraries(enabled: bool = True) -> Iterator[None]:
     """While the demo runs, no output the user cannot act on: transformers' (and huggingface_hub's) progress bars
-    (a bar per saved model) and peft's FutureWarning about transformers' renamed ``is_gradient_checkpointing``.
+    (a bar per saved model), peft's FutureWarning about transformers' renamed ``is_gradient_checkpointing`` and
+    transformers' "requires torchvision" fallback warning when diffusers' modules import image processors.
     Both are put back as they were after; ``enabled=False`` (the demo's ``--verbose``) changes nothing."""
     if not enabled:
         yield
         return
     from transformers.utils import logging as hf_logging
 
+    from safe_encoders.image_processors import no_torchvision_fallback_warning
+
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), no_torchvision_fallback_warning():
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             yield
     finally:

@@ -18,6 +18,9 @@ processor.save_pretrained(sys.argv[1])
 again = clip_image_processor_class().from_pretrained(sys.argv[1])
 import numpy as np
 pixels = again(images=[np.zeros((32, 32, 3), dtype=np.uint8)], return_tensors="pt")["pixel_values"]
+from safe_encoders.diffusers.sld import sld_classes  # make_safe looks for SLD; its module names CLIPImageProcessor
+
+sld_classes()
 print(type(again).__name__, tuple(pixels.shape))
 """
 
