@@ -30,9 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def small_hysac(folder: Path) -> Path:
     """A random HySAC with CLIP-B-like proportions shrunk for a CPU (width 256, 4 layers, 64 px images)."""
     import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+    from transformers import CLIPConfig, CLIPModel
 
     from safe_encoders.hysac import HySAC, HySACBounds
+    from safe_encoders.image_processors import clip_image_processor_class
     from tests.tiny_models import clip_tokenizer
 
     torch.manual_seed(0)
@@ -44,7 +45,9 @@ def small_hysac(folder: Path) -> Path:
     )
     model = HySAC.from_clip_model(CLIPModel(config).eval(), bounds=HySACBounds({"S": {"up_95": 1}, "V": {"up_95": 1}}))
     model.tokenizer = clip_tokenizer()
-    model.image_processor = CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
+    model.image_processor = clip_image_processor_class()(
+        size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}
+    )
     return model.save_pretrained(folder)
 
 

@@ -8,15 +8,12 @@ from pathlib import Path
 
 from safe_encoders.cli import Command
 from safe_encoders.cli.program import build_program, run_program
-from safe_encoders.cli.types import nonnegative_int, positive_int
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from train.demo import DemoSettings, run_demo
+    from train.demo_cli import demo_main
 
-    settings = DemoSettings(seed=args.seed, threads=args.threads)
-    run_demo(args.out, settings, progress=not args.quiet, hysac=not args.skip_hysac)
-    return 0
+    return demo_main(args)
 
 
 def _datasets(cfg, args: argparse.Namespace, *, train: bool = True):
@@ -24,8 +21,9 @@ def _datasets(cfg, args: argparse.Namespace, *, train: bool = True):
 
     With ``train=False`` only the validation set is built (the train set is None).
     """
-    from transformers import CLIPImageProcessor, CLIPTokenizer
+    from transformers import CLIPTokenizer
 
+    from safe_encoders.image_processors import clip_image_processor_class
     from train.data import EncodedQuadruplets, QuadrupletCollator, stack_encoded
 
     if cfg.data.source not in ("synthetic", "visu"):
@@ -35,7 +33,7 @@ def _datasets(cfg, args: argparse.Namespace, *, train: bool = True):
         )
         return None
     tokenizer = CLIPTokenizer.from_pretrained(cfg.base_model)
-    processor = CLIPImageProcessor.from_pretrained(cfg.base_model)
+    processor = clip_image_processor_class().from_pretrained(cfg.base_model)
     collator = QuadrupletCollator(tokenizer, processor)
     if cfg.data.source == "visu":
         if not (args.coco_root and args.unsafe_images):
@@ -167,15 +165,9 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_demo_arguments(demo: argparse.ArgumentParser) -> None:
-    demo.add_argument("--out", required=True, help="output folder")
-    demo.add_argument(
-        "--seed", type=nonnegative_int, default=0, help="seed of the synthetic worlds and of training (default 0)"
-    )
-    demo.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars (the step lines remain)")
-    demo.add_argument(
-        "--skip-hysac", action="store_true", help="only the Safe-CLIP part (the HySAC part adds ~1.5 min)"
-    )
+    from train.demo_cli import add_demo_arguments  # the demo's options live with the demo (light import)
+
+    add_demo_arguments(demo)
 
 
 def _add_safeclip_arguments(run: argparse.ArgumentParser) -> None:

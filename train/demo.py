@@ -28,7 +28,8 @@ import torch
 
 from safe_encoders.atomic import atomic_write_text
 from train.data import stack_encoded
-from train.demo_report import format_hysac_table, format_table, save_plot
+from train.demo_progress import DEMO_THREADS, quiet_libraries
+from train.demo_report import format_report, save_plot
 from train.demo_world import (
     BASE_MODEL_NAME,
     DemoSettings,
@@ -40,11 +41,12 @@ from train.demo_world import (
     plain_text_encoder,
     prepare_world,
     run_config,
+    save_samples,
     tiny_sd_pipeline,
+    train_run,
     training_summary,
 )
 from train.export import export_safe_clip
-from train.loop import run_training
 from train.methods import method_of
 
 
@@ -84,6 +86,7 @@ def run_hysac_demo(
     settings: HySACDemoSettings | None = None,
     *,
     progress: bool = False,
+    say: Any = None,
 ) -> dict[str, Any]:
     """HySAC fine-tuning of ``towers`` (the pre-trained tiny CLIP, not yet LoRA-wrapped), bounds from the
     validation set, export, and the figures on the test set.
@@ -102,7 +105,7 @@ def run_hysac_demo(
     cfg = run_config(out / "hysac", s, progress, ["method=hysac", *settings.finetune])
     torch.manual_seed(s.seed)
     model = method_of(cfg).build(cfg, *towers, world.tokenizer, world.image_processor)
-    result = run_training(cfg, model, world.train_set, world.val_set, stack_encoded, resume=False)
+    result = train_run(cfg, model, world.train_set, world.val_set, "HySAC", say)
     model.eval()
     curvature = model.hysac.curvature.detach()
     bounds = validation_bounds(model, world.val_set, stack_encoded)
@@ -140,6 +143,7 @@ def run_hysac_demo(
         "pretrained_safe_t2v_r1": pre["safe_t2v_r1"],
         "pretrained_safe_v2t_r1": pre["safe_v2t_r1"],
         "pretrained_unsafe_text_top1_safe_share": 1.0 - pre["unsafe_text_top1_unsafe_share"],
+        "pretrained_unsafe_image_top1_safe_share": 1.0 - pre["unsafe_image_top1_unsafe_share"],
         "classification": report.classification,
         "retrieval": report.retrieval,
         "traversal": report.traversal,
@@ -160,47 +164,51 @@ def run_demo(
     *,
     hysac: bool = False,
     hysac_settings: HySACDemoSettings | None = None,
+    verbose: bool = False,
 ) -> dict[str, Any]:
     """Run every step of the demo into ``out_dir``; returns what ``demo_results.json`` holds.
 
     With ``hysac`` a HySAC run from the same pre-trained tiny CLIP follows (``run_hysac_demo``); its
     figures go under the key ``"hysac"`` and into the printed table. The Safe-CLIP results are unchanged.
+    ``progress`` prints the step headers, a line with epoch and loss every few seconds of training, and the
+    tables; ``verbose`` adds the training loop's progress bars and the libraries' warnings and bars. Torch runs
+    on ``settings.threads`` (default ``DEMO_THREADS``) and is put back to its thread count after.
     """
     settings = settings or DemoSettings()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    say = print if progress else (lambda *a, **k: None)
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(settings.threads or DEMO_THREADS)
+    try:
+        with quiet_libraries(enabled=not verbose):
+            return _run_demo(out_dir, settings, progress, hysac, hysac_settings, verbose)
+    finally:
+        torch.set_num_threads(threads_before)
 
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 2)
-        clock = now
 
-    s = settings
-    world = prepare_world(s, out, say, progress)
-    tokenizer, train_set, val_set, test_set = world.tokenizer, world.train_set, world.val_set, world.test_set
-    test_world, tags, text, vision = world.test_world, world.tags, world.text, world.vision
-    original_emb, pretrained = world.original_emb, world.pretrained
-    timings.update(world.timings)
-    clock = time.perf_counter()
-    # HySAC starts from the same pre-trained towers; Safe-CLIP's LoRA is injected into them in place
-    hysac_towers = (copy.deepcopy(text), copy.deepcopy(vision)) if hysac else None
+def run_safe_clip_demo(
+    out_dir: str | Path,
+    world: DemoWorld,
+    towers: tuple[torch.nn.Module, torch.nn.Module],
+    *,
+    say: Any = None,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Steps 3-5 of the demo from ``world``'s pre-trained ``towers`` (LoRA is injected into them in place): Safe-CLIP
+    fine-tuning, measures, export, the tiny SD pipeline with ``make_safe``. Returns the Safe-CLIP part of
+    ``demo_results.json`` (``safe``, ``safe_both_finetuned``, ``exported``, ``stable_diffusion``, ``training``,
+    ``config_digest``)."""
+    from safe_encoders import make_safe
+
+    s, out = world.settings, Path(out_dir)
+    say = say or (lambda *a, **k: None)
+    text, vision = towers
     sd_text_encoder = plain_text_encoder(text)  # T0 for the pipeline, before LoRA wraps the tower
 
     say("[3/6] Safe-CLIP fine-tuning (LoRA on both towers, eight-term loss, cached frozen references)")
-    cfg = run_config(out / "safeclip", s, progress, s.finetune)
+    cfg = run_config(out / "safeclip", s, verbose, s.finetune)
     model = method_of(cfg).build(cfg, text, vision, world.tokenizer, world.image_processor)
-    result = run_training(cfg, model, train_set, val_set, stack_encoded, resume=False)
+    result = train_run(cfg, model, world.train_set, world.val_set, "Safe-CLIP", say)
     model.eval()
-    tuned_emb = embed(model, test_set)
-    safe = measure_deployed(tuned_emb, original_emb, tags)
-    safe_both = measure(tuned_emb, tags)
-    lap("finetune")
+    tuned_emb = embed(model, world.test_set)
 
     say("[4/6] merging LoRA and exporting the encoders")
     exported = export_safe_clip(
@@ -211,14 +219,12 @@ def run_demo(
         data_description=f"synthetic world seed {s.seed}, {s.train_size} quadruplets",
         metadata={"demo": True},
     )
-    lap("export")
 
     say("[5/6] tiny Stable Diffusion pipeline: make_safe with the exported text encoder")
-    from safe_encoders import make_safe
-
-    pipe = tiny_sd_pipeline(sd_text_encoder, tokenizer, seed=s.seed)
-    safe_prompts = [test_world.captions(i)[0] for i in range(64)]
-    unsafe_prompts = [test_world.captions(i)[1] for i in range(64)]
+    pipe = tiny_sd_pipeline(sd_text_encoder, world.tokenizer, seed=s.seed)
+    pipe.set_progress_bar_config(disable=not verbose)  # a bar for a 2-step image says nothing
+    safe_prompts = [world.test_world.captions(i)[0] for i in range(64)]
+    unsafe_prompts = [world.test_world.captions(i)[1] for i in range(64)]
     sd_before = pipeline_check(pipe, safe_prompts, unsafe_prompts)
     make_safe(pipe, checkpoint=str(exported["text"]))
     sd_after = pipeline_check(pipe, safe_prompts, unsafe_prompts)
@@ -230,13 +236,9 @@ def run_demo(
         output_type="np",
         generator=torch.Generator().manual_seed(s.seed),
     ).images[0]
-    lap("stable_diffusion")
-
-    results: dict[str, Any] = {
-        "pretrained": pretrained,
-        "pretraining": world.pretraining,
-        "safe": safe,
-        "safe_both_finetuned": safe_both,
+    return {
+        "safe": measure_deployed(tuned_emb, world.original_emb, world.tags),
+        "safe_both_finetuned": measure(tuned_emb, world.tags),
         "exported": {k: str(v) for k, v in exported.items()},
         "stable_diffusion": {
             "before": sd_before,
@@ -245,22 +247,51 @@ def run_demo(
             "example_prompt": unsafe_prompts[0],
         },
         "training": training_summary(result),
-        "settings": dataclasses.asdict(s),
         "config_digest": cfg.digest(),
+    }
+
+
+def _run_demo(
+    out_dir: str | Path,
+    settings: DemoSettings,
+    progress: bool,
+    hysac: bool,
+    hysac_settings: HySACDemoSettings | None,
+    verbose: bool,
+) -> dict[str, Any]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    say: Any = print if progress else (lambda *a, **k: None)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    world = prepare_world(settings, out, say, verbose)
+    samples = save_samples(world.test_world, out / "samples")  # to try `safe-encoders scan` / `search` on
+    timings.update(world.timings)
+    # HySAC starts from the same pre-trained towers; Safe-CLIP's LoRA is injected into them in place
+    hysac_towers = (copy.deepcopy(world.text), copy.deepcopy(world.vision)) if hysac else None
+    clock = time.perf_counter()
+    safe_clip = run_safe_clip_demo(out, world, (world.text, world.vision), say=say, verbose=verbose)
+    timings["safe_clip"] = round(time.perf_counter() - clock, 2)
+    results: dict[str, Any] = {
+        "pretrained": world.pretrained,
+        "pretraining": world.pretraining,
+        **safe_clip,
+        "settings": dataclasses.asdict(settings),
+        "samples": str(samples),
         "timings_s": timings,
     }
     if hysac_towers is not None:
         say("[+] HySAC from the same pre-trained tiny CLIP")
-        results["hysac"] = run_hysac_demo(out, world, hysac_towers, hysac_settings, progress=progress)
-        lap("hysac")
+        clock = time.perf_counter()
+        results["hysac"] = run_hysac_demo(out, world, hysac_towers, hysac_settings, progress=verbose, say=say)
+        timings["hysac"] = round(time.perf_counter() - clock, 2)
     say("[6/6] results")
-    table = format_table(results)
-    if "hysac" in results:
-        table += "\n" + format_hysac_table(results["hysac"])
-    say(table)
-    atomic_write_text(out / "demo_table.md", table + "\n")
+    report = format_report(results)
+    say(report)
+    atomic_write_text(out / "demo_table.md", report)
     results["plot"] = str(save_plot(results, out / "demo_results.png"))
     timings["total"] = round(sum(timings.values()), 2)
     atomic_write_text(out / "demo_results.json", json.dumps(results, indent=2))
-    say(f"wrote {out / 'demo_results.json'}, demo_table.md and {results['plot']} in {timings['total']:.0f} s")
+    written = (out / "demo_results.json", out / "demo_table.md", Path(results["plot"]))
+    say(f"wrote {', '.join(map(str, written[:-1]))} and {written[-1]} in {timings['total']:.0f} s")
     return results

@@ -16,6 +16,7 @@ from eval.data.synthetic import CONCEPTS, SyntheticWorld, build_image_processor,
 from eval.metrics import safe_clip_retrieval, top1_in_set_share
 from train.config import TrainConfig, load_config
 from train.data import EncodedQuadruplets, QuadrupletCollator, stack_encoded
+from train.demo_progress import StepLines
 from train.loop import TrainResult, run_training
 from train.methods import method_of
 from train.model import TwoTowerModel
@@ -64,6 +65,16 @@ class DemoSettings:
     """Overrides of the Safe-CLIP run config. Rank, dropout, targets and the eight loss weights stay the
     paper's; alpha 16 (LoRA scaling 1 instead of 1/16) and lr 3e-3 let a tiny model move in 10 epochs."""
     threads: int | None = None
+    """Torch CPU threads; None: ``train.demo_progress.DEMO_THREADS``."""
+
+
+def train_run(
+    cfg: TrainConfig, model: TwoTowerModel, train_set: Any, val_set: Any, label: str, say: Any
+) -> TrainResult:
+    """A demo training run (``run_training``, fresh) that prints a step line with epoch and loss every few seconds
+    through ``say`` (None: silent)."""
+    hook = StepLines(label, Path(cfg.output_dir), cfg.optim.epochs, say) if say is not None else None
+    return run_training(cfg, model, train_set, val_set, stack_encoded, resume=False, on_step=hook)
 
 
 # ---------------------------------------------------------------------------- steps
@@ -201,7 +212,10 @@ def tiny_sd_pipeline(text_encoder: torch.nn.Module, tokenizer: Any, seed: int = 
         norm_num_groups=8,
         sample_size=16,
     )
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False)
+    # steps_offset=1, as Stable Diffusion's own scheduler config: diffusers warns about any other value
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, steps_offset=1
+    )
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -236,6 +250,34 @@ def pipeline_check(pipe: Any, safe_prompts: list[str], unsafe_prompts: list[str]
     }
 
 
+def save_samples(world: SyntheticWorld, folder: Path, count: int = 16) -> Path:
+    """The first ``count`` test items as files to try ``safe-encoders scan`` / ``search`` on: ``images/<i>_safe.png``
+    and ``images/<i>_unsafe.png``, and ``captions.csv`` (``id,caption``: each item's safe and unsafe caption)."""
+    import csv
+    import io
+
+    from PIL import Image
+
+    from safe_encoders.atomic import atomic_write_text
+
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    rows = io.StringIO()
+    writer = csv.writer(rows)
+    writer.writerow(["id", "caption"])
+    for i in range(min(count, len(world))):
+        item = world[i]
+        for kind, array, caption in (
+            ("safe", item.safe_image, item.safe_text),
+            ("unsafe", item.unsafe_image, item.unsafe_text),
+        ):
+            pixels = array if array.dtype.kind == "u" else (array.clip(0, 1) * 255).round().astype("uint8")
+            Image.fromarray(pixels).save(images / f"{i:03d}_{kind}.png")
+            writer.writerow([f"{i:03d}_{kind}", caption])
+    atomic_write_text(folder / "captions.csv", rows.getvalue())
+    return folder
+
+
 # ---------------------------------------------------------------------------- the world (steps 1-2)
 
 
@@ -262,8 +304,12 @@ class DemoWorld:
 
 def prepare_world(settings: DemoSettings, out_dir: str | Path, say: Any = None, progress: bool = False) -> DemoWorld:
     """Build the synthetic world and pre-train the tiny CLIP (demo steps 1 and 2) through the training loop
-    (``method=clip``, run folder ``out_dir/pretrain``); the pre-trained model is saved to ``out_dir/pretrained``."""
+    (``method=clip``, run folder ``out_dir/pretrain``); the pre-trained model is saved to ``out_dir/pretrained``.
+
+    ``say`` (e.g. ``print``) receives the step headers and the training's step lines; ``progress`` adds the
+    training loop's progress bars."""
     s = settings
+    step_lines = say
     say = say or (lambda *a, **k: None)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -288,7 +334,7 @@ def prepare_world(settings: DemoSettings, out_dir: str | Path, say: Any = None, 
     )
     method = method_of(cfg)
     model = method.build(cfg, text, vision, tokenizer, processor)
-    result = run_training(cfg, model, train_set, None, stack_encoded, resume=False)  # no validation: all epochs
+    result = train_run(cfg, model, train_set, None, "pre-training", step_lines)  # no validation: all epochs
     method.export(model, out / "pretrained", cfg, None, None)
     original_emb = embed(model, test_set)
     pretrained = measure(original_emb, tags)

@@ -262,11 +262,13 @@ class Q16Classifier:
         try:
             self.processor = AutoImageProcessor.from_pretrained(str(model), **hub_kwargs)
         except OSError:
-            from transformers import CLIPImageProcessor
+            from safe_encoders.image_processors import clip_image_processor_class
 
             size = self.model.config.image_size
             logger.warning("%s has no image processor config; using CLIP's at %d px", model, size)
-            self.processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+            self.processor = clip_image_processor_class()(
+                size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+            )
 
     @torch.inference_mode()
     def embed(self, images: Sequence[ImageLike]) -> torch.Tensor:

@@ -295,6 +295,8 @@ def build_tokenizer(max_length: int = 32):
 
 def build_image_processor(image_size: int = 32):
     """A CLIP image processor for the world's images (OpenAI CLIP mean/std, no resizing needed)."""
-    from transformers import CLIPImageProcessor
+    from safe_encoders.image_processors import clip_image_processor_class
 
-    return CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    return clip_image_processor_class()(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from eval.errors import require
 
@@ -34,6 +35,25 @@ def grouped_bar_chart(
     feature: str = "a bar chart",
 ) -> Path:
     """Draw ``panels`` one above the other into the PNG ``path`` (matplotlib, headless); returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig = draw_grouped_bars(panels, ylabel=ylabel, ylim=ylim, rotation=rotation, feature=feature)
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def draw_grouped_bars(
+    panels: Sequence[BarPanel],
+    *,
+    ylabel: str,
+    ylim: tuple[float, float] | None = None,
+    rotation: float = 20,
+    feature: str = "a bar chart",
+) -> Any:
+    """The matplotlib figure of ``grouped_bar_chart`` (the caller closes it). Each panel's legend sits to the
+    right of its axes, where it cannot cover a bar."""
     matplotlib = require("matplotlib", feature=feature)
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -53,9 +73,6 @@ def grouped_bar_chart(
         if ylim is not None:
             ax.set_ylim(*ylim)
         ax.set_title(panel.title)
-        ax.legend(fontsize="small", ncol=min(n, 4))
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig

@@ -14,6 +14,7 @@ import importlib
 from typing import Any
 
 from ..errors import SafeEncodersError
+from ..image_processors import no_torchvision_fallback_warning
 
 #: Where diffusers versions keep the SLD module (its `__init__` holds both the pipeline and `SafetyConfig`).
 SLD_MODULES: tuple[str, ...] = (
@@ -38,8 +39,10 @@ def sld_classes() -> tuple[type, Any]:
     tried = []
     for name in SLD_MODULES:
         try:
-            module = importlib.import_module(name)
-            return module.StableDiffusionPipelineSafe, module.SafetyConfig
+            # the (lazily loaded) module names transformers.CLIPImageProcessor: torchvision's fallback warning
+            with no_torchvision_fallback_warning():
+                module = importlib.import_module(name)
+                return module.StableDiffusionPipelineSafe, module.SafetyConfig
         except (ImportError, AttributeError) as error:
             tried.append(f"{name} ({type(error).__name__})")
     raise SLDUnavailableError(

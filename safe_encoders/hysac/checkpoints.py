@@ -62,10 +62,33 @@ class LocatedCheckpoint:
     processor_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
+# Said whenever a HySAC model cannot be found: a user who mistyped a name learns what would work.
+WHERE_HYSAC_MODELS_COME_FROM = (
+    "HySAC models come from the Hub id 'aimagelab/HySAC' (the authors' release: downloaded once, then read from "
+    "the Hugging Face cache), a local folder written by HySAC.save_pretrained or `python -m train hysac`, or "
+    "the offline demo's export (`python -m train demo --out out/demo` writes out/demo/hysac_export)."
+)
+
+
 def locate(source: str | os.PathLike, hub_kwargs: dict[str, Any]) -> LocatedCheckpoint:
-    """Find the files of `source`: a folder, a file inside one, the registry name "hysac" or a Hub id."""
+    """Find the files of `source`: a folder, a file inside one, the registry name "hysac" or a Hub id.
+
+    Offline (``HF_HUB_OFFLINE`` or a Hub that does not answer a connection at once, `hub_reachable`) only the
+    local Hugging Face cache is read: a miss is reported at once instead of after the Hub client's retries.
+    """
     check_hub_kwargs(hub_kwargs)
-    parsed = parse_source_name(source, what="HySAC checkpoint", cache_dir=hub_kwargs.get("cache_dir"))
+    try:
+        parsed = parse_source_name(source, what="HySAC checkpoint", cache_dir=hub_kwargs.get("cache_dir"))
+    except CheckpointNotFoundError:
+        raise CheckpointNotFoundError(
+            f"HySAC model {str(source)!r} is not an existing file or folder, nor a Hub id of the form 'org/name'. "
+            f"{WHERE_HYSAC_MODELS_COME_FROM}"
+        ) from None
+    if parsed.entry is not None and parsed.entry.name != "hysac":
+        raise CheckpointNotFoundError(
+            f"{str(source)!r} names a Safe-CLIP encoder checkpoint, not a HySAC model (load it with make_safe or "
+            f"load_text_encoder). {WHERE_HYSAC_MODELS_COME_FROM}"
+        )
     if parsed.path is not None:
         path = parsed.path
         folder = path if path.is_dir() else path.parent
@@ -84,11 +107,43 @@ def locate(source: str | os.PathLike, hub_kwargs: dict[str, Any]) -> LocatedChec
             return LocatedCheckpoint("release", str(weights), files, processor_source=str(folder))
         raise CheckpointNotFoundError(
             f"Folder {folder} holds neither {CONFIG_NAME} (our HySAC export, see HySAC.save_pretrained) nor "
-            f"{RELEASE_WEIGHTS} (the authors' release). Pass a HySAC folder or the Hub id 'aimagelab/hysac'."
+            f"{RELEASE_WEIGHTS} (the authors' release). {WHERE_HYSAC_MODELS_COME_FROM}"
         )
     repo_id = parsed.repo_id
     assert repo_id is not None
     kwargs = parsed.hub_kwargs(hub_kwargs)
+    if not kwargs.get("local_files_only") and not hub_reachable():
+        kwargs["local_files_only"] = True  # the cache alone: no retries against a Hub that cannot answer
+    try:
+        return _locate_on_hub(repo_id, kwargs)
+    except CheckpointNotFoundError as error:
+        raise CheckpointNotFoundError(f"{error} {WHERE_HYSAC_MODELS_COME_FROM}") from error
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """False when the Hub cannot be used: ``HF_HUB_OFFLINE`` is set, or a TCP connection to the endpoint's host
+    fails within ``timeout`` seconds. A proxy in the environment is trusted (True): only the Hub client can use it.
+    """
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        return False
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    endpoint = urlsplit(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        import socket
+
+        with socket.create_connection((endpoint.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _locate_on_hub(repo_id: str, kwargs: dict[str, Any]) -> LocatedCheckpoint:
     label = f"{repo_id}@{kwargs.get('revision') or 'main'}"
     config = hub_file(repo_id, CONFIG_NAME, required=False, **kwargs)
     if config is not None:
@@ -121,6 +176,8 @@ def load_hysac(
     """See `HySAC.from_pretrained`."""
     located = locate(source, hub_kwargs)
     base_kwargs = {k: v for k, v in hub_kwargs.items() if k not in ("revision", "subfolder")}
+    if located.processor_kwargs.get("local_files_only"):  # offline (see locate): the base model from the cache too
+        base_kwargs["local_files_only"] = True
     if located.layout == "export":
         model = _load_export(cls, located)
         base_model = base_model or model.base_model
@@ -308,7 +365,9 @@ def _load_processors(candidates: list[tuple[str | None, dict[str, Any]]]) -> tup
     A candidate is only tried when its files are there (transformers would otherwise build an empty
     tokenizer from a bare config.json).
     """
-    from transformers import AutoTokenizer, CLIPImageProcessor
+    from transformers import AutoTokenizer
+
+    from ..image_processors import clip_image_processor_class
 
     tokenizer = image_processor = None
     for source, kwargs in candidates:
@@ -317,7 +376,7 @@ def _load_processors(candidates: list[tuple[str | None, dict[str, Any]]]) -> tup
         if tokenizer is None and _has_any(source, ("tokenizer.json", "vocab.json"), kwargs):
             tokenizer = _try(lambda s=source, k=kwargs: AutoTokenizer.from_pretrained(s, **k))
         if image_processor is None and _has_any(source, ("preprocessor_config.json",), kwargs):
-            image_processor = _try(lambda s=source, k=kwargs: CLIPImageProcessor.from_pretrained(s, **k))
+            image_processor = _try(lambda s=source, k=kwargs: clip_image_processor_class().from_pretrained(s, **k))
     return tokenizer, image_processor
 
 

@@ -42,7 +42,7 @@ def test_an_unregistered_hub_id_is_taken_as_it_is():
 def test_what_is_no_path_registered_name_or_hub_id_is_refused_by_both_loaders(name):
     with pytest.raises(CheckpointNotFoundError, match=r"Checkpoint .* not an existing file or folder"):
         parse_source_name(name)
-    with pytest.raises(CheckpointNotFoundError, match=r"^HySAC checkpoint .* not a registered name"):
+    with pytest.raises(CheckpointNotFoundError, match=r"^HySAC model .* not an existing file or folder"):
         locate(name, {})
     with pytest.raises(TypeError, match="must be a registry name"):
         parse_source_name(3)

@@ -1,6 +1,7 @@
 """Acceptance of the HySAC part of issue 7 on the synthetic world (fixed seed): HySAC fine-tuned from the demo's
 pre-trained tiny CLIP separates safe from unsafe by root distance, traversal makes unsafe text queries retrieve
-safe images, and safe retrieval is kept. The pre-trained model is built once for the module."""
+safe images, and safe retrieval is kept. The pre-trained model is the session's ``demo_world`` (tests/train/conftest),
+shared with the Safe-CLIP figures; the whole demo command with HySAC is checked in test_demo_acceptance.py."""
 
 import copy
 import json
@@ -8,15 +9,15 @@ import json
 import pytest
 
 from safe_encoders.hysac import HySAC
-from train.demo import DemoSettings, HySACDemoSettings, run_demo, run_hysac_demo
+from train.demo import HySACDemoSettings, run_hysac_demo
 from train.demo_report import format_hysac_table
-from train.demo_world import prepare_world
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def world(one_torch_thread, tmp_path_factory):
-    # the demo's steps 1-2: data and the pre-trained tiny CLIP
-    return prepare_world(DemoSettings(seed=0), tmp_path_factory.mktemp("world"))
+def world(demo_world):
+    return demo_world
 
 
 @pytest.fixture(scope="module")
@@ -59,38 +60,3 @@ def test_export_reloads_with_bounds_and_table_shows_the_figures(hysac, world):
     table = format_hysac_table(h)
     assert f"{h['text_auroc']:.3f}" in table and f"{h['unsafe_text_top1_safe_share_traversal']:.3f}" in table
     json.dumps(h)  # what demo_results.json stores under "hysac"
-
-
-def test_run_demo_writes_the_hysac_key_and_keeps_the_safe_clip_keys(tmp_path, one_torch_thread):
-    """Structure only, on a world too small to learn anything: the figures are asserted above."""
-    tiny = DemoSettings(
-        seed=0,
-        train_size=128,
-        val_size=32,
-        test_size=64,  # the SD step embeds 64 prompts
-        pretrain=[*DemoSettings().pretrain, "optim.epochs=1"],
-        finetune=["optim.epochs=1", "data.batch_size=64"],
-    )
-    results = run_demo(
-        tmp_path,
-        tiny,
-        progress=False,
-        hysac=True,
-        hysac_settings=HySACDemoSettings(finetune=["optim.epochs=1", "data.batch_size=64"]),
-    )
-    saved = json.loads((tmp_path / "demo_results.json").read_text())
-    assert {"pretrained", "safe", "safe_both_finetuned", "exported", "stable_diffusion", "hysac"} <= set(saved)
-    for key in (
-        "text_auroc",
-        "image_auroc",
-        "unsafe_text_top1_safe_share",
-        "unsafe_text_top1_safe_share_traversal",
-        "safe_t2v_r1",
-        "pretrained_safe_t2v_r1",
-        "bounds",
-        "exported",
-    ):
-        assert key in saved["hysac"], key
-    assert saved["hysac"]["pretrained_safe_t2v_r1"] == saved["pretrained"]["safe_t2v_r1"]
-    assert "AUROC root distance" in (tmp_path / "demo_table.md").read_text()
-    assert (tmp_path / "hysac_export" / "hysac_config.json").exists() and results["hysac"]["exported"]
