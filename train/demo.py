@@ -153,6 +153,35 @@ def run_hysac_demo(
     }
 
 
+def write_app_inputs(out_dir: str | Path, pipe: Any, world: Any, count: int = 48) -> None:
+    """What ``safe-encoders app --demo`` reads beside the exports (names: ``safe_encoders.app.DemoLayout``): the tiny
+    SD pipeline before ``make_safe``, and the first ``count`` safe and unsafe images of ``world`` as PNG files."""
+    import shutil
+
+    from PIL import Image
+
+    from safe_encoders.app import DemoLayout
+
+    layout = DemoLayout(Path(out_dir))
+
+    def replace(folder: Path, write: Any) -> None:  # whole or not at all: written aside, then renamed
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        write(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+
+    def images(tmp: Path) -> None:
+        for kind, pixels in (("safe", world.safe_images), ("unsafe", world.unsafe_images)):
+            (tmp / kind).mkdir(parents=True)
+            for index in range(min(count, len(world))):
+                array = (pixels[index].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
+                Image.fromarray(array).save(tmp / kind / f"{index:03d}.png")
+
+    replace(layout.pipeline, pipe.save_pretrained)
+    replace(layout.images, images)
+
+
 def run_demo(
     out_dir: str | Path,
     settings: DemoSettings | None = None,
@@ -217,6 +246,7 @@ def run_demo(
     from safe_encoders import make_safe
 
     pipe = tiny_sd_pipeline(sd_text_encoder, tokenizer, seed=s.seed)
+    write_app_inputs(out, pipe, test_world)
     safe_prompts = [test_world.captions(i)[0] for i in range(64)]
     unsafe_prompts = [test_world.captions(i)[1] for i in range(64)]
     sd_before = pipeline_check(pipe, safe_prompts, unsafe_prompts)

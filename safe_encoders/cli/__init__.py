@@ -29,9 +29,9 @@ class Command:
 
 
 def commands() -> dict[str, Command]:
-    from . import scan, search
+    from . import app, scan, search
 
-    return {command.name: command for command in (scan.COMMAND, search.COMMAND)}
+    return {command.name: command for command in (scan.COMMAND, search.COMMAND, app.COMMAND)}
 
 
 def build_parser() -> argparse.ArgumentParser:
