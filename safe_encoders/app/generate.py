@@ -145,7 +145,7 @@ def build_tab(models: AppModels) -> None:
         for number, title in enumerate(("as loaded", "with make_safe", "with the HySAC gate")):
             with gr.Column():
                 images.append(gr.Image(label=title, type="pil", format="png", interactive=False, height=256,
-                                       elem_id=f"generate-image-{number}"))  # fmt: skip
+                                       elem_id=f"generate-image-{number}", elem_classes="pixels"))  # fmt: skip
                 reports.append(gr.Textbox(label=f"report: {title}", lines=6, interactive=False,
                                           elem_id=f"generate-report-{number}"))  # fmt: skip
 

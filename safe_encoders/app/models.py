@@ -153,7 +153,7 @@ def footer_rows(models: AppModels, *, verify: bool = True) -> list[tuple[str, st
     if models.pipe is not None:
         rows.append(("pipeline", f"{config.model} ({type(models.pipe).__name__})"))
         rows.append(("as loaded", f"is_safe: {is_safe(models.pipe)}"))
-        rows.append(("make_safe", f"{config.checkpoint}: {swap_state(models.safe_pipe, verify=verify)}"))
+        rows.append(("make_safe", swap_state(models.safe_pipe, verify=verify)))
         if verify:
             try:
                 safe = is_safe(models.safe_pipe, verify=True)
@@ -186,6 +186,6 @@ def swap_state(pipe: Any, *, verify: bool) -> str:
             continue
         state = ""
         if verify:
-            state = " verified" if record.get("verified") else f" NOT verified ({record.get('reason')})"
+            state = ", verified" if record.get("verified") else f", NOT verified ({record.get('reason')})"
         parts.append(f"{label} <- {record.get('checkpoint')}{state}")
     return "; ".join(parts) or "no encoder found"

@@ -76,8 +76,9 @@ def moderate(models: AppModels, text: str | None, files: list[Any] | None) -> li
                 images.append(load_image(path))
                 names.append(path.name)
             except Exception as error:  # any decoding failure: reported in the row, never scored as safe
+                reason = str(error).replace(str(path), path.name)  # not the server's upload folder
                 unreadable.append(Verdict(path.name, "image", None, hysac.threshold("image"), None,
-                                          f"unreadable: {type(error).__name__}: {error}"))  # fmt: skip
+                                          f"unreadable: {type(error).__name__}: {reason}"))  # fmt: skip
         if images:
             scored = hysac.unsafe_score(images=images).image
             verdicts += [

@@ -113,7 +113,8 @@ def build_tab(models: AppModels) -> None:
         k = gr.Slider(1, MAX_RESULTS, value=8, step=1, label="Results", elem_id="search-k")
         button = gr.Button("Search", variant="primary", elem_id="search-run")
     status = gr.Markdown(elem_id="search-status")
-    gallery = gr.Gallery(label="Nearest items", columns=8, height=260, format="png", elem_id="search-gallery")
+    gallery = gr.Gallery(label="Nearest items", columns=8, height=260, format="png", elem_id="search-gallery",
+                         elem_classes="pixels")  # fmt: skip
     table = gr.Dataframe(headers=COLUMNS, label="Hits", interactive=False, elem_id="search-table")
 
     def run(folder_: str, text_: str, image_: str | None, safety_: str, k_: Any) -> list:

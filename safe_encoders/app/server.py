@@ -18,6 +18,10 @@ TITLE = "safe-encoders: Safe-CLIP and HySAC at work"
 # The page works offline: no web fonts, no analytics.
 FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]
 MONO_FONTS = ["ui-monospace", "monospace"]
+# The demo's images are 16-32 px: show them large, pixel for pixel.
+CSS = """
+.pixels img { width: 100% !important; height: 100% !important; object-fit: contain; image-rendering: pixelated; }
+"""
 
 
 def gradio() -> Any:
@@ -81,6 +85,7 @@ def launch(app: Any, config: AppConfig, *, block: bool = True) -> Any:
         quiet=not block,
         prevent_thread_lock=not block,
         theme=theme,
+        css=CSS,
         ssr_mode=False,  # server-side rendering would need Node
     )
 

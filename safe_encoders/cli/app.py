@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..app.config import DEMO_FOLDER
 
     parser.add_argument("--demo", nargs="?", const=DEMO_FOLDER, metavar="FOLDER",
-                        help=f"what the offline demo wrote (default {DEMO_FOLDER}); its images are scanned")  # fmt: skip
+                        help=f"the offline demo's models (default {DEMO_FOLDER}); scans its images")  # fmt: skip
     parser.add_argument("--model", help="diffusers pipeline (Hub id or folder) for the Generate tab")
     parser.add_argument("--checkpoint", help="Safe-CLIP checkpoint for make_safe and the gate's redirect "
                         "(default: auto)")  # fmt: skip
