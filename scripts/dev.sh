@@ -14,7 +14,7 @@ setup() {
   "$VENV/bin/pip" install --quiet --upgrade pip
   # torch first and pinned: an unpinned torch requirement would pull a multi-GB CUDA build.
   "$VENV/bin/pip" install --quiet "torch==${SAFE_ENCODERS_TORCH:-2.13.0}"
-  "$VENV/bin/pip" install --quiet -e ".[dev,train,eval,scan,scale]"
+  "$VENV/bin/pip" install --quiet -e ".[dev,train,eval,scan,scale,app]"
   touch "$STAMP"
 }
 

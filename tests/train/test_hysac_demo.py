@@ -94,3 +94,10 @@ def test_run_demo_writes_the_hysac_key_and_keeps_the_safe_clip_keys(tmp_path, on
     assert saved["hysac"]["pretrained_safe_t2v_r1"] == saved["pretrained"]["safe_t2v_r1"]
     assert "AUROC root distance" in (tmp_path / "demo_table.md").read_text()
     assert (tmp_path / "hysac_export" / "hysac_config.json").exists() and results["hysac"]["exported"]
+    # what `safe-encoders app --demo` reads: it loads, the swap verifies, the demo's images are scanned
+    from safe_encoders import is_safe
+    from safe_encoders.app import AppConfig, load_models
+
+    models = load_models(AppConfig.for_demo(tmp_path), say=lambda message: None)
+    assert is_safe(models.safe_pipe, verify=True) and not is_safe(models.pipe)
+    assert len(models.index(models.scan_folder)) == 2 * 48
