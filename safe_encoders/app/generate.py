@@ -158,4 +158,4 @@ def build_tab(models: AppModels) -> None:
         return [ok_text(f"seed {check_seed(seed_)}, {models.config.steps} steps"), *[p.image for p in panels],
                 *[f"{p.title}\n{p.report}" for p in panels]]  # fmt: skip
 
-    button.click(run, [prompt, seed, prompt_policy, image_policy], [status, *images, *reports])
+    button.click(run, [prompt, seed, prompt_policy, image_policy], [status, *images, *reports], api_name="generate")

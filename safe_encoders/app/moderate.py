@@ -155,4 +155,4 @@ def build_tab(models: AppModels) -> None:
         summary += f", {unread} not scored" if unread else ""
         return [ok_text(summary), [v.row(n) for n, v in enumerate(verdicts, 1)], figure]
 
-    button.click(run, [text, files], [status, table, plot])
+    button.click(run, [text, files], [status, table, plot], api_name="moderate")

@@ -127,4 +127,4 @@ def build_tab(models: AppModels) -> None:
         summary = f"{len(results)} nearest items ({unsafe} flagged unsafe by the scan), safety: {safety_}"
         return [ok_text(summary), pictures, [r.row() for r in results]]
 
-    button.click(run, [folder, text, image, safety, k], [status, gallery, table])
+    button.click(run, [folder, text, image, safety, k], [status, gallery, table], api_name="search")

@@ -14,6 +14,7 @@ from ..extras import require
 from .config import AppConfig
 from .models import AppModels, Say, footer_rows, load_models
 
+MAX_UPLOAD = "25mb"  # per uploaded file
 TITLE = "safe-encoders: Safe-CLIP and HySAC at work"
 # The page works offline: no web fonts, no analytics.
 FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]
@@ -67,7 +68,7 @@ def build_app(models: AppModels) -> Any:
         with gr.Row():
             footer = gr.Markdown(footer_markdown(models), elem_id="app-footer")
             verify = gr.Button("Verify again", size="sm", elem_id="app-verify", scale=0)
-        verify.click(lambda: footer_markdown(models), None, footer)
+        verify.click(lambda: footer_markdown(models), None, footer, api_name="verify")
     return app
 
 
@@ -82,6 +83,7 @@ def launch(app: Any, config: AppConfig, *, block: bool = True) -> Any:
         share=False,
         inbrowser=False,
         show_error=True,
+        max_file_size=MAX_UPLOAD,
         quiet=not block,
         prevent_thread_lock=not block,
         theme=theme,
