@@ -32,7 +32,7 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-INSTALL = "apt-get update && apt-get install -y chromium; pip install 'safe-encoders[app]'"
+INSTALL = {"chromium": "apt-get update && apt-get install -y chromium", "python": "pip install 'safe-encoders[app]'"}
 SCREENSHOTS = Path(os.environ.get("SAFE_ENCODERS_SCREENSHOTS", "test-artifacts/app"))
 PROMPT = "a red circle on the left, grass background"
 SEED = 7
@@ -56,7 +56,9 @@ def require_browser() -> str:
     if path is None:
         missing.append("chromium")
     if missing:
-        message = f"browser tests need {', '.join(missing)}: {INSTALL}"
+        commands = [INSTALL["python"]] if {"gradio", "playwright"} & set(missing) else []
+        commands += [INSTALL["chromium"]] if "chromium" in missing else []
+        message = f"browser tests need {', '.join(missing)}: {'; '.join(commands)}"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
