@@ -7,9 +7,10 @@
    ``clip``; saved as a ``CLIPModel`` folder). Measure.
 3. Safe-CLIP fine-tuning (LoRA, the eight-term loss, cached frozen references). Measure again.
 4. Export the merged encoders with ``safe_encoders.export_encoder``.
-5. Build a tiny Stable Diffusion pipeline on the pre-trained text encoder, swap in the exported
-   safe text encoder with ``safe_encoders.make_safe`` and show that the conditioning of unsafe
-   prompts moved toward their safe counterparts.
+5. Build a tiny Stable Diffusion pipeline on the pre-trained text encoder, save it (with test-world
+   images) for ``safe-encoders app --demo``, swap in the exported safe text encoder with
+   ``safe_encoders.make_safe`` and show that the conditioning of unsafe prompts moved toward their
+   safe counterparts.
 6. Print the before/after tables (Markdown, ``eval.tables``), save ``demo_table.md``,
    ``demo_results.json`` and ``demo_results.png`` (``eval.charts``).
 """

@@ -143,7 +143,8 @@ def build_tab(models: AppModels) -> None:
                          wrap=True)  # fmt: skip
     plot = gr.Plot(label="Where each item sits against the model's bounds", elem_id="moderate-plot")
 
-    def run(text_: str, files_: list[Any] | None) -> list:
+    def run(text_: str, files_: list[Any] | None, progress=gr.Progress()) -> list:  # noqa: B008
+        progress(0.0, desc="scoring with HySAC")
         try:
             verdicts = moderate(models, text_, files_)
             figure = bounds_figure(models, verdicts)

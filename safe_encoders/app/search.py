@@ -117,7 +117,8 @@ def build_tab(models: AppModels) -> None:
                          elem_classes="pixels")  # fmt: skip
     table = gr.Dataframe(headers=COLUMNS, label="Hits", interactive=False, elem_id="search-table")
 
-    def run(folder_: str, text_: str, image_: str | None, safety_: str, k_: Any) -> list:
+    def run(folder_: str, text_: str, image_: str | None, safety_: str, k_: Any, progress=gr.Progress()) -> list:  # noqa: B008
+        progress(0.0, desc="searching (the first search of a scan builds its index)")
         try:
             results = run_search(models, folder_, text_, image_, safety_, k_)
         except Exception as error:  # shown in the page; the server carries on
