@@ -32,12 +32,15 @@ class AppModels:
     _indexes: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def gated(self, prompt_policy: str, image_policy: str) -> tuple[Any, Any]:
-        """(pipeline, gate handle) for this policy: a pipeline sharing the loaded one's components, gated once
-        and kept (a "redirect" gate prepares its Safe-CLIP copy of the text encoder when it is added)."""
+        """(pipeline, gate handle) for this policy: a pipeline sharing the loaded one's components, gated and kept
+        until another policy is asked for (a "redirect" gate holds its own Safe-CLIP copy of the text encoder)."""
         from ..hysac import SafetyGate, add_safety_gate
 
         key = (prompt_policy, image_policy)
         if key not in self._gated:
+            for _, handle in self._gated.values():
+                handle.remove()
+            self._gated.clear()
             gate = SafetyGate(
                 classifier=self.hysac,
                 prompt_policy=prompt_policy,  # type: ignore[arg-type]

@@ -175,6 +175,23 @@ def test_a_huge_prompt_gets_a_message_and_the_server_carries_on(page):
     wait_status(page, "generate-status", f"seed {SEED + 1}")
 
 
+def test_the_gate_policy_is_chosen_in_the_page(page, served):
+    models, _ = served
+    open_tab(page, "Generate")
+    page.locator("#generate-prompt textarea").fill(PROMPT)
+    page.locator("#generate-prompt-policy input").click()
+    page.get_by_role("option", name="block", exact=True).click()
+    page.locator("#generate-seed input").fill(str(SEED + 2))
+    page.locator("#generate-run").click()
+    wait_status(page, "generate-status", f"seed {SEED + 2}")
+    report = page.locator("#generate-report-2 textarea").input_value()
+    unsafe = bool(models.hysac.unsafe_score(texts=[PROMPT]).text.unsafe[0])
+    assert ("refused: safety gate: unsafe prompt" in report) == unsafe
+    assert "with the HySAC gate (prompt: block, images: blur)" in report
+    assert f"prompt: {'blocked' if unsafe else 'passed'}" in report
+    assert page.locator("#generate-image-2 img").count() == (0 if unsafe else 1)
+
+
 def test_moderate_shows_hysac_scores_and_an_unreadable_upload(page, served, tmp_path):
     models, _ = served
     open_tab(page, "Moderate")
