@@ -156,7 +156,7 @@ def run_hysac_demo(
 
 def write_app_inputs(out_dir: str | Path, pipe: Any, world: Any, count: int = 48) -> None:
     """What ``safe-encoders app --demo`` reads beside the exports (names: ``safe_encoders.app.DemoLayout``): the tiny
-    SD pipeline before ``make_safe``, and the first ``count`` safe and unsafe images of ``world`` as PNG files."""
+    SD pipeline before ``make_safe``, and the first ``count`` safe and unsafe (uint8) images of ``world`` as PNGs."""
     import shutil
 
     from PIL import Image
@@ -176,8 +176,7 @@ def write_app_inputs(out_dir: str | Path, pipe: Any, world: Any, count: int = 48
         for kind, pixels in (("safe", world.safe_images), ("unsafe", world.unsafe_images)):
             (tmp / kind).mkdir(parents=True)
             for index in range(min(count, len(world))):
-                array = (pixels[index].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
-                Image.fromarray(array).save(tmp / kind / f"{index:03d}.png")
+                Image.fromarray(pixels[index].permute(1, 2, 0).numpy()).save(tmp / kind / f"{index:03d}.png")
 
     replace(layout.pipeline, pipe.save_pretrained)
     replace(layout.images, images)

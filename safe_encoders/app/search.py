@@ -106,7 +106,9 @@ def build_tab(models: AppModels) -> None:
                         interactive=models.config.loopback, elem_id="search-folder")  # fmt: skip
     with gr.Row():
         text = gr.Textbox(label="Query text", lines=1, elem_id="search-text", scale=3)
-        image = gr.Image(label="or query image", type="filepath", elem_id="search-image", height=160, scale=1)
+        # a file, not gr.Image: an unreadable upload then reaches run_search, which says so in the page
+        image = gr.File(label="or query image", type="filepath", file_types=["image"], elem_id="search-image",
+                        height=160, scale=1)  # fmt: skip
     with gr.Row():
         safety = gr.Radio(list(SAFETY_MODES), value="keep", label="Safety", elem_id="search-safety",
                           info="; ".join(f"{m.name}: {m.help}" for m in SAFETY_MODES.values()))  # fmt: skip

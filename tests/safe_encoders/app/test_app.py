@@ -10,17 +10,31 @@ import sys
 import pytest
 import torch
 
-from tests.safe_encoders.app.tiny_demo import tiny_demo_folder
+from tests.safe_encoders.app.tiny_demo import demo_world, tiny_demo_folder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+IMAGES = 4
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     from safe_encoders.app import AppConfig, load_models
 
-    root = tiny_demo_folder(tmp_path_factory.mktemp("demo"), images=4)
+    root = tiny_demo_folder(tmp_path_factory.mktemp("demo"), images=IMAGES)
     return load_models(AppConfig.for_demo(root), say=lambda message: None)
+
+
+def test_the_demo_writes_the_worlds_images_for_the_search_tab(models):
+    import numpy as np
+    from PIL import Image
+
+    world = demo_world(IMAGES)
+    folder = models.config.scan_images
+    for kind, pixels in (("safe", world.safe_images), ("unsafe", world.unsafe_images)):
+        for index in range(IMAGES):
+            written = np.asarray(Image.open(f"{folder}/{kind}/{index:03d}.png"))
+            assert np.array_equal(written, pixels[index].permute(1, 2, 0).numpy()), (kind, index)
+    assert len(models.index(models.scan_folder)) == 2 * IMAGES
 
 
 def test_the_core_package_and_the_command_line_never_import_gradio():

@@ -257,9 +257,19 @@ def test_a_folder_that_is_not_a_scan_gets_a_message(page, served, tmp_path):
     models, _ = served
     open_tab(page, "Search")
     page.locator("#search-folder textarea, #search-folder input").first.fill(str(tmp_path))
+    page.locator("#search-text textarea").fill("a red circle")
+    clear = page.locator("#search-image button[aria-label=Clear]")
+    if clear.count():  # an image query of the test before
+        clear.click()
     page.locator("#search-run").click()
     assert "is not a scan" in wait_status(page, "search-status", "Error")
     page.locator("#search-folder textarea, #search-folder input").first.fill(models.scan_folder)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    page.locator("#search-text textarea").fill("")
+    page.locator("#search-image input[type=file]").set_input_files(str(broken))
+    page.locator("#search-run").click()
+    assert "The query image cannot be read" in wait_status(page, "search-status", "cannot be read")
 
 
 def test_the_footer_says_what_is_loaded_and_that_the_swap_verifies(page, served):

@@ -13,10 +13,17 @@ from pathlib import Path
 import torch
 
 
+def demo_world(images: int):
+    """The synthetic world whose images the tiny demo folder holds."""
+    from eval.synthetic import SyntheticWorld
+
+    return SyntheticWorld(images, seed=2, image_size=32, distinct=True)
+
+
 def tiny_demo_folder(root: Path, *, images: int = 6) -> Path:
     """`root` laid out as out/demo: the Safe-CLIP export, the HySAC export (with bounds from the world's own
     root distances, as the demo takes them from its validation set), the tiny SD pipeline and the images."""
-    from eval.synthetic import SyntheticWorld, build_image_processor, build_tokenizer
+    from eval.synthetic import build_image_processor, build_tokenizer
     from safe_encoders import export_encoder
     from safe_encoders.app import DemoLayout
     from safe_encoders.hysac import HySAC, compute_bounds
@@ -27,7 +34,7 @@ def tiny_demo_folder(root: Path, *, images: int = 6) -> Path:
 
     layout = DemoLayout(root)
     tokenizer = build_tokenizer(24)
-    world = SyntheticWorld(images, seed=2, image_size=32, distinct=True)
+    world = demo_world(images)
     torch.manual_seed(0)
     text, vision = tiny_clip(tokenizer, 32, width=32, layers=1, heads=2, projection_dim=16)
     hysac = HySAC(text, vision, tokenizer=tokenizer, image_processor=build_image_processor(32)).eval()
