@@ -65,16 +65,19 @@ def run_search(
         else:
             try:
                 query = load_image(image)
-            except Exception as error:  # an unreadable upload: said in the page
-                raise AppError(f"The query image cannot be read ({type(error).__name__}: {error}).") from None
+            except Exception as error:  # an unreadable upload: said in the page (without the server's upload folder)
+                reason = str(error).replace(str(image), Path(str(image)).name)
+                raise AppError(f"The query image cannot be read ({type(error).__name__}: {reason}).") from None
             hits = search(models.hysac, index, images=[query], k=k, safety=safety)[0]
     root = image_root(folder)
     results = []
     for rank, hit in enumerate(hits, 1):
         picture = None
-        if root is not None and hit.modality == "image":
+        path = root / hit.id if root is not None else None
+        # ids are paths under the scanned folder; one that leads out of it is listed, not opened
+        if path is not None and hit.modality == "image" and path.resolve().is_relative_to(root.resolve()):
             try:
-                picture = load_image(root / hit.id)
+                picture = load_image(path)
             except Exception:  # the collection changed since the scan: the table still lists the hit
                 picture = None
         results.append(Result(rank, hit.id, hit.modality, hit.distance, hit.unsafe, picture))
