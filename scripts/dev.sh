@@ -16,7 +16,7 @@ setup() {
   "$VENV/bin/pip" install --quiet "torch==${SAFE_ENCODERS_TORCH:-2.13.0}"
   # setuptools' "Editable installation ... folders with the same name as your package" note (a warning the user
   # cannot act on: our checkout is laid out that way on purpose) is silenced by its message, nothing else.
-  PYTHONWARNINGS="ignore:Editable installation" "$VENV/bin/pip" install --quiet -e ".[dev,train,eval,scan,scale]"
+  PYTHONWARNINGS="ignore:Editable installation" "$VENV/bin/pip" install --quiet -e ".[dev,train,eval,scan,scale,app]"
   touch "$STAMP"
 }
 

@@ -7,9 +7,10 @@
    ``clip``; saved as a ``CLIPModel`` folder). Measure.
 3. Safe-CLIP fine-tuning (LoRA, the eight-term loss, cached frozen references). Measure again.
 4. Export the merged encoders with ``safe_encoders.export_encoder``.
-5. Build a tiny Stable Diffusion pipeline on the pre-trained text encoder, swap in the exported
-   safe text encoder with ``safe_encoders.make_safe`` and show that the conditioning of unsafe
-   prompts moved toward their safe counterparts.
+5. Build a tiny Stable Diffusion pipeline on the pre-trained text encoder, save it (with test-world
+   images) for ``safe-encoders app --demo``, swap in the exported safe text encoder with
+   ``safe_encoders.make_safe`` and show that the conditioning of unsafe prompts moved toward their
+   safe counterparts.
 6. Print the before/after tables (Markdown, ``eval.report.tables``), save ``demo_table.md``,
    ``demo_results.json`` and ``demo_results.png`` (``eval.report.charts``).
 """
@@ -157,6 +158,34 @@ def run_hysac_demo(
     }
 
 
+def write_app_inputs(out_dir: str | Path, pipe: Any, world: Any, count: int = 48) -> None:
+    """What ``safe-encoders app --demo`` reads beside the exports (names: ``safe_encoders.app.DemoLayout``): the tiny
+    SD pipeline before ``make_safe``, and the first ``count`` safe and unsafe (uint8) images of ``world`` as PNGs."""
+    import shutil
+
+    from PIL import Image
+
+    from safe_encoders.app import DemoLayout
+
+    layout = DemoLayout(Path(out_dir))
+
+    def replace(folder: Path, write: Any) -> None:  # whole or not at all: written aside, then renamed
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        write(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+
+    def images(tmp: Path) -> None:
+        for kind, pixels in (("safe", world.safe_images), ("unsafe", world.unsafe_images)):
+            (tmp / kind).mkdir(parents=True)
+            for index in range(min(count, len(world))):
+                Image.fromarray(pixels[index].permute(1, 2, 0).numpy()).save(tmp / kind / f"{index:03d}.png")
+
+    replace(layout.pipeline, pipe.save_pretrained)
+    replace(layout.images, images)
+
+
 def run_demo(
     out_dir: str | Path,
     settings: DemoSettings | None = None,
@@ -223,6 +252,7 @@ def run_safe_clip_demo(
     say("[5/6] tiny Stable Diffusion pipeline: make_safe with the exported text encoder")
     pipe = tiny_sd_pipeline(sd_text_encoder, world.tokenizer, seed=s.seed)
     pipe.set_progress_bar_config(disable=not verbose)  # a bar for a 2-step image says nothing
+    write_app_inputs(out, pipe, world.test_world)
     safe_prompts = [world.test_world.captions(i)[0] for i in range(64)]
     unsafe_prompts = [world.test_world.captions(i)[1] for i in range(64)]
     sd_before = pipeline_check(pipe, safe_prompts, unsafe_prompts)

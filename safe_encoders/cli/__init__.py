@@ -34,9 +34,10 @@ class Command:
 
 
 def commands() -> dict[str, Command]:
-    from . import scan, search, trust, verify
+    from . import app, scan, search, trust, verify
 
-    return {command.name: command for command in (scan.COMMAND, search.COMMAND, verify.COMMAND, trust.COMMAND)}
+    listed = (scan.COMMAND, search.COMMAND, verify.COMMAND, trust.COMMAND, app.COMMAND)
+    return {command.name: command for command in listed}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -185,3 +185,18 @@ def test_nothing_the_user_cannot_act_on_is_printed(short_demo):
     closing = printed.strip().splitlines()[-1]
     for name in ("demo_results.json", "demo_table.md", "demo_results.png"):
         assert str(out / name) in closing
+
+
+def test_the_app_loads_what_the_demo_wrote_and_trusts_its_export_only_when_told(short_demo):
+    """`safe-encoders app --demo` reads the demo's folder: the pipeline saved before make_safe, the exports, the
+    images it scans for the Search tab. The demo's own Safe-CLIP is a local file: verified only once trusted."""
+    from safe_encoders import is_safe, trust_checkpoint
+    from safe_encoders.app import AppConfig, load_models
+
+    out, results = short_demo[:2]
+    models = load_models(AppConfig.for_demo(out), say=lambda message: None)
+    assert is_safe(models.safe_pipe) and not is_safe(models.pipe)
+    assert not is_safe(models.safe_pipe, verify=True)
+    trust_checkpoint(results["exported"]["text"])
+    assert is_safe(models.safe_pipe, verify=True)
+    assert len(models.index(models.scan_folder)) == 2 * 48
