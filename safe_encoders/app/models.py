@@ -53,7 +53,7 @@ class AppModels:
         return self._gated[key]
 
     def index(self, folder: str) -> Any:
-        """The search index of a scan folder (built once, kept in `<scan>/search-index/` by `build_index`)."""
+        """The search index of a scan folder (built once, kept in `<scan>/.search-index/` by `build_index`)."""
         from ..moderation.scan import ScanOutput
         from ..moderation.search import SearchError, build_index
 
@@ -63,7 +63,7 @@ class AppModels:
                 raise AppError(f"{folder}: no such folder. Scan a collection first: safe-encoders scan DATA --out "
                                f"{folder} --embeddings.")  # fmt: skip
             if ScanOutput(path).manifest() is None:
-                raise SearchError(f"{folder} is not a scan (no scan.json): safe-encoders scan DATA --out FOLDER "
+                raise SearchError(f"{folder} is not a scan (no .scan.json): safe-encoders scan DATA --out FOLDER "
                                   "--embeddings writes one.")  # fmt: skip
             self._indexes[folder] = build_index(path)
         return self._indexes[folder]

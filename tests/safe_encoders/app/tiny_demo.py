@@ -15,7 +15,7 @@ import torch
 
 def demo_world(images: int):
     """The synthetic world whose images the tiny demo folder holds."""
-    from eval.synthetic import SyntheticWorld
+    from eval.data.synthetic import SyntheticWorld
 
     return SyntheticWorld(images, seed=2, image_size=32, distinct=True)
 
@@ -23,7 +23,7 @@ def demo_world(images: int):
 def tiny_demo_folder(root: Path, *, images: int = 6) -> Path:
     """`root` laid out as out/demo: the Safe-CLIP export, the HySAC export (with bounds from the world's own
     root distances, as the demo takes them from its validation set), the tiny SD pipeline and the images."""
-    from eval.synthetic import build_image_processor, build_tokenizer
+    from eval.data.synthetic import build_image_processor, build_tokenizer
     from safe_encoders import export_encoder
     from safe_encoders.app import DemoLayout
     from safe_encoders.hysac import HySAC, compute_bounds
