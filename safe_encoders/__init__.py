@@ -11,6 +11,11 @@ import logging
 
 __version__ = "0.1.0"
 
+from .threads import launched_as_command, set_openmp_env_defaults
+
+if launched_as_command():  # before torch is imported: the OpenMP runtimes read these when they start
+    set_openmp_env_defaults()
+
 from .convert import convert_checkpoint, export_encoder
 from .diffusers import DIFFUSERS_PIPELINE
 from .dispatch import BARE_ENCODER, is_safe, make_safe, register_handler, swap_report

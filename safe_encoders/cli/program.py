@@ -13,7 +13,9 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
+from ..threads import configure_threads
 from .errors import EXIT_USER_ERROR, add_debug_option, one_line
+from .types import positive_int
 
 if TYPE_CHECKING:
     from . import Command
@@ -35,6 +37,13 @@ def build_program(
         prog=prog, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_debug_option(parser)
+    parser.add_argument(
+        "--threads",
+        dest="cpu_threads",  # not "threads": a command may have a --threads option of its own
+        type=positive_int,
+        metavar="N",
+        help="CPU threads for torch and FAISS (default: OMP_NUM_THREADS, else the usable CPUs)",
+    )
     if add_global is not None:
         add_global(parser)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -62,6 +71,7 @@ def run_program(
     returns 2 unless ``--debug``; with ``interrupted``, Ctrl-C prints that line and returns 130."""
     args = parser.parse_args(argv)
     try:
+        configure_threads(args.cpu_threads)  # one policy for every program: a busy machine slows it in proportion
         if before is not None:
             before(args)
         return args._run_command(args)
