@@ -23,6 +23,7 @@ from .gate import (
 from .model import HySAC
 from .traversal import (
     TRAVERSALS,
+    Gallery,
     Retrieved,
     release_tau,
     retrieve,
@@ -34,6 +35,7 @@ from .traversal import (
 
 __all__ = [
     "TRAVERSALS",
+    "Gallery",
     "GateHandle",
     "GateReport",
     "HySAC",

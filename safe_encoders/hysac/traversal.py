@@ -125,20 +125,58 @@ class Retrieved:
     distances: torch.Tensor
 
 
+@dataclass(frozen=True)
+class Gallery:
+    """Points to search (`points` `(M, D)`, space components) with their time components, computed once:
+    pass it to `top_k` instead of the bare points when the same gallery is searched again and again."""
+
+    points: torch.Tensor
+    time: torch.Tensor  # `(M,)`, as `lorentz.time_component` gives it
+    curvature: float
+
+    @classmethod
+    def of(cls, points: torch.Tensor, curvature: lorentz.Curvature) -> Gallery:
+        if points.ndim != 2:
+            raise ValueError(f"a gallery must be (M, D), got {tuple(points.shape)}.")
+        work = lorentz._work(points)
+        c = float(curvature)
+        squared = torch.einsum("md,md->m", work, work)  # one pass, no (M, D) temporary
+        return cls(work, torch.sqrt(1 / torch.as_tensor(c, dtype=work.dtype) + squared), c)
+
+
 def top_k(
-    queries: torch.Tensor, gallery: torch.Tensor, curvature: lorentz.Curvature, k: int = 1, *, chunk_size: int = 1024
+    queries: torch.Tensor,
+    gallery: torch.Tensor | Gallery,
+    curvature: lorentz.Curvature,
+    k: int = 1,
+    *,
+    chunk_size: int = 1024,
 ) -> Retrieved:
-    """The `k` gallery points nearest (geodesic distance) to each query, computed `chunk_size` queries at a time."""
-    if queries.ndim != 2 or gallery.ndim != 2:
-        raise ValueError(f"top_k: queries and gallery must be (N, D) and (M, D), got {tuple(queries.shape)}, "
-                         f"{tuple(gallery.shape)}.")  # fmt: skip
-    k = min(k, gallery.shape[0])
+    """The `k` gallery points nearest (geodesic distance) to each query, computed `chunk_size` queries at a time.
+
+    The distance falls as the Lorentz inner product rises, so each chunk ranks by the inner product (one
+    matrix product) and takes `arccosh` of the `k` kept per query only; the distances are those of
+    `lorentz.pairwise_distance`. A `Gallery` keeps the gallery's time components between calls."""
+    if not isinstance(gallery, Gallery):
+        if queries.ndim != 2 or gallery.ndim != 2:
+            raise ValueError(f"top_k: queries and gallery must be (N, D) and (M, D), got {tuple(queries.shape)}, "
+                             f"{tuple(gallery.shape)}.")  # fmt: skip
+        gallery = Gallery.of(gallery, curvature)
+    elif float(curvature) != gallery.curvature:
+        raise ValueError(f"top_k: the gallery was prepared for curvature {gallery.curvature}, not {float(curvature)}.")
+    if queries.ndim != 2:
+        raise ValueError(f"top_k: queries must be (N, D), got {tuple(queries.shape)}.")
+    points = gallery.points
+    k = min(k, points.shape[0])
     indices, distances = [], []
     for start in range(0, queries.shape[0], chunk_size):
-        block = lorentz.pairwise_distance(queries[start : start + chunk_size], gallery, curvature)
-        values, positions = torch.topk(block, k, dim=1, largest=False)
+        block = lorentz._work(queries[start : start + chunk_size]).to(points.dtype)
+        c = lorentz._curvature(curvature, block)
+        products = block @ points.T
+        products -= lorentz.time_component(block, c)[:, None] * gallery.time[None, :]  # <x, y>_L, in place
+        values, positions = torch.topk(products, k, dim=1, largest=True)
         indices.append(positions)
-        distances.append(values)
+        distances.append(lorentz._acosh1p(-c * values - 1) / torch.sqrt(c))
     if not indices:
         return Retrieved(torch.empty(0, k, dtype=torch.long), torch.empty(0, k))
     return Retrieved(torch.cat(indices), torch.cat(distances))

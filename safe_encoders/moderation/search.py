@@ -130,8 +130,13 @@ class LorentzIndex:
             )
         if len(self.embeddings) == 0:
             raise SearchError("LorentzIndex: no items: an empty gallery has nothing to search.")
-        if not torch.isfinite(self.embeddings).all():
-            raise SearchError("LorentzIndex: non-finite embeddings; the scan should have recorded them as errors.")
+        # One pass: the squared norms (needed for the time components) are finite only if every value is.
+        squared = torch.einsum("nd,nd->n", self.embeddings, self.embeddings)
+        if not torch.isfinite(squared).all():
+            raise SearchError(
+                "LorentzIndex: non-finite embeddings (NaN, Inf, or so large that their squared norm overflows "
+                "float32); the scan should have recorded them as errors."
+            )
         if index_type not in INDEX_TYPES:
             raise SearchError(f"index_type must be one of {INDEX_TYPES}, got {index_type!r}.")
         self.ids, self.modalities = list(ids), list(modalities)
@@ -141,7 +146,9 @@ class LorentzIndex:
         self.index_type = index_type
         self._quantizer = None  # an IVF index does not own its quantizer: keep it alive
         if faiss_index is None:
-            vectors = augment_items(self.embeddings, self.curvature)
+            vectors = np.empty((len(self.embeddings), self.embeddings.shape[1] + 1), dtype=np.float32)
+            vectors[:, 0] = -torch.sqrt(1 / self.curvature + squared).numpy()  # -y_t, as augment_items
+            vectors[:, 1:] = self.embeddings.numpy()
             faiss_index = faiss.IndexFlatIP(vectors.shape[1])
             if index_type == "ivf":
                 # about 4 sqrt(N) clusters, with >= 39 items each for k-means (FAISS's minimum)
@@ -213,22 +220,21 @@ class LorentzIndex:
         # loop was 10x slower than the BLAS path in benchmarks/bench_scan_search.py. (A global FAISS knob.)
         faiss.cvar.distance_compute_blas_threshold = min(faiss.cvar.distance_compute_blas_threshold, 20)
         _, rows = self.faiss_index.search(augment_queries(queries.float(), self.curvature), k, params=params)
-        return [self._hits(query, row[row >= 0]) for query, row in zip(queries, rows, strict=True)]
+        return self._hits(queries, rows)
 
-    def _hits(self, query: torch.Tensor, rows: np.ndarray) -> list[Hit]:
-        """Exact float64 distances of the candidates, nearest first (ties by row)."""
-        candidates = self.embeddings[torch.as_tensor(rows, dtype=torch.long)].double()
-        distances = lorentz.distance(query[None], candidates, self.curvature)
-        order = sorted(range(len(rows)), key=lambda n: (distances[n].item(), rows[n]))
+    def _hits(self, queries: torch.Tensor, rows: np.ndarray) -> list[list[Hit]]:
+        """Exact float64 distances of the candidates `rows` `(Q, k)` (-1: none), nearest first (ties by row),
+        computed for all queries at once."""
+        found = rows >= 0
+        candidates = self.embeddings[torch.as_tensor(np.where(found, rows, 0), dtype=torch.long)].double()
+        distances = lorentz.distance(queries[:, None, :], candidates, self.curvature).numpy()
+        distances = np.where(found, distances, np.inf)
+        order = np.lexsort((rows, distances), axis=-1)  # by distance, then row
+        rows, distances = np.take_along_axis(rows, order, -1), np.take_along_axis(distances, order, -1)
+        ids, modalities, unsafe = self.ids, self.modalities, self.unsafe
         return [
-            Hit(
-                self.ids[rows[n]],
-                self.modalities[rows[n]],
-                distances[n].item(),
-                bool(self.unsafe[rows[n]]),
-                int(rows[n]),
-            )
-            for n in order
+            [Hit(ids[r], modalities[r], d, bool(unsafe[r]), r) for r, d in zip(row, dist, strict=True) if r >= 0]
+            for row, dist in zip(rows.tolist(), distances.tolist(), strict=True)
         ]
 
     # ------------------------------------------------------------------------------------ persistence

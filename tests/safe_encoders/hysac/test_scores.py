@@ -7,6 +7,7 @@ import torch
 
 from safe_encoders import CorruptCheckpointError
 from safe_encoders.hysac import (
+    Gallery,
     HySACBounds,
     calibrate_threshold,
     compute_bounds,
@@ -224,6 +225,22 @@ def test_top_k_matches_a_full_sort_in_chunks():
     assert torch.equal(result.indices, order)
     assert torch.allclose(result.distances, full.gather(1, order))
     assert top_k(queries, gallery, 1.3, k=50).indices.shape == (7, 11)
+
+
+def test_a_prepared_gallery_gives_the_same_top_k():
+    g = torch.Generator().manual_seed(4)
+    queries = lorentz.expmap0(torch.randn(13, 6, generator=g), 0.6)
+    points = lorentz.expmap0(torch.randn(50, 6, generator=g), 0.6)
+    gallery = Gallery.of(points, 0.6)
+    assert torch.allclose(gallery.time, lorentz.time_component(points, 0.6))
+    prepared, bare = top_k(queries, gallery, 0.6, k=5, chunk_size=4), top_k(queries, points, 0.6, k=5)
+    assert torch.equal(prepared.indices, bare.indices)
+    assert torch.allclose(prepared.distances, bare.distances, atol=1e-6)  # the matmul rounds by chunk size
+    full = lorentz.pairwise_distance(queries, points, 0.6)
+    assert torch.allclose(prepared.distances, full.gather(1, prepared.indices), atol=1e-5)
+    assert torch.equal(prepared.indices, full.argsort(dim=1)[:, :5])
+    with pytest.raises(ValueError, match=r"curvature 0\.6"):
+        top_k(queries, gallery, 1.0, k=5)
 
 
 def test_retrieval_with_traversal_finds_the_safe_counterpart():

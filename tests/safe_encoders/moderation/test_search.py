@@ -131,8 +131,9 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_index_refuses_bad_input():
-    with pytest.raises(SearchError, match="non-finite"):
-        LorentzIndex(torch.tensor([[float("nan"), 0.0]]), ["a"], ["text"], [False], curvature=1.0)
+    for bad in (float("nan"), float("inf"), -float("inf"), 1e20):  # 1e20: finite, but its squared norm is not
+        with pytest.raises(SearchError, match="non-finite"):
+            LorentzIndex(torch.tensor([[0.5, 0.0], [bad, 0.0]]), ["a", "b"], ["text"] * 2, [False] * 2, curvature=1.0)
     with pytest.raises(SearchError, match="2 ids"):
         LorentzIndex(torch.zeros(1, 2), ["a", "b"], ["text"], [False], curvature=1.0)
     with pytest.raises(SearchError, match=r"queries must be \(Q, 3\)"):
@@ -147,3 +148,27 @@ def test_without_faiss_the_error_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)  # as if faiss were not installed
     with pytest.raises(MissingExtraError, match=r"search needs the 'faiss' package.*install 'safe-encoders\[scan\]'"):
         hand_index()
+
+
+def test_many_queries_at_once_exact_float64_distances_ties_by_row():
+    g = torch.Generator().manual_seed(3)
+    gallery = lorentz.expmap0(torch.randn(40, 6, generator=g, dtype=torch.float64), 0.7)
+    gallery[25] = gallery[4]  # a duplicate: same distance to every query, ranked by row
+    queries = lorentz.expmap0(torch.randn(9, 6, generator=g, dtype=torch.float64), 0.7)
+    queries[3] = gallery[4].float().double()  # exactly the stored (float32) item
+    index = LorentzIndex(gallery, [f"i{n}" for n in range(40)], ["image"] * 40, [n % 2 == 0 for n in range(40)],
+                         curvature=0.7)  # fmt: skip
+    stored = index.embeddings.double()  # the index keeps float32 points; distances are float64 from those
+    results = index.search(queries, k=40)
+    assert len(results) == 9
+    for query, hits in zip(queries, results, strict=True):
+        expected = lorentz.distance(query[None], stored, 0.7)
+        rows = sorted(range(40), key=lambda n: (expected[n].item(), n))
+        assert [hit.row for hit in hits] == rows
+        assert [hit.distance for hit in hits] == expected[rows].tolist()
+        assert [hit.id for hit in hits] == [f"i{n}" for n in rows]
+        assert [hit.unsafe for hit in hits] == [n % 2 == 0 for n in rows]
+        assert rows.index(4) + 1 == rows.index(25)
+    assert results[3][0].row == 4 and results[3][0].distance == 0.0
+    (few,) = index.search(queries[:1], k=30, safety="filter")  # 20 safe items: fewer hits than k
+    assert [hit.row for hit in few] == [n for n in [hit.row for hit in results[0]] if n % 2][:20]
