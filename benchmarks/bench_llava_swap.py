@@ -1,15 +1,22 @@
-"""make_safe vs loading the same encoder once: time and peak memory, before and after, side by side in one run.
+"""CPU time and peak memory of make_safe vs one load_*_encoder of the same file, real encoder sizes, before / after.
 
-Two full-size encoders built from the real configs in tests/fixtures/hub (random fp32 weights):
-the LLaVA 1.5 vision tower (CLIP ViT-L/14-336, inside a LLaVA model whose language model is tiny:
-only the tower matters here) and Stable Diffusion v1.4's text encoder (CLIP ViT-L/14 text). For
-each, `make_safe` on a loaded target is compared with one `load_*_encoder` of the same file, with
-the code of this checkout ("after") and of a base git revision ("before", default b8a4f15, the
-commit before the streaming swap), each case in its own process. Memory is the rise of the
-process's peak RSS (VmHWM) over its RSS just before the call; x = ratio to one load of the same
-file with the same code.
+Two full-size encoders from the real configs in tests/fixtures/hub (random fp32 weights): the LLaVA-1.5
+vision tower (CLIP ViT-L/14-336, inside a LLaVA model whose language model is tiny: only the tower
+matters) and Stable Diffusion v1.4's text encoder (CLIP ViT-L/14 text). Like with like:
 
-    python benchmarks/bench_llava_swap.py [--before REV] [--repeat N]
+- every call runs in a fresh process, with everything imported (torch, transformers, accelerate,
+  safe_encoders) BEFORE the timer, on one torch thread; the make_safe target is loaded as users load
+  one (`from_pretrained` of a saved folder, its weights read once as a forward pass would) before the
+  timer too;
+- the timed region is the call alone: `load_*_encoder(FILE)` vs `make_safe(target, FILE)`;
+- calls alternate (load, make_safe, load, make_safe, ...; before and after code in turn) so that a
+  change in the machine's load hits both sides; each figure is the median of `--repeat` runs with its
+  range [min-max];
+- CPU = user + system time of the process during the call (what a busy machine leaves roughly
+  unchanged); x = make_safe / load of the same file with the same code; peak = rise of the process's
+  peak RSS (VmHWM) over its RSS before the call, / the encoder's bytes.
+
+    taskset -c 1 python benchmarks/bench_llava_swap.py [--before REV] [--repeat 3] [--cases sd-text,llava]
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import argparse
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,39 +34,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HUB = ROOT / "tests" / "fixtures" / "hub"
-LLAVA_CONFIG = HUB / "llava-hf__llava-1.5-7b-hf" / "config.json"
-SD_TEXT_CONFIG = HUB / "CompVis__stable-diffusion-v1-4" / "text_encoder" / "config.json"
-
-TARGETS = {
-    "llava": """
-from accelerate import init_empty_weights
-from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
-raw = json.loads(Path(CONFIG).read_text())
-text = LlamaConfig(vocab_size=raw["text_config"]["vocab_size"], hidden_size=64, intermediate_size=128,
-                   num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)
-with init_empty_weights(include_buffers=False):
-    target = LlavaForConditionalGeneration(LlavaConfig(vision_config=raw["vision_config"], text_config=text.to_dict()))
-""",
-    "sd-text": """
-from accelerate import init_empty_weights
-from transformers import CLIPTextConfig, CLIPTextModel
-with init_empty_weights(include_buffers=False):
-    target = CLIPTextModel(CLIPTextConfig.from_dict(json.loads(Path(CONFIG).read_text())))
-""",
-}
-RESIDENT = """
-target.to_empty(device="cpu")
-for p in target.parameters():  # a loaded model's weights are resident: make them so before measuring
-    p.data.zero_()
-"""
-CALLS = {
-    "load": "from safe_encoders import load_{kind}_encoder\nload_{kind}_encoder(FILE, with_projection=False)",
-    "make_safe": "from safe_encoders import make_safe\nmake_safe(target, FILE)",
-}
-CASES = {  # name: (target, encoder kind, config file)
-    "LLaVA-1.5 tower (ViT-L/14-336)": ("llava", "vision", LLAVA_CONFIG),
-    "SD v1.4 text encoder (ViT-L/14)": ("sd-text", "text", SD_TEXT_CONFIG),
-}
+CASES = {  # name: (label, encoder kind, config file)
+    "sd-text": ("SD v1.4 text encoder (ViT-L/14)", "text",
+                HUB / "CompVis__stable-diffusion-v1-4" / "text_encoder" / "config.json"),
+    "llava": ("LLaVA-1.5 tower (ViT-L/14-336)", "vision", HUB / "llava-hf__llava-1.5-7b-hf" / "config.json"),
+}  # fmt: skip
+CALLS = ("load", "make_safe")
 
 
 def _status(field: str) -> float:
@@ -66,34 +47,42 @@ def _status(field: str) -> float:
         return next(int(line.split()[1]) for line in status if line.startswith(field)) / 1024
 
 
-def _child(case: str, call: str, file: str) -> None:
-    import json
-    from pathlib import Path
+def _target_class(case: str):
+    from transformers import CLIPTextModel, LlavaForConditionalGeneration
 
+    return CLIPTextModel if case == "sd-text" else LlavaForConditionalGeneration
+
+
+def _child(case: str, call: str, file: str, target_folder: str) -> None:
     import torch
 
     import safe_encoders
+    from safe_encoders import load_text_encoder, load_vision_encoder, make_safe
 
-    torch.set_num_threads(1)  # the same for every case: the machine may be shared
-    target_name, kind, config = CASES[case]
-    scope = {"FILE": file, "CONFIG": str(config), "json": json, "Path": Path}
+    torch.set_num_threads(1)
+    kind = CASES[case][1]
+    target = None
     if call == "make_safe":
-        exec(TARGETS[target_name] + RESIDENT, scope)
-    code = CALLS[call].format(kind=kind)
-    with contextlib.suppress(OSError):  # reset the peak RSS to the current RSS: the setup's transients do not count
+        target = _target_class(case).from_pretrained(target_folder)
+        with torch.no_grad():
+            for p in target.parameters():  # resident, as after a first forward pass
+                p.sum()
+        run = lambda: make_safe(target, file)  # noqa: E731
+    else:
+        load = load_text_encoder if kind == "text" else load_vision_encoder
+        run = lambda: load(file, with_projection=False)  # noqa: E731
+    with contextlib.suppress(OSError):  # peak RSS := current RSS: the set-up's transients do not count
         Path("/proc/self/clear_refs").write_text("5")
-    rss, start, cpu = _status("VmRSS"), time.perf_counter(), time.process_time()
-    exec(code, scope)
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    rise = _status("VmHWM") - rss
-    print(json.dumps({"seconds": seconds, "cpu": cpu, "peak_rise_mb": rise, "code": safe_encoders.__file__}))
+    rss, wall, cpu = _status("VmRSS"), time.perf_counter(), time.process_time()
+    run()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    print(json.dumps({"wall": wall, "cpu": cpu, "peak_mb": _status("VmHWM") - rss, "code": safe_encoders.__file__}))
 
 
-def _write_file(case: str, folder: Path) -> Path:
-    import json
-
+def _write_files(case: str, folder: Path) -> tuple[Path, Path]:
+    """The safe encoder file (seed 0) and a saved target model (seed 1) of the case."""
     import torch
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlavaConfig
 
     from safe_encoders import export_encoder
 
@@ -104,67 +93,73 @@ def _write_file(case: str, folder: Path) -> Path:
         encoder = CLIPVisionModel(CLIPVisionConfig.from_dict(raw["vision_config"]))
     else:
         encoder = CLIPTextModel(CLIPTextConfig.from_dict(raw))
-    return export_encoder(encoder, folder / f"{kind}_encoder.safetensors")
+    file = export_encoder(encoder, folder / f"{case}-safe.safetensors")
+    del encoder
+    torch.manual_seed(1)
+    if case == "llava":
+        text = LlamaConfig(vocab_size=raw["text_config"]["vocab_size"], hidden_size=64, intermediate_size=128,
+                           num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)  # fmt: skip
+        config = LlavaConfig(vision_config=raw["vision_config"], text_config=text.to_dict())
+        target = _target_class(case)(config)
+    else:
+        target = CLIPTextModel(CLIPTextConfig.from_dict(raw))
+    target.save_pretrained(folder / f"{case}-target")
+    return file, folder / f"{case}-target"
 
 
-def _run(code_dir: Path, case: str, call: str, file: Path, repeat: int) -> dict:
+def _run(code_dir: Path, case: str, call: str, file: Path, target: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(code_dir), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    runs = []
-    for _ in range(repeat):
-        out = subprocess.run([sys.executable, __file__, "--child", case, call, str(file)], env=env,
-                             capture_output=True, text=True, check=True, cwd=code_dir)  # fmt: skip
-        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    assert all(Path(r["code"]).resolve().is_relative_to(code_dir.resolve()) for r in runs), runs
-    return {key: min(r[key] for r in runs) for key in ("seconds", "cpu", "peak_rise_mb")}
+    out = subprocess.run([sys.executable, __file__, "--child", case, call, str(file), str(target)], env=env,
+                         capture_output=True, text=True, check=True, cwd=code_dir)  # fmt: skip
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert Path(result["code"]).resolve().is_relative_to(code_dir.resolve()), result
+    return result
+
+
+def _summary(values: list[float], digits: int = 2) -> str:
+    return f"{statistics.median(values):.{digits}f} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--before", default="b8a4f15", help="git revision of the 'before' code")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per case (the fastest / smallest is kept)")
+    parser.add_argument("--before", default="a70afc3", help="git revision of the 'before' code")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per call (median and range shown)")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
     args = parser.parse_args()
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%M:%S')}  load average {os.getloadavg()[0]:.1f}  cpus {os.sched_getaffinity(0)}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         before = Path(tmp) / "before"
         before.mkdir()
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.before, "safe_encoders"],
                                  capture_output=True, check=True).stdout  # fmt: skip
         subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
-        results: dict[tuple[str, str, str], dict] = {}
-        sizes = {}
-        for case in CASES:
-            file = _write_file(case, Path(tmp))
-            sizes[case] = file.stat().st_size / 1e6
-            for version, code_dir in (("before", before), ("after", ROOT)):
+        versions = {"before": before, "after": ROOT}
+        print(f"before = {args.before}, after = this checkout; median [min-max] of {args.repeat} runs, one thread")
+        print(f"{'case':34s} {'code':6s} {'call':9s} {'cpu s':>18s} {'cpu x load':>17s} {'wall s':>18s} "
+              f"{'peak / encoder':>20s}")  # fmt: skip
+        for case in args.cases.split(","):
+            file, target = _write_files(case, Path(tmp))
+            size = file.stat().st_size / 2**20
+            runs = {(v, c): [] for v in versions for c in CALLS}
+            for _ in range(args.repeat):
+                for version, code in versions.items():
+                    for call in CALLS:
+                        runs[version, call].append(_run(code, case, call, file, target))
+            for version in versions:
+                loads = runs[version, "load"]
                 for call in CALLS:
-                    results[case, version, call] = _run(code_dir, case, call, file, args.repeat)
-    print(f"before = {args.before}, after = this checkout. wall / cpu = seconds (cpu: user + system time of the "
-          "process, less sensitive to a busy machine); x = ratio to one load_*_encoder of the same file, "
-          "same code")  # fmt: skip
-    columns = f"{'wall':>6s} {'x':>5s} {'cpu':>6s} {'x':>5s} {'peak MB':>7s} {'x':>5s}"
-    print(f"{'case':32s} {'MB':>5s} {'call':9s} | before: {columns} | after: {columns}")
-    for case in CASES:
-        for call in CALLS:
-            row = f"{case:32s} {sizes[case]:5.0f} {call:9s} |"
-            for version in ("before", "after"):
-                r, base = results[case, version, call], results[case, version, "load"]
-                row += (
-                    f" {version}:"
-                    + "".join(
-                        f" {r[key]:{width}.{digits}f} {r[key] / base[key]:5.2f}"
-                        for key, width, digits in (("seconds", 6, 1), ("cpu", 6, 1), ("peak_rise_mb", 7, 0))
-                    )
-                    + " |"
-                )
-            print(row)
-        for version in ("before", "after"):
-            r, load = results[case, version, "make_safe"], results[case, version, "load"]
-            print(f"  {version:6s} make_safe: time {r['seconds'] / load['seconds']:.2f}x (wall) / "
-                  f"{r['cpu'] / load['cpu']:.2f}x (cpu) one load (goal <= 0.6), peak RSS rise "
-                  f"{r['peak_rise_mb'] / sizes[case]:.2f}x the encoder's bytes (goal <= 0.15)")  # fmt: skip
+                    rows = runs[version, call]
+                    ratio = [r["cpu"] / one["cpu"] for r, one in zip(rows, loads, strict=True)]
+                    print(f"{CASES[case][0]:34s} {version:6s} {call:9s} {_summary([r['cpu'] for r in rows]):>18s} "
+                          f"{_summary(ratio):>17s} {_summary([r['wall'] for r in rows]):>18s} "
+                          f"{_summary([r['peak_mb'] / size for r in rows], 3):>20s}")  # fmt: skip
+            print(f"  ({size:.0f} MB encoder)")
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        _child(sys.argv[2], sys.argv[3], sys.argv[4])
+        _child(*sys.argv[2:6])
     else:
         main()
