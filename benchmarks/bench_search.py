@@ -1,11 +1,11 @@
 """Lorentz top-k at real embedding size: LorentzIndex.search vs the bare FAISS call vs brute force (hysac.top_k).
 
 Clustered random points on the hyperboloid (`--dim` 768: HySAC ViT-L's embedding), `--gallery` items,
-`--queries` queries, top-`--k`, on `--threads` threads (default 1). Every call is timed in the same
-process after a warm-up, the calls alternating (index, bare FAISS, brute force, ...) so that a change in
-the machine's load hits all of them; median [min-max] of `--repeat` rounds. Also: the index's build
-time and peak RSS rise, its memory per item (FAISS vectors + the float32 embeddings kept for the
-float64 re-rank), and top-k agreement with a float64 brute force. Runs against whatever
+`--queries` queries, top-`--k`, on `--threads` threads (default 1). Every call is timed in CPU time of
+the process (on one thread, what a busy machine leaves roughly unchanged) after a warm-up, the calls
+alternating (index, bare FAISS, brute force, ...); median [min-max] of `--repeat` rounds. Also: the
+index's build time and peak RSS rise, its memory per item (FAISS vectors + the float32 embeddings kept
+for the float64 re-rank), and top-k agreement with a float64 brute force. Runs against whatever
 `safe_encoders` is importable (PYTHONPATH=<an older checkout> for a before / after).
 
     python benchmarks/bench_search.py [--gallery 100000] [--dim 768] [--queries 100] [--repeat 5]
@@ -63,9 +63,9 @@ def main() -> None:
     n = args.gallery
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    rss, start = _status("VmRSS"), time.perf_counter()
+    rss, start = _status("VmRSS"), time.process_time()
     index = LorentzIndex(gallery, [str(i) for i in range(n)], ["image"] * n, [False] * n, curvature=c)
-    build, build_peak = time.perf_counter() - start, _status("VmHWM") - rss
+    build, build_peak = time.process_time() - start, _status("VmHWM") - rss
     calls = {
         "LorentzIndex.search": lambda: index.search(queries, k=args.k),
         "bare FAISS search": lambda: index.faiss_index.search(augment_queries(queries, c), args.k),
@@ -81,9 +81,9 @@ def main() -> None:
         call()
     for _ in range(args.repeat):
         for name, call in calls.items():
-            start = time.perf_counter()
+            start = time.process_time()
             call()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(time.process_time() - start)
     exact = top_k(queries.double(), gallery.double(), c, args.k).indices.tolist()
     hits = index.search(queries, k=args.k)
     agreement = sum(len({h.row for h in row} & set(e)) for row, e in zip(hits, exact, strict=True)) / (
@@ -93,13 +93,13 @@ def main() -> None:
     print(f"code: {Path(safe_encoders.__file__).parent.parent}; {n} items, dim {args.dim}, {args.queries} queries, "
           f"top-{args.k}, {args.threads} thread(s), median [min-max] of {args.repeat}")  # fmt: skip
     print(
-        f"  build: {build * 1000:.0f} ms, peak RSS rise {build_peak / n:.0f} B per item; index + embeddings "
+        f"  build: {build * 1000:.0f} ms CPU, peak RSS rise {build_peak / n:.0f} B per item; index + embeddings "
         f"kept: {per_point:.0f} B per item; top-{args.k} agreement with float64 brute force {agreement:.3f}"
     )
     base = statistics.median(times["LorentzIndex.search"])
     for name, values in times.items():
         median = statistics.median(values)
-        print(f"  {name:26s} {median * 1000:9.1f} ms [{min(values) * 1000:.1f}-{max(values) * 1000:.1f}]  "
+        print(f"  {name:26s} {median * 1000:9.1f} ms CPU [{min(values) * 1000:.1f}-{max(values) * 1000:.1f}]  "
               f"{median / base:5.2f}x the index")  # fmt: skip
 
 
