@@ -4,10 +4,10 @@ Two full-size encoders from the real configs in tests/fixtures/hub (random fp32 
 vision tower (CLIP ViT-L/14-336, inside a LLaVA model whose language model is tiny: only the tower
 matters) and Stable Diffusion v1.4's text encoder (CLIP ViT-L/14 text). Like with like:
 
-- every call runs in a fresh process, with everything imported (torch, transformers, accelerate,
-  safe_encoders) BEFORE the timer, on one torch thread; the make_safe target is loaded as users load
-  one (`from_pretrained` of a saved folder, its weights read once as a forward pass would) before the
-  timer too;
+- every call runs in a fresh process, with everything imported (torch, accelerate, safe_encoders and the
+  transformers CLIP classes, which `load_*_encoder` would otherwise import lazily) BEFORE the timer, on
+  one torch thread; the make_safe target is loaded as users load one (`from_pretrained` of a saved
+  folder, its weights read once as a forward pass would) before the timer too;
 - the timed region is the call alone: `load_*_encoder(FILE)` vs `make_safe(target, FILE)`;
 - calls alternate (load, make_safe, load, make_safe, ...; before and after code in turn) so that a
   change in the machine's load hits both sides; each figure is the median of `--repeat` runs with its
@@ -54,7 +54,9 @@ def _target_class(case: str):
 
 
 def _child(case: str, call: str, file: str, target_folder: str) -> None:
+    import accelerate  # noqa: F401  (load_*_encoder imports it and the CLIP classes lazily: not in the timer)
     import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel  # noqa: F401
 
     import safe_encoders
     from safe_encoders import load_text_encoder, load_vision_encoder, make_safe
