@@ -54,7 +54,11 @@ def main() -> None:
 
     import safe_encoders
     from safe_encoders.hysac import top_k
-    from safe_encoders.hysac.search import LorentzIndex, augment_queries
+
+    try:
+        from safe_encoders.moderation.search import LorentzIndex, augment_queries
+    except ImportError:  # a checkout from before search moved to moderation/
+        from safe_encoders.hysac.search import LorentzIndex, augment_queries
 
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)

@@ -34,7 +34,7 @@ def _child(configured: bool, gallery: int, rounds: int) -> None:
     import torch
 
     from safe_encoders.hysac import lorentz
-    from safe_encoders.hysac.search import LorentzIndex
+    from safe_encoders.moderation.search import LorentzIndex
     from safe_encoders.threads import configure_threads
 
     threads = configure_threads() if configured else torch.get_num_threads()
