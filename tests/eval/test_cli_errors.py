@@ -81,7 +81,7 @@ def test_train_with_a_base_model_that_does_not_exist(tmp_path, capsys):
 
 def test_train_with_a_bad_config_value(tmp_path, capsys):
     assert train_main(["safeclip", "lora.rank=0", f"output_dir={tmp_path / 'run'}"]) == 2
-    assert _error_line(capsys) == "error: override lora.rank=0: lora.rank must be >= 1, got 0"
+    assert _error_line(capsys) == "error: override lora.rank=0: config: lora.rank must be >= 1 (an integer), got 0"
 
 
 def test_debug_shows_the_traceback(tmp_path, prompts):
