@@ -189,6 +189,7 @@ def swap_state(pipe: Any, *, verify: bool) -> str:
             continue
         state = ""
         if verify:
-            state = ", verified" if record.get("verified") else f", NOT verified ({record.get('reason')})"
+            trusted = f"trusted by {record.get('trusted_by')}"
+            state = f", verified ({trusted})" if record.get("verified") else f", NOT verified ({record.get('reason')})"
         parts.append(f"{label} <- {record.get('checkpoint')}{state}")
     return "; ".join(parts) or "no encoder found"

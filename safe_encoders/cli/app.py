@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from . import Command
+from .types import nonnegative_int, positive_int
 
 DESCRIPTION = """\
 A web page to see Safe-CLIP and HySAC at work (pip install 'safe-encoders[app]'):
@@ -38,9 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hysac", help="HySAC model: registry name, Hub id or folder (default: hysac)")
     parser.add_argument("--scan", help="a folder written by 'safe-encoders scan --embeddings' (Search tab)")
     parser.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
-    parser.add_argument("--steps", type=int, help="denoising steps per image (default: 25; demo: 4)")
+    parser.add_argument("--steps", type=positive_int, help="denoising steps per image (default: 25; demo: 4)")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default: 7860; 0: a free one)")
+    parser.add_argument("--port", type=nonnegative_int, default=7860, help="port (default: 7860; 0: a free one)")
 
 
 def config_of(args: argparse.Namespace):

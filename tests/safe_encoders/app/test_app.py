@@ -10,18 +10,20 @@ import sys
 import pytest
 import torch
 
-from tests.safe_encoders.app.tiny_demo import demo_world, tiny_demo_folder
+from tests.safe_encoders.app.tiny_demo import demo_world, trusted_demo_folder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 IMAGES = 4
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def models(tmp_path_factory, module_trust_dir):
     from safe_encoders.app import AppConfig, load_models
 
-    root = tiny_demo_folder(tmp_path_factory.mktemp("demo"), images=IMAGES)
-    return load_models(AppConfig.for_demo(root), say=lambda message: None)
+    root = trusted_demo_folder(tmp_path_factory.mktemp("demo"), module_trust_dir, images=IMAGES)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SAFE_ENCODERS_TRUST_DIR", str(module_trust_dir))
+        return load_models(AppConfig.for_demo(root), say=lambda message: None)
 
 
 def test_the_demo_writes_the_worlds_images_for_the_search_tab(models):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.safe_encoders.app.tiny_demo import tiny_demo_folder
+from tests.safe_encoders.app.tiny_demo import trusted_demo_folder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -72,15 +72,17 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, module_trust_dir):
     """The app over a tiny demo folder, served in this process on a free loopback port."""
     require_browser()
     from safe_encoders.app import AppConfig
     from safe_encoders.app.server import serve
 
-    root = tiny_demo_folder(tmp_path_factory.mktemp("demo"))
+    root = trusted_demo_folder(tmp_path_factory.mktemp("demo"), module_trust_dir)
     config = AppConfig.for_demo(root, port=free_port())
-    app, models = serve(config, block=False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SAFE_ENCODERS_TRUST_DIR", str(module_trust_dir))
+        app, models = serve(config, block=False)
     yield models, f"http://127.0.0.1:{config.port}/"
     app.close()
 

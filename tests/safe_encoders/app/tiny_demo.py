@@ -60,3 +60,18 @@ def tiny_demo_folder(root: Path, *, images: int = 6) -> Path:
     write_app_inputs(root, tiny_sd_pipeline(text_encoder, tokenizer), world, count=images)
     layout.check()
     return root
+
+
+def trusted_demo_folder(root, trust_dir, **kwargs):
+    """`tiny_demo_folder(root)` whose Safe-CLIP export the user trusts in `trust_dir`, as a user would after the
+    demo (`safe-encoders trust out/demo/exported/text_encoder.safetensors`)."""
+    import pytest
+
+    from safe_encoders import trust_checkpoint
+    from safe_encoders.app import DemoLayout
+
+    tiny_demo_folder(root, **kwargs)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SAFE_ENCODERS_TRUST_DIR", str(trust_dir))
+        trust_checkpoint(DemoLayout(root).safe_clip)
+    return root

@@ -129,15 +129,18 @@ def test_thresholds_outside_the_model_range_are_refused(model, tmp_path, value):
     assert not list((tmp_path / "out").glob("*.parquet"))
 
 
-def test_cli_threshold_nan_is_one_line_and_exit_2(model_dir, tmp_path, capsys):
+def test_cli_threshold_nan_is_refused_at_parse_time_and_the_library_refuses_it_too(model, tmp_path, capsys):
     path = tmp_path / "t.jsonl"
     path.write_text('{"text": "a cat"}\n')
-    argv = ["scan", str(path), "--out", str(tmp_path / "out"), "--model", str(model_dir), "--threshold", "nan"]
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "finite" in err and "Traceback" not in err
-    with pytest.raises(ScanError):
-        main(["--debug", *argv])
+    for value in ("nan", "inf"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["scan", str(path), "--out", str(tmp_path / "out"), "--threshold", value])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert "--threshold" in err and "finite" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ScanError, match="finite"):  # the library's own check, for callers of scan()
+        scan(model, InputSpec(str(path)), tmp_path / "out", ScanConfig(thresholds={"text": math.nan}, progress=False))
 
 
 def test_decoding_workers_give_the_rows_of_the_inline_scan(model, tmp_path):
