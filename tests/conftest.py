@@ -8,6 +8,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # `datasets` keeps an Arrow copy of every file it reads: keep those out of the user's ~/.cache.
 os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="safe-encoders-tests-datasets-"))
+# Module- and session-scoped fixtures run before the per-test trust store below: they get a private one too.
+os.environ.setdefault("SAFE_ENCODERS_TRUST_DIR", tempfile.mkdtemp(prefix="safe-encoders-tests-trust-"))
 
 
 @pytest.fixture(scope="module")
