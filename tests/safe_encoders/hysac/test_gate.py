@@ -10,18 +10,14 @@ import torch
 
 from safe_encoders import is_safe, make_safe
 from safe_encoders.hysac import SafetyGate, UnsafeContentError, add_safety_gate, remove_safety_gate
+from tests.safe_encoders.hysac.gate_builders import make_gate
 from tests.tiny_models import generate, tiny_sd_pipeline
-
-
-def _gate(classifier, prompts, **kwargs):
-    kwargs.setdefault("image_threshold", 1e9)  # images pass unless a test says otherwise
-    return SafetyGate(classifier=classifier, text_threshold=prompts.threshold, **kwargs)
 
 
 def test_block_raises_before_generation_and_safe_prompts_are_untouched(classifier, prompts):
     pipe = tiny_sd_pipeline()
     reference = generate(pipe, prompts.safe)
-    handle = add_safety_gate(pipe, _gate(classifier, prompts))
+    handle = add_safety_gate(pipe, make_gate(classifier, prompts))
     assert torch.equal(generate(pipe, prompts.safe), reference)
     assert handle.last_report.prompt_action == "passed" and handle.last_report.image_action == "passed"
     with pytest.raises(UnsafeContentError, match=r"unsafe prompt\(s\): prompt \[0\]") as error:
@@ -34,7 +30,7 @@ def test_block_blank_returns_black_images_for_the_unsafe_prompts_only(classifier
     pipe = tiny_sd_pipeline()
     out_ref = pipe([prompts.safe, prompts.unsafe], num_inference_steps=2, generator=torch.Generator().manual_seed(0),
                    height=16, width=16, output_type="pt", num_images_per_prompt=2)  # fmt: skip
-    add_safety_gate(pipe, _gate(classifier, prompts, on_block="blank"))
+    add_safety_gate(pipe, make_gate(classifier, prompts, on_block="blank"))
     out = pipe([prompts.safe, prompts.unsafe], num_inference_steps=2, generator=torch.Generator().manual_seed(0),
                height=16, width=16, output_type="pt", num_images_per_prompt=2)  # fmt: skip
     assert torch.allclose(out.images[:2], out_ref.images[:2], atol=1e-5)
@@ -48,7 +44,7 @@ def test_redirect_through_a_safe_clip_copy_for_unsafe_prompts_only(classifier, p
     reference = {p: generate(pipe, p) for p in (prompts.safe, prompts.unsafe)}
     safe_pipe = make_safe(copy.deepcopy(pipe), trusted_safe_clip_file)
     redirected_reference = generate(safe_pipe, prompts.unsafe)
-    handle = add_safety_gate(pipe, _gate(classifier, prompts, prompt_policy="redirect",
+    handle = add_safety_gate(pipe, make_gate(classifier, prompts, prompt_policy="redirect",
                                          redirect_checkpoint=str(trusted_safe_clip_file)))  # fmt: skip
     assert torch.equal(generate(pipe, prompts.safe), reference[prompts.safe])
     unsafe_out = generate(pipe, prompts.unsafe)
@@ -62,12 +58,12 @@ def test_redirect_needs_a_safe_encoder_and_checks_before_touching_the_pipe(class
     pipe = tiny_sd_pipeline()
     cls = type(pipe)
     with pytest.raises(ValueError, match=r"is_safe\(pipe\) is False"):
-        add_safety_gate(pipe, _gate(classifier, prompts, prompt_policy="redirect"))
+        add_safety_gate(pipe, make_gate(classifier, prompts, prompt_policy="redirect"))
     assert type(pipe) is cls and not hasattr(pipe, "_safe_encoders_gate")
     # with make_safe first, the pipeline's own (safe) encoder does the redirection
     make_safe(pipe, trusted_safe_clip_file)
     reference = generate(pipe, prompts.unsafe)
-    handle = add_safety_gate(pipe, _gate(classifier, prompts, prompt_policy="redirect"))
+    handle = add_safety_gate(pipe, make_gate(classifier, prompts, prompt_policy="redirect"))
     assert torch.equal(generate(pipe, prompts.unsafe), reference)
     assert handle.last_report.prompt_action == "redirected" and is_safe(pipe)
 
@@ -75,7 +71,7 @@ def test_redirect_needs_a_safe_encoder_and_checks_before_touching_the_pipe(class
 def test_flag_only_reports(classifier, prompts):
     pipe = tiny_sd_pipeline()
     reference = generate(pipe, prompts.unsafe)
-    handle = add_safety_gate(pipe, _gate(classifier, prompts, prompt_policy="flag"))
+    handle = add_safety_gate(pipe, make_gate(classifier, prompts, prompt_policy="flag"))
     assert torch.equal(generate(pipe, prompts.unsafe), reference)
     assert handle.last_report.prompt_action == "flagged"
 
@@ -117,11 +113,11 @@ def test_image_policies_on_generated_images(classifier, prompts, output_type):
 def test_remove_restores_the_pipeline_and_keeps_the_call_signature(classifier, prompts):
     pipe = tiny_sd_pipeline()
     cls, signature = type(pipe), inspect.signature(pipe.__call__)
-    handle = add_safety_gate(pipe, _gate(classifier, prompts))
+    handle = add_safety_gate(pipe, make_gate(classifier, prompts))
     assert type(pipe).__name__ == cls.__name__ and isinstance(pipe, cls)
     assert inspect.signature(pipe.__call__) == signature
     with pytest.raises(ValueError, match="already has a safety gate"):
-        add_safety_gate(pipe, _gate(classifier, prompts))
+        add_safety_gate(pipe, make_gate(classifier, prompts))
     assert remove_safety_gate(pipe) is True
     assert type(pipe) is cls and not handle.active
     assert remove_safety_gate(pipe) is False
@@ -130,7 +126,7 @@ def test_remove_restores_the_pipeline_and_keeps_the_call_signature(classifier, p
 
 def test_gate_composes_with_make_safe_afterwards(classifier, prompts, safe_clip_file):
     pipe = tiny_sd_pipeline()
-    add_safety_gate(pipe, _gate(classifier, prompts))
+    add_safety_gate(pipe, make_gate(classifier, prompts))
     make_safe(pipe, safe_clip_file)
     assert is_safe(pipe)
     with pytest.raises(UnsafeContentError):
@@ -224,7 +220,7 @@ def test_replace_safety_checker_decides_whether_diffusers_checker_runs(classifie
     generate(pipe, prompts.safe)
     assert calls == [1]  # the pipeline runs its checker
 
-    add_safety_gate(pipe, _gate(classifier, prompts, replace_safety_checker=replace))
+    add_safety_gate(pipe, make_gate(classifier, prompts, replace_safety_checker=replace))
     assert (pipe.safety_checker is None) is replace
     generate(pipe, prompts.safe)
     assert len(calls) == (1 if replace else 2)

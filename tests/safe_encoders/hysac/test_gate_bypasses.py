@@ -10,18 +10,8 @@ import torch
 
 from safe_encoders import UnsupportedModelError, make_safe
 from safe_encoders.hysac import HySACBounds, SafetyGate, UnsafeContentError, add_safety_gate
+from tests.safe_encoders.hysac.gate_builders import make_gate, unet_runs
 from tests.tiny_models import generate, tiny_sd_pipeline
-
-
-def _gate(classifier, prompts, **kwargs):
-    kwargs.setdefault("image_threshold", 1e9)  # images pass unless a test says otherwise
-    return SafetyGate(classifier=classifier, text_threshold=prompts.threshold, **kwargs)
-
-
-def _unet_runs(pipe):
-    runs = []
-    pipe.unet.register_forward_pre_hook(lambda *_: runs.append(1))
-    return runs
 
 
 def _run(pipe, prompt, *, seed=0, **kwargs):
@@ -37,21 +27,21 @@ def test_prompt_embeds_are_refused_unless_opted_out_and_the_opt_out_is_recorded(
     pipe = tiny_sd_pipeline()
     embeds, _ = pipe.encode_prompt(prompts.unsafe, "cpu", 1, False)
     reference = generate(pipe, None, prompt_embeds=embeds)
-    runs = _unet_runs(pipe)
-    handle = add_safety_gate(pipe, _gate(classifier, prompts))
+    runs = unet_runs(pipe)
+    handle = add_safety_gate(pipe, make_gate(classifier, prompts))
     with pytest.raises(UnsafeContentError, match=r"prompt_embeds was given.*allow_unchecked=\('prompt_embeds',\)") as e:
         generate(pipe, None, prompt_embeds=embeds)
     assert runs == [] and e.value.report["prompt_embeds"].action == "refused"
     handle.remove()
 
-    handle = add_safety_gate(pipe, _gate(classifier, prompts, allow_unchecked=("prompt_embeds",)))
+    handle = add_safety_gate(pipe, make_gate(classifier, prompts, allow_unchecked=("prompt_embeds",)))
     assert torch.equal(generate(pipe, None, prompt_embeds=embeds), reference)
     report = handle.last_report
     assert report.opt_outs == ["prompt_embeds"] and report["prompt_embeds"].status == "allowed unchecked"
     assert report.prompt_action == "unchecked"
     handle.remove()
 
-    handle = add_safety_gate(pipe, _gate(classifier, prompts, prompt_policy="flag"))  # not strict: recorded only
+    handle = add_safety_gate(pipe, make_gate(classifier, prompts, prompt_policy="flag"))  # not strict: recorded only
     assert torch.equal(generate(pipe, None, prompt_embeds=embeds), reference)
     assert handle.last_report["prompt_embeds"].status == "unchecked" and handle.last_report.opt_outs == []
 
@@ -60,8 +50,8 @@ def test_redirect_does_not_take_prompt_embeds_made_by_the_original_encoder(class
     pipe = tiny_sd_pipeline()
     embeds, _ = pipe.encode_prompt(prompts.unsafe, "cpu", 1, False)  # the unsafe encoder's embedding
     make_safe(pipe, safe_clip_file)
-    runs = _unet_runs(pipe)
-    add_safety_gate(pipe, _gate(classifier, prompts, prompt_policy="redirect"))
+    runs = unet_runs(pipe)
+    add_safety_gate(pipe, make_gate(classifier, prompts, prompt_policy="redirect"))
     with pytest.raises(UnsafeContentError, match="prompt_embeds was given"):
         generate(pipe, None, prompt_embeds=embeds)
     assert runs == []
@@ -70,13 +60,13 @@ def test_redirect_does_not_take_prompt_embeds_made_by_the_original_encoder(class
 def test_sdxl_prompt_2_is_checked_and_each_embedding_needs_its_own_opt_out(classifier, prompts):
     pipe = tiny_sd_pipeline("xl")
     reference = _run(pipe, [prompts.safe, prompts.safe], prompt_2=[prompts.safe, prompts.safe]).images
-    handle = add_safety_gate(pipe, _gate(classifier, prompts))
+    handle = add_safety_gate(pipe, make_gate(classifier, prompts))
     with pytest.raises(UnsafeContentError, match=r"unsafe prompt\(s\): prompt_2 \[0\]") as error:
         _run(pipe, prompts.safe, prompt_2=prompts.unsafe)
     assert error.value.report["prompt"].action == "passed" and error.value.report["prompt_2"].action == "blocked"
     handle.remove()
 
-    handle = add_safety_gate(pipe, _gate(classifier, prompts, on_block="blank"))
+    handle = add_safety_gate(pipe, make_gate(classifier, prompts, on_block="blank"))
     out = _run(pipe, [prompts.safe, prompts.safe], prompt_2=[prompts.safe, prompts.unsafe])
     assert torch.allclose(out.images[0], reference[0], atol=1e-5)
     assert torch.equal(out.images[1], torch.zeros_like(out.images[1]))
@@ -84,16 +74,16 @@ def test_sdxl_prompt_2_is_checked_and_each_embedding_needs_its_own_opt_out(class
     handle.remove()
 
     embeds, _, pooled, _ = pipe.encode_prompt(prompts.unsafe, device="cpu", do_classifier_free_guidance=False)
-    add_safety_gate(pipe, _gate(classifier, prompts, allow_unchecked=("prompt_embeds",)))
+    add_safety_gate(pipe, make_gate(classifier, prompts, allow_unchecked=("prompt_embeds",)))
     with pytest.raises(UnsafeContentError, match=r"pooled_prompt_embeds was given.*'pooled_prompt_embeds'"):
         _run(pipe, None, prompt_embeds=embeds, pooled_prompt_embeds=pooled)
 
 
 def test_ip_adapter_inputs_are_checked_or_refused(classifier, prompts):
     pipe = tiny_sd_pipeline()
-    runs = _unet_runs(pipe)
+    runs = unet_runs(pipe)
     image = torch.rand(1, 3, 20, 20, generator=torch.Generator().manual_seed(1))
-    add_safety_gate(pipe, _gate(classifier, prompts, image_policy="block", image_threshold=-1.0))
+    add_safety_gate(pipe, make_gate(classifier, prompts, image_policy="block", image_threshold=-1.0))
     with pytest.raises(UnsafeContentError, match=r"input image\(s\) \[0\] of ip_adapter_image are unsafe") as error:
         _run(pipe, prompts.safe, ip_adapter_image=image)
     assert error.value.report["ip_adapter_image"].verdicts.unsafe.tolist() == [True]
@@ -119,24 +109,24 @@ def test_img2img_input_image_follows_the_image_policy(classifier, prompts):
 
     run()
     assert not torch.allclose(seen[-1], -torch.ones_like(seen[-1]))
-    handle = add_safety_gate(pipe, _gate(classifier, prompts, image_policy="black", image_threshold=-1.0))
+    handle = add_safety_gate(pipe, make_gate(classifier, prompts, image_policy="black", image_threshold=-1.0))
     run()
     assert torch.equal(seen[-1], -torch.ones_like(seen[-1]))  # the VAE saw a black image ([-1, 1] scale)
     assert handle.last_report["image"].action == "blacked out"
     handle.remove()
 
-    handle = add_safety_gate(pipe, _gate(classifier, prompts, image_policy="block", image_threshold=-1.0))
+    handle = add_safety_gate(pipe, make_gate(classifier, prompts, image_policy="block", image_threshold=-1.0))
     count = len(seen)
     with pytest.raises(UnsafeContentError, match=r"input image\(s\) \[0\] of image .*generation was not run"):
         run()
     assert len(seen) == count
     handle.remove()
 
-    handle = add_safety_gate(pipe, _gate(classifier, prompts, image_policy="off"))
+    handle = add_safety_gate(pipe, make_gate(classifier, prompts, image_policy="off"))
     with pytest.raises(UnsafeContentError, match=r"image was given, but image_policy is 'off'.*\('image',\)"):
         run()
     handle.remove()
-    add_safety_gate(pipe, _gate(classifier, prompts, image_policy="off", allow_unchecked=("image",)))
+    add_safety_gate(pipe, make_gate(classifier, prompts, image_policy="off", allow_unchecked=("image",)))
     run()
     assert torch.allclose(seen[-1], image * 2 - 1, atol=1e-6)
 
@@ -163,7 +153,7 @@ def test_a_step_end_callback_may_change_the_latents_only(classifier, prompts):
         f: generate(pipe, prompts.safe, callback_on_step_end=f, callback_on_step_end_tensor_inputs=inputs)
         for f in (swap_in_unsafe, scale_latents)
     }
-    handle = add_safety_gate(pipe, _gate(classifier, prompts))
+    handle = add_safety_gate(pipe, make_gate(classifier, prompts))
     for callback in (swap_in_unsafe, change_in_place):
         with pytest.raises(UnsafeContentError, match=r"callback_on_step_end changed \['prompt_embeds'\] at step 0"):
             generate(pipe, prompts.safe, callback_on_step_end=callback, callback_on_step_end_tensor_inputs=inputs)
@@ -177,7 +167,7 @@ def test_a_step_end_callback_may_change_the_latents_only(classifier, prompts):
         generate(pipe, prompts.safe, callback_on_step_end=cutoff)
     handle.remove()
 
-    handle = add_safety_gate(pipe, _gate(classifier, prompts, allow_unchecked=("callback_on_step_end",)))
+    handle = add_safety_gate(pipe, make_gate(classifier, prompts, allow_unchecked=("callback_on_step_end",)))
     out = generate(pipe, prompts.safe, callback_on_step_end=swap_in_unsafe, callback_on_step_end_tensor_inputs=inputs)
     assert torch.equal(out, ungated[swap_in_unsafe])
     assert handle.last_report.opt_outs == ["callback_on_step_end"]
@@ -188,8 +178,8 @@ def test_a_prompt_longer_than_the_classifier_reads_is_scored_to_its_end(classifi
     head = " ".join(["the"] * limit)  # one token each: the unsafe prompt starts right after what CLIP reads
     assert classifier.unsafe_score(texts=[head], text_threshold=prompts.threshold).text.unsafe.tolist() == [False]
     pipe = tiny_sd_pipeline()
-    runs = _unet_runs(pipe)
-    handle = add_safety_gate(pipe, _gate(classifier, prompts))
+    runs = unet_runs(pipe)
+    handle = add_safety_gate(pipe, make_gate(classifier, prompts))
     with pytest.raises(UnsafeContentError, match=r"unsafe prompt\(s\): prompt \[0\]"):
         generate(pipe, f"{head} {prompts.unsafe}")
     assert runs == []
@@ -245,7 +235,7 @@ def test_sdxl_tuple_outputs_are_checked(classifier, prompts, output_type):
 def test_a_non_finite_score_at_run_time_counts_as_unsafe(classifier, prompts):
     pipe = tiny_sd_pipeline()
     broken = copy.deepcopy(classifier)
-    handle = add_safety_gate(pipe, _gate(broken, prompts, image_policy="black"))
+    handle = add_safety_gate(pipe, make_gate(broken, prompts, image_policy="black"))
     generate(pipe, prompts.safe)
     assert handle.last_report.prompt_action == "passed"
     with torch.no_grad():
@@ -271,7 +261,7 @@ def test_a_classifier_with_nan_parameters_or_bounds_is_refused_when_the_gate_is_
     with torch.no_grad():
         broken.log_curvature.fill_(float("nan"))
     with pytest.raises(ValueError, match="classifier's log_curvature is nan"):
-        add_safety_gate(pipe, _gate(broken, prompts))
+        add_safety_gate(pipe, make_gate(broken, prompts))
     broken = copy.deepcopy(classifier)
     broken.bounds = HySACBounds(stats={"S": {"up_95": 0.5}, "V": {"up_95": 0.7}})
     broken.bounds.stats["S"]["up_95"] = float("nan")  # changed after it was checked
@@ -285,7 +275,7 @@ def test_a_classifier_with_nan_parameters_or_bounds_is_refused_when_the_gate_is_
 
 def test_the_report_lists_every_input_of_the_call(classifier, prompts):
     pipe = tiny_sd_pipeline()
-    handle = add_safety_gate(pipe, _gate(classifier, prompts, image_policy="flag"))
+    handle = add_safety_gate(pipe, make_gate(classifier, prompts, image_policy="flag"))
     latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     generate(pipe, prompts.safe, negative_prompt=prompts.unsafe, latents=latents)
     report = handle.last_report

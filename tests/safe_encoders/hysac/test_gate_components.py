@@ -18,18 +18,8 @@ from safe_encoders import CorruptCheckpointError, UnsupportedModelError, is_safe
 from safe_encoders.hysac import HySAC, HySACBounds, SafetyGate, UnsafeContentError, add_safety_gate
 from safe_encoders.hysac.gate import components
 from safe_encoders.hysac.gate.roles import unknown_arguments, unknown_arguments_message
+from tests.safe_encoders.hysac.gate_builders import make_gate, unet_runs
 from tests.tiny_models import generate, tiny_sd_pipeline
-
-
-def _gate(classifier, prompts, **kwargs):
-    kwargs.setdefault("image_threshold", 1e9)  # images pass unless a test says otherwise
-    return SafetyGate(classifier=classifier, text_threshold=prompts.threshold, **kwargs)
-
-
-def _unet_runs(pipe):
-    runs = []
-    pipe.unet.register_forward_pre_hook(lambda *_: runs.append(1))
-    return runs
 
 
 def _rebuild(cls, pipe):
@@ -106,13 +96,13 @@ def test_every_pipeline_of_the_installed_diffusers_is_known_or_refused_naming_th
 
     pipe = WithStyle(**tiny_sd_pipeline().components)
     with pytest.raises(UnsupportedModelError, match=r"takes \['style_vector'\].*allow_unchecked=\('style_vector',\)"):
-        add_safety_gate(pipe, _gate(classifier, prompts))
+        add_safety_gate(pipe, make_gate(classifier, prompts))
     assert type(pipe) is WithStyle
-    handle = add_safety_gate(pipe, _gate(classifier, prompts, allow_unchecked=("style_vector",)))
+    handle = add_safety_gate(pipe, make_gate(classifier, prompts, allow_unchecked=("style_vector",)))
     generate(pipe, prompts.safe, style_vector=[1.0])
     assert handle.last_report.opt_outs == ["style_vector"]
     handle.remove()
-    add_safety_gate(pipe, _gate(classifier, prompts, prompt_policy="flag"))  # not strict: installs, records
+    add_safety_gate(pipe, make_gate(classifier, prompts, prompt_policy="flag"))  # not strict: installs, records
     generate(pipe, prompts.safe, style_vector=[1.0])
 
 
@@ -125,7 +115,7 @@ def test_an_unknown_keyword_through_kwargs_and_tensors_in_attention_kwargs_are_r
             return super().__call__(prompt, **kwargs)
 
     pipe = Open(**tiny_sd_pipeline().components)
-    add_safety_gate(pipe, _gate(classifier, prompts))
+    add_safety_gate(pipe, make_gate(classifier, prompts))
     with pytest.raises(UnsafeContentError, match=r"secret was given.*no role.*allow_unchecked=\('secret',\)"):
         generate(pipe, prompts.safe, secret=1)
     generate(pipe, prompts.safe, cross_attention_kwargs={"scale": 1.0})
@@ -138,8 +128,8 @@ def test_sega_editing_prompts_are_checked_at_the_call_and_at_the_encoder(classif
 
     pipe = _rebuild(SemanticStableDiffusionPipeline, tiny_sd_pipeline())
     edit = dict(edit_guidance_scale=7.0, reverse_editing_direction=False, edit_warmup_steps=0)
-    runs = _unet_runs(pipe)
-    add_safety_gate(pipe, _gate(classifier, prompts))
+    runs = unet_runs(pipe)
+    add_safety_gate(pipe, make_gate(classifier, prompts))
     with pytest.raises(UnsafeContentError, match=r"unsafe prompt\(s\): editing_prompt \[0\]"):
         generate(pipe, prompts.safe, editing_prompt=[prompts.unsafe], **edit)
     with pytest.raises(UnsafeContentError, match="editing_prompt_embeddings was given"):
@@ -161,13 +151,13 @@ def test_class_level_calls_new_pipelines_and_from_pipe_are_checked_by_constructi
 
     pipe = tiny_sd_pipeline()
     reference = generate(pipe, prompts.safe)
-    handle = add_safety_gate(pipe, _gate(classifier, prompts))
+    handle = add_safety_gate(pipe, make_gate(classifier, prompts))
     rebuilt = StableDiffusionPipeline(**pipe.components)
     rebuilt.set_progress_bar_config(disable=True)
     img2img = StableDiffusionImg2ImgPipeline.from_pipe(pipe)
     img2img.set_progress_bar_config(disable=True)
     image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    runs = _unet_runs(pipe)
+    runs = unet_runs(pipe)
     for run in (
         lambda p: StableDiffusionPipeline.__call__(pipe, p, num_inference_steps=2, height=16, width=16),
         lambda p: generate(rebuilt, p),
@@ -204,7 +194,7 @@ def test_an_encoder_shared_by_two_gated_pipelines_stays_gated_until_both_gates_a
     first = tiny_sd_pipeline()
     second = _rebuild(StableDiffusionPipeline, first)
     assert second.text_encoder is first.text_encoder
-    handles = [add_safety_gate(p, _gate(classifier, prompts)) for p in (first, second)]
+    handles = [add_safety_gate(p, make_gate(classifier, prompts)) for p in (first, second)]
     handles[0].remove()
     with pytest.raises(UnsafeContentError, match="text_encoder was about to encode unsafe text"):
         generate(first, prompts.unsafe)  # ungated pipeline, gated encoder (the second gate's hook)
@@ -219,7 +209,7 @@ def test_a_component_replaced_after_the_gate_is_added_is_hooked_too(classifier, 
     from diffusers import StableDiffusionPipeline
 
     pipe = tiny_sd_pipeline()
-    handle = add_safety_gate(pipe, _gate(classifier, prompts))
+    handle = add_safety_gate(pipe, make_gate(classifier, prompts))
     pipe.text_encoder = copy.deepcopy(pipe.text_encoder)
     with pytest.raises(UnsafeContentError, match="text_encoder was about to encode unsafe text"):
         StableDiffusionPipeline.__call__(pipe, prompts.unsafe, num_inference_steps=2, height=16, width=16)
@@ -238,18 +228,18 @@ def test_textual_inversion_tokens_are_refused_naming_them(classifier, prompts):
     prompt = prompts.unsafe.rsplit(" ", 1)[0] + " <v1>"  # "a photo of a <v1>"
     reference = generate(pipe, prompt)
     assert torch.allclose(reference, generate(pipe, prompts.unsafe), atol=1e-6)  # <v1> is the unsafe word
-    handle = add_safety_gate(pipe, _gate(classifier, prompts))
+    handle = add_safety_gate(pipe, make_gate(classifier, prompts))
     generate(pipe, prompts.safe)
-    runs = _unet_runs(pipe)
+    runs = unet_runs(pipe)
     with pytest.raises(UnsafeContentError, match=r"token\(s\) \['<v1>'\].*allow_unchecked=\('unreadable_tokens',\)"):
         generate(pipe, prompt)
     assert runs == []
     handle.remove()
-    handle = add_safety_gate(pipe, _gate(classifier, prompts, allow_unchecked=("unreadable_tokens",)))
+    handle = add_safety_gate(pipe, make_gate(classifier, prompts, allow_unchecked=("unreadable_tokens",)))
     assert torch.equal(generate(pipe, prompt), reference)
     assert "unreadable_tokens" in handle.last_report.opt_outs
     handle.remove()
-    handle = add_safety_gate(pipe, _gate(classifier, prompts, prompt_policy="flag"))
+    handle = add_safety_gate(pipe, make_gate(classifier, prompts, prompt_policy="flag"))
     generate(pipe, prompt)
     assert handle.last_report["text_encoder (tokens)"].status == "unchecked"
 
@@ -267,7 +257,7 @@ def test_redirect_is_verified_at_each_call_and_refused_when_the_safe_clip_is_gon
 
     pipe = make_safe(tiny_sd_pipeline(), trusted_safe_clip_file)  # the pipeline's own encoder does the redirection
     reference = generate(pipe, prompts.unsafe)
-    handle = add_safety_gate(pipe, _gate(classifier, prompts, prompt_policy="redirect"))
+    handle = add_safety_gate(pipe, make_gate(classifier, prompts, prompt_policy="redirect"))
     for _ in range(2):
         assert torch.equal(generate(pipe, prompts.unsafe), reference)
         assert handle.last_report.prompt_action == "redirected"
@@ -281,13 +271,13 @@ def test_redirect_is_verified_at_each_call_and_refused_when_the_safe_clip_is_gon
     handle.remove()
 
     pipe = make_safe(tiny_sd_pipeline(), trusted_safe_clip_file)
-    add_safety_gate(pipe, _gate(classifier, prompts, prompt_policy="redirect"))
+    add_safety_gate(pipe, make_gate(classifier, prompts, prompt_policy="redirect"))
     pipe.text_encoder = tiny_sd_pipeline().text_encoder  # replaced by an encoder that is not Safe-CLIP
     with pytest.raises(UnsafeContentError, match="no longer holds a trusted Safe-CLIP"):
         generate(pipe, prompts.unsafe)
 
     pipe = tiny_sd_pipeline()  # a Safe-CLIP copy held by the gate
-    handle = add_safety_gate(pipe, _gate(classifier, prompts, prompt_policy="redirect",
+    handle = add_safety_gate(pipe, make_gate(classifier, prompts, prompt_policy="redirect",
                                          redirect_checkpoint=str(trusted_safe_clip_file)))  # fmt: skip
     generate(pipe, prompts.unsafe)
     with torch.no_grad():
@@ -301,7 +291,7 @@ def test_redirect_under_four_threads_gives_each_call_its_own_result_and_leaves_t
 ):
     pipe = tiny_sd_pipeline()
     encoder, ungated_unsafe = pipe.text_encoder, generate(pipe, prompts.unsafe, seed=1)
-    add_safety_gate(pipe, _gate(classifier, prompts, prompt_policy="redirect",
+    add_safety_gate(pipe, make_gate(classifier, prompts, prompt_policy="redirect",
                                 redirect_checkpoint=str(trusted_safe_clip_file)))  # fmt: skip
     jobs = [(prompts.safe if i % 2 else prompts.unsafe, i % 3) for i in range(8)]
     alone = {job: generate(pipe, job[0], seed=job[1]) for job in set(jobs)}
@@ -341,7 +331,7 @@ def test_input_images_are_read_as_diffusers_reads_them(classifier, prompts):
     rgba = Image.fromarray(rng.integers(0, 256, (16, 16, 4), dtype=np.uint8), mode="RGBA")
     generate(pipe, prompts.safe, image=rgba, strength=0.5)
     assert encoded == []  # the pipeline took the RGBA image as latents
-    handle = add_safety_gate(pipe, _gate(classifier, prompts, image_policy="flag"))
+    handle = add_safety_gate(pipe, make_gate(classifier, prompts, image_policy="flag"))
     refused = {
         "as latents": rgba,
         "uint16 values": rng.integers(0, 65535, (16, 16, 3), dtype=np.uint16),
@@ -375,7 +365,7 @@ def test_a_callback_is_checked_on_what_the_pipeline_reads_from_its_return_value(
     def sneaky(pipe_, step, timestep, tensors):
         return Hiding({"latents": tensors["latents"], "prompt_embeds": torch.cat([negative, unsafe])})
 
-    add_safety_gate(pipe, _gate(classifier, prompts))
+    add_safety_gate(pipe, make_gate(classifier, prompts))
     inputs = ["latents", "prompt_embeds"]
     with pytest.raises(UnsafeContentError, match=r"callback_on_step_end changed \['prompt_embeds'\]"):
         generate(pipe, prompts.safe, callback_on_step_end=sneaky, callback_on_step_end_tensor_inputs=inputs)
@@ -424,7 +414,7 @@ def test_redirect_refuses_a_hook_added_between_calls_and_an_untrusted_safe_clip(
     classifier, prompts, safe_clip_file, trusted_safe_clip_file
 ):
     pipe = make_safe(tiny_sd_pipeline(), trusted_safe_clip_file)
-    add_safety_gate(pipe, _gate(classifier, prompts, prompt_policy="redirect"))
+    add_safety_gate(pipe, make_gate(classifier, prompts, prompt_policy="redirect"))
     generate(pipe, prompts.unsafe)  # verified in full once; the gate's own hooks do not count as tampering
     assert is_safe(pipe, verify=True)
     hook = pipe.text_encoder.register_forward_hook(lambda module, args, output: None)  # changes nothing, still refused
@@ -437,6 +427,6 @@ def test_redirect_refuses_a_hook_added_between_calls_and_an_untrusted_safe_clip(
 
 def test_redirect_names_the_fix_for_a_safe_clip_nobody_trusted(classifier, prompts, safe_clip_file):
     pipe = make_safe(tiny_sd_pipeline(), safe_clip_file)  # a local file: trusted only when the user says so
-    add_safety_gate(pipe, _gate(classifier, prompts, prompt_policy="redirect"))
+    add_safety_gate(pipe, make_gate(classifier, prompts, prompt_policy="redirect"))
     with pytest.raises(UnsafeContentError, match=r"trust_checkpoint\(path\)"):
         generate(pipe, prompts.unsafe)

@@ -17,7 +17,6 @@ from tests.safe_encoders.moderation.scan_data import (
     expected_image_scores,
     image_folder,
     png_bytes,
-    saved_tiny_hysac,
     webdataset_tar,
     write_table,
 )
@@ -26,16 +25,6 @@ pytestmark = [pytest.mark.usefixtures("one_torch_thread")]
 pytest.importorskip("pyarrow")
 
 ROOT = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return saved_tiny_hysac(tmp_path_factory.mktemp("model") / "tiny-hysac")
-
-
-@pytest.fixture(scope="module")
-def model(model_dir):
-    return HySAC.from_pretrained(model_dir)
 
 
 def rows_by_key(table):

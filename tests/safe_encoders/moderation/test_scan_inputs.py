@@ -8,7 +8,6 @@ import time
 import pytest
 
 from safe_encoders.cli import main
-from safe_encoders.hysac import HySAC
 from safe_encoders.moderation import (
     InputError,
     InputSpec,
@@ -24,22 +23,11 @@ from tests.safe_encoders.moderation.scan_data import (
     TEXTS,
     expected_image_scores,
     png_bytes,
-    saved_tiny_hysac,
     write_table,
 )
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread")]
 pq = pytest.importorskip("pyarrow.parquet")
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return saved_tiny_hysac(tmp_path_factory.mktemp("model") / "tiny-hysac")
-
-
-@pytest.fixture(scope="module")
-def model(model_dir):
-    return HySAC.from_pretrained(model_dir)
 
 
 def rows_by_key(folder):

@@ -7,23 +7,12 @@ import numpy as np
 import pytest
 
 from safe_encoders.cli import main
-from safe_encoders.hysac import HySAC
 from safe_encoders.moderation import InputSpec, ScanConfig, ScanError, read_scan, scan
-from tests.safe_encoders.moderation.scan_data import TEXTS, saved_tiny_hysac
+from tests.safe_encoders.moderation.scan_data import TEXTS
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread")]
 pytest.importorskip("pyarrow")
 Image = pytest.importorskip("PIL.Image")
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return saved_tiny_hysac(tmp_path_factory.mktemp("model") / "tiny-hysac")
-
-
-@pytest.fixture(scope="module")
-def model(model_dir):
-    return HySAC.from_pretrained(model_dir)
 
 
 def image_scores(model, arrays) -> list[float]:

@@ -4,23 +4,13 @@ import pytest
 import torch
 
 from safe_encoders.cli import main
-from safe_encoders.hysac import HySAC, embed_texts
+from safe_encoders.hysac import embed_texts
 from safe_encoders.moderation import InputSpec, LorentzIndex, ScanConfig, SearchError, build_index, read_scan, scan
-from tests.safe_encoders.moderation.scan_data import TEXTS, saved_tiny_hysac, write_table
+from tests.safe_encoders.moderation.scan_data import TEXTS, write_table
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread")]
 pytest.importorskip("faiss")
 pytest.importorskip("pyarrow")
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return saved_tiny_hysac(tmp_path_factory.mktemp("model") / "tiny-hysac")
-
-
-@pytest.fixture(scope="module")
-def model(model_dir):
-    return HySAC.from_pretrained(model_dir)
 
 
 def test_a_rescan_with_other_verdicts_rebuilds_the_index(model, tmp_path):
