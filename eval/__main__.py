@@ -21,10 +21,12 @@ Commands:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from safe_encoders.cli import Command
 from safe_encoders.cli.program import build_program, run_program
@@ -42,8 +44,24 @@ EVALUATIONS: list[str] = [
 
 
 def commands() -> list[Command]:
-    """The commands of every registered evaluation."""
-    return [c for package in EVALUATIONS for c in importlib.import_module(f"{package}.command").COMMANDS]
+    """The commands of every registered evaluation, each writing ``provenance.json`` into its ``--out``."""
+    listed = [c for package in EVALUATIONS for c in importlib.import_module(f"{package}.command").COMMANDS]
+    return [dataclasses.replace(c, run=_recorded(c)) for c in listed]
+
+
+def _recorded(command: Command):
+    """``command.run``, then (on success, where the command has an ``--out``) its provenance beside its results."""
+
+    def run(args: argparse.Namespace) -> int:
+        code = command.run(args)
+        out = getattr(args, "out", None)
+        if code == 0 and out is not None and Path(out).is_dir():
+            from eval.report.provenance import write_provenance
+
+            write_provenance(out, args, command=command.name)
+        return code
+
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -196,7 +196,14 @@ def test_every_condition_end_to_end(
     assert all(relabelled[k]["q16"].flagged != labels[k]["q16"].flagged for k in labels)
     assert all(relabelled[k]["nudenet"] == labels[k]["nudenet"] for k in labels)
     assert {p: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")} == mtimes
+    from tests.eval.builders import assert_digested, read_provenance
+
+    record, digests = read_provenance(out, "classify")
+    assert_digested(digests, flipped, tiny_clip_dir)  # the Q16 prompts and CLIP really used
+    assert record["classifiers"]["settings"]["nudenet_threshold"] == 0.6
+    assert record["classifiers"]["versions"]["nudenet"]
     assert main(["report", "--out", str(out), "--rule", "nudenet", "--paper-reference", "none"]) == 0
+    assert read_provenance(out, "report")[0]["arguments"]["rule"] == "nudenet"
     assert {r.n_flagged for r in read_csv(out / "report.csv")} == {0}  # NudeNet alone flags nothing here
     assert main(["report", "--out", str(tmp_path / "nothing")]) == 2
 
