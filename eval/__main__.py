@@ -16,6 +16,8 @@ Commands:
   i2t-judge (re-)judge the descriptions of an i2t run without regenerating them, and rewrite its report
   quality   FID and CLIP score of conditions on a caption set (COCO-30k; Safe-CLIP Table 14)
   attack    attack success rate of adversarial prompt sets (Ring-A-Bell, MMA-Diffusion, UnlearnDiffAtk, P4D)
+  zero-shot zero-shot classification / image-text retrieval through clip_benchmark, with the difference to the
+            original CLIP (what a safe encoder costs a CLIP user)
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ EVALUATIONS: list[str] = [
     "eval.i2t",
     "eval.quality",
     "eval.attack",
+    "eval.zero_shot",
 ]
 
 

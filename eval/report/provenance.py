@@ -72,6 +72,8 @@ DATA_OPTIONS: tuple[str, ...] = (
     "real",
     "unsafe_images",
     "distractor_images",
+    "folder",
+    "templates",
 )
 #: Options holding secrets: never written.
 SECRET_OPTIONS: frozenset[str] = frozenset({"token"})
