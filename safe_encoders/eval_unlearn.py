@@ -32,6 +32,9 @@ class SafeCLIPConfig:
     use_fp16: bool = True
     num_inference_steps: int = 50
     guidance_scale: float = 7.5
+    erase_concept: str | None = None
+    """A label for the harness (its reports, and its check that ``err`` runs on a nudity technique); Safe-CLIP's
+    encoders are trained on all their NSFW concepts at once, so it changes nothing in generation."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SafeCLIPConfig:
