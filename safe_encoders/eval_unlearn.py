@@ -5,6 +5,10 @@
   (``checkpoint``: anything ``make_safe`` takes, default ``auto``).
 - ``safe_clip_sld``: Safe Latent Diffusion (diffusers' ``StableDiffusionPipelineSafe``) with the Safe-CLIP text
   encoder; ``strength`` is one of SLD's presets (``weak``, ``medium``, ``strong``, ``max``).
+- ``hysac_gate``: the HySAC safety gate in front of a plain SD pipeline (``hysac``: the classifier's source;
+  ``prompt_policy`` / ``image_policy`` / thresholds as :class:`~safe_encoders.hysac.SafetyGate` takes them). A
+  blocked prompt gives a black image (``on_block="blank"``: the harness wants one image per prompt), and each
+  call's gate report is kept on ``self.reports``.
 
 The harness's conventions (those of its ``free_run`` technique): built from keyword arguments;
 ``generate(prompts, seed=None, **kwargs)`` returns one PIL image per prompt, prompt ``i`` drawn with a generator
@@ -22,6 +26,18 @@ from typing import Any
 import torch
 
 
+def _config_from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """A technique config from the harness's keyword arguments: unknown keys and a missing ``model_id`` refused."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown option(s) {unknown}; known: {sorted(known)}")
+    config = cls(**data)
+    if not config.model_id:
+        raise ValueError(f"{cls.__name__} needs 'model_id' (an SD 1.x / 2.x Hub id or folder)")
+    return config
+
+
 @dataclass(frozen=True)
 class SafeCLIPConfig:
     """The keyword arguments of the ``safe_clip`` technique."""
@@ -35,17 +51,6 @@ class SafeCLIPConfig:
     erase_concept: str | None = None
     """A label for the harness (its reports, and its check that ``err`` runs on a nudity technique); Safe-CLIP's
     encoders are trained on all their NSFW concepts at once, so it changes nothing in generation."""
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SafeCLIPConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{cls.__name__}: unknown option(s) {unknown}; known: {sorted(known)}")
-        config = cls(**data)
-        if not config.model_id:
-            raise ValueError(f"{cls.__name__} needs 'model_id' (an SD 1.x / 2.x Hub id or folder)")
-        return config
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,7 @@ class SafeCLIPTechnique:
     config_class = SafeCLIPConfig
 
     def __init__(self, **kwargs: Any) -> None:
-        self.config = self.config_class.from_dict(kwargs)
+        self.config = _config_from_dict(self.config_class, kwargs)
         self.device = _device(self.config.device)
         dtype = torch.float16 if (self.config.use_fp16 and self.device.startswith("cuda")) else torch.float32
         self.pipe = self._load(dtype)
@@ -139,3 +144,57 @@ class SafeCLIPSLDTechnique(SafeCLIPTechnique):
 
     def _call_options(self) -> dict[str, Any]:
         return dict(self.sld)
+
+
+@dataclass(frozen=True)
+class HySACGateConfig:
+    """The keyword arguments of the ``hysac_gate`` technique."""
+
+    model_id: str = ""
+    hysac: str = "hysac"
+    prompt_policy: str = "block"
+    image_policy: str = "blur"
+    text_threshold: float | None = None
+    image_threshold: float | None = None
+    redirect_checkpoint: str | None = None
+    device: str | None = None
+    use_fp16: bool = True
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+    erase_concept: str | None = None
+
+
+class HySACGateTechnique(SafeCLIPTechnique):
+    """``hysac_gate``: a plain SD pipeline behind the HySAC safety gate (the pipeline's encoders unchanged)."""
+
+    config_class = HySACGateConfig
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.config = _config_from_dict(self.config_class, kwargs)
+        self.device = _device(self.config.device)
+        dtype = torch.float16 if (self.config.use_fp16 and self.device.startswith("cuda")) else torch.float32
+        self.pipe = self._load(dtype)
+        from .hysac import HySAC, SafetyGate, add_safety_gate
+
+        classifier = HySAC.from_pretrained(self.config.hysac)
+        gate = SafetyGate(
+            classifier=classifier,
+            prompt_policy=self.config.prompt_policy,
+            image_policy=self.config.image_policy,
+            on_block="blank",
+            text_threshold=self.config.text_threshold,
+            image_threshold=self.config.image_threshold,
+            redirect_checkpoint=self.config.redirect_checkpoint,
+        )
+        self.pipe.to(self.device)
+        self.handle = add_safety_gate(self.pipe, gate)
+        self.swap = None
+        self.reports: list[Any] = []
+        self.pipe.set_progress_bar_config(disable=True)
+
+    def generate(self, prompts: list[str], seed: int | None = None, **kwargs: Any) -> list[Any]:
+        images = []
+        for i, prompt in enumerate(prompts):
+            images += super().generate([prompt], None if seed is None else seed + i, **kwargs)
+            self.reports.append(self.handle.last_report)
+        return images

@@ -75,20 +75,24 @@ def _ours(tiny_sd_dir, safe_file, prompts, seed, sld=None):
     ]
 
 
-@pytest.mark.parametrize("technique", ["safe_clip", "safe_clip_sld"])
-def test_runner_discovers_and_runs_our_technique(tmp_path, tiny_sd_dir, tiny_safe_file, technique):
+TECHNIQUES = {
+    "safe_clip": "safe_encoders.eval_unlearn:SafeCLIPTechnique",
+    "safe_clip_sld": "safe_encoders.eval_unlearn:SafeCLIPSLDTechnique",
+    "hysac_gate": "safe_encoders.eval_unlearn:HySACGateTechnique",
+}
+
+
+def _run_harness(tmp_path, technique, config, target, retain):
+    """eval-unlearn's single-benchmark runner (ua_ira, seed 5) in a fresh offline process; its images per
+    category, in prompt order."""
     from PIL import Image
 
     from tests.eval.builders import REPO
 
-    target, retain = ["a nude figure", "a naked body"], ["a red apple"]
     (tmp_path / "target.csv").write_text("prompt\n" + "\n".join(target) + "\n")
     (tmp_path / "retain.csv").write_text("prompt\n" + "\n".join(retain) + "\n")
-    config = {"model_id": str(tiny_sd_dir), "checkpoint": str(tiny_safe_file), "num_inference_steps": 2}
-    if technique == "safe_clip_sld":
-        config["strength"] = "max"
     args = {
-        "names": ["safe_clip", "safe_clip_sld"],
+        "names": list(TECHNIQUES),
         "technique": technique,
         "config": config,
         "metric": {
@@ -109,23 +113,31 @@ def test_runner_discovers_and_runs_our_technique(tmp_path, tiny_sd_dir, tiny_saf
         [sys.executable, "-c", SCRIPT, json.dumps(args)], env=env, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    found = json.loads(done.stdout.strip().splitlines()[-1])["found"]
-    assert found == {
-        "safe_clip": "safe_encoders.eval_unlearn:SafeCLIPTechnique",
-        "safe_clip_sld": "safe_encoders.eval_unlearn:SafeCLIPSLDTechnique",
-    }
+    assert json.loads(done.stdout.strip().splitlines()[-1])["found"] == TECHNIQUES
 
     (run_dir,) = (tmp_path / "results").glob(f"{technique}_ua_ira_*")
-    saved = {
+    run_id = run_dir.name.rsplit("_", 1)[1]
+    report = json.loads((tmp_path / "results" / f"{run_id}_report.json").read_text())
+    assert report["technique_name"] == technique and "value" in report["metric_result"]
+    return {
         cat: [
             np.asarray(Image.open(p).convert("RGB")).astype(int)
             for p in sorted((run_dir / "images" / cat).glob("*.png"))
         ]
         for cat in ("target", "retain")
     }
-    assert [len(saved["target"]), len(saved["retain"])] == [2, 1]
+
+
+@pytest.mark.parametrize("technique", ["safe_clip", "safe_clip_sld"])
+def test_runner_discovers_and_runs_our_technique(tmp_path, tiny_sd_dir, tiny_safe_file, technique):
     from safe_encoders.eval_unlearn import sld_presets
 
+    target, retain = ["a nude figure", "a naked body"], ["a red apple"]
+    config = {"model_id": str(tiny_sd_dir), "checkpoint": str(tiny_safe_file), "num_inference_steps": 2}
+    if technique == "safe_clip_sld":
+        config["strength"] = "max"
+    saved = _run_harness(tmp_path, technique, config, target, retain)
+    assert [len(saved["target"]), len(saved["retain"])] == [2, 1]
     sld = sld_presets()["max"] if technique == "safe_clip_sld" else None
     # one batch: prompt i of the call (target first, then retain) is seeded 5 + i
     ours = _ours(tiny_sd_dir, tiny_safe_file, target + retain, 5, sld)
@@ -133,6 +145,31 @@ def test_runner_discovers_and_runs_our_technique(tmp_path, tiny_sd_dir, tiny_saf
         assert np.abs(got - want).max() <= 1
     plain = _ours(tiny_sd_dir, None, target + retain, 5, sld)
     assert any(np.abs(g - p).max() > 1 for g, p in zip(saved["target"] + saved["retain"], plain, strict=True))
-    run_id = run_dir.name.rsplit("_", 1)[1]
-    report = json.loads((tmp_path / "results" / f"{run_id}_report.json").read_text())
-    assert report["technique_name"] == technique and "value" in report["metric_result"]
+
+
+def test_hysac_gate_blanks_the_unsafe_prompt_and_passes_the_safe_one(tmp_path, tiny_sd_dir):
+    """The gate's threshold halfway between the two prompts' scores: the farther one is blocked (a black image),
+    the other is generated as plain SD generates it with the same seed."""
+    from transformers import CLIPImageProcessor
+
+    from tests.safe_encoders.hysac.tiny_hysac import tiny_hysac
+    from tests.tiny_models import clip_tokenizer
+
+    model = tiny_hysac(seed=3)
+    model.tokenizer = clip_tokenizer()
+    model.image_processor = CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30})
+    folder = model.save_pretrained(tmp_path / "hysac")
+    pair = ["a photo of a cat", "a photo of a dog"]
+    scores = model.unsafe_score(texts=pair, text_threshold=0.0).text.scores
+    safe, unsafe = pair if scores[0] < scores[1] else pair[::-1]
+    config = {
+        "model_id": str(tiny_sd_dir),
+        "hysac": str(folder),
+        "text_threshold": scores.mean().item(),
+        "image_threshold": 1e9,
+        "num_inference_steps": 2,
+    }
+    saved = _run_harness(tmp_path, "hysac_gate", config, [unsafe], [safe])
+    assert saved["target"][0].max() == 0  # blocked: blanked
+    (plain_unsafe, plain_safe) = _ours(tiny_sd_dir, None, [unsafe, safe], 5)
+    assert np.abs(saved["retain"][0] - plain_safe).max() <= 1 and plain_unsafe.max() > 0
