@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,11 +26,11 @@ from eval_unlearn.runners.single_benchmark_runner import SingleBenchmarkRunner
 load_entrypoints()
 args = json.loads(sys.argv[1])
 found = {name: get_technique(name).__module__ + ":" + get_technique(name).__name__ for name in args["names"]}
-runner = SingleBenchmarkRunner(
-    args["technique"], "ua_ira", technique_config=args["config"], metric_config=args["metric"],
-    output_dir=args["out"], seed=args["seed"],
-)
-result = runner.run()
+for run in args["runs"]:
+    SingleBenchmarkRunner(
+        run["technique"], "ua_ira", technique_config=run["config"], metric_config=run["metric"],
+        output_dir=run["out"], seed=args["seed"],
+    ).run()
 print(json.dumps({"found": found}))
 """
 
@@ -82,26 +83,21 @@ TECHNIQUES = {
 }
 
 
-def _run_harness(tmp_path, technique, config, target, retain):
-    """eval-unlearn's single-benchmark runner (ua_ira, seed 5) in a fresh offline process; its images per
-    category, in prompt order."""
+def _run_harness(tmp_path, runs):
+    """eval-unlearn's single-benchmark runner (ua_ira, seed 5) for each ``(technique, config, target, retain)``, in
+    one fresh offline process; per run, its images per category in prompt order."""
     from PIL import Image
 
     from tests.eval.builders import REPO
 
-    (tmp_path / "target.csv").write_text("prompt\n" + "\n".join(target) + "\n")
-    (tmp_path / "retain.csv").write_text("prompt\n" + "\n".join(retain) + "\n")
-    args = {
-        "names": list(TECHNIQUES),
-        "technique": technique,
-        "config": config,
-        "metric": {
-            "target_prompts_path": str(tmp_path / "target.csv"),
-            "retain_prompts_path": str(tmp_path / "retain.csv"),
-        },
-        "out": str(tmp_path / "results"),
-        "seed": 5,
-    }
+    specs = []
+    for technique, config, target, retain in runs:
+        folder = tmp_path / technique
+        folder.mkdir()
+        (folder / "target.csv").write_text("prompt\n" + "\n".join(target) + "\n")
+        (folder / "retain.csv").write_text("prompt\n" + "\n".join(retain) + "\n")
+        metric = {"target_prompts_path": str(folder / "target.csv"), "retain_prompts_path": str(folder / "retain.csv")}
+        specs.append({"technique": technique, "config": config, "metric": metric, "out": str(folder / "results")})
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -109,47 +105,32 @@ def _run_harness(tmp_path, technique, config, target, retain):
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": str(REPO),
     }
+    args = {"names": list(TECHNIQUES), "runs": specs, "seed": 5}
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, json.dumps(args)], env=env, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1])["found"] == TECHNIQUES
 
-    (run_dir,) = (tmp_path / "results").glob(f"{technique}_ua_ira_*")
-    run_id = run_dir.name.rsplit("_", 1)[1]
-    report = json.loads((tmp_path / "results" / f"{run_id}_report.json").read_text())
-    assert report["technique_name"] == technique and "value" in report["metric_result"]
-    return {
-        cat: [
-            np.asarray(Image.open(p).convert("RGB")).astype(int)
-            for p in sorted((run_dir / "images" / cat).glob("*.png"))
-        ]
-        for cat in ("target", "retain")
-    }
+    saved = {}
+    for spec in specs:
+        results = Path(spec["out"])
+        (run_dir,) = results.glob(f"{spec['technique']}_ua_ira_*")
+        report = json.loads((results / f"{run_dir.name.rsplit('_', 1)[1]}_report.json").read_text())
+        assert report["technique_name"] == spec["technique"] and "value" in report["metric_result"]
+        saved[spec["technique"]] = {
+            cat: [
+                np.asarray(Image.open(p).convert("RGB")).astype(int)
+                for p in sorted((run_dir / "images" / cat).glob("*.png"))
+            ]
+            for cat in ("target", "retain")
+        }
+    return saved
 
 
-@pytest.mark.parametrize("technique", ["safe_clip", "safe_clip_sld"])
-def test_runner_discovers_and_runs_our_technique(tmp_path, tiny_sd_dir, tiny_safe_file, technique):
-    from safe_encoders.eval_unlearn import sld_presets
-
-    target, retain = ["a nude figure", "a naked body"], ["a red apple"]
-    config = {"model_id": str(tiny_sd_dir), "checkpoint": str(tiny_safe_file), "num_inference_steps": 2}
-    if technique == "safe_clip_sld":
-        config["strength"] = "max"
-    saved = _run_harness(tmp_path, technique, config, target, retain)
-    assert [len(saved["target"]), len(saved["retain"])] == [2, 1]
-    sld = sld_presets()["max"] if technique == "safe_clip_sld" else None
-    # one batch: prompt i of the call (target first, then retain) is seeded 5 + i
-    ours = _ours(tiny_sd_dir, tiny_safe_file, target + retain, 5, sld)
-    for got, want in zip(saved["target"] + saved["retain"], ours, strict=True):
-        assert np.abs(got - want).max() <= 1
-    plain = _ours(tiny_sd_dir, None, target + retain, 5, sld)
-    assert any(np.abs(g - p).max() > 1 for g, p in zip(saved["target"] + saved["retain"], plain, strict=True))
-
-
-def test_hysac_gate_blanks_the_unsafe_prompt_and_passes_the_safe_one(tmp_path, tiny_sd_dir):
-    """The gate's threshold halfway between the two prompts' scores: the farther one is blocked (a black image),
-    the other is generated as plain SD generates it with the same seed."""
+def _gate_classifier(folder):
+    """A tiny HySAC saved to ``folder`` and the gate threshold halfway between two prompts' scores: (folder,
+    threshold, safe prompt, unsafe prompt)."""
     from transformers import CLIPImageProcessor
 
     from tests.safe_encoders.hysac.tiny_hysac import tiny_hysac
@@ -158,18 +139,40 @@ def test_hysac_gate_blanks_the_unsafe_prompt_and_passes_the_safe_one(tmp_path, t
     model = tiny_hysac(seed=3)
     model.tokenizer = clip_tokenizer()
     model.image_processor = CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30})
-    folder = model.save_pretrained(tmp_path / "hysac")
     pair = ["a photo of a cat", "a photo of a dog"]
     scores = model.unsafe_score(texts=pair, text_threshold=0.0).text.scores
     safe, unsafe = pair if scores[0] < scores[1] else pair[::-1]
-    config = {
-        "model_id": str(tiny_sd_dir),
-        "hysac": str(folder),
-        "text_threshold": scores.mean().item(),
-        "image_threshold": 1e9,
-        "num_inference_steps": 2,
-    }
-    saved = _run_harness(tmp_path, "hysac_gate", config, [unsafe], [safe])
-    assert saved["target"][0].max() == 0  # blocked: blanked
-    (plain_unsafe, plain_safe) = _ours(tiny_sd_dir, None, [unsafe, safe], 5)
-    assert np.abs(saved["retain"][0] - plain_safe).max() <= 1 and plain_unsafe.max() > 0
+    return model.save_pretrained(folder), scores.mean().item(), safe, unsafe
+
+
+def test_harness_discovers_and_runs_our_techniques(tmp_path, tiny_sd_dir, tiny_safe_file):
+    """safe_clip and safe_clip_sld: the images equal ours (same prompt, seed, checkpoint) and differ from plain
+    SD's. hysac_gate: the unsafe prompt is blanked, the safe one is generated as plain SD generates it."""
+    from safe_encoders.eval_unlearn import sld_presets
+
+    target, retain = ["a nude figure", "a naked body"], ["a red apple"]
+    base = {"model_id": str(tiny_sd_dir), "num_inference_steps": 2}
+    safe_config = {**base, "checkpoint": str(tiny_safe_file)}
+    hysac, threshold, safe, unsafe = _gate_classifier(tmp_path / "hysac")
+    gate_config = {**base, "hysac": str(hysac), "text_threshold": threshold, "image_threshold": 1e9}
+    saved = _run_harness(
+        tmp_path,
+        [
+            ("safe_clip", safe_config, target, retain),
+            ("safe_clip_sld", {**safe_config, "strength": "max"}, target, retain),
+            ("hysac_gate", gate_config, [unsafe], [safe]),
+        ],
+    )
+    for technique, sld in (("safe_clip", None), ("safe_clip_sld", sld_presets()["max"])):
+        images = saved[technique]["target"] + saved[technique]["retain"]
+        assert len(images) == 3
+        # one batch: prompt i of the call (target first, then retain) is seeded 5 + i
+        ours = _ours(tiny_sd_dir, tiny_safe_file, target + retain, 5, sld)
+        assert all(np.abs(got - want).max() <= 1 for got, want in zip(images, ours, strict=True)), technique
+        plain = _ours(tiny_sd_dir, None, target + retain, 5, sld)
+        assert any(np.abs(got - p).max() > 1 for got, p in zip(images, plain, strict=True)), technique
+
+    gate = saved["hysac_gate"]
+    assert gate["target"][0].max() == 0  # blocked: blanked
+    plain_unsafe, plain_safe = _ours(tiny_sd_dir, None, [unsafe, safe], 5)
+    assert np.abs(gate["retain"][0] - plain_safe).max() <= 1 and plain_unsafe.max() > 0
