@@ -114,13 +114,8 @@ class DatasetSpec:
             return ImageFolderClasses(Path(self.source), transform, self.options["templates"])
         if self.options.get("kind") == "captions":
             return CaptionedImages(Path(self.source), transform)
-        try:
-            from clip_benchmark.datasets.builder import build_dataset
-        except ImportError as error:
-            raise ZeroShotError(
-                f"dataset {self.name!r}: clip_benchmark's dataset builder cannot be imported ({error}); it needs "
-                "torchvision matching your torch (pip install torchvision) -- local folders need neither"
-            ) from error
+        from clip_benchmark.datasets.builder import build_dataset
+
         return build_dataset(
             self.source,
             root=self.options["root"],
@@ -159,15 +154,21 @@ def caption_dataset(spec: str) -> DatasetSpec:
 
 
 def benchmark_dataset(name: str, root: Path, split: str, download: bool) -> DatasetSpec:
-    """A dataset clip_benchmark knows by name, with the task clip_benchmark assigns it."""
-    task = "zeroshot_retrieval" if name in RETRIEVAL_DATASETS else "zeroshot_classification"
+    """A dataset clip_benchmark knows by name, with the task clip_benchmark assigns it (checked before any model
+    loads: its builder needs torchvision)."""
+    try:
+        from clip_benchmark.datasets.builder import get_dataset_default_task
+    except ImportError as error:
+        raise ZeroShotError(
+            f"--dataset {name}: clip_benchmark's dataset builder cannot be imported ({error}); it needs the "
+            "torchvision matching your torch -- local --folder / --captions datasets need neither"
+        ) from error
+    task = get_dataset_default_task(name)
+    if task not in ("zeroshot_classification", "zeroshot_retrieval"):
+        raise ZeroShotError(
+            f"--dataset {name}: clip_benchmark's task for it is {task!r}, not classification or retrieval"
+        )
     return DatasetSpec(name, task, name, {"root": str(root), "split": split, "download": download})
-
-
-#: clip_benchmark's retrieval datasets (its get_dataset_default_task, which we cannot import without torchvision).
-RETRIEVAL_DATASETS = frozenset(
-    {"flickr30k", "flickr8k", "mscoco_captions", "multilingual_mscoco_captions", "flickr30k-200", "crossmodal3600"}
-)
 
 
 def _named(spec: str, option: str) -> tuple[str, str]:

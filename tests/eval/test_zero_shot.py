@@ -172,3 +172,16 @@ def test_zero_shot_command_equals_the_metrics_of_the_embeddings(tmp_path):
     record, digests = read_provenance(out, "zero-shot")
     assert_digested(digests, a, b, captions)
     assert record["libraries"]["clip-benchmark"]
+
+
+def test_a_clip_benchmark_dataset_without_torchvision_is_one_clear_error_before_any_model_loads(tmp_path, capsys):
+    """CI's torch build has no matching torchvision: ``--dataset cifar10`` says so (the model is never loaded)."""
+    import importlib.util
+
+    from eval.__main__ import main
+
+    if importlib.util.find_spec("torchvision") is not None:
+        pytest.skip("torchvision is installed here: clip_benchmark's builder imports")
+    code = main(["zero-shot", "--model", "A=/nonexistent", "--dataset", "cifar10", "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "torchvision" in capsys.readouterr().err and not (tmp_path / "o").exists()
