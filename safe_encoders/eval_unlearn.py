@@ -76,12 +76,16 @@ class SafeCLIPTechnique:
         self.device = _device(self.config.device)
         dtype = torch.float16 if (self.config.use_fp16 and self.device.startswith("cuda")) else torch.float32
         self.pipe = self._load(dtype)
+        self._protect()
+        self.pipe.to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+
+    def _protect(self) -> None:
+        """Swap in the Safe-CLIP text encoder (checked by ``make_safe``: it raises rather than leave the original)."""
         from . import make_safe, swap_report
 
         make_safe(self.pipe, checkpoint=self.config.checkpoint)
         self.swap = swap_report(self.pipe)
-        self.pipe.to(self.device)
-        self.pipe.set_progress_bar_config(disable=True)
 
     def _load(self, dtype: torch.dtype) -> Any:
         from diffusers import StableDiffusionPipeline
@@ -169,16 +173,12 @@ class HySACGateTechnique(SafeCLIPTechnique):
 
     config_class = HySACGateConfig
 
-    def __init__(self, **kwargs: Any) -> None:
-        self.config = _config_from_dict(self.config_class, kwargs)
-        self.device = _device(self.config.device)
-        dtype = torch.float16 if (self.config.use_fp16 and self.device.startswith("cuda")) else torch.float32
-        self.pipe = self._load(dtype)
+    def _protect(self) -> None:
+        """Put the gate in front of the pipeline (on its device, where the classifier will run)."""
         from .hysac import HySAC, SafetyGate, add_safety_gate
 
-        classifier = HySAC.from_pretrained(self.config.hysac)
         gate = SafetyGate(
-            classifier=classifier,
+            classifier=HySAC.from_pretrained(self.config.hysac),
             prompt_policy=self.config.prompt_policy,
             image_policy=self.config.image_policy,
             on_block="blank",
@@ -190,7 +190,6 @@ class HySACGateTechnique(SafeCLIPTechnique):
         self.handle = add_safety_gate(self.pipe, gate)
         self.swap = None
         self.reports: list[Any] = []
-        self.pipe.set_progress_bar_config(disable=True)
 
     def generate(self, prompts: list[str], seed: int | None = None, **kwargs: Any) -> list[Any]:
         images = []
