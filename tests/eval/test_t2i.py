@@ -289,6 +289,13 @@ def test_killed_run_resumes(tmp_path, tiny_sd_dir, tiny_clip_dir, tiny_q16_promp
         ("sld-medium", 6),
         ("sd+safe", 6),
     }
+    from tests.eval.builders import assert_digested, read_provenance
+
+    record, digests = read_provenance(out, "t2i")
+    assert_digested(digests, prompts, tiny_sd_dir, tiny_safe_file, tiny_q16_prompts, tiny_clip_dir)
+    assert record["images_per_prompt"] == 2 and record["classifiers"]["settings"]["nudenet_threshold"] == 0.6
+    (swap,) = record["safe_swaps"].values()  # what the run really swapped in, with its digest
+    assert swap["text_encoder"]["checkpoint"] == str(tiny_safe_file)
 
 
 def test_distributed_launch_shards_by_process(tmp_path, tiny_sd_dir, tiny_clip_dir, tiny_q16_prompts):
