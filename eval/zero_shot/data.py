@@ -139,6 +139,8 @@ def folder_dataset(spec: str, templates_file: Path | None) -> DatasetSpec:
     """``NAME=FOLDER`` (class sub-folders) -> a classification dataset; templates from ``templates_file`` (one per
     line, ``{c}`` standing for the class name) or :data:`DEFAULT_TEMPLATES`."""
     name, folder = _named(spec, "--folder")
+    if not Path(folder).is_dir():
+        raise ZeroShotError(f"{folder} is not a folder (expected one sub-folder of images per class)")
     templates: Sequence[str] = DEFAULT_TEMPLATES
     if templates_file is not None:
         templates = [t.strip() for t in templates_file.read_text(encoding="utf-8").splitlines() if t.strip()]
@@ -150,6 +152,8 @@ def folder_dataset(spec: str, templates_file: Path | None) -> DatasetSpec:
 def caption_dataset(spec: str) -> DatasetSpec:
     """``NAME=CSV`` (image,caption rows) -> a retrieval dataset."""
     name, path = _named(spec, "--captions")
+    if not Path(path).is_file():
+        raise ZeroShotError(f"{path} is not a file (expected a CSV of image,caption rows)")
     return DatasetSpec(name, "zeroshot_retrieval", path, {"kind": "captions"})
 
 

@@ -102,11 +102,23 @@ def evaluate(model: ZeroShotModel, spec: DatasetSpec, cfg: ZeroShotConfig) -> di
     raise ZeroShotError(f"dataset {spec.name!r}: task {spec.task!r} is neither classification nor retrieval")
 
 
+def require_metrics() -> None:
+    """clip_benchmark's metric modules import here, or one clear error saying how to install them."""
+    try:
+        from clip_benchmark.metrics import zeroshot_classification, zeroshot_retrieval  # noqa: F401
+    except ImportError as error:
+        raise ZeroShotError(
+            f"clip_benchmark's metric modules are not installed ({error}): pip install -e '.[zero-shot]' and "
+            "pip install --no-deps clip-benchmark (its own requirements would replace your torch build)"
+        ) from error
+
+
 def run_zero_shot(models: Sequence, datasets: Sequence[DatasetSpec], cfg: ZeroShotConfig) -> list[ZeroShotRow]:
     """Every model (a :class:`ZeroShotModel` or a callable loading one, loaded one at a time) on every dataset;
     the tables written to ``cfg.out``."""
     if not models or not datasets:
-        raise ZeroShotError("zero-shot needs at least one model and one dataset")
+        raise ZeroShotError("zero-shot needs at least one model (--model, --hysac) and one dataset")
+    require_metrics()
     if cfg.device.type == "cuda" and cfg.device.index is not None:
         torch.cuda.set_device(cfg.device)
     rows = []
