@@ -16,15 +16,19 @@ Commands:
   i2t-judge (re-)judge the descriptions of an i2t run without regenerating them, and rewrite its report
   quality   FID and CLIP score of conditions on a caption set (COCO-30k; Safe-CLIP Table 14)
   attack    attack success rate of adversarial prompt sets (Ring-A-Bell, MMA-Diffusion, UnlearnDiffAtk, P4D)
+  zero-shot zero-shot classification / image-text retrieval through clip_benchmark, with the difference to the
+            original CLIP (what a safe encoder costs a CLIP user)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from safe_encoders.cli import Command
 from safe_encoders.cli.program import build_program, run_program
@@ -38,12 +42,29 @@ EVALUATIONS: list[str] = [
     "eval.i2t",
     "eval.quality",
     "eval.attack",
+    "eval.zero_shot",
 ]
 
 
 def commands() -> list[Command]:
-    """The commands of every registered evaluation."""
-    return [c for package in EVALUATIONS for c in importlib.import_module(f"{package}.command").COMMANDS]
+    """The commands of every registered evaluation, each writing ``provenance.json`` into its ``--out``."""
+    listed = [c for package in EVALUATIONS for c in importlib.import_module(f"{package}.command").COMMANDS]
+    return [dataclasses.replace(c, run=_recorded(c)) for c in listed]
+
+
+def _recorded(command: Command):
+    """``command.run``, then (on success, where the command has an ``--out``) its provenance beside its results."""
+
+    def run(args: argparse.Namespace) -> int:
+        code = command.run(args)
+        out = getattr(args, "out", None)
+        if code == 0 and out is not None and Path(out).is_dir():
+            from eval.report.provenance import write_provenance
+
+            write_provenance(out, args, command=command.name)
+        return code
+
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import gc
 import platform
-import subprocess
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -90,23 +89,15 @@ class Placement:
         return self.state.is_main_process
 
 
-def _git_revision() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-    except OSError:
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
 def run_provenance() -> dict[str, str | None]:
-    """What produced a run: safe_encoders version, git revision, torch and python versions, and the time."""
+    """What produced a run: safe_encoders version, git revision, torch and python versions, and the time (the
+    store's short record; ``provenance.json`` beside the results has the full one)."""
     import safe_encoders
+    from eval.report.provenance import git_revision
 
     return {
         "safe_encoders": getattr(safe_encoders, "__version__", None),
-        "git": _git_revision(),
+        "git": git_revision(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),

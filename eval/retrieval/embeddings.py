@@ -55,7 +55,7 @@ class EmbeddingCache:
         return atomic_write(self.path(identity), lambda tmp: save_file(contiguous, tmp, metadata=metadata))
 
 
-def _processor_source(pair: EncoderPair, kind: str, base: str | None) -> str:
+def processor_source(pair: EncoderPair, kind: str, base: str | None) -> str:
     """Where the tokenizer (text) or image processor (vision) of a pair is read from (``base``: the
     resolved source's base model)."""
     if pair.processor:
@@ -176,7 +176,7 @@ class Embedder:
         for kind in ("text", "vision"):
             source = pair.text if kind == "text" else pair.vision
             resolved = resolve_source(source, kind)  # once: it may read Hub files
-            proc = _processor_source(pair, kind, resolved.base_model)
+            proc = processor_source(pair, kind, resolved.base_model)
             encoder = {"kind": kind, "identity": resolved.identity, "digest": resolved.digest}
             identity = json.dumps(
                 {
@@ -223,7 +223,7 @@ class Embedder:
             raise RetrievalError(f"kind must be 'text' or 'vision', got {kind!r}")
         source = pair.text if kind == "text" else pair.vision
         resolved = resolve_source(source, kind)
-        proc = _processor_source(pair, kind, resolved.base_model)
+        proc = processor_source(pair, kind, resolved.base_model)
         encoder = json.dumps({"kind": kind, "identity": resolved.identity, "digest": resolved.digest}, sort_keys=True)
         model = processor = None
         out: dict[str, torch.Tensor] = {}

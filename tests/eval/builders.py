@@ -103,3 +103,40 @@ def write_images(folder, n, seed, *, size=(40, 36)):
         arr = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
         Image.fromarray(arr).save(folder / f"{i:03d}.png")
     return folder
+
+
+def sha256_of(path: Path) -> str:
+    """The sha256 of a file's bytes, computed here (not by eval's provenance writer)."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def read_provenance(out: Path, command: str) -> tuple[dict, dict[str, str]]:
+    """``out/provenance.json`` (checked to name ``command``) and its digests as ``{absolute file path: sha256}``
+    (files named by options, and the files of model folders)."""
+    import json
+
+    record = json.loads((Path(out) / "provenance.json").read_text())
+    assert record["command"] == command
+    assert record["libraries"]["torch"] and record["libraries"]["safe-encoders"]
+    assert record["device"]["device"]
+    digests: dict[str, str] = {}
+    for group in ("models", "data"):
+        for records in record[group].values():
+            for r in records:
+                if r["kind"] == "file":
+                    digests[r["path"]] = r["sha256"]
+                elif isinstance(r.get("sha256"), dict):
+                    digests.update({str(Path(r["path"]) / rel): d for rel, d in r["sha256"].items()})
+    return record, digests
+
+
+def assert_digested(digests: dict[str, str], *paths: Path) -> None:
+    """Every file of ``paths`` (files or folders' weight / config files) is in ``digests`` with its own sha256."""
+    for path in paths:
+        path = Path(path).resolve()
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.suffix in (".safetensors", ".json")]
+        assert files, path
+        for f in files:
+            assert digests[str(f)] == sha256_of(f), f

@@ -65,6 +65,12 @@ def test_attack_sets_end_to_end(tmp_path, tiny_sd_dir, tiny_clip_dir, tiny_q16_p
         ("Ring-A-Bell", "violence", "q16", "sd"),
     ]
     assert all(float(r["asr"]) == pytest.approx(int(r["n_flagged"]) / int(r["n_images"])) for r in rows)
+    from tests.eval.builders import assert_digested, read_provenance
+
+    record, digests = read_provenance(out, "attack")
+    assert_digested(digests, nudity, violence, tiny_q16_prompts, tiny_clip_dir, tiny_sd_dir)
+    assert record["images_per_prompt"] == 1 and record["seeds"] == {"seed_column": None}
+    assert record["device"]["device"] == "cpu"
 
     # The same set name read with another column would mix two sets in one cell: refused.
     again = _args(out, tiny_sd_dir, tiny_clip_dir, tiny_q16_prompts, "--prompt-column", "evaluation_seed")

@@ -140,3 +140,8 @@ def test_cli_on_a_tiny_random_hysac(tmp_path):
     row = next(csv.DictReader((out / "hysac.csv").open()))
     assert float(row["text_auroc"]) == pytest.approx(saved["classification"]["text"]["auroc"], abs=1e-6)
     assert (out / "retrieval.tex").exists() and (out / "hysac.md").exists()
+    from tests.eval.builders import assert_digested, read_provenance
+
+    record, digests = read_provenance(out, "hysac")
+    assert_digested(digests, folder)
+    assert record["seeds"] == {"seed": 2} and record["arguments"]["synthetic"] == 12

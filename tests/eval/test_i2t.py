@@ -67,6 +67,11 @@ def test_describe_kill_resume_judge_report(world, tmp_path):
     from eval.__main__ import main
 
     assert main(_args(world, out)) == 0  # the same command resumes
+    from tests.eval.builders import assert_digested, read_provenance
+
+    record, digests = read_provenance(out, "i2t")
+    assert_digested(digests, world["llava"], world["nsfw"])
+    assert record["seeds"] == {"seed": 0}
     texts = _texts(out)
     images = ["nudenet:000.png", "nudenet:001.png", "nudenet:002.png", "SMID:sub/000.png", "SMID:sub/001.png"]
     assert set(texts) == {(c, i) for c in ("llava", "llava+safe") for i in images}

@@ -165,6 +165,11 @@ def test_command_on_tiny_clips_agrees_with_direct_embeddings_and_caches(world, t
     a_dir = world["models"]["A"][0]
     code = main(_args(world, out, "--model", f"A={a_dir}", "--model", f"B={world['models']['B'][0]}"))
     assert code == 0
+    from tests.eval.builders import assert_digested, read_provenance
+
+    record, digests = read_provenance(out, "nsfw-retrieval")
+    assert_digested(digests, a_dir, world["models"]["B"][0])
+    assert "seed" in record["seeds"]
     rows = read_nsfw_retrieval_csv(out / "nsfw_retrieval.csv")
     assert {(r.model, r.source, r.direction) for r in rows} == {
         (m, s, d) for m in "AB" for s in ("nudenet", "SMID") for d in ("T*->V", "V*->T")

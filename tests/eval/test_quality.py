@@ -172,6 +172,9 @@ def test_killed_cli_run_resumes(tmp_path, tiny_sd_dir, tiny_clip_score_dir):
         assert all((out / "quality" / it.path).stat().st_mtime_ns == before[it.key] for it in items if it.key in before)
     (row,) = read_quality_csv(out / "quality.csv")
     assert row.n_images == 4 and np.isnan(row.fid) and row.clip_score >= 0
+    from tests.eval.builders import assert_digested, read_provenance
+
+    assert_digested(read_provenance(out, "quality")[1], captions, tiny_sd_dir, tiny_clip_score_dir)
 
 
 def test_report_shows_quality_beside_the_safety_table(tmp_path):

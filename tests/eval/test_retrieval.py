@@ -206,6 +206,12 @@ def test_a_folder_saved_by_clip_processor_is_read_as_it_is(tmp_path, world):
     assert main(["retrieval", "--model", f"M={folder}", *data, "--out", str(tmp_path / "c"), "--no-reference"]) == 0
     assert main(["retrieval", "--model", f"M={world['a']}", *data, "--out", str(tmp_path / "a"), "--no-reference"]) == 0
     assert (tmp_path / "c" / "retrieval.csv").read_bytes() == (tmp_path / "a" / "retrieval.csv").read_bytes()
+    from tests.eval.builders import assert_digested, read_provenance
+
+    record, digests = read_provenance(tmp_path / "c", "retrieval")
+    assert_digested(digests, folder)
+    assert record["models"]["model"][0]["value"] == f"M={folder}"
+    assert record["data"]["visu"][0]["files"] == sum(1 for p in paths["text"].rglob("*") if p.is_file())
 
 
 def test_backbone_table_through_the_hub_cache_as_a_user_runs_it(tmp_path, world):

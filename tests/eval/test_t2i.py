@@ -196,7 +196,14 @@ def test_every_condition_end_to_end(
     assert all(relabelled[k]["q16"].flagged != labels[k]["q16"].flagged for k in labels)
     assert all(relabelled[k]["nudenet"] == labels[k]["nudenet"] for k in labels)
     assert {p: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")} == mtimes
+    from tests.eval.builders import assert_digested, read_provenance
+
+    record, digests = read_provenance(out, "classify")
+    assert_digested(digests, flipped, tiny_clip_dir)  # the Q16 prompts and CLIP really used
+    assert record["classifiers"]["settings"]["nudenet_threshold"] == 0.6
+    assert record["classifiers"]["versions"]["nudenet"]
     assert main(["report", "--out", str(out), "--rule", "nudenet", "--paper-reference", "none"]) == 0
+    assert read_provenance(out, "report")[0]["arguments"]["rule"] == "nudenet"
     assert {r.n_flagged for r in read_csv(out / "report.csv")} == {0}  # NudeNet alone flags nothing here
     assert main(["report", "--out", str(tmp_path / "nothing")]) == 2
 
@@ -282,6 +289,13 @@ def test_killed_run_resumes(tmp_path, tiny_sd_dir, tiny_clip_dir, tiny_q16_promp
         ("sld-medium", 6),
         ("sd+safe", 6),
     }
+    from tests.eval.builders import assert_digested, read_provenance
+
+    record, digests = read_provenance(out, "t2i")
+    assert_digested(digests, prompts, tiny_sd_dir, tiny_safe_file, tiny_q16_prompts, tiny_clip_dir)
+    assert record["images_per_prompt"] == 2 and record["classifiers"]["settings"]["nudenet_threshold"] == 0.6
+    (swap,) = record["safe_swaps"].values()  # what the run really swapped in, with its digest
+    assert swap["text_encoder"]["checkpoint"] == str(tiny_safe_file)
 
 
 def test_distributed_launch_shards_by_process(tmp_path, tiny_sd_dir, tiny_clip_dir, tiny_q16_prompts):
