@@ -161,29 +161,19 @@ def run_hysac_demo(
 def write_app_inputs(out_dir: str | Path, pipe: Any, world: Any, count: int = 48) -> None:
     """What ``safe-encoders app --demo`` reads beside the exports (names: ``safe_encoders.app.DemoLayout``): the tiny
     SD pipeline before ``make_safe``, and the first ``count`` safe and unsafe (uint8) images of ``world`` as PNGs."""
-    import shutil
-
     from PIL import Image
 
     from safe_encoders.app import DemoLayout
+    from safe_encoders.atomic import atomic_folder
 
     layout = DemoLayout(Path(out_dir))
-
-    def replace(folder: Path, write: Any) -> None:  # whole or not at all: written aside, then renamed
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        write(tmp)
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
-
-    def images(tmp: Path) -> None:
+    with atomic_folder(layout.pipeline) as tmp:  # whole or not at all
+        pipe.save_pretrained(tmp)
+    with atomic_folder(layout.images) as tmp:
         for kind, pixels in (("safe", world.safe_images), ("unsafe", world.unsafe_images)):
             (tmp / kind).mkdir(parents=True)
             for index in range(min(count, len(world))):
                 Image.fromarray(pixels[index].permute(1, 2, 0).numpy()).save(tmp / kind / f"{index:03d}.png")
-
-    replace(layout.pipeline, pipe.save_pretrained)
-    replace(layout.images, images)
 
 
 def run_demo(
