@@ -166,12 +166,17 @@ def test_save_pretrained_does_not_keep_the_swap_but_a_safe_tower_folder_does(tmp
     reload. Pointing `mm_vision_tower` at the swapped tower saved as a folder keeps it (and its record)."""
     from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
 
+    from safe_encoders.trust.folder import verify_folder
+
     trust_checkpoint(safe_file)
     model = make_safe(tiny_original_llava(tower_folder), safe_file)
     model.save_pretrained(tmp_path / "saved")
     reloaded = LlavaLlamaForCausalLM.from_pretrained(tmp_path / "saved")
     reloaded.get_vision_tower().load_model()
     assert not is_safe(reloaded) and not is_safe(reloaded, verify=True)
+    [(label, verdict)] = verify_folder(str(tmp_path / "saved"))  # what `safe-encoders verify` says of the folder
+    assert label == "model.vision_tower" and not verdict.verified
+    assert f"loads its vision tower from mm_vision_tower ({tower_folder})" in verdict.reason
 
     tower = model.get_vision_tower()
     tower.vision_tower.save_pretrained(tmp_path / "safe-tower")
@@ -181,6 +186,7 @@ def test_save_pretrained_does_not_keep_the_swap_but_a_safe_tower_folder_does(tmp
     reloaded = LlavaLlamaForCausalLM.from_pretrained(tmp_path / "saved-safe")
     reloaded.get_vision_tower().load_model()
     assert is_safe(reloaded, verify=True)
+    assert [v.verified for _, v in verify_folder(str(tmp_path / "safe-tower"))] == [True]
     inputs = prompt_and_pixels(model, [image(2)])
     assert torch.equal(logits(reloaded.eval(), inputs), logits(model, inputs))
 
