@@ -1,6 +1,8 @@
 """make_safe on the original `llava` package's real classes (`llava-torch` 1.2.2.post1): `LlavaLlamaForCausalLM`
 with its own `CLIPVisionTower`, tiny, built and run as the package builds and runs them (original_llava.py)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -26,6 +28,7 @@ from tests.safe_encoders.llava.original_llava import (
 from tests.tiny_models import tiny_vision_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+README = Path(__file__).resolve().parents[3] / "README.md"
 TOWER = "model.model.vision_tower.vision_tower"  # llava's CLIPVisionTower wrapper, then the CLIPVisionModel
 
 
@@ -161,9 +164,18 @@ def test_an_fp16_tower_stays_fp16_and_runs_the_safe_weights(tower_folder, safe_f
         torch.testing.assert_close(tower(pixels), expected, rtol=0, atol=0)  # llava casts back to the images' dtype
 
 
-def test_save_pretrained_does_not_keep_the_swap_but_a_safe_tower_folder_does(tmp_path, tower_folder, safe_file):
+def readme_block(after: str) -> str:
+    """The README's first python block after the line starting with `after`."""
+    text = README.read_text(encoding="utf-8")
+    rest = text[text.index(after) :]
+    return rest.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_save_pretrained_does_not_keep_the_swap_but_the_readmes_safe_tower_folder_does(
+    tmp_path, monkeypatch, tower_folder, safe_file
+):
     """llava reloads its tower from `mm_vision_tower`, not from the saved model: the swap is not claimed after a
-    reload. Pointing `mm_vision_tower` at the swapped tower saved as a folder keeps it (and its record)."""
+    reload. The README's way (the swapped tower saved as a folder, `mm_vision_tower` pointing at it) keeps it."""
     from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
 
     from safe_encoders.trust.folder import verify_folder
@@ -178,15 +190,14 @@ def test_save_pretrained_does_not_keep_the_swap_but_a_safe_tower_folder_does(tmp
     assert label == "model.vision_tower" and not verdict.verified
     assert f"loads its vision tower from mm_vision_tower ({tower_folder})" in verdict.reason
 
-    tower = model.get_vision_tower()
-    tower.vision_tower.save_pretrained(tmp_path / "safe-tower")
-    tower.image_processor.save_pretrained(tmp_path / "safe-tower")
-    model.config.mm_vision_tower = str(tmp_path / "safe-tower")
-    model.save_pretrained(tmp_path / "saved-safe")
-    reloaded = LlavaLlamaForCausalLM.from_pretrained(tmp_path / "saved-safe")
+    monkeypatch.chdir(tmp_path)  # the README's relative paths
+    exec(
+        compile(readme_block("- `model.save_pretrained` does not keep the swap"), str(README), "exec"), {"model": model}
+    )
+    reloaded = LlavaLlamaForCausalLM.from_pretrained("llava-v1.5-7b-safe")
     reloaded.get_vision_tower().load_model()
     assert is_safe(reloaded, verify=True)
-    assert [v.verified for _, v in verify_folder(str(tmp_path / "safe-tower"))] == [True]
+    assert [v.verified for _, v in verify_folder("safe-tower")] == [True]
     inputs = prompt_and_pixels(model, [image(2)])
     assert torch.equal(logits(reloaded.eval(), inputs), logits(model, inputs))
 
@@ -202,3 +213,23 @@ def test_a_module_that_only_looks_like_a_tower_is_not_a_slot():
 
     with pytest.raises(UnsupportedModelError, match=r"model.tower: Wrapper holds no CLIPVisionModel yet"):
         make_safe(LlavaThing())
+
+
+def test_a_model_loaded_by_llavas_own_builder(tmp_path, tower_folder, safe_file):
+    """`llava.model.builder.load_pretrained_model` (on CPU: an fp16 language model, the tower loaded after it)."""
+    from llava.model.builder import load_pretrained_model
+
+    from tests.safe_encoders.llava.original_llava import tokenizer
+
+    saved = tmp_path / "llava-v1.5-tiny"  # the builder picks llava's classes by "llava" in the model name
+    tiny_original_llava(tower_folder, load=False).save_pretrained(saved)
+    tokenizer().save_pretrained(saved)
+    _, model, image_processor, _ = load_pretrained_model(str(saved), None, saved.name, device="cpu")
+    assert model.get_vision_tower().is_loaded and model.dtype == torch.float16
+    make_safe(model, safe_file)
+    assert is_safe(model) and list(swap_report(model)) == [TOWER]
+    pixels = image_processor(image(0), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        got = model.get_vision_tower()(pixels)
+        assert model.encode_images(pixels.half()).dtype == torch.float16  # llava passes fp16 images to an fp16 model
+    torch.testing.assert_close(got, reference_features(safe_file, pixels, -2, "patch"), rtol=0, atol=0)
