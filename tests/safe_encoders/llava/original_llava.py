@@ -24,6 +24,33 @@ VARIANTS = {
 }
 
 
+_DECODER = dict(vocab_size=32000, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
+LANGUAGE_MODELS = {
+    "llama": _DECODER,
+    "mistral": _DECODER,
+    "mpt": dict(vocab_size=32000, d_model=16, n_heads=2, n_layers=1, max_seq_len=256),
+}
+
+
+def _classes(language: str):
+    """llava's (config class, model class) for a language model."""
+    from llava.model import (
+        LlavaConfig,
+        LlavaLlamaForCausalLM,
+        LlavaMistralConfig,
+        LlavaMistralForCausalLM,
+        LlavaMptConfig,
+        LlavaMptForCausalLM,
+    )
+
+    return {
+        "llama": (LlavaConfig, LlavaLlamaForCausalLM),
+        "mistral": (LlavaMistralConfig, LlavaMistralForCausalLM),
+        "mpt": (LlavaMptConfig, LlavaMptForCausalLM),
+    }[language]
+
+
 def write_tower_folder(folder: Path, seed: int = 0, image_size: int = 30) -> Path:
     """A tiny CLIP vision tower as a transformers folder (weights + image processor), the `mm_vision_tower`."""
     from transformers import CLIPImageProcessor, CLIPVisionModel
@@ -43,19 +70,19 @@ def tiny_original_llava(
     select_feature: str = "patch",
     load: bool = True,
     seed: int = 0,
+    language: str = "llama",
 ):
-    """llava's `LlavaLlamaForCausalLM` (a 1-layer Llama) over the tower in `tower_folder`; `load=False` leaves
-    the tower as llava builds it from a config (`delay_load`: no weights until `load_model()`)."""
-    from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
-
-    config = LlavaConfig(
-        vocab_size=32000, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=256, mm_vision_tower=str(tower_folder), mm_hidden_size=32,
+    """llava's `LlavaLlamaForCausalLM` (a 1-layer Llama; or `language` "mistral" / "mpt": its Mistral and MPT
+    classes) over the tower in `tower_folder`; `load=False` leaves the tower as llava builds it from a config
+    (`delay_load`: no weights until `load_model()`)."""
+    config_class, model_class = _classes(language)
+    config = config_class(
+        **LANGUAGE_MODELS[language], mm_vision_tower=str(tower_folder), mm_hidden_size=32,
         mm_vision_select_layer=select_layer, mm_vision_select_feature=select_feature, mm_projector_type="mlp2x_gelu",
         use_mm_proj=True, mm_use_im_start_end=False, mm_use_im_patch_token=False, **VARIANTS[variant],
     )  # fmt: skip
     torch.manual_seed(seed)
-    model = LlavaLlamaForCausalLM(config)
+    model = model_class(config)
     if "unpad" in config.mm_patch_merge_type:
         torch.nn.init.normal_(model.get_model().image_newline)  # llava leaves it torch.empty until trained
     if load:

@@ -76,6 +76,20 @@ def test_the_tower_llava_runs_computes_the_safe_checkpoint(tower_folder, safe_fi
     assert model.config.mm_vision_select_layer == select_layer and model.config.mm_vision_tower == str(tower_folder)
 
 
+@pytest.mark.parametrize(
+    ("language", "label"), [("mistral", TOWER), ("mpt", "model.transformer.vision_tower.vision_tower")]
+)
+def test_llavas_mistral_and_mpt_models(tower_folder, safe_file, language, label):
+    model = tiny_original_llava(tower_folder, language=language)
+    pixels = prompt_and_pixels(model, [image(0)])["images"]
+    make_safe(model, safe_file)
+    assert is_safe(model) and list(swap_report(model)) == [label]
+    expected = reference_features(safe_file, pixels, -2, "patch")
+    with torch.no_grad():
+        torch.testing.assert_close(model.get_vision_tower()(pixels), expected, rtol=0, atol=0)
+        torch.testing.assert_close(model.encode_images(pixels), model.get_model().mm_projector(expected))
+
+
 @pytest.mark.parametrize("variant", ["1.5", "1.6"])
 def test_answers_change_with_another_tower_and_not_with_its_own(tmp_path, tower_folder, safe_file, variant):
     model = tiny_original_llava(tower_folder, variant=variant)
