@@ -165,10 +165,14 @@ def test_a_siglip_tower_is_unsupported_with_the_reason(tower_folder):
         make_safe(model)
 
 
-def test_an_fp16_tower_stays_fp16_and_runs_the_safe_weights(tower_folder, safe_file):
+@pytest.mark.parametrize("how", ["tower loaded in fp16", "torch_dtype"])
+def test_an_fp16_tower_runs_the_safe_weights_and_the_rest_keeps_its_dtype(tower_folder, safe_file, how):
     model = tiny_original_llava(tower_folder)
-    model.get_model().vision_tower.to(dtype=torch.float16)  # as llava's builder loads it
-    make_safe(model, safe_file)
+    if how == "torch_dtype":
+        make_safe(model, safe_file, torch_dtype="float16")
+    else:
+        model.get_model().vision_tower.to(dtype=torch.float16)  # as llava's builder loads it on a GPU
+        make_safe(model, safe_file)
     tower = model.get_vision_tower()
     assert tower.dtype == torch.float16 and {p.dtype for p in model.lm_head.parameters()} == {torch.float32}
     pixels = prompt_and_pixels(model, [image(0)])["images"]
