@@ -251,3 +251,13 @@ def test_a_model_loaded_by_llavas_own_builder(tmp_path, tower_folder, safe_file)
         got = model.get_vision_tower()(pixels)
         assert model.encode_images(pixels.half()).dtype == torch.float16  # llava passes fp16 images to an fp16 model
     torch.testing.assert_close(got, reference_features(safe_file, pixels, -2, "patch"), rtol=0, atol=0)
+
+
+def test_safe_encoders_never_imports_llava():
+    """Importing llava registers its configs with transformers' Auto classes: safe-encoders leaves that to the user."""
+    import subprocess
+    import sys
+
+    code = "import sys, safe_encoders, safe_encoders.hysac.gate; print('llava' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=README.parent)
+    assert out.stdout.strip() == "False"
