@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${SAFE_ENCODERS_VENV:-.venv}"
-STAMP="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+# Set-up reruns when pyproject.toml or this script (the --no-deps installs below) changes.
+STAMP="$VENV/.installed-$(cat pyproject.toml scripts/dev.sh | sha256sum | cut -c1-16)"
 
 setup() {
   if [ -f "$STAMP" ]; then return; fi
@@ -19,6 +20,9 @@ setup() {
   PYTHONWARNINGS="ignore:Editable installation" "$VENV/bin/pip" install --quiet -e ".[dev,train,eval,scan,scale,app,zero-shot,eval-unlearn]"
   # clip_benchmark without its requirements (they would replace the torch build; see the zero-shot extra).
   "$VENV/bin/pip" install --quiet --no-deps "clip-benchmark==1.6.2"
+  # The original LLaVA code, for the tests of make_safe / the gate on its real classes. Its pins (torch 2.0.1,
+  # transformers 4.36.2, gradio, deepspeed, ...) are not needed to build and run its models: not installed.
+  "$VENV/bin/pip" install --quiet --no-deps "llava-torch==1.2.2.post1"
   touch "$STAMP"
 }
 

@@ -79,6 +79,8 @@ def saved_encoders(root: Path) -> list[SavedEncoder]:
         model_type = config.get("model_type")
         if model_type in ("llava", "llava_next"):
             return [_llava_tower(root, config)]
+        if "mm_vision_tower" in config:  # the original llava package (llava_llama, llava_mistral, ...)
+            return [_original_llava_tower(config)]
         if model_type in ("clip_text_model", "clip_vision_model"):
             kind: EncoderKind = "text" if model_type == "clip_text_model" else "vision"
             return [_encoder_folder(root, root.name, kind, _architecture(config))]
@@ -141,6 +143,15 @@ def _llava_tower(root: Path, config: dict[str, Any]) -> SavedEncoder:
 
         encoder.tensors, encoder.problem = _tensors(root, belongs)
     return encoder
+
+
+def _original_llava_tower(config: dict[str, Any]) -> SavedEncoder:
+    where = config.get("mm_vision_tower")
+    why = (
+        f"the original llava package loads its vision tower from mm_vision_tower ({where}) with delay_load, not "
+        f"from this folder (tower tensors saved here are dropped on loading): verify {where} instead"
+    )
+    return SavedEncoder("model.vision_tower", None, problem=why)
 
 
 def _complete(raw: dict[str, Any], kind: EncoderKind) -> dict[str, Any]:

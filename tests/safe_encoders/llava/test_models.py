@@ -150,73 +150,18 @@ def test_quantized_tower_is_refused_before_anything_changes(other_tower_file):
     assert torch.equal(model.model.vision_tower.embeddings.patch_embedding.weight, before)
 
 
-# ------------------------------------------------------------ the original llava package, by structure
-
-
-class CLIPVisionTower(nn.Module):
-    """Structured like llava.model.multimodal_encoder.clip_encoder.CLIPVisionTower."""
-
-    def __init__(self, vision_tower):
-        super().__init__()
-        self.vision_tower = vision_tower
-        self.select_layer = -2
-
-    def forward(self, images):
-        out = self.vision_tower(images, output_hidden_states=True)
-        return out.hidden_states[self.select_layer][:, 1:]
-
-
-class LlavaLlamaModel(nn.Module):
-    def __init__(self, tower):
-        super().__init__()
-        self.vision_tower = CLIPVisionTower(tower)
-        self.mm_projector = nn.Linear(32, 16)
-
-
-class LlavaLlamaForCausalLM(nn.Module):
-    def __init__(self, tower):
-        super().__init__()
-        self.model = LlavaLlamaModel(tower)
-        self.lm_head = nn.Linear(16, 100)
-
-    def get_model(self):
-        return self.model
-
-
-def test_original_llava_structure_is_found_without_importing_llava(other_tower_file):
-    from transformers import CLIPVisionModel
-
-    torch.manual_seed(0)
-    model = LlavaLlamaForCausalLM(CLIPVisionModel(tiny_vision_config(image_size=30)))
-    pixels = torch.randn(1, 3, 30, 30)
-    with torch.no_grad():
-        before = model.model.vision_tower(pixels)
-        make_safe(model, other_tower_file)
-        after = model.model.vision_tower(pixels)
-        reference = load_vision_encoder(other_tower_file, with_projection=False)
-        expected = reference(pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
-    assert not torch.allclose(before, after)
-    torch.testing.assert_close(after, expected, rtol=0, atol=0)
-    assert list(swap_report(model)) == ["model.model.vision_tower.vision_tower"]
-
-
-def test_original_llava_with_an_unloaded_tower_says_how_to_load_it(other_tower_file):
-    model = LlavaLlamaForCausalLM(nn.Identity())
-    with pytest.raises(UnsupportedModelError, match=r"no vision tower found.*get_vision_tower\(\).load_model\(\)"):
-        make_safe(model, other_tower_file)
+# The original llava package (llava-torch): its real classes in test_original_llava.py.
 
 
 # ------------------------------------------------------------------------------------ errors
 
 
 def test_siglip_tower_is_unsupported_with_the_reason():
-    from transformers import SiglipVisionConfig, SiglipVisionModel
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, SiglipVisionConfig
 
-    model = LlavaLlamaForCausalLM(nn.Identity())
-    model.model.vision_tower = SiglipVisionModel(
-        SiglipVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
-                           image_size=30, patch_size=10)
-    )  # fmt: skip
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
+                                image_size=30, patch_size=10)  # fmt: skip
+    model = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision.to_dict(), text_config=_text_config()))
     with pytest.raises(UnsupportedModelError, match=r"SiglipVisionModel \(model_type siglip_vision_model\) is not a "
                        r"CLIP vision tower.*SigLIP-based and other LLaVA variants are unsupported"):  # fmt: skip
         make_safe(model)
