@@ -16,9 +16,11 @@ setup() {
   "$VENV/bin/pip" install --quiet "torch==${SAFE_ENCODERS_TORCH:-2.13.0}"
   # setuptools' "Editable installation ... folders with the same name as your package" note (a warning the user
   # cannot act on: our checkout is laid out that way on purpose) is silenced by its message, nothing else.
-  PYTHONWARNINGS="ignore:Editable installation" "$VENV/bin/pip" install --quiet -e ".[dev,train,eval,scan,scale,app,zero-shot,eval-unlearn]"
+  PYTHONWARNINGS="ignore:Editable installation" "$VENV/bin/pip" install --quiet -e ".[dev,train,eval,scan,scale,app,zero-shot,eval-unlearn,vlm-bench]"
   # clip_benchmark without its requirements (they would replace the torch build; see the zero-shot extra).
   "$VENV/bin/pip" install --quiet --no-deps "clip-benchmark==1.6.2"
+  # lmms-eval without its requirements (they would replace the torch build; see the vlm-bench extra).
+  "$VENV/bin/pip" install --quiet --no-deps "lmms-eval==0.7.3"
   touch "$STAMP"
 }
 

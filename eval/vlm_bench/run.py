@@ -156,7 +156,8 @@ def task_metrics(results: dict[str, Any]) -> dict[str, dict[str, float | None]]:
 
 
 class _Runner:
-    """One lmms-eval model per condition, loaded only when one of its pairs is pending."""
+    """Runs one pair at a time; the model is loaded for each pending pair (lmms-eval's ``evaluate`` ends with
+    ``lm.clean()``, which deletes the model from the instance), never for a finished one."""
 
     def __init__(self, cfg: VLMBenchConfig) -> None:
         from lmms_eval.tasks import TaskManager
@@ -189,12 +190,14 @@ class _Runner:
             raise VLMBenchError(f"condition {condition.name}: the loaded model reports is_safe={is_safe(lm.model)}")
         return lm, args
 
-    def run_pair(self, lm, args: str, condition: Condition, task: str) -> dict[str, Any]:
+    def run_pair(self, condition: Condition, task: str) -> dict[str, Any]:
         from lmms_eval import evaluator
         from lmms_eval.loggers import EvaluationTracker
         from lmms_eval.utils import get_datetime_str
 
         cfg = self.cfg
+        lm, args = self.load(condition)
+        swap = lm.swap
         with atomic_folder(pair_folder(cfg.out, condition.name, task)) as tmp:
             tracker = EvaluationTracker(output_path=str(tmp))
             stamp = get_datetime_str()
@@ -226,7 +229,7 @@ class _Runner:
                 "task": task,
                 "safe": condition.safe,
                 "model_args": args,
-                "swap": lm.swap,
+                "swap": swap,
                 "metrics": task_metrics(results),
                 "lmms_eval_results": written,
                 "lmms_eval": metadata.version("lmms-eval"),
@@ -254,12 +257,9 @@ def run_vlm_bench(cfg: VLMBenchConfig) -> list[dict[str, Any]]:
     for name in cfg.conditions:
         condition = CONDITIONS[name]
         pending = [t for t in cfg.tasks if read_pair(cfg.out, name, t) is None]
-        if pending:
-            lm, args = runner.load(condition)
-            for task in pending:
-                logger.info("vlm-bench: %s on %s", name, task)
-                runner.run_pair(lm, args, condition, task)
-            del lm
+        for task in pending:
+            logger.info("vlm-bench: %s on %s", name, task)
+            runner.run_pair(condition, task)
         records += [read_pair(cfg.out, name, t) for t in cfg.tasks]
     write_report(records, cfg.out)
     return records
