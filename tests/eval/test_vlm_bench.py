@@ -29,12 +29,16 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TASK_UTILS = """import os
 import time
+from pathlib import Path
 
 from PIL import Image
 
 
 def doc_to_visual(doc):
-    time.sleep(float(os.environ.get("TINY_TASK_SLEEP", "0")))  # lets a test kill a run in the middle of a task
+    started = os.environ.get("TINY_TASK_STARTED")  # a folder: a file named for the task says it has started
+    if started:
+        Path(started, "{name}").touch()
+        time.sleep(0.3)  # lets a test kill a run in the middle of a task
     return [Image.open(doc["image"]).convert("RGB")]
 
 
@@ -55,7 +59,7 @@ def write_task(folder: Path, name: str, answers: list[str], seed: int = 0) -> Pa
         Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(image)
         rows.append({"id": i, "image": str(image), "question": f"What is in picture {i}?", "answer": answer})
     (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    (folder / f"{name}_utils.py").write_text(TASK_UTILS, encoding="utf-8")
+    (folder / f"{name}_utils.py").write_text(TASK_UTILS.replace("{name}", name), encoding="utf-8")
     (folder / f"{name}.yaml").write_text(
         f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {folder / f'{name}.jsonl'}\n"
         "test_split: test\noutput_type: generate_until\n"
@@ -127,15 +131,16 @@ def test_table_equals_exact_match_of_lmms_evals_sample_logs_after_kill_and_resum
     write_task(tasks, "tiny_vqa", said["llava"])  # same images and questions as the probe
     write_task(tasks, "tiny_slow", ["yes", "no", "yes", "no"], seed=1)
 
-    # A run killed (SIGKILL) while its second pair runs: the first pair is complete, nothing else is.
-    out = tmp_path / "out"
+    # A run killed (SIGKILL) in the middle of its second pair: the first pair is complete, nothing else is.
+    out, started = tmp_path / "out", tmp_path / "started"
+    started.mkdir()
     proc = subprocess.Popen(
         [sys.executable, "-m", "eval", *_args(world, out, "tiny_vqa,tiny_slow", tasks)],
-        cwd=REPO, env={**subprocess_env(), "TINY_TASK_SLEEP": "0.3"},
+        cwd=REPO, env={**subprocess_env(), "TINY_TASK_STARTED": str(started)},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.time() + 120
-    while not (out / "lmms_eval" / "llava" / "tiny_vqa" / "pair.json").is_file():
+    while not (started / "tiny_slow").is_file():
         assert proc.poll() is None, "the run ended before it could be killed"
         assert time.time() < deadline
         time.sleep(0.05)
@@ -146,6 +151,8 @@ def test_table_equals_exact_match_of_lmms_evals_sample_logs_after_kill_and_resum
 
     assert main(_args(world, out, "tiny_vqa,tiny_slow", tasks)) == 0
     assert _pair_files(out, "llava", "tiny_vqa") == first  # the finished pair was not run again
+    assert not list(out.rglob("*.partial"))  # the killed pair's half-written folder is gone
+    assert not list(out.rglob("*.partial"))  # the killed pair's half-written folder is gone
 
     table = _table(out)
     for task in ("tiny_vqa", "tiny_slow"):
