@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -64,10 +65,10 @@ class VLMBenchConfig:
     seed: int = 0
 
     def settings(self) -> dict[str, Any]:
-        """What must match for two runs' pairs to share one table."""
-        record = {k: v for k, v in asdict(self).items() if k != "out"}
+        """What must match for two runs' pairs to share one table (not the task and condition lists: a resumed
+        run may add tasks or conditions)."""
+        record = {k: v for k, v in asdict(self).items() if k not in ("out", "tasks", "conditions")}
         record["include_path"] = [str(Path(p).resolve()) for p in self.include_path]
-        record["tasks"], record["conditions"] = list(self.tasks), list(self.conditions)
         return record
 
 
@@ -178,14 +179,13 @@ class _Runner:
     def load(self, condition: Condition):
         from lmms_eval.models import get_model
 
+        from safe_encoders import is_safe
         from safe_encoders.lmms_eval import MODEL_ID
 
         args = model_args(self.cfg, condition)
         lm = get_model(MODEL_ID, force_simple=self.cfg.force_simple).create_from_arg_string(
             args, {"batch_size": 1, "device": self.cfg.device}
         )
-        from safe_encoders import is_safe
-
         if is_safe(lm.model) is not condition.safe:  # the row's label must be what the forward pass really uses
             raise VLMBenchError(f"condition {condition.name}: the loaded model reports is_safe={is_safe(lm.model)}")
         return lm, args
@@ -250,9 +250,14 @@ def run_vlm_bench(cfg: VLMBenchConfig) -> list[dict[str, Any]]:
     for folder in cfg.include_path:
         if not Path(folder).is_dir():
             raise VLMBenchError(f"--include-path {folder}: not a folder")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every process would evaluate everything into one folder
+        raise VLMBenchError(
+            "vlm-bench runs in one process (lmms-eval 0.7.3's llava_hf cannot shard with transformers 5 here): "
+            "run it without accelerate launch / torchrun"
+        )
     require_lmms_eval()
+    runner = _Runner(cfg)  # checks the task names first
     _check_settings(cfg)
-    runner = _Runner(cfg)
     records = []
     for name in cfg.conditions:
         condition = CONDITIONS[name]

@@ -120,7 +120,7 @@ def _pair_files(out: Path, condition: str, task: str) -> dict[str, int]:
     return {p.relative_to(folder).as_posix(): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
 
 
-def test_table_equals_exact_match_of_lmms_evals_sample_logs_after_kill_and_resume(world, tmp_path, monkeypatch):
+def test_table_equals_exact_match_of_lmms_evals_sample_logs_after_kill_and_resume(world, tmp_path):
     # A probe: what each condition answers. The real task's answers are the stock model's, so its exact match is 1
     # and the safe model's is the share of answers its tower leaves unchanged.
     probe = write_task(tmp_path / "probe", "tiny_vqa", ["?"] * 6)
@@ -226,13 +226,17 @@ def test_a_stock_run_on_an_already_safe_model_and_a_bad_flag_are_refused(world, 
         _lm(world, safe="maybe")
 
 
-def test_options_are_checked_before_any_model_loads(world, tmp_path, capsys):
+def test_options_are_checked_before_any_model_loads(world, tmp_path, capsys, monkeypatch):
     tasks = write_task(tmp_path / "tasks", "tiny_vqa", ["yes"])
     assert main(_args(world, tmp_path / "a", "tiny_vqa,no_such_task", tasks)) == 2
     assert "lmms-eval has no task no_such_task" in capsys.readouterr().err
     assert main([*_args(world, tmp_path / "b", "tiny_vqa", tasks), "--conditions", "llava,safe"]) == 2
     assert "--conditions: unknown ['safe']" in capsys.readouterr().err
     assert not (tmp_path / "a" / "lmms_eval").exists()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(_args(world, tmp_path / "c", "tiny_vqa", tasks)) == 2
+    assert "vlm-bench runs in one process" in capsys.readouterr().err
+    monkeypatch.delenv("WORLD_SIZE")
     with pytest.raises(VLMBenchError, match="cannot hold a comma"):
         from eval.vlm_bench.run import CONDITIONS, VLMBenchConfig, model_args
 
