@@ -228,8 +228,9 @@ def test_a_stock_run_on_an_already_safe_model_and_a_bad_flag_are_refused(world, 
 
 def test_options_are_checked_before_any_model_loads(world, tmp_path, capsys, monkeypatch):
     tasks = write_task(tmp_path / "tasks", "tiny_vqa", ["yes"])
-    assert main(_args(world, tmp_path / "a", "tiny_vqa,no_such_task", tasks)) == 2
-    assert "lmms-eval has no task no_such_task" in capsys.readouterr().err
+    # The default tasks are lmms-eval's (only the unknown one is named).
+    assert main(_args(world, tmp_path / "a", "tiny_vqa,mme,mmmu_val,ai2d,pope,no_such_task", tasks)) == 2
+    assert "lmms-eval has no task no_such_task (" in capsys.readouterr().err
     assert main([*_args(world, tmp_path / "b", "tiny_vqa", tasks), "--conditions", "llava,safe"]) == 2
     assert "--conditions: unknown ['safe']" in capsys.readouterr().err
     assert not (tmp_path / "a" / "lmms_eval").exists()
@@ -257,3 +258,41 @@ def test_the_entry_point_registers_both_classes_in_a_fresh_lmms_eval_registry():
     registry.register_manifest(EntryPoint(MODEL_ID, value, "lmms_eval.models").load()())
     assert registry.get_model_class(MODEL_ID) is SafeLlavaHfChat
     assert registry.get_model_class(MODEL_ID, force_simple=True) is SafeLlavaHf
+
+
+def test_metrics_of_lmms_evals_results_and_the_table_of_several_metrics_per_task(tmp_path):
+    from eval.vlm_bench.report import write_report
+    from eval.vlm_bench.run import task_metrics
+
+    def results(perception, cognition, ai2d):  # the shape of lmms-eval's results["results"] for MME and AI2D
+        return {
+            "results": {
+                "mme": {
+                    "alias": "mme", "mme_perception_score,none": perception, "mme_perception_score_stderr,none": "N/A",
+                    "mme_cognition_score,none": cognition, "mme_cognition_score_stderr,none": 3.0,
+                },
+                "ai2d": {
+                    "alias": "ai2d", "exact_match,flexible-extract": ai2d, "exact_match_stderr,flexible-extract": 0.1,
+                },
+            }
+        }  # fmt: skip
+
+    stock, safe = task_metrics(results(1510.5, 350.0, 0.5)), task_metrics(results(1480.25, float("nan"), 0.25))
+    assert stock == {
+        "mme": {"mme_perception_score": 1510.5, "mme_cognition_score": 350.0},
+        "ai2d": {"exact_match,flexible-extract": 0.5},
+    }
+    assert safe["mme"]["mme_cognition_score"] is None  # NaN is never a score
+    records = [{"condition": "llava", "metrics": stock}, {"condition": "llava+safe", "metrics": safe}]
+    write_report(records, tmp_path)
+    with open(tmp_path / "vlm_bench.csv", newline="", encoding="utf-8") as fh:
+        rows = {(r["condition"], r["task"], r["metric"]): r["value"] for r in csv.DictReader(fh)}
+    assert float(rows[("llava+safe - llava", "mme", "mme_perception_score")]) == -30.25
+    assert float(rows[("llava+safe - llava", "ai2d", "exact_match,flexible-extract")]) == -0.25
+    assert (
+        rows[("llava+safe", "mme", "mme_cognition_score")]
+        == rows[("llava+safe - llava", "mme", "mme_cognition_score")]
+        == ""
+    )
+    md = (tmp_path / "vlm_bench.md").read_text()
+    assert "| llava | 1510.5000 | 350.0000 | 0.5000 |" in md and "| llava+safe - llava | -30.2500 | - | -0.2500 |" in md
