@@ -173,6 +173,7 @@ def test_table_equals_exact_match_of_lmms_evals_sample_logs_after_kill_and_resum
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["command"] == "vlm-bench"
     assert provenance["models"]["safe_checkpoint"][0]["sha256"]
+    assert provenance["libraries"]["lmms-eval"] == "0.7.3" and provenance["data"]["include_path"][0]["files"] > 0
     md = (out / "vlm_bench.md").read_text()
     assert "| llava+safe - llava |" in md and "tiny_slow exact_match" in md
 
