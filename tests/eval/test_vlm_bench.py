@@ -22,8 +22,7 @@ import torch
 
 from eval.__main__ import main
 from eval.vlm_bench.run import VLMBenchError
-from tests.eval.builders import REPO, subprocess_env
-from tests.tiny_models import HUB_FIXTURES, tiny_vision_config
+from tests.eval.builders import REPO, save_tiny_llava_and_safe_tower, subprocess_env
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -74,19 +73,8 @@ def write_task(folder: Path, name: str, answers: list[str], seed: int = 0) -> Pa
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from transformers import CLIPVisionModel
-
-    from safe_encoders import export_encoder
-    from tests.safe_encoders.llava.test_models import tiny_llava
-
-    root = tmp_path_factory.mktemp("vlm_bench")
-    model, processor = tiny_llava(seed=0)
-    processor.chat_template = (HUB_FIXTURES / "llava-hf__llava-1.5-7b-hf" / "chat_template.jinja").read_text()
-    model.save_pretrained(root / "llava", safe_serialization=True)
-    processor.save_pretrained(root / "llava")
-    torch.manual_seed(7)
-    safe = export_encoder(CLIPVisionModel(tiny_vision_config(image_size=30)).eval(), root / "safe.safetensors")
-    return {"root": root, "llava": root / "llava", "safe": safe}
+    llava, safe = save_tiny_llava_and_safe_tower(tmp_path_factory.mktemp("vlm_bench"))
+    return {"llava": llava, "safe": safe}
 
 
 def _args(world, out, tasks, include, *extra):
