@@ -47,7 +47,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=["float32", "float16", "bfloat16"],
         help="model precision (default: float16 on GPU, float32 on CPU)",
     )
-    p.add_argument("--force-simple", action="store_true", help="lmms-eval's simple llava_hf class, not its chat one")
     p.add_argument(
         "--bootstrap-iters",
         type=nonnegative_int,
@@ -75,7 +74,6 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit,
         device=str(device),
         dtype=args.dtype or ("float16" if device.type == "cuda" else "float32"),
-        force_simple=args.force_simple,
         bootstrap_iters=args.bootstrap_iters,
         seed=args.seed,
     )

@@ -60,7 +60,6 @@ class VLMBenchConfig:
     limit: int | None = None
     device: str = "cpu"
     dtype: str = "float32"
-    force_simple: bool = False
     bootstrap_iters: int = 0
     seed: int = 0
 
@@ -183,9 +182,9 @@ class _Runner:
         from safe_encoders.lmms_eval import MODEL_ID
 
         args = model_args(self.cfg, condition)
-        lm = get_model(MODEL_ID, force_simple=self.cfg.force_simple).create_from_arg_string(
-            args, {"batch_size": 1, "device": self.cfg.device}
-        )
+        # lmms-eval's chat llava_hf: its simple one renders no <image> token through a llava-hf checkpoint's own
+        # (structured-content) chat template under transformers 5.
+        lm = get_model(MODEL_ID).create_from_arg_string(args, {"batch_size": 1, "device": self.cfg.device})
         if is_safe(lm.model) is not condition.safe:  # the row's label must be what the forward pass really uses
             raise VLMBenchError(f"condition {condition.name}: the loaded model reports is_safe={is_safe(lm.model)}")
         return lm, args
@@ -212,7 +211,6 @@ class _Runner:
                 evaluation_tracker=tracker,
                 random_seed=cfg.seed,
                 datetime_str=stamp,
-                force_simple=cfg.force_simple,
                 verbosity="WARNING",
             )
             if results is None:

@@ -169,6 +169,18 @@ def test_table_equals_exact_match_of_lmms_evals_sample_logs_after_kill_and_resum
     assert main([*_args(world, out, "tiny_vqa,tiny_slow", tasks), "--limit", "2"]) == 2
 
 
+def test_llava_next_runs_through_lmms_eval_with_both_towers(tmp_path):
+    llava, safe = save_tiny_llava_and_safe_tower(tmp_path / "next", next_=True)  # LLaVA 1.6 (AnyRes crops)
+    tasks = write_task(tmp_path / "tasks", "tiny_vqa", ["yes", "no", "yes"])
+    out = tmp_path / "out"
+    assert main(_args({"llava": llava, "safe": safe}, out, "tiny_vqa", tasks)) == 0
+    table = _table(out)
+    for condition in ("llava", "llava+safe"):
+        assert table[(condition, "tiny_vqa")] == pytest.approx(_exact_match(_samples(out, condition, "tiny_vqa")))
+    pair = json.loads((out / "lmms_eval" / "llava+safe" / "tiny_vqa" / "pair.json").read_text())
+    assert [r["checkpoint"] for r in pair["swap"].values()] == [str(safe)]
+
+
 def _lm(world, **args):
     from lmms_eval.models import get_model
 
