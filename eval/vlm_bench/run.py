@@ -256,13 +256,13 @@ def run_vlm_bench(cfg: VLMBenchConfig) -> list[dict[str, Any]]:
     require_lmms_eval()
     runner = _Runner(cfg)  # checks the task names first
     _check_settings(cfg)
+    tasks = list(dict.fromkeys(cfg.tasks))
     records = []
-    for name in cfg.conditions:
-        condition = CONDITIONS[name]
-        pending = [t for t in cfg.tasks if read_pair(cfg.out, name, t) is None]
-        for task in pending:
-            logger.info("vlm-bench: %s on %s", name, task)
-            runner.run_pair(condition, task)
-        records += [read_pair(cfg.out, name, t) for t in cfg.tasks]
+    for condition in (c for c in CONDITIONS.values() if c.name in cfg.conditions):  # the table's order
+        for task in tasks:
+            if read_pair(cfg.out, condition.name, task) is None:
+                logger.info("vlm-bench: %s on %s", condition.name, task)
+                runner.run_pair(condition, task)
+        records += [read_pair(cfg.out, condition.name, t) for t in tasks]
     write_report(records, cfg.out)
     return records

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from safe_encoders.errors import SafeEncodersError
 from safe_encoders.extras import require
 
 _simple = require("lmms_eval.models.simple.llava_hf", "vlm-bench", feature="the llava_hf_safe lmms-eval model")
 _chat = require("lmms_eval.models.chat.llava_hf", "vlm-bench", feature="the llava_hf_safe lmms-eval model")
 
 
-class SafeTowerError(RuntimeError):
+class SafeTowerError(SafeEncodersError, ValueError):
     """The tower is not what the run claims (safe run not safe, stock run already swapped), or a bad option."""
 
 
@@ -62,7 +63,9 @@ class SafeTowerMixin:
 
 
 class SafeLlavaHf(SafeTowerMixin, _simple.LlavaHf):
-    """lmms-eval's simple ``llava_hf`` with the Safe-CLIP tower (``--force_simple``)."""
+    """lmms-eval's simple ``llava_hf`` with the Safe-CLIP tower (``--force_simple``; lmms-eval 0.7.3's simple class
+    renders no ``<image>`` token through a llava-hf checkpoint's own chat template under transformers 5, with or
+    without our tower: use the chat class)."""
 
 
 class SafeLlavaHfChat(SafeTowerMixin, _chat.LlavaHf):
