@@ -18,6 +18,7 @@ Commands:
   attack    attack success rate of adversarial prompt sets (Ring-A-Bell, MMA-Diffusion, UnlearnDiffAtk, P4D)
   zero-shot zero-shot classification / image-text retrieval through clip_benchmark, with the difference to the
             original CLIP (what a safe encoder costs a CLIP user)
+  vlm-bench LLaVA with and without the Safe-CLIP tower on lmms-eval tasks (MME, MMMU, AI2D, POPE; Table 15)
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ EVALUATIONS: list[str] = [
     "eval.quality",
     "eval.attack",
     "eval.zero_shot",
+    "eval.vlm_bench",
 ]
 
 

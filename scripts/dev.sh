@@ -17,9 +17,11 @@ setup() {
   "$VENV/bin/pip" install --quiet "torch==${SAFE_ENCODERS_TORCH:-2.13.0}"
   # setuptools' "Editable installation ... folders with the same name as your package" note (a warning the user
   # cannot act on: our checkout is laid out that way on purpose) is silenced by its message, nothing else.
-  PYTHONWARNINGS="ignore:Editable installation" "$VENV/bin/pip" install --quiet -e ".[dev,train,eval,scan,scale,app,zero-shot,eval-unlearn]"
+  PYTHONWARNINGS="ignore:Editable installation" "$VENV/bin/pip" install --quiet -e ".[dev,train,eval,scan,scale,app,zero-shot,eval-unlearn,vlm-bench]"
   # clip_benchmark without its requirements (they would replace the torch build; see the zero-shot extra).
   "$VENV/bin/pip" install --quiet --no-deps "clip-benchmark==1.6.2"
+  # lmms-eval without its requirements (they would replace the torch build; see the vlm-bench extra).
+  "$VENV/bin/pip" install --quiet --no-deps "lmms-eval==0.7.3"
   # The original LLaVA code, for the tests of make_safe / the gate on its real classes. Its pins (torch 2.0.1,
   # transformers 4.36.2, gradio, deepspeed, ...) are not needed to build and run its models: not installed.
   "$VENV/bin/pip" install --quiet --no-deps "llava-torch==1.2.2.post1"

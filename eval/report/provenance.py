@@ -44,6 +44,7 @@ LIBRARIES: tuple[str, ...] = (
     "torchmetrics",
     "torch-fidelity",
     "clip-benchmark",
+    "lmms-eval",
 )
 
 #: Options naming models (Hub ids, folders, files; possibly ``NAME=SOURCE`` or ``LABEL:SOURCE``).
@@ -74,6 +75,7 @@ DATA_OPTIONS: tuple[str, ...] = (
     "distractor_images",
     "folder",
     "templates",
+    "include_path",
 )
 #: Options holding secrets: never written.
 SECRET_OPTIONS: frozenset[str] = frozenset({"token"})

@@ -64,6 +64,25 @@ def build_tiny_sd(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def save_tiny_llava_and_safe_tower(root: Path, *, next_: bool = False) -> tuple[Path, Path]:
+    """The tiny LLaVA 1.5 (1.6 with ``next_``) of tests/safe_encoders/llava/test_models.py (seed 0) saved to
+    ``root/llava`` as a llava-hf repo (with the real LLaVA 1.5 chat template), and a tiny Safe-CLIP tower for it
+    (seed 7) exported to ``root/safe.safetensors``; both paths."""
+    import torch
+    from transformers import CLIPVisionModel
+
+    from safe_encoders import export_encoder
+    from tests.safe_encoders.llava.test_models import tiny_llava
+
+    model, processor = tiny_llava(next_=next_, seed=0)
+    processor.chat_template = (HUB_FIXTURES / "llava-hf__llava-1.5-7b-hf" / "chat_template.jinja").read_text()
+    model.save_pretrained(root / "llava", safe_serialization=True)
+    processor.save_pretrained(root / "llava")
+    torch.manual_seed(7)
+    safe = export_encoder(CLIPVisionModel(tiny_vision_config(image_size=30)).eval(), root / "safe.safetensors")
+    return root / "llava", safe
+
+
 def save_q16_clip(folder: Path, config=None, *, layers: int = 2, seed: int = 0) -> Path:
     """The CLIP vision tower Q16 loads, with random weights, and its image processor, saved to ``folder``.
 

@@ -9,33 +9,22 @@ import sqlite3
 import sys
 
 import pytest
-import torch
 
 from eval.i2t.judges import JudgeSpec
 from eval.i2t.run import I2TError, judge_specs, parse_conditions, source_images
-from tests.eval.builders import kill_after_items, write_images
+from tests.eval.builders import kill_after_items, save_tiny_llava_and_safe_tower, write_images
 from tests.eval.text_models import save_text_classifier
-from tests.tiny_models import HUB_FIXTURES, tiny_vision_config
+from tests.tiny_models import HUB_FIXTURES
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from safe_encoders import export_encoder
-    from tests.safe_encoders.llava.test_models import tiny_llava
-
     root = tmp_path_factory.mktemp("i2t")
-    model, processor = tiny_llava(seed=0)
-    processor.chat_template = (HUB_FIXTURES / "llava-hf__llava-1.5-7b-hf" / "chat_template.jinja").read_text()
-    model.save_pretrained(root / "llava", safe_serialization=True)
-    processor.save_pretrained(root / "llava")
-    from transformers import CLIPVisionModel
-
-    torch.manual_seed(7)
-    safe = export_encoder(CLIPVisionModel(tiny_vision_config(image_size=30)).eval(), root / "safe.safetensors")
+    llava, safe = save_tiny_llava_and_safe_tower(root)
     return {
-        "llava": root / "llava",
+        "llava": llava,
         "safe": safe,
         "tox": save_text_classifier(root / "tox", ["severe_toxic", "toxic"], seed=1, multi_label=True),
         "nsfw": save_text_classifier(root / "nsfw", ["safe", "nsfw"], seed=2),
