@@ -39,6 +39,7 @@ class TensorHome:
     shape: tuple[int, ...]
     dtype: torch.dtype
     where: str = "parameter"
+    immediate = False  # a write is visible to `read` (and the forward) at once, before `finish`
 
     def read(self) -> torch.Tensor:
         raise NotImplementedError
@@ -61,6 +62,7 @@ class InMemory(TensorHome):
     key: str
     get: Callable[[], torch.Tensor]
     where: str = "parameter"
+    immediate = True
 
     @property
     def shape(self) -> tuple[int, ...]:  # type: ignore[override]

@@ -16,7 +16,15 @@ from safetensors import safe_open
 from ..errors import CorruptCheckpointError
 from ..format import PROJECTION
 from ..registry import EncoderFingerprint, EncoderKind
-from ..streaming import CHUNK_BYTES, Span, check_weight, safetensors_spans, stream_span, stream_tensor
+from ..streaming import (
+    CHUNK_BYTES,
+    Span,
+    check_weight,
+    file_identity,
+    safetensors_spans,
+    stream_span,
+    stream_tensor,
+)
 from .pickles import load_pickle_weights
 
 CHECK_THREADS = min(4, os.cpu_count() or 1)  # threads checking source tensors (each holds one 8 MB slice)
@@ -38,6 +46,7 @@ class EncoderSource:
     # Pickle weight files already loaded (memory-mapped) while listing their tensors.
     _pickled: dict[Path, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
     _spans: dict[Path, dict[str, Span]] = field(default_factory=dict, repr=False)
+    _validated: dict[Path, tuple[int, ...]] = field(default_factory=dict, repr=False)  # file -> identity when checked
 
     @cached_property
     def fingerprint(self) -> EncoderFingerprint:
@@ -99,6 +108,8 @@ class EncoderSource:
         none of them whole; returns their digests (`format.tensor_digest`)."""
         names = list(names)
         self._check_known(names)
+        for path in {self._locations[name][0] for name in names}:  # the first check's identity counts
+            self._validated.setdefault(path, file_identity(path))
 
         def check(name: str) -> str:
             digest = check_weight(self.label, name, self.dtype(name), self.shapes[name], self.chunks(name))
@@ -110,6 +121,19 @@ class EncoderSource:
         # sha256, isfinite and file reads release the GIL: tensors are checked on a few threads, in order.
         with ThreadPoolExecutor(max_workers=CHECK_THREADS) as pool:
             return dict(zip(names, pool.map(check, names), strict=True))
+
+    def changed_since_validation(self) -> list[Path]:
+        """The files `validate` read that have been written to or replaced since it began (so what is read from
+        them now may not be what was checked)."""
+        changed = []
+        for path, identity in self._validated.items():
+            try:
+                same = file_identity(path) == identity
+            except OSError:
+                same = False
+            if not same:
+                changed.append(path)
+        return changed
 
     def _check_known(self, names: list[str]) -> None:
         missing = [name for name in names if name not in self._locations]
