@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +33,7 @@ from .origins import FileOrigin, MappedFiles
 from .placement import InMemory, TensorHome, locate
 from .registry import EncoderFingerprint, EncoderKind, fitting_checkpoint_names
 from .sources.encoder_source import CHECK_THREADS, EncoderSource
-from .streaming import as_bytes, digest_start, same_bits, stream_fd
+from .streaming import Span, as_bytes, digest_start, same_bits, stream_fd
 from .targets import refuse_wrapped, unwrap
 
 logger = logging.getLogger("safe_encoders")
@@ -255,18 +256,14 @@ def _install_one(
             rollback.save(home)
             dtype = home.dtype
             digest = None if dtype == source.dtype(name) else digest_start(dtype, source.shapes[name])
-            offset, landed = 0, home.immediate
-            for chunk in source.chunks(name):
-                value = chunk.to(dtype)
-                home.write(offset, value)
-                if landed:  # compare with the slice just written while it is at hand (no second read of the file)
-                    live = home.read().detach().view(-1)[offset : offset + value.numel()]
-                    landed = same_bits(live.to("cpu"), value)
-                if digest is not None:
-                    digest.update(as_bytes(value))
-                offset += value.numel()
-            if not home.immediate or not landed or offset != _numel(home.shape):
-                unseen.append(name)
+            span = source.span(name) if digest is None else None
+            written = _fill(home, span) if span is not None else None
+            if written is not None:  # straight from the file into the memory the forward reads
+                live = home.read()
+                if live.data_ptr() != written.data_ptr() or live.dtype != dtype or live.shape != written.shape:
+                    unseen.append(name)
+            else:
+                _copy_chunks(home, source.chunks(name), dtype, digest, name, unseen)
             installed[key] = digest.hexdigest() if digest is not None else source_digests[name]
         for home in plan.homes.values():
             home.finish()
@@ -296,8 +293,36 @@ def _install_one(
     )
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    return math.prod(shape)
+def _fill(home: TensorHome, span: Span) -> torch.Tensor | None:
+    fd = os.open(span.path, os.O_RDONLY)
+    try:
+        return home.fill(fd, span.start, span.end - span.start)
+    finally:
+        os.close(fd)
+
+
+def _copy_chunks(
+    home: TensorHome,
+    chunks: Iterator[torch.Tensor],
+    dtype: torch.dtype,
+    digest: Any,
+    name: str,
+    unseen: list[str],
+) -> None:
+    """Write a source tensor slice by slice (cast to `dtype`, fed to `digest` if any); a home whose writes land at
+    once is compared with each slice just written, any other is left in `unseen` to be read back after `finish`."""
+    offset, landed = 0, home.immediate
+    for chunk in chunks:
+        value = chunk.to(dtype)
+        home.write(offset, value)
+        if landed:  # compare with the slice just written while it is at hand (no second read of the file)
+            live = home.read().detach().view(-1)[offset : offset + value.numel()]
+            landed = same_bits(live.to("cpu"), value)
+        if digest is not None:
+            digest.update(as_bytes(value))
+        offset += value.numel()
+    if not landed or offset != math.prod(home.shape):
+        unseen.append(name)
 
 
 def _reads_back(home: TensorHome, source: EncoderSource, name: str) -> bool:

@@ -103,6 +103,11 @@ class EncoderSource:
             return stream_span(self._span(path, key), chunk_bytes)
         return stream_tensor(self._pickled[path][key], chunk_bytes)
 
+    def span(self, name: str) -> Span | None:
+        """Where tensor `name` lies in its safetensors file (None for a pickle file)."""
+        path, key = self._locations[name]
+        return self._span(path, key) if path.suffix == ".safetensors" else None
+
     def validate(self, names: Iterable[str]) -> dict[str, str]:
         """Check the named tensors a slice at a time (floating point, finite, our files' digests), holding
         none of them whole; returns their digests (`format.tensor_digest`)."""
