@@ -25,6 +25,7 @@ from ..streaming import (
     stream_span,
     stream_tensor,
 )
+from . import checked
 from .pickles import load_pickle_weights
 
 CHECK_THREADS = min(4, os.cpu_count() or 1)  # threads checking source tensors (each holds one 8 MB slice)
@@ -110,22 +111,40 @@ class EncoderSource:
 
     def validate(self, names: Iterable[str]) -> dict[str, str]:
         """Check the named tensors a slice at a time (floating point, finite, our files' digests), holding
-        none of them whole; returns their digests (`format.tensor_digest`)."""
+        none of them whole; returns their digests (`format.tensor_digest`).
+
+        A safetensors file already checked while it had its present identity (`checked`) is not read again."""
         names = list(names)
         self._check_known(names)
-        for path in {self._locations[name][0] for name in names}:  # the first check's identity counts
-            self._validated.setdefault(path, file_identity(path))
+        started = checked.now_ns()
+        by_file: dict[Path, list[str]] = {}
+        for name in names:
+            by_file.setdefault(self._locations[name][0], []).append(name)
+        digests: dict[str, str] = {}
+        for path, file_names in by_file.items():
+            identity = self._validated.setdefault(path, file_identity(path))  # the first check's identity counts
+            memo = checked.remembered(path, identity) if path.suffix == ".safetensors" else {}
+            for name in file_names:
+                if self._locations[name][1] in memo:
+                    digests[name] = memo[self._locations[name][1]]
+                    self._check_digest(name, digests[name])
 
         def check(name: str) -> str:
             digest = check_weight(self.label, name, self.dtype(name), self.shapes[name], self.chunks(name))
             self._check_digest(name, digest)
             return digest
 
-        for name in names:  # header-only work first, so that the threads share nothing they build
+        todo = [name for name in names if name not in digests]
+        for name in todo:  # header-only work first, so that the threads share nothing they build
             self.dtype(name)
         # sha256, isfinite and file reads release the GIL: tensors are checked on a few threads, in order.
         with ThreadPoolExecutor(max_workers=CHECK_THREADS) as pool:
-            return dict(zip(names, pool.map(check, names), strict=True))
+            digests.update(zip(todo, pool.map(check, todo), strict=True))
+        for path, file_names in by_file.items():
+            if path.suffix == ".safetensors" and file_identity(path) == self._validated[path]:
+                keys = {self._locations[name][1]: digests[name] for name in file_names}
+                checked.remember(path, self._validated[path], keys, started)
+        return {name: digests[name] for name in names}
 
     def changed_since_validation(self) -> list[Path]:
         """The files `validate` read that have been written to or replaced since it began (so what is read from
