@@ -3,8 +3,11 @@
 Weights are written where the forward pass reads them (`placement`): the module's own tensors, or
 the copies accelerate / diffusers offloading keeps in memory or on disk, so dtype, device, wrappers
 and hooks stay as they are and no second copy of the encoder is kept alive. Everything is checked
-before the first write (`plan_swap`, `EncoderSource.validate`); `install` then copies tensor by
-tensor, re-reads what the forward will use, and restores the original weights if anything fails.
+before the first write (`plan_swap`, `EncoderSource.validate`, and which originals can be read back
+from the file the model is memory-mapped from: `origins`); `install` then copies tensor by tensor
+(straight from the checkpoint into the memory the forward reads where it can), checks that the
+forward reads what was written and that the checkpoint is still the file that was checked, and
+restores the original weights if anything fails.
 """
 
 from __future__ import annotations
