@@ -140,11 +140,27 @@ class EncoderSource:
         # sha256, isfinite and file reads release the GIL: tensors are checked on a few threads, in order.
         with ThreadPoolExecutor(max_workers=CHECK_THREADS) as pool:
             digests.update(zip(todo, pool.map(check, todo), strict=True))
-        for path, file_names in by_file.items():
-            if path.suffix == ".safetensors" and file_identity(path) == self._validated[path]:
-                keys = {self._locations[name][1]: digests[name] for name in file_names}
-                checked.remember(path, self._validated[path], keys, started)
+        self.remember_checked(digests, {path: self._validated[path] for path in by_file}, started)
         return {name: digests[name] for name in names}
+
+    def file_identities(self) -> dict[Path, tuple[int, ...]]:
+        """`streaming.file_identity` of each file the tensors are read from, now."""
+        return {path: file_identity(path) for path in self.files}
+
+    def remember_checked(
+        self, digests: dict[str, str], identities: dict[Path, tuple[int, ...]], started_ns: int
+    ) -> None:
+        """Remember (`checked`) the digests of tensors that a check begun at `started_ns` passed whole
+        (floating point, finite, our files' digests), for each safetensors file still of `identities[path]`."""
+        for path, identity in identities.items():
+            if path.suffix != ".safetensors" or file_identity(path) != identity:
+                continue
+            done = {
+                key: digests[name]
+                for name, (where, key) in self._locations.items()
+                if where == path and name in digests
+            }
+            checked.remember(path, identity, done, started_ns)
 
     def changed_since_validation(self) -> list[Path]:
         """The files `validate` read that have been written to or replaced since it began (so what is read from

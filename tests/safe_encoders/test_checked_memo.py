@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from safe_encoders import CorruptCheckpointError, export_encoder, is_safe, make_safe
+from safe_encoders import CorruptCheckpointError, export_encoder, is_safe, make_safe, trust_checkpoint
 from safe_encoders.sources import checked, encoder_source
 from safe_encoders.streaming import safetensors_spans
 from tests.tiny_models import tiny_text_encoder
@@ -81,3 +81,9 @@ def test_a_damaged_memo_is_a_miss(safe_file, settled, reads):
     checked._memo_path(safe_file).write_text('{"format": 1, "path": 3')
     make_safe(tiny_text_encoder(seed=1), safe_file)
     assert reads["n"] == 2 * first
+
+
+def test_a_file_trusted_by_the_user_is_not_read_again_to_be_checked(safe_file, settled, reads):
+    trust_checkpoint(safe_file)  # reads and checks every tensor (floating point, finite, the file's digests)
+    encoder = make_safe(tiny_text_encoder(seed=0), safe_file)
+    assert reads["n"] == 0 and is_safe(encoder, verify=True)
