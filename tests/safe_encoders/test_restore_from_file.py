@@ -18,7 +18,7 @@ import torch
 from safe_encoders import export_encoder, is_safe, make_safe
 from safe_encoders.errors import SwapVerificationError
 from safe_encoders.origins import MappedFiles
-from safe_encoders.placement import PLACEMENTS, InMemory, Placement, _materialised_home
+from safe_encoders.placement import PLACEMENTS, InMemory, Placement, _accelerate_home, _materialised_home
 from safe_encoders.sources.encoder_source import EncoderSource
 from safe_encoders.streaming import safetensors_spans
 from tests.tiny_models import tiny_text_encoder
@@ -59,7 +59,11 @@ def run(encoder) -> torch.Tensor:
 
 
 def state(encoder) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+    """Every weight as the forward reads it (through offload hooks)."""
+    from safe_encoders.placement import locate
+
+    keys = [k for k in encoder.state_dict() if not k.endswith("position_ids")]
+    return {key: home.read().detach().clone() for key, home in locate(encoder, keys, "encoder").items()}
 
 
 def same(a, b) -> bool:
@@ -97,8 +101,8 @@ def failing_after(writes: int, before_failing=lambda: None):
             return super().fill(fd, start, nbytes)
 
     def home(context, key, tensor):
-        plain = _materialised_home(context, key, tensor)
-        return None if plain is None else Failing(plain.key, plain.get)
+        found = _accelerate_home(context, key, tensor) or _materialised_home(context, key, tensor)
+        return Failing(found.key, found.get, found.where) if isinstance(found, InMemory) else found
 
     return Placement("fails halfway", home)
 
@@ -122,9 +126,15 @@ def test_a_model_loaded_from_its_file_is_swapped_with_no_copy_of_its_weights(sav
     assert is_safe(encoder)
 
 
+@pytest.mark.parametrize("offload", [False, True], ids=["parameters", "accelerate cpu_offload"])
 def test_a_failure_mid_copy_restores_it_from_its_file_bit_for_bit(saved, safe_file, no_rollback_copy,
-                                                                   failing_placement):  # fmt: skip
+                                                                   failing_placement, offload):  # fmt: skip
     encoder = from_file(saved)
+    if offload:  # the weights now live in the offload hooks' map: the same memory-mapped tensors
+        from accelerate import cpu_offload
+
+        cpu_offload(encoder, execution_device=torch.device("cpu"))
+        assert all(p.device.type == "meta" for p in encoder.parameters())
     before, output = state(encoder), run(encoder)
     failing_placement(failing_after(writes=30))
     with pytest.raises(MemoryError, match="injected"):
