@@ -121,6 +121,7 @@ class EncoderSource:
         for name in names:
             by_file.setdefault(self._locations[name][0], []).append(name)
         digests: dict[str, str] = {}
+        fresh = [path for path in by_file if path not in self._validated]  # identity taken now, at `started`
         for path, file_names in by_file.items():
             identity = self._validated.setdefault(path, file_identity(path))  # the first check's identity counts
             memo = checked.remembered(path, identity) if path.suffix == ".safetensors" else {}
@@ -140,7 +141,7 @@ class EncoderSource:
         # sha256, isfinite and file reads release the GIL: tensors are checked on a few threads, in order.
         with ThreadPoolExecutor(max_workers=CHECK_THREADS) as pool:
             digests.update(zip(todo, pool.map(check, todo), strict=True))
-        self.remember_checked(digests, {path: self._validated[path] for path in by_file}, started)
+        self.remember_checked(digests, {path: self._validated[path] for path in fresh}, started)
         return {name: digests[name] for name in names}
 
     def file_identities(self) -> dict[Path, tuple[int, ...]]:
