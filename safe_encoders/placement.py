@@ -39,12 +39,18 @@ class TensorHome:
     shape: tuple[int, ...]
     dtype: torch.dtype
     where: str = "parameter"
+    immediate = False  # a write is visible to `read` (and the forward) at once, before `finish`
 
     def read(self) -> torch.Tensor:
         raise NotImplementedError
 
     def write(self, offset: int, values: torch.Tensor) -> None:
         raise NotImplementedError
+
+    def fill(self, fd: int, start: int, nbytes: int) -> torch.Tensor | None:
+        """Write the whole tensor straight from bytes `start:start + nbytes` of the open file `fd` (same dtype),
+        with no staging copy; returns the tensor written into, or None when this home cannot (use `write`)."""
+        return None
 
     def finish(self) -> None:
         """Make staged writes visible; idempotent."""
@@ -61,6 +67,7 @@ class InMemory(TensorHome):
     key: str
     get: Callable[[], torch.Tensor]
     where: str = "parameter"
+    immediate = True
 
     @property
     def shape(self) -> tuple[int, ...]:  # type: ignore[override]
@@ -80,6 +87,23 @@ class InMemory(TensorHome):
         tensor = self.get()
         with torch.no_grad():
             tensor.view(-1)[offset : offset + values.numel()].copy_(values)
+
+    def fill(self, fd: int, start: int, nbytes: int) -> torch.Tensor | None:
+        tensor = self.get()
+        if (
+            tensor.device.type != "cpu"
+            or not tensor.is_contiguous()
+            or tensor.numel() * tensor.element_size() != nbytes
+        ):
+            return None
+        target = memoryview(tensor.detach().view(-1).view(torch.uint8).numpy()) if nbytes else memoryview(b"")
+        done = 0
+        while done < nbytes:  # one read per tensor (a read returns at most about 2 GB)
+            got = os.preadv(fd, [target[done:]], start + done)
+            if got <= 0:
+                raise OSError(f"{self.key}: the checkpoint ended after {done} of {nbytes} bytes")
+            done += got
+        return tensor
 
 
 @dataclass

@@ -76,22 +76,29 @@ def safetensors_spans(path: Path) -> dict[str, Span]:
 
 def stream_span(span: Span, chunk_bytes: int = CHUNK_BYTES) -> Iterator[torch.Tensor]:
     """The tensor at `span` as flat slices of at most `chunk_bytes`, read into one reused buffer."""
-    item = span.dtype.itemsize
-    step = max(item, chunk_bytes // item * item)
-    buffer = bytearray(min(step, span.end - span.start) or item)
     fd = os.open(span.path, os.O_RDONLY)
     try:
-        position = span.start
-        while position < span.end:
-            size = min(step, span.end - position)
-            view = memoryview(buffer)[:size]
-            got = os.preadv(fd, [view], position)
-            if got != size:
-                raise CorruptCheckpointError(f"{span.path} ends inside a tensor; the file is truncated.")
-            yield torch.frombuffer(buffer, dtype=span.dtype, count=size // item)
-            position += size
+        yield from stream_fd(fd, span.start, span.end, span.dtype, str(span.path), chunk_bytes)
     finally:
         os.close(fd)
+
+
+def stream_fd(
+    fd: int, start: int, end: int, dtype: torch.dtype, label: str, chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[torch.Tensor]:
+    """Bytes `start:end` of the open file `fd` as flat `dtype` slices of at most `chunk_bytes`, read into one
+    reused buffer (each slice is valid until the next is asked for)."""
+    item = dtype.itemsize
+    step = max(item, chunk_bytes // item * item)
+    buffer = bytearray(min(step, end - start) or item)
+    position = start
+    while position < end:
+        size = min(step, end - position)
+        got = os.preadv(fd, [memoryview(buffer)[:size]], position)
+        if got != size:
+            raise CorruptCheckpointError(f"{label} ends inside a tensor; the file is truncated.")
+        yield torch.frombuffer(buffer, dtype=dtype, count=size // item)
+        position += size
 
 
 def stream_tensor(tensor: torch.Tensor, chunk_bytes: int = CHUNK_BYTES) -> Iterator[torch.Tensor]:
@@ -100,6 +107,13 @@ def stream_tensor(tensor: torch.Tensor, chunk_bytes: int = CHUNK_BYTES) -> Itera
     step = max(1, chunk_bytes // max(1, tensor.element_size()))
     for start in range(0, flat.numel(), step):
         yield flat[start : start + step]
+
+
+def file_identity(file: int | str | os.PathLike) -> tuple[int, ...]:
+    """(device, inode, size, mtime_ns, ctime_ns) of an open file descriptor or a path: any write or replacement
+    changes it (ctime cannot be set from user space). Raises OSError if the file is gone."""
+    stat = os.fstat(file) if isinstance(file, int) else os.stat(file)
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:

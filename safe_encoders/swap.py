@@ -3,14 +3,21 @@
 Weights are written where the forward pass reads them (`placement`): the module's own tensors, or
 the copies accelerate / diffusers offloading keeps in memory or on disk, so dtype, device, wrappers
 and hooks stay as they are and no second copy of the encoder is kept alive. Everything is checked
-before the first write (`plan_swap`, `EncoderSource.validate`); `install` then copies tensor by
-tensor, re-reads what the forward will use, and restores the original weights if anything fails.
+before the first write (`plan_swap`, `EncoderSource.validate`, and which originals can be read back
+from the file the model is memory-mapped from: `origins`); `install` then copies tensor by tensor
+(straight from the checkpoint into the memory the forward reads where it can), checks that the
+forward reads what was written and that the checkpoint is still the file that was checked, and
+restores the original weights if anything fails.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -25,10 +32,11 @@ from .errors import (
     UnsupportedModelError,
 )
 from .format import PROJECTION, RECORD_KEY, combined_digest, module_names, tensor_digest
-from .placement import TensorHome, locate
+from .origins import FileOrigin, MappedFiles
+from .placement import InMemory, TensorHome, locate
 from .registry import EncoderFingerprint, EncoderKind, fitting_checkpoint_names
-from .sources.encoder_source import EncoderSource
-from .streaming import as_bytes, digest_start, same_bits
+from .sources.encoder_source import CHECK_THREADS, EncoderSource
+from .streaming import Span, as_bytes, digest_start, same_bits, stream_fd
 from .targets import refuse_wrapped, unwrap
 
 logger = logging.getLogger("safe_encoders")
@@ -117,23 +125,55 @@ def place(plan: SwapPlan, torch_dtype: torch.dtype | None = None) -> SwapPlan:
 
 
 class Rollback:
-    """The original bytes of every tensor about to change, spilled to an unlinked temporary file (not kept in
-    memory), and everything else a swap changes; `restore` puts it all back."""
+    """The original bytes of every tensor about to change, and everything else a swap changes; `restore` puts
+    it all back.
+
+    A weight proven (before the first write, by `keep_originals`) to equal the file it is memory-mapped
+    from is restored from that file and not copied (`origins`); any other is spilled to an unlinked
+    temporary file (not kept in memory), one large write per tensor.
+    """
 
     def __init__(self) -> None:
-        self._file = tempfile.TemporaryFile(prefix="safe-encoders-rollback-")  # noqa: SIM115 (closed by close())
-        self._saved: list[tuple[TensorHome, int, torch.dtype, int]] = []  # home, file offset, dtype, numel
+        self._file: Any = None  # the spill file, created on the first tensor that needs a copy
+        self._saved: list[tuple[TensorHome, int, torch.dtype, int]] = []  # home, spill-file offset, dtype, numel
+        self._from_files: list[tuple[TensorHome, FileOrigin]] = []
+        self._origins: dict[int, FileOrigin] = {}  # id(home) -> the file place its live bytes were proven equal to
+        self._maps: MappedFiles | None = None
         self._seen: set[int] = set()
         self._casts: list[tuple[nn.Module, torch.dtype]] = []
         self._records: list[tuple[Any, Any]] = []
+
+    def keep_originals(self, homes: list[TensorHome]) -> None:
+        """Before anything is written: find which homes hold exactly the bytes of the file they are mapped from
+        (compared bit for bit, a few tensors at a time), so that `save` need not copy them."""
+        self._maps = self._maps or MappedFiles()
+        candidates = []
+        for home in homes:
+            live = home.read() if isinstance(home, InMemory) else None
+            origin = self._maps.origin(live.detach()) if live is not None else None
+            if origin is not None:
+                candidates.append((home, origin, live.detach().view(-1)))
+        with ThreadPoolExecutor(max_workers=CHECK_THREADS) as pool:  # file reads and compares release the GIL
+            proven = pool.map(lambda entry: entry[1].matches(entry[2]), candidates)
+            for (home, origin, _), same in zip(candidates, proven, strict=True):
+                if same:
+                    self._origins[id(home)] = origin
 
     def save(self, home: TensorHome) -> None:
         if id(home) in self._seen:
             return
         self._seen.add(id(home))
+        origin = self._origins.get(id(home))
+        if origin is not None:
+            self._from_files.append((home, origin))
+            return
         value = home.read().detach().to("cpu").contiguous().view(-1)
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(prefix="safe-encoders-rollback-", buffering=0)  # noqa: SIM115
         offset = self._file.seek(0, 2)
-        self._file.write(as_bytes(value))
+        data = as_bytes(value)
+        while data:  # one large write per tensor, straight from the tensor's memory
+            data = data[self._file.write(data) :]
         self._saved.append((home, offset, value.dtype, value.numel()))
 
     def cast(self, module: nn.Module, dtype: torch.dtype, homes: dict[str, TensorHome]) -> None:
@@ -149,27 +189,53 @@ class Rollback:
         setattr(module.config, RECORD_KEY, record)
 
     def restore(self) -> None:
+        """Put everything back; raises SwapVerificationError (after restoring all it can) if a weight could not
+        be restored bit for bit because the file it is restored from changed meanwhile."""
         for config, old in reversed(self._records):
             setattr(config, RECORD_KEY, old)
         for module, dtype in reversed(self._casts):
             module.to(dtype)
         for home, offset, dtype, numel in self._saved:
             home.retype(dtype)
-            self._file.seek(offset)
-            data = bytearray(numel * dtype.itemsize)
-            self._file.readinto(data)
-            home.write(0, torch.frombuffer(data, dtype=dtype, count=numel) if numel else torch.empty(0, dtype=dtype))
-            home.finish()
+            end = offset + numel * dtype.itemsize
+            _write_all(home, stream_fd(self._file.fileno(), offset, end, dtype, "the rollback file"))
+        lost = []
+        for home, origin in self._from_files:
+            home.retype(origin.dtype)
+            if origin.file.unchanged():
+                _write_all(home, origin.chunks())
+                if origin.file.unchanged() and origin.matches(home.read().detach().to("cpu").view(-1)):
+                    continue
+            lost.append(home.key)
+        if lost:
+            raise SwapVerificationError(
+                f"The original weights of {len(lost)} tensor(s), e.g. {lost[:3]}, could not be restored: they were "
+                f"to be read back from the file the model was loaded from, which changed during make_safe. The "
+                "model now holds a mix of old and new weights and is not recorded as swapped; load it again."
+            )
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+        if self._maps is not None:
+            self._maps.close()
+
+
+def _write_all(home: TensorHome, chunks: Iterator[torch.Tensor]) -> None:
+    offset = 0
+    for chunk in chunks:
+        home.write(offset, chunk)
+        offset += chunk.numel()
+    home.finish()
 
 
 def install(plans: list[SwapPlan], digests: list[dict[str, str]], *, torch_dtype: torch.dtype | None = None) -> None:
     """Copy each plan's (already validated) source into its module tensor by tensor, check that the forward
-    reads the new weights, and record the swap; on any failure restore every original weight and re-raise."""
+    reads the new weights and that no source file changed since it was validated, and record the swap; on
+    any failure restore every original weight and re-raise."""
     rollback = Rollback()
     try:
+        rollback.keep_originals([home for plan in plans for home in plan.homes.values()])
         for plan, source_digests in zip(plans, digests, strict=True):
             _install_one(plan, source_digests, torch_dtype, rollback)
     except BaseException:
@@ -186,23 +252,32 @@ def _install_one(
     if torch_dtype is not None and _module_dtype(module) != torch_dtype:
         rollback.cast(module, torch_dtype, plan.homes)
     installed: dict[str, str] = {}
+    unseen: list[str] = []  # written where the forward reads it only after `finish`: read back afterwards
     with torch.no_grad():
         for name, key in plan.names.items():
             home = plan.homes[key]
             rollback.save(home)
             dtype = home.dtype
             digest = None if dtype == source.dtype(name) else digest_start(dtype, source.shapes[name])
-            offset = 0
-            for chunk in source.chunks(name):
-                value = chunk.to(dtype)
-                home.write(offset, value)
-                if digest is not None:
-                    digest.update(as_bytes(value))
-                offset += value.numel()
+            span = source.span(name) if digest is None else None
+            written = _fill(home, span) if span is not None else None
+            if written is not None:  # straight from the file into the memory the forward reads
+                live = home.read()
+                if live.data_ptr() != written.data_ptr() or live.dtype != dtype or live.shape != written.shape:
+                    unseen.append(name)
+            else:
+                _copy_chunks(home, source.chunks(name), dtype, digest, name, unseen)
             installed[key] = digest.hexdigest() if digest is not None else source_digests[name]
         for home in plan.homes.values():
             home.finish()
-        for name, key in plan.names.items():
+        changed = source.changed_since_validation()
+        if changed:
+            raise SwapVerificationError(
+                f"{plan.label}: {changed[0]} changed while make_safe was copying it (after it was checked); the "
+                "original weights were restored. Call make_safe again once nothing writes the checkpoint."
+            )
+        for name in unseen:
+            key = plan.names[name]
             if not _reads_back(plan.homes[key], source, name):
                 raise SwapVerificationError(
                     f"{plan.label}: after the swap, {key} as the forward reads it ({plan.homes[key].where}) is not "
@@ -219,6 +294,38 @@ def _install_one(
         _module_dtype(module),
         _module_device(module),
     )
+
+
+def _fill(home: TensorHome, span: Span) -> torch.Tensor | None:
+    fd = os.open(span.path, os.O_RDONLY)
+    try:
+        return home.fill(fd, span.start, span.end - span.start)
+    finally:
+        os.close(fd)
+
+
+def _copy_chunks(
+    home: TensorHome,
+    chunks: Iterator[torch.Tensor],
+    dtype: torch.dtype,
+    digest: Any,
+    name: str,
+    unseen: list[str],
+) -> None:
+    """Write a source tensor slice by slice (cast to `dtype`, fed to `digest` if any); a home whose writes land at
+    once is compared with each slice just written, any other is left in `unseen` to be read back after `finish`."""
+    offset, landed = 0, home.immediate
+    for chunk in chunks:
+        value = chunk.to(dtype)
+        home.write(offset, value)
+        if landed:  # compare with the slice just written while it is at hand (no second read of the file)
+            live = home.read().detach().view(-1)[offset : offset + value.numel()]
+            landed = same_bits(live.to("cpu"), value)
+        if digest is not None:
+            digest.update(as_bytes(value))
+        offset += value.numel()
+    if not landed or offset != math.prod(home.shape):
+        unseen.append(name)
 
 
 def _reads_back(home: TensorHome, source: EncoderSource, name: str) -> bool:

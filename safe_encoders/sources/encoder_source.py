@@ -16,7 +16,16 @@ from safetensors import safe_open
 from ..errors import CorruptCheckpointError
 from ..format import PROJECTION
 from ..registry import EncoderFingerprint, EncoderKind
-from ..streaming import CHUNK_BYTES, Span, check_weight, safetensors_spans, stream_span, stream_tensor
+from ..streaming import (
+    CHUNK_BYTES,
+    Span,
+    check_weight,
+    file_identity,
+    safetensors_spans,
+    stream_span,
+    stream_tensor,
+)
+from . import checked
 from .pickles import load_pickle_weights
 
 CHECK_THREADS = min(4, os.cpu_count() or 1)  # threads checking source tensors (each holds one 8 MB slice)
@@ -38,6 +47,7 @@ class EncoderSource:
     # Pickle weight files already loaded (memory-mapped) while listing their tensors.
     _pickled: dict[Path, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
     _spans: dict[Path, dict[str, Span]] = field(default_factory=dict, repr=False)
+    _validated: dict[Path, tuple[int, ...]] = field(default_factory=dict, repr=False)  # file -> identity when checked
 
     @cached_property
     def fingerprint(self) -> EncoderFingerprint:
@@ -94,22 +104,77 @@ class EncoderSource:
             return stream_span(self._span(path, key), chunk_bytes)
         return stream_tensor(self._pickled[path][key], chunk_bytes)
 
+    def span(self, name: str) -> Span | None:
+        """Where tensor `name` lies in its safetensors file (None for a pickle file)."""
+        path, key = self._locations[name]
+        return self._span(path, key) if path.suffix == ".safetensors" else None
+
     def validate(self, names: Iterable[str]) -> dict[str, str]:
         """Check the named tensors a slice at a time (floating point, finite, our files' digests), holding
-        none of them whole; returns their digests (`format.tensor_digest`)."""
+        none of them whole; returns their digests (`format.tensor_digest`).
+
+        A safetensors file already checked while it had its present identity (`checked`) is not read again."""
         names = list(names)
         self._check_known(names)
+        started = checked.now_ns()
+        by_file: dict[Path, list[str]] = {}
+        for name in names:
+            by_file.setdefault(self._locations[name][0], []).append(name)
+        digests: dict[str, str] = {}
+        fresh = [path for path in by_file if path not in self._validated]  # identity taken now, at `started`
+        for path, file_names in by_file.items():
+            identity = self._validated.setdefault(path, file_identity(path))  # the first check's identity counts
+            memo = checked.remembered(path, identity) if path.suffix == ".safetensors" else {}
+            for name in file_names:
+                if self._locations[name][1] in memo:
+                    digests[name] = memo[self._locations[name][1]]
+                    self._check_digest(name, digests[name])
 
         def check(name: str) -> str:
             digest = check_weight(self.label, name, self.dtype(name), self.shapes[name], self.chunks(name))
             self._check_digest(name, digest)
             return digest
 
-        for name in names:  # header-only work first, so that the threads share nothing they build
+        todo = [name for name in names if name not in digests]
+        for name in todo:  # header-only work first, so that the threads share nothing they build
             self.dtype(name)
         # sha256, isfinite and file reads release the GIL: tensors are checked on a few threads, in order.
         with ThreadPoolExecutor(max_workers=CHECK_THREADS) as pool:
-            return dict(zip(names, pool.map(check, names), strict=True))
+            digests.update(zip(todo, pool.map(check, todo), strict=True))
+        self.remember_checked(digests, {path: self._validated[path] for path in fresh}, started)
+        return {name: digests[name] for name in names}
+
+    def file_identities(self) -> dict[Path, tuple[int, ...]]:
+        """`streaming.file_identity` of each file the tensors are read from, now."""
+        return {path: file_identity(path) for path in self.files}
+
+    def remember_checked(
+        self, digests: dict[str, str], identities: dict[Path, tuple[int, ...]], started_ns: int
+    ) -> None:
+        """Remember (`checked`) the digests of tensors that a check begun at `started_ns` passed whole
+        (floating point, finite, our files' digests), for each safetensors file still of `identities[path]`."""
+        for path, identity in identities.items():
+            if path.suffix != ".safetensors" or file_identity(path) != identity:
+                continue
+            done = {
+                key: digests[name]
+                for name, (where, key) in self._locations.items()
+                if where == path and name in digests
+            }
+            checked.remember(path, identity, done, started_ns)
+
+    def changed_since_validation(self) -> list[Path]:
+        """The files `validate` read that have been written to or replaced since it began (so what is read from
+        them now may not be what was checked)."""
+        changed = []
+        for path, identity in self._validated.items():
+            try:
+                same = file_identity(path) == identity
+            except OSError:
+                same = False
+            if not same:
+                changed.append(path)
+        return changed
 
     def _check_known(self, names: list[str]) -> None:
         missing = [name for name in names if name not in self._locations]

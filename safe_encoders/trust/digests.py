@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ def source_digests(source: EncoderSource) -> tuple[dict[str, dict[str, str]], di
     each checked (floating point, finite, and the file's own digest for one of our files)."""
     tensors: dict[str, dict[str, str]] = {}
     stored: dict[str, str] = {}
+    identities, started = source.file_identities(), time.time_ns()
     for name in sorted(source.shapes):
         dtype = source.dtype(name)
         if dtype not in WEIGHT_DTYPES:
@@ -64,6 +66,8 @@ def source_digests(source: EncoderSource) -> tuple[dict[str, dict[str, str]], di
             raise CorruptCheckpointError(
                 f"{source.label}: tensor {name} does not match the digest recorded in the file; it was modified."
             )
+    # The same checks make_safe makes: a make_safe from the unchanged file need not read it again.
+    source.remember_checked({name: tensors[stored[name]][name] for name in stored}, identities, started)
     return tensors, stored
 
 

@@ -228,7 +228,11 @@ def _copying_offload_home(context, key, tensor):
     return InMemory(key, home.read, where="the tensor the offload loader returned")
 
 
-def test_a_write_the_forward_never_sees_is_caught_and_undone(tmp_path, safe_file):
+@pytest.mark.parametrize("stored", ["float32", "float16"], ids=["read whole from the file", "cast slice by slice"])
+def test_a_write_the_forward_never_sees_is_caught_and_undone(tmp_path, safe_file, stored):
+    if stored == "float16":  # stored in another dtype than the live one: copied (and checked) a slice at a time
+        safe_file = export_encoder(tiny_text_encoder(seed=123).half(), tmp_path / "half.safetensors")
+        trust_checkpoint(safe_file)
     encoder = _disk_offload(tmp_path)
     before, output = live_state(encoder), run(encoder)
     PLACEMENTS.insert(0, Placement("broken: writes into a copy", _copying_offload_home))
@@ -290,12 +294,19 @@ def _failing_home(after_writes: int):
 
     count = {"writes": 0}
 
+    def tick():
+        count["writes"] += 1
+        if count["writes"] == after_writes + 1:  # once: the writes that restore the originals succeed
+            raise MemoryError("injected: out of memory halfway through the swap")
+
     class Failing(InMemory):
         def write(self, offset, values):
-            count["writes"] += 1
-            if count["writes"] == after_writes + 1:  # once: the writes that restore the originals succeed
-                raise MemoryError("injected: out of memory halfway through the swap")
+            tick()
             super().write(offset, values)
+
+        def fill(self, fd, start, nbytes):  # a whole tensor read straight from the checkpoint is a write too
+            tick()
+            return super().fill(fd, start, nbytes)
 
     def home(context, key, tensor):
         plain = _materialised_home(context, key, tensor)

@@ -220,16 +220,24 @@ def test_a_keyboard_interrupt_inside_the_copy_restores_the_original_weights(monk
 
     encoder = tiny_text_encoder(seed=0)
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
-    write = InMemory.write
+    write, fill = InMemory.write, InMemory.fill
     calls = {"n": 0}
 
-    def interrupted(self, offset, values):
+    def tick():
         calls["n"] += 1
         if calls["n"] == 25:  # halfway through the copy, as Ctrl-C would
             raise KeyboardInterrupt
+
+    def interrupted(self, offset, values):
+        tick()
         write(self, offset, values)
 
+    def interrupted_fill(self, fd, start, nbytes):  # a whole tensor read straight from the file
+        tick()
+        return fill(self, fd, start, nbytes)
+
     monkeypatch.setattr(InMemory, "write", interrupted)
+    monkeypatch.setattr(InMemory, "fill", interrupted_fill)
     with pytest.raises(KeyboardInterrupt):
         make_safe(encoder, safe_file)
     assert calls["n"] > 25  # the restore wrote the originals back

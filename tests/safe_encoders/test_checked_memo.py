@@ -1,0 +1,89 @@
+"""A checkpoint file checked once is not read again to be checked while its identity is unchanged; a change is a miss.
+
+`sources.checked`: the digests of a file that passed `EncoderSource.validate`, kept in the trust folder
+under the file's (device, inode, size, mtime, ctime).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from safe_encoders import CorruptCheckpointError, export_encoder, is_safe, make_safe, trust_checkpoint
+from safe_encoders.sources import checked, encoder_source
+from safe_encoders.streaming import safetensors_spans
+from tests.tiny_models import tiny_text_encoder
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture
+def safe_file(tmp_path):
+    return export_encoder(tiny_text_encoder(seed=123), tmp_path / "text.safetensors")
+
+
+@pytest.fixture
+def settled(monkeypatch):
+    """Files written by the test count as settled at once (else a file changed < 2 s ago is not remembered)."""
+    monkeypatch.setattr(checked, "SETTLE_NS", 0)
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """How many tensors `validate` reads and checks."""
+    count = {"n": 0}
+    check_weight = encoder_source.check_weight
+
+    def counted(*args, **kwargs):
+        count["n"] += 1
+        return check_weight(*args, **kwargs)
+
+    monkeypatch.setattr(encoder_source, "check_weight", counted)
+    return count
+
+
+def state(encoder) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+
+
+def test_a_file_checked_once_is_not_read_again_to_be_checked(safe_file, settled, reads):
+    make_safe(tiny_text_encoder(seed=0), safe_file)
+    first = reads["n"]
+    assert first > 0
+    encoder = make_safe(tiny_text_encoder(seed=1), safe_file)
+    assert reads["n"] == first and is_safe(encoder, verify=False)
+    assert torch.equal(encoder.final_layer_norm.weight, tiny_text_encoder(seed=123).final_layer_norm.weight)
+
+
+def test_a_file_changed_after_its_check_is_checked_again(safe_file, settled, reads):
+    make_safe(tiny_text_encoder(seed=0), safe_file)
+    span = safetensors_spans(safe_file)["text_model.final_layer_norm.weight"]
+    with open(safe_file, "r+b") as handle:  # same size, new bytes: a NaN where a weight was
+        handle.seek(span.start)
+        handle.write(torch.tensor([float("nan")]).numpy().tobytes())
+    encoder = tiny_text_encoder(seed=1)
+    before = state(encoder)
+    with pytest.raises(CorruptCheckpointError, match=r"final_layer_norm\.weight"):
+        make_safe(encoder, safe_file)
+    assert all(torch.equal(before[k], v) for k, v in state(encoder).items()) and not is_safe(encoder)
+
+
+def test_a_file_written_just_before_its_check_is_not_remembered(safe_file, reads):
+    make_safe(tiny_text_encoder(seed=0), safe_file)  # the file is seconds old: its timestamps may not show a rewrite
+    first = reads["n"]
+    make_safe(tiny_text_encoder(seed=1), safe_file)
+    assert reads["n"] == 2 * first
+
+
+def test_a_damaged_memo_is_a_miss(safe_file, settled, reads):
+    make_safe(tiny_text_encoder(seed=0), safe_file)
+    first = reads["n"]
+    checked._memo_path(safe_file).write_text('{"format": 1, "path": 3')
+    make_safe(tiny_text_encoder(seed=1), safe_file)
+    assert reads["n"] == 2 * first
+
+
+def test_a_file_trusted_by_the_user_is_not_read_again_to_be_checked(safe_file, settled, reads):
+    trust_checkpoint(safe_file)  # reads and checks every tensor (floating point, finite, the file's digests)
+    encoder = make_safe(tiny_text_encoder(seed=0), safe_file)
+    assert reads["n"] == 0 and is_safe(encoder, verify=True)
