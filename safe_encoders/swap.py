@@ -135,8 +135,9 @@ class Rollback:
 
     def __init__(self) -> None:
         self._file: Any = None  # the spill file, created on the first tensor that needs a copy
-        self._saved: list[tuple[TensorHome, int, torch.dtype, int]] = []  # home, spill-file offset, dtype, numel
-        self._from_files: list[tuple[TensorHome, FileOrigin]] = []
+        # In the order saved (restored in reverse: a tied weight saved after its twin was written holds new bytes):
+        # (home, spill-file offset, dtype, numel) for a copy, (home, origin) for a weight read back from its file.
+        self._saved: list[tuple[TensorHome, int, torch.dtype, int] | tuple[TensorHome, FileOrigin]] = []
         self._origins: dict[int, FileOrigin] = {}  # id(home) -> the file place its live bytes were proven equal to
         self._maps: MappedFiles | None = None
         self._seen: set[int] = set()
@@ -165,7 +166,7 @@ class Rollback:
         self._seen.add(id(home))
         origin = self._origins.get(id(home))
         if origin is not None:
-            self._from_files.append((home, origin))
+            self._saved.append((home, origin))
             return
         value = home.read().detach().to("cpu").contiguous().view(-1)
         if self._file is None:
@@ -195,18 +196,16 @@ class Rollback:
             setattr(config, RECORD_KEY, old)
         for module, dtype in reversed(self._casts):
             module.to(dtype)
-        for home, offset, dtype, numel in self._saved:
+        lost = []
+        for home, *where in reversed(self._saved):
+            if isinstance(where[0], FileOrigin):
+                if not _restore_from_file(home, where[0]):
+                    lost.append(home.key)
+                continue
+            offset, dtype, numel = where
             home.retype(dtype)
             end = offset + numel * dtype.itemsize
             _write_all(home, stream_fd(self._file.fileno(), offset, end, dtype, "the rollback file"))
-        lost = []
-        for home, origin in self._from_files:
-            home.retype(origin.dtype)
-            if origin.file.unchanged():
-                _write_all(home, origin.chunks())
-                if origin.file.unchanged() and origin.matches(home.read().detach().to("cpu").view(-1)):
-                    continue
-            lost.append(home.key)
         if lost:
             raise SwapVerificationError(
                 f"The original weights of {len(lost)} tensor(s), e.g. {lost[:3]}, could not be restored: they were "
@@ -219,6 +218,19 @@ class Rollback:
             self._file.close()
         if self._maps is not None:
             self._maps.close()
+
+
+def _restore_from_file(home: TensorHome, origin: FileOrigin) -> bool:
+    """Write `home`'s original bytes back from the file it was proven equal to; False if that file changed or
+    could not be read (the others are still restored)."""
+    home.retype(origin.dtype)
+    if not origin.file.unchanged():
+        return False
+    try:
+        _write_all(home, origin.chunks())
+    except (OSError, CorruptCheckpointError):  # truncated or unreadable meanwhile
+        return False
+    return origin.file.unchanged() and origin.matches(home.read().detach().to("cpu").view(-1))
 
 
 def _write_all(home: TensorHome, chunks: Iterator[torch.Tensor]) -> None:
@@ -252,7 +264,10 @@ def _install_one(
     if torch_dtype is not None and _module_dtype(module) != torch_dtype:
         rollback.cast(module, torch_dtype, plan.homes)
     installed: dict[str, str] = {}
-    unseen: list[str] = []  # written where the forward reads it only after `finish`: read back afterwards
+    # Read back once all is written: a weight written where the forward reads it only after `finish`, and a
+    # weight sharing memory with another (tied), which a later write to its twin may overwrite.
+    tied = _sharing_memory(plan.homes)
+    unseen: list[str] = [name for name, key in plan.names.items() if key in tied]
     with torch.no_grad():
         for name, key in plan.names.items():
             home = plan.homes[key]
@@ -276,7 +291,7 @@ def _install_one(
                 f"{plan.label}: {changed[0]} changed while make_safe was copying it (after it was checked); the "
                 "original weights were restored. Call make_safe again once nothing writes the checkpoint."
             )
-        for name in unseen:
+        for name in dict.fromkeys(unseen):
             key = plan.names[name]
             if not _reads_back(plan.homes[key], source, name):
                 raise SwapVerificationError(
@@ -294,6 +309,25 @@ def _install_one(
         _module_dtype(module),
         _module_device(module),
     )
+
+
+def _sharing_memory(homes: dict[str, TensorHome]) -> set[str]:
+    """Keys of the in-memory homes whose bytes overlap another's (tied weights, overlapping views)."""
+    extents = []
+    for key, home in homes.items():
+        tensor = home.read() if isinstance(home, InMemory) else None
+        if tensor is not None and tensor.numel():
+            last = sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride(), strict=True))
+            start = tensor.data_ptr()
+            extents.append((str(tensor.device), start, start + (last + 1) * tensor.element_size(), key))
+    shared: set[str] = set()
+    reach: tuple[str, int, str] = ("", 0, "")  # device, end and key of the extent reaching furthest so far
+    for device, start, end, key in sorted(extents):
+        if device == reach[0] and start < reach[1]:
+            shared.update((key, reach[2]))
+        if device != reach[0] or end > reach[1]:
+            reach = (device, end, key)
+    return shared
 
 
 def _fill(home: TensorHome, span: Span) -> torch.Tensor | None:
