@@ -262,3 +262,27 @@ def test_weights_that_are_views_into_one_buffer_are_swapped_each_in_its_place(sa
     expected = tiny_text_encoder(seed=0)
     make_safe(expected, safe_file)
     assert torch.equal(run(encoder), run(expected))
+
+
+def test_a_file_unreadable_during_the_restore_loses_only_that_weight_and_says_so(saved, safe_file, failing_placement,
+                                                                                monkeypatch):  # fmt: skip
+    from safe_encoders.origins import FileOrigin
+
+    encoder = from_file(saved)
+    before = state(encoder)
+    armed, failed, chunks = [], [], FileOrigin.chunks
+    failing_placement(failing_after(writes=30, before_failing=lambda: armed.append(True)))  # then restoring
+
+    def unreadable_once(self):
+        if armed and not failed and self.numel > 1000:  # one large weight: the disk fails on its read
+            failed.append(self)
+            raise OSError("injected: input/output error")
+        return chunks(self)
+
+    monkeypatch.setattr(FileOrigin, "chunks", unreadable_once)
+    with pytest.raises(SwapVerificationError, match=r"original weights of 1 tensor\(s\).*could not be restored"):
+        make_safe(encoder, safe_file)
+    after = state(encoder)
+    differ = [key for key in before if not torch.equal(after[key].view(torch.uint8), before[key].view(torch.uint8))]
+    assert len(differ) == 1 and failed  # every other weight is back, bit for bit
+    assert not is_safe(encoder)
