@@ -353,7 +353,7 @@ def _copy_chunks(
         value = chunk.to(dtype)
         home.write(offset, value)
         if landed:  # compare with the slice just written while it is at hand (no second read of the file)
-            live = home.read().detach().view(-1)[offset : offset + value.numel()]
+            live = home.read().detach().reshape(-1)[offset : offset + value.numel()]  # a copy only if strided
             landed = same_bits(live.to("cpu"), value)
         if digest is not None:
             digest.update(as_bytes(value))

@@ -67,7 +67,8 @@ def state(encoder) -> dict[str, torch.Tensor]:
 
 
 def same(a, b) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k].view(torch.uint8), b[k].view(torch.uint8)) for k in a)
+    bits = lambda t: t.contiguous().view(torch.uint8)  # noqa: E731
+    return a.keys() == b.keys() and all(torch.equal(bits(a[k]), bits(b[k])) for k in a)
 
 
 @pytest.fixture
@@ -286,3 +287,29 @@ def test_a_file_unreadable_during_the_restore_loses_only_that_weight_and_says_so
     differ = [key for key in before if not torch.equal(after[key].view(torch.uint8), before[key].view(torch.uint8))]
     assert len(differ) == 1 and failed  # every other weight is back, bit for bit
     assert not is_safe(encoder)
+
+
+def transposed_last_weight(encoder):
+    """`encoder` with one weight (late in the write order) stored transposed: a non-contiguous parameter."""
+    fc2 = encoder.encoder.layers[-1].mlp.fc2
+    fc2.weight = torch.nn.Parameter(fc2.weight.detach().t().contiguous().t())
+    assert not fc2.weight.is_contiguous()
+    return encoder
+
+
+def test_a_non_contiguous_weight_is_swapped_in_place(safe_file):
+    encoder = transposed_last_weight(tiny_text_encoder(seed=0))
+    trust_checkpoint(safe_file)
+    make_safe(encoder, safe_file)
+    expected = make_safe(tiny_text_encoder(seed=0), safe_file)
+    assert is_safe(encoder, verify=True) and torch.equal(run(encoder), run(expected))
+
+
+@pytest.mark.parametrize("torch_dtype", [None, torch.bfloat16], ids=["same dtype", "cast to bf16"])
+def test_a_failure_after_a_non_contiguous_weight_was_written_restores_it(safe_file, failing_placement, torch_dtype):
+    encoder = transposed_last_weight(tiny_text_encoder(seed=0))
+    before, output = state(encoder), run(encoder)
+    failing_placement(failing_after(writes=len(list(encoder.parameters()))))  # on the last tensor, after fc2
+    with pytest.raises(MemoryError, match="injected"):
+        make_safe(encoder, safe_file, torch_dtype=torch_dtype)
+    assert same(state(encoder), before) and torch.equal(run(encoder), output)
