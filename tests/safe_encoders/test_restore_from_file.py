@@ -313,3 +313,70 @@ def test_a_failure_after_a_non_contiguous_weight_was_written_restores_it(safe_fi
     with pytest.raises(MemoryError, match="injected"):
         make_safe(encoder, safe_file, torch_dtype=torch_dtype)
     assert same(state(encoder), before) and torch.equal(run(encoder), output)
+
+
+def failing_once_after(writes: int):
+    """A placement of plain parameters that fails right after its `writes`-th write or fill has landed, once."""
+    count = {"n": 0}
+
+    def tick():
+        count["n"] += 1
+        if count["n"] == writes:
+            raise MemoryError("injected: a failure just after a write")
+
+    class Failing(InMemory):
+        def write(self, offset, values):
+            super().write(offset, values)
+            tick()
+
+        def fill(self, fd, start, nbytes):
+            written = super().fill(fd, start, nbytes)
+            tick()
+            return written
+
+    def home(context, key, tensor):
+        found = _accelerate_home(context, key, tensor) or _materialised_home(context, key, tensor)
+        return Failing(found.key, found.get, found.where) if isinstance(found, InMemory) else found
+
+    return Placement("fails after a write", home)
+
+
+def test_a_failure_after_any_write_of_a_model_loaded_from_its_file_restores_it(saved, safe_file, no_rollback_copy):
+    encoder = from_file(saved)
+    before, output = state(encoder), run(encoder)
+    for writes in range(1, len(before) + 1):
+        placement = failing_once_after(writes)
+        PLACEMENTS.insert(0, placement)
+        try:
+            with pytest.raises(MemoryError, match="injected"):
+                make_safe(encoder, safe_file)
+        finally:
+            PLACEMENTS.remove(placement)
+        assert same(state(encoder), before), f"not restored after a failure after write {writes}"
+        assert not is_safe(encoder)
+    assert torch.equal(run(encoder), output)
+
+
+@pytest.mark.parametrize(
+    "step",
+    ["swap.Rollback.keep_originals", "swap.Rollback.record", "EncoderSource.changed_since_validation"],
+)
+def test_a_failure_at_a_step_around_the_writes_restores_a_model_loaded_from_its_file(saved, safe_file,
+                                                                                     monkeypatch, step):  # fmt: skip
+    import safe_encoders.swap as swap
+
+    owner_name, name = step.removeprefix("swap.").split(".")
+    owner = {"Rollback": swap.Rollback, "EncoderSource": EncoderSource}[owner_name]
+    encoder = from_file(saved)
+    before, output = state(encoder), run(encoder)
+    original = getattr(owner, name)
+
+    def fails(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        raise MemoryError(f"injected: {step} failed")
+
+    monkeypatch.setattr(owner, name, fails)
+    with pytest.raises(MemoryError, match="injected"):
+        make_safe(encoder, safe_file)
+    assert same(state(encoder), before) and torch.equal(run(encoder), output)
+    assert not is_safe(encoder)
