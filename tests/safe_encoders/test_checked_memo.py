@@ -87,3 +87,60 @@ def test_a_file_trusted_by_the_user_is_not_read_again_to_be_checked(safe_file, s
     trust_checkpoint(safe_file)  # reads and checks every tensor (floating point, finite, the file's digests)
     encoder = make_safe(tiny_text_encoder(seed=0), safe_file)
     assert reads["n"] == 0 and is_safe(encoder, verify=True)
+
+
+def nan_copy(path, target):
+    """A copy of `path` at `target`, of the same size, with a NaN where a checked weight was."""
+    import shutil
+
+    shutil.copyfile(path, target)
+    span = safetensors_spans(target)["text_model.final_layer_norm.weight"]
+    with open(target, "r+b") as handle:
+        handle.seek(span.start)
+        handle.write(torch.tensor([float("nan")]).numpy().tobytes())
+    return target
+
+
+def test_a_file_replaced_by_another_of_the_same_size_at_once_is_checked_again(safe_file, tmp_path, settled):
+    import os
+
+    make_safe(tiny_text_encoder(seed=0), safe_file)
+    os.replace(nan_copy(safe_file, tmp_path / "other.safetensors"), safe_file)  # same size, same second
+    with pytest.raises(CorruptCheckpointError, match=r"final_layer_norm\.weight"):
+        make_safe(tiny_text_encoder(seed=1), safe_file)
+
+
+def test_a_write_through_a_hard_link_is_seen_under_every_name(safe_file, tmp_path, settled):
+    import os
+
+    link = tmp_path / "link.safetensors"
+    os.link(safe_file, link)
+    make_safe(tiny_text_encoder(seed=0), safe_file)
+    make_safe(tiny_text_encoder(seed=0), link)  # both names remembered
+    span = safetensors_spans(link)["text_model.final_layer_norm.weight"]
+    with open(link, "r+b") as handle:
+        handle.seek(span.start)
+        handle.write(torch.tensor([float("nan")]).numpy().tobytes())
+    for name in (safe_file, link):
+        with pytest.raises(CorruptCheckpointError, match=r"final_layer_norm\.weight"):
+            make_safe(tiny_text_encoder(seed=1), name)
+
+
+def test_a_relative_path_shares_the_memo_of_its_absolute_one(safe_file, settled, reads, monkeypatch):
+    make_safe(tiny_text_encoder(seed=0), safe_file)
+    first = reads["n"]
+    monkeypatch.chdir(safe_file.parent)
+    make_safe(tiny_text_encoder(seed=1), safe_file.name)
+    assert reads["n"] == first
+
+
+def test_a_trusted_file_changed_after_it_was_trusted_is_checked_again(safe_file, tmp_path, settled):
+    import os
+
+    trust_checkpoint(safe_file)
+    os.replace(nan_copy(safe_file, tmp_path / "other.safetensors"), safe_file)
+    encoder = tiny_text_encoder(seed=1)
+    before = state(encoder)
+    with pytest.raises(CorruptCheckpointError, match=r"final_layer_norm\.weight"):
+        make_safe(encoder, safe_file)
+    assert all(torch.equal(before[k], v) for k, v in state(encoder).items()) and not is_safe(encoder)
