@@ -380,3 +380,33 @@ def test_a_failure_at_a_step_around_the_writes_restores_a_model_loaded_from_its_
         make_safe(encoder, safe_file)
     assert same(state(encoder), before) and torch.equal(run(encoder), output)
     assert not is_safe(encoder)
+
+
+def test_weights_rewritten_with_their_own_values_are_still_restored_from_the_file(saved, safe_file,
+                                                                                  no_rollback_copy,
+                                                                                  failing_placement):  # fmt: skip
+    # Written in place (each page now a private copy: the page map no longer says "the file's"), same bytes:
+    # compared with the file bit for bit, they are still restored from it.
+    encoder = from_file(saved)
+    with torch.no_grad():
+        for parameter in encoder.parameters():
+            parameter.mul_(1.0)
+    before, output = state(encoder), run(encoder)
+    failing_placement(failing_after(writes=30))
+    with pytest.raises(MemoryError, match="injected"):
+        make_safe(encoder, safe_file)
+    assert same(state(encoder), before) and torch.equal(run(encoder), output)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_model_loaded_cast_from_its_fp32_file_is_restored_from_a_copy(saved, safe_file, failing_placement, dtype):
+    from transformers import CLIPTextModel
+
+    encoder = CLIPTextModel.from_pretrained(saved, dtype=dtype)  # cast while loading: no longer the file's bytes
+    before, output = state(encoder), run(encoder)
+    failing_placement(failing_after(writes=30))
+    with pytest.raises(MemoryError, match="injected"):
+        make_safe(encoder, safe_file)
+    assert same(state(encoder), before) and torch.equal(run(encoder), output)
+    encoder = make_safe(encoder, safe_file)
+    assert encoder.dtype == dtype and is_safe(encoder)
