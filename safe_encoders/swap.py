@@ -275,7 +275,7 @@ def _install_one(
             dtype = home.dtype
             digest = None if dtype == source.dtype(name) else digest_start(dtype, source.shapes[name])
             span = source.span(name) if digest is None else None
-            written = _fill(home, span) if span is not None else None
+            written = _fill(home, source, span) if span is not None else None
             if written is not None:  # straight from the file into the memory the forward reads
                 live = home.read()
                 if live.data_ptr() != written.data_ptr() or live.dtype != dtype or live.shape != written.shape:
@@ -330,8 +330,8 @@ def _sharing_memory(homes: dict[str, TensorHome]) -> set[str]:
     return shared
 
 
-def _fill(home: TensorHome, span: Span) -> torch.Tensor | None:
-    fd = os.open(span.path, os.O_RDONLY)
+def _fill(home: TensorHome, source: EncoderSource, span: Span) -> torch.Tensor | None:
+    fd = source.open_checked(span.path)  # the very file validated, not just one at the same path
     try:
         return home.fill(fd, span.start, span.end - span.start)
     finally:

@@ -184,7 +184,7 @@ def test_a_checkpoint_changed_while_it_is_copied_is_caught_and_undone(saved, tmp
         return digests
 
     monkeypatch.setattr(EncoderSource, "validate", validate_then_tamper)
-    with pytest.raises(SwapVerificationError, match=r"changed while make_safe was copying it"):
+    with pytest.raises(SwapVerificationError, match=r"changed while make_safe was (copying|reading) it"):
         make_safe(encoder, source_file)
     assert same(state(encoder), before) and torch.equal(run(encoder), output)
     assert not is_safe(encoder)
@@ -410,3 +410,62 @@ def test_a_model_loaded_cast_from_its_fp32_file_is_restored_from_a_copy(saved, s
     assert same(state(encoder), before) and torch.equal(run(encoder), output)
     encoder = make_safe(encoder, safe_file)
     assert encoder.dtype == dtype and is_safe(encoder)
+
+
+@pytest.mark.parametrize("stored", [torch.float32, torch.float16], ids=["read whole", "cast by slices"])
+def test_a_checkpoint_folder_swapped_while_it_is_copied_is_caught_and_undone(saved, tmp_path, monkeypatch, stored):
+    # Renaming the folder leaves the checked file's own identity untouched: what is read must be that very file.
+    folder, parked, other = tmp_path / "ckpt", tmp_path / "parked", tmp_path / "other"
+    folder.mkdir()
+    checkpoint = export_encoder(tiny_text_encoder(seed=123).to(stored), folder / "text.safetensors")
+    other.mkdir()
+    export_encoder(tiny_text_encoder(seed=7).to(stored), other / "text.safetensors")  # valid, same size, others
+    encoder = from_file(saved)
+    before, output = state(encoder), run(encoder)
+    validate, changed = EncoderSource.validate, EncoderSource.changed_since_validation
+
+    def validate_then_swap_folders(self, names):
+        digests = validate(self, names)
+        folder.rename(parked)
+        other.rename(folder)
+        return digests
+
+    def swap_back_then_check(self):
+        folder.rename(other)
+        parked.rename(folder)
+        return changed(self)
+
+    monkeypatch.setattr(EncoderSource, "validate", validate_then_swap_folders)
+    monkeypatch.setattr(EncoderSource, "changed_since_validation", swap_back_then_check)
+    with pytest.raises(SwapVerificationError, match="changed while make_safe was reading it"):
+        make_safe(encoder, checkpoint)
+    assert same(state(encoder), before) and torch.equal(run(encoder), output)
+    assert not is_safe(encoder)
+
+
+def test_a_checkpoint_written_during_the_last_read_is_caught_and_undone(saved, tmp_path, safe_file, failing_placement):
+    # No later open sees it: only the identity check after the copy does.
+    source_file = shutil.copy(safe_file, tmp_path / "text.safetensors")
+    encoder = from_file(saved)
+    before, output = state(encoder), run(encoder)
+    fills, last = {"n": 0}, len(before)
+
+    class WrittenDuringRead(InMemory):
+        def fill(self, fd, start, nbytes):
+            written = super().fill(fd, start, nbytes)
+            fills["n"] += 1
+            if fills["n"] == last:
+                with open(source_file, "r+b") as handle:  # as another process would, while this read ran
+                    handle.seek(start)
+                    handle.write(torch.full((1,), float("nan")).numpy().tobytes())
+            return written
+
+    def home(context, key, tensor):
+        found = _materialised_home(context, key, tensor)
+        return WrittenDuringRead(found.key, found.get, found.where) if found is not None else None
+
+    failing_placement(Placement("written during a read", home))
+    with pytest.raises(SwapVerificationError, match=r"changed while make_safe was copying it"):
+        make_safe(encoder, source_file)
+    assert fills["n"] == last and same(state(encoder), before) and torch.equal(run(encoder), output)
+    assert not is_safe(encoder)
