@@ -191,26 +191,29 @@ class Rollback:
 
     def restore(self) -> None:
         """Put everything back; raises SwapVerificationError (after restoring all it can) if a weight could not
-        be restored bit for bit because the file it is restored from changed meanwhile."""
+        be restored bit for bit (the file it is read back from changed meanwhile, or writing it failed)."""
         for config, old in reversed(self._records):
             setattr(config, RECORD_KEY, old)
         for module, dtype in reversed(self._casts):
             module.to(dtype)
-        lost = []
+        lost: list[tuple[str, str]] = []  # (key, why)
         for home, *where in reversed(self._saved):
-            if isinstance(where[0], FileOrigin):
-                if not _restore_from_file(home, where[0]):
-                    lost.append(home.key)
-                continue
-            offset, dtype, numel = where
-            home.retype(dtype)
-            end = offset + numel * dtype.itemsize
-            _write_all(home, stream_fd(self._file.fileno(), offset, end, dtype, "the rollback file"))
+            try:
+                if isinstance(where[0], FileOrigin):
+                    if not _restore_from_file(home, where[0]):
+                        lost.append((home.key, "the file the model was loaded from changed during make_safe"))
+                    continue
+                offset, dtype, numel = where
+                home.retype(dtype)
+                end = offset + numel * dtype.itemsize
+                _write_all(home, stream_fd(self._file.fileno(), offset, end, dtype, "the rollback file"))
+            except Exception as error:  # one weight that cannot be written back must not stop the rest
+                lost.append((home.key, f"writing it back failed: {error!r}"))
         if lost:
             raise SwapVerificationError(
-                f"The original weights of {len(lost)} tensor(s), e.g. {lost[:3]}, could not be restored: they were "
-                f"to be read back from the file the model was loaded from, which changed during make_safe. The "
-                "model now holds a mix of old and new weights and is not recorded as swapped; load it again."
+                f"The original weights of {len(lost)} tensor(s) could not be restored: "
+                f"{'; '.join(f'{key}: {why}' for key, why in lost[:3])}. The model now holds a mix of old and new "
+                "weights and is not recorded as swapped; load it again."
             )
 
     def close(self) -> None:
