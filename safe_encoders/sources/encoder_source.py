@@ -119,9 +119,8 @@ class EncoderSource:
         if expected is not None and file_identity(fd) != expected:
             os.close(fd)
             raise SwapVerificationError(
-                f"{path} changed while make_safe was reading it (written to or replaced, or a folder on its path "
-                "renamed, since its check began); the original weights are kept. Call make_safe again once nothing "
-                "writes the checkpoint."
+                f"{path} changed while it was being read (written to or replaced, or a folder on its path renamed, "
+                "since its check began); nothing read from it is used. Try again once nothing writes the checkpoint."
             )
         return fd
 
@@ -166,8 +165,9 @@ class EncoderSource:
         return {name: digests[name] for name in names}
 
     def file_identities(self) -> dict[Path, tuple[int, ...]]:
-        """`streaming.file_identity` of each file the tensors are read from, now."""
-        return {path: file_identity(path) for path in self.files}
+        """`streaming.file_identity` of each file the tensors are read from, taken now unless `validate` took it
+        already; from now on every read must be from these very files (`open_checked`)."""
+        return {path: self._validated.setdefault(path, file_identity(path)) for path in self.files}
 
     def remember_checked(
         self, digests: dict[str, str], identities: dict[Path, tuple[int, ...]], started_ns: int

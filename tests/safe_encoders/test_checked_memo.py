@@ -144,3 +144,39 @@ def test_a_trusted_file_changed_after_it_was_trusted_is_checked_again(safe_file,
     with pytest.raises(CorruptCheckpointError, match=r"final_layer_norm\.weight"):
         make_safe(encoder, safe_file)
     assert all(torch.equal(before[k], v) for k, v in state(encoder).items()) and not is_safe(encoder)
+
+
+def test_a_folder_swapped_while_a_file_is_trusted_trusts_and_remembers_nothing(tmp_path, settled, reads, monkeypatch):
+    # The file's own identity stays the same when a folder on its path is renamed away and back.
+    from safe_encoders import SwapVerificationError
+    from safe_encoders.sources.encoder_source import EncoderSource
+
+    folder, parked, other = tmp_path / "ckpt", tmp_path / "parked", tmp_path / "other"
+    # transformers folders: no digests recorded in the file, so only reading the very file checked can tell.
+    tiny_text_encoder(seed=123).save_pretrained(folder)
+    tiny_text_encoder(seed=7).save_pretrained(other)  # valid, same size, other weights
+    checkpoint = folder
+    identities, remember = EncoderSource.file_identities, EncoderSource.remember_checked
+
+    def identities_then_swap(self):
+        taken = identities(self)
+        folder.rename(parked)
+        other.rename(folder)
+        return taken
+
+    def swap_back_then_remember(self, *args):
+        folder.rename(other)
+        parked.rename(folder)
+        return remember(self, *args)
+
+    monkeypatch.setattr(EncoderSource, "file_identities", identities_then_swap)
+    monkeypatch.setattr(EncoderSource, "remember_checked", swap_back_then_remember)
+    with pytest.raises(SwapVerificationError, match="changed while it was being read"):
+        trust_checkpoint(checkpoint)
+    monkeypatch.setattr(EncoderSource, "file_identities", identities)
+    monkeypatch.setattr(EncoderSource, "remember_checked", remember)
+    if parked.exists():  # the read failed before the swap back
+        folder.rename(other)
+        parked.rename(folder)
+    encoder = make_safe(tiny_text_encoder(seed=0), checkpoint)
+    assert reads["n"] > 0 and not is_safe(encoder, verify=True)  # nothing was remembered, nothing trusted

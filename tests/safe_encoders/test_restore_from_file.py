@@ -184,7 +184,7 @@ def test_a_checkpoint_changed_while_it_is_copied_is_caught_and_undone(saved, tmp
         return digests
 
     monkeypatch.setattr(EncoderSource, "validate", validate_then_tamper)
-    with pytest.raises(SwapVerificationError, match=r"changed while make_safe was (copying|reading) it"):
+    with pytest.raises(SwapVerificationError, match=r"changed while (make_safe was copying it|it was being read)"):
         make_safe(encoder, source_file)
     assert same(state(encoder), before) and torch.equal(run(encoder), output)
     assert not is_safe(encoder)
@@ -437,7 +437,7 @@ def test_a_checkpoint_folder_swapped_while_it_is_copied_is_caught_and_undone(sav
 
     monkeypatch.setattr(EncoderSource, "validate", validate_then_swap_folders)
     monkeypatch.setattr(EncoderSource, "changed_since_validation", swap_back_then_check)
-    with pytest.raises(SwapVerificationError, match="changed while make_safe was reading it"):
+    with pytest.raises(SwapVerificationError, match="changed while it was being read"):
         make_safe(encoder, checkpoint)
     assert same(state(encoder), before) and torch.equal(run(encoder), output)
     assert not is_safe(encoder)
