@@ -497,3 +497,30 @@ def test_a_weight_that_cannot_be_written_back_does_not_stop_the_restore_of_the_o
     after = state(encoder)
     differ = [key for key in before if not torch.equal(after[key].view(torch.uint8), before[key].view(torch.uint8))]
     assert differ == failed and not is_safe(encoder)
+
+
+def test_a_model_file_deleted_during_make_safe_is_reported_not_mixed_in(saved, tmp_path, safe_file, failing_placement):
+    # Deleting it changes its identity (ctime) as a write would: its bytes can no longer be vouched for.
+    folder = tmp_path / "saved"
+    shutil.copytree(saved, folder)
+    encoder = from_file(folder)
+    delete = lambda: os.unlink(folder / "model.safetensors")  # noqa: E731
+    failing_placement(failing_after(writes=30, before_failing=delete))
+    with pytest.raises(SwapVerificationError, match=r"could not be restored: .*changed during make_safe"):
+        make_safe(encoder, safe_file)
+    assert not is_safe(encoder)
+
+
+def test_a_bf16_model_loaded_from_its_file_is_restored_from_it_after_a_cast_swap(tmp_path, safe_file,
+                                                                                no_rollback_copy,
+                                                                                failing_placement):  # fmt: skip
+    from transformers import CLIPTextModel
+
+    tiny_text_encoder(seed=0).to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    encoder = CLIPTextModel.from_pretrained(tmp_path / "bf16")  # bf16 in the file: memory-mapped as is
+    assert encoder.dtype == torch.bfloat16
+    before, output = state(encoder), run(encoder)
+    failing_placement(failing_after(writes=30))  # the fp32 checkpoint is cast slice by slice
+    with pytest.raises(MemoryError, match="injected"):
+        make_safe(encoder, safe_file)
+    assert same(state(encoder), before) and torch.equal(run(encoder), output)
