@@ -524,3 +524,20 @@ def test_a_bf16_model_loaded_from_its_file_is_restored_from_it_after_a_cast_swap
     with pytest.raises(MemoryError, match="injected"):
         make_safe(encoder, safe_file)
     assert same(state(encoder), before) and torch.equal(run(encoder), output)
+
+
+def test_a_channels_last_vision_encoder_is_swapped_in_place(tmp_path):
+    # `.to(memory_format=torch.channels_last)` leaves the patch convolution's weight strided (not contiguous).
+    from transformers import CLIPVisionModel
+
+    from tests.tiny_models import tiny_vision_config
+
+    torch.manual_seed(123)
+    safe = export_encoder(CLIPVisionModel(tiny_vision_config()), tmp_path / "vision.safetensors")
+    trust_checkpoint(safe)
+    torch.manual_seed(0)
+    encoder = CLIPVisionModel(tiny_vision_config()).eval().to(memory_format=torch.channels_last)
+    assert not encoder.embeddings.patch_embedding.weight.is_contiguous()
+    make_safe(encoder, safe)
+    assert is_safe(encoder, verify=True)
+    assert encoder.embeddings.patch_embedding.weight.is_contiguous(memory_format=torch.channels_last)
