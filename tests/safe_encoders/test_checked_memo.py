@@ -180,3 +180,14 @@ def test_a_folder_swapped_while_a_file_is_trusted_trusts_and_remembers_nothing(t
         parked.rename(folder)
     encoder = make_safe(tiny_text_encoder(seed=0), checkpoint)
     assert reads["n"] > 0 and not is_safe(encoder, verify=True)  # nothing was remembered, nothing trusted
+
+
+def test_a_file_on_a_filesystem_not_known_to_be_local_is_never_remembered(safe_file, settled, reads, monkeypatch):
+    # On NFS, SMB or FUSE (sshfs...) the timestamps are reported by a server or a daemon: an identity proves nothing.
+    assert checked.local_filesystem(safe_file)  # the tests' temporary folder is on a local filesystem
+    make_safe(tiny_text_encoder(seed=0), safe_file)  # remembered
+    first = reads["n"]
+    monkeypatch.setattr(checked, "LOCAL_FILESYSTEMS", {})  # as if it were a network or FUSE mount
+    make_safe(tiny_text_encoder(seed=1), safe_file)
+    assert reads["n"] == 2 * first
+    assert not checked.local_filesystem(safe_file)
