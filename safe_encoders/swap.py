@@ -276,7 +276,10 @@ def _install_one(
             home = plan.homes[key]
             rollback.save(home)
             dtype = home.dtype
-            digest = None if dtype == source.dtype(name) else digest_start(dtype, source.shapes[name])
+            stored = source.dtype(name)
+            # Hashed while copied when cast, or when the file's unchanged identity would prove nothing (not local).
+            hashed = dtype != stored or not source.on_local_filesystem(name)
+            digest = digest_start(dtype, source.shapes[name]) if hashed else None
             span = source.span(name) if digest is None else None
             written = _fill(home, source, span) if span is not None else None
             if written is not None:  # straight from the file into the memory the forward reads
@@ -286,6 +289,11 @@ def _install_one(
             else:
                 _copy_chunks(home, source.chunks(name), dtype, digest, name, unseen)
             installed[key] = digest.hexdigest() if digest is not None else source_digests[name]
+            if dtype == stored and installed[key] != source_digests[name]:
+                raise SwapVerificationError(
+                    f"{plan.label}: {name} changed while make_safe was copying it (after it was checked); the "
+                    "original weights were restored. Call make_safe again once nothing writes the checkpoint."
+                )
         for home in plan.homes.values():
             home.finish()
         changed = source.changed_since_validation()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import json
 import logging
@@ -43,13 +44,18 @@ LOCAL_FILESYSTEMS = {
 logger = logging.getLogger("safe_encoders")
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def local_filesystem(path: Path) -> bool:
     """Whether `path` is on a filesystem of `LOCAL_FILESYSTEMS` (Linux statfs); False when it cannot tell."""
     if not sys.platform.startswith("linux"):
         return False
     buffer = ctypes.create_string_buffer(512)  # struct statfs: f_type (a C long) comes first
     try:
-        if ctypes.CDLL(None, use_errno=True).statfs(os.fsencode(path), buffer) != 0:
+        if _libc().statfs(os.fsencode(path), buffer) != 0:
             return False
     except (OSError, AttributeError):
         return False

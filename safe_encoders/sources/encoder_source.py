@@ -124,6 +124,11 @@ class EncoderSource:
             )
         return fd
 
+    def on_local_filesystem(self, name: str) -> bool:
+        """Whether tensor `name`'s file is on a local filesystem (`checked.LOCAL_FILESYSTEMS`), where its unchanged
+        identity proves its bytes unchanged."""
+        return checked.local_filesystem(self._locations[name][0])
+
     def span(self, name: str) -> Span | None:
         """Where tensor `name` lies in its safetensors file (None for a pickle file)."""
         path, key = self._locations[name]

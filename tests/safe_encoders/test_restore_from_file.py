@@ -541,3 +541,32 @@ def test_a_channels_last_vision_encoder_is_swapped_in_place(tmp_path):
     make_safe(encoder, safe)
     assert is_safe(encoder, verify=True)
     assert encoder.embeddings.patch_embedding.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_off_a_local_filesystem_a_checkpoint_changed_under_an_unchanged_identity_is_caught(saved, tmp_path, safe_file,
+                                                                                          monkeypatch):  # fmt: skip
+    # On NFS / SMB / FUSE a server or daemon reports the timestamps: the identity may stay the same while the bytes
+    # change. There what is copied is hashed and compared with what was checked.
+    from safe_encoders.sources import checked, encoder_source
+
+    source_file = shutil.copy(safe_file, tmp_path / "text.safetensors")
+    real_identity = encoder_source.file_identity
+    monkeypatch.setattr(encoder_source, "file_identity", lambda file: (*real_identity(file)[:3], 0, 0))  # still
+    monkeypatch.setattr(checked, "LOCAL_FILESYSTEMS", {})  # as on a network or FUSE mount
+    encoder = from_file(saved)
+    before, output = state(encoder), run(encoder)
+    validate = EncoderSource.validate
+
+    def validate_then_tamper(self, names):
+        digests = validate(self, names)
+        span = safetensors_spans(source_file)["text_model.final_layer_norm.weight"]
+        with open(source_file, "r+b") as handle:  # checked bytes replaced by unchecked ones, same size
+            handle.seek(span.start)
+            handle.write(torch.full((4,), 7.0).numpy().tobytes())
+        return digests
+
+    monkeypatch.setattr(EncoderSource, "validate", validate_then_tamper)
+    with pytest.raises(SwapVerificationError, match=r"final_layer_norm\.weight changed while make_safe was copying"):
+        make_safe(encoder, source_file)
+    assert same(state(encoder), before) and torch.equal(run(encoder), output)
+    assert not is_safe(encoder)
