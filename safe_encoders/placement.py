@@ -86,7 +86,11 @@ class InMemory(TensorHome):
     def write(self, offset: int, values: torch.Tensor) -> None:
         tensor = self.get()
         with torch.no_grad():
-            tensor.view(-1)[offset : offset + values.numel()].copy_(values)
+            if tensor.is_contiguous():
+                tensor.view(-1)[offset : offset + values.numel()].copy_(values)
+            else:  # strided (a transposed weight): put_ indexes the tensor in its logical flat order
+                index = torch.arange(offset, offset + values.numel(), device=tensor.device)
+                tensor.put_(index, values.to(tensor.device))
 
     def fill(self, fd: int, start: int, nbytes: int) -> torch.Tensor | None:
         tensor = self.get()

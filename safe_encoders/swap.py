@@ -135,8 +135,9 @@ class Rollback:
 
     def __init__(self) -> None:
         self._file: Any = None  # the spill file, created on the first tensor that needs a copy
-        self._saved: list[tuple[TensorHome, int, torch.dtype, int]] = []  # home, spill-file offset, dtype, numel
-        self._from_files: list[tuple[TensorHome, FileOrigin]] = []
+        # In the order saved (restored in reverse: a tied weight saved after its twin was written holds new bytes):
+        # (home, spill-file offset, dtype, numel) for a copy, (home, origin) for a weight read back from its file.
+        self._saved: list[tuple[TensorHome, int, torch.dtype, int] | tuple[TensorHome, FileOrigin]] = []
         self._origins: dict[int, FileOrigin] = {}  # id(home) -> the file place its live bytes were proven equal to
         self._maps: MappedFiles | None = None
         self._seen: set[int] = set()
@@ -165,7 +166,7 @@ class Rollback:
         self._seen.add(id(home))
         origin = self._origins.get(id(home))
         if origin is not None:
-            self._from_files.append((home, origin))
+            self._saved.append((home, origin))
             return
         value = home.read().detach().to("cpu").contiguous().view(-1)
         if self._file is None:
@@ -190,28 +191,29 @@ class Rollback:
 
     def restore(self) -> None:
         """Put everything back; raises SwapVerificationError (after restoring all it can) if a weight could not
-        be restored bit for bit because the file it is restored from changed meanwhile."""
+        be restored bit for bit (the file it is read back from changed meanwhile, or writing it failed)."""
         for config, old in reversed(self._records):
             setattr(config, RECORD_KEY, old)
         for module, dtype in reversed(self._casts):
             module.to(dtype)
-        for home, offset, dtype, numel in self._saved:
-            home.retype(dtype)
-            end = offset + numel * dtype.itemsize
-            _write_all(home, stream_fd(self._file.fileno(), offset, end, dtype, "the rollback file"))
-        lost = []
-        for home, origin in self._from_files:
-            home.retype(origin.dtype)
-            if origin.file.unchanged():
-                _write_all(home, origin.chunks())
-                if origin.file.unchanged() and origin.matches(home.read().detach().to("cpu").view(-1)):
+        lost: list[tuple[str, str]] = []  # (key, why)
+        for home, *where in reversed(self._saved):
+            try:
+                if isinstance(where[0], FileOrigin):
+                    if not _restore_from_file(home, where[0]):
+                        lost.append((home.key, "the file the model was loaded from changed during make_safe"))
                     continue
-            lost.append(home.key)
+                offset, dtype, numel = where
+                home.retype(dtype)
+                end = offset + numel * dtype.itemsize
+                _write_all(home, stream_fd(self._file.fileno(), offset, end, dtype, "the rollback file"))
+            except Exception as error:  # one weight that cannot be written back must not stop the rest
+                lost.append((home.key, f"writing it back failed: {error!r}"))
         if lost:
             raise SwapVerificationError(
-                f"The original weights of {len(lost)} tensor(s), e.g. {lost[:3]}, could not be restored: they were "
-                f"to be read back from the file the model was loaded from, which changed during make_safe. The "
-                "model now holds a mix of old and new weights and is not recorded as swapped; load it again."
+                f"The original weights of {len(lost)} tensor(s) could not be restored: "
+                f"{'; '.join(f'{key}: {why}' for key, why in lost[:3])}. The model now holds a mix of old and new "
+                "weights and is not recorded as swapped; load it again."
             )
 
     def close(self) -> None:
@@ -219,6 +221,19 @@ class Rollback:
             self._file.close()
         if self._maps is not None:
             self._maps.close()
+
+
+def _restore_from_file(home: TensorHome, origin: FileOrigin) -> bool:
+    """Write `home`'s original bytes back from the file it was proven equal to; False if that file changed or
+    could not be read (the others are still restored)."""
+    home.retype(origin.dtype)
+    if not origin.file.unchanged():
+        return False
+    try:
+        _write_all(home, origin.chunks())
+    except (OSError, CorruptCheckpointError):  # truncated or unreadable meanwhile
+        return False
+    return origin.file.unchanged() and origin.matches(home.read().detach().to("cpu").view(-1))
 
 
 def _write_all(home: TensorHome, chunks: Iterator[torch.Tensor]) -> None:
@@ -252,15 +267,21 @@ def _install_one(
     if torch_dtype is not None and _module_dtype(module) != torch_dtype:
         rollback.cast(module, torch_dtype, plan.homes)
     installed: dict[str, str] = {}
-    unseen: list[str] = []  # written where the forward reads it only after `finish`: read back afterwards
+    # Read back once all is written: a weight written where the forward reads it only after `finish`, and a
+    # weight sharing memory with another (tied), which a later write to its twin may overwrite.
+    tied = _sharing_memory(plan.homes)
+    unseen: list[str] = [name for name, key in plan.names.items() if key in tied]
     with torch.no_grad():
         for name, key in plan.names.items():
             home = plan.homes[key]
             rollback.save(home)
             dtype = home.dtype
-            digest = None if dtype == source.dtype(name) else digest_start(dtype, source.shapes[name])
+            stored = source.dtype(name)
+            # Hashed while copied when cast, or when the file's unchanged identity would prove nothing (not local).
+            hashed = dtype != stored or not source.on_local_filesystem(name)
+            digest = digest_start(dtype, source.shapes[name]) if hashed else None
             span = source.span(name) if digest is None else None
-            written = _fill(home, span) if span is not None else None
+            written = _fill(home, source, span) if span is not None else None
             if written is not None:  # straight from the file into the memory the forward reads
                 live = home.read()
                 if live.data_ptr() != written.data_ptr() or live.dtype != dtype or live.shape != written.shape:
@@ -268,6 +289,11 @@ def _install_one(
             else:
                 _copy_chunks(home, source.chunks(name), dtype, digest, name, unseen)
             installed[key] = digest.hexdigest() if digest is not None else source_digests[name]
+            if dtype == stored and installed[key] != source_digests[name]:
+                raise SwapVerificationError(
+                    f"{plan.label}: {name} changed while make_safe was copying it (after it was checked); the "
+                    "original weights were restored. Call make_safe again once nothing writes the checkpoint."
+                )
         for home in plan.homes.values():
             home.finish()
         changed = source.changed_since_validation()
@@ -276,7 +302,7 @@ def _install_one(
                 f"{plan.label}: {changed[0]} changed while make_safe was copying it (after it was checked); the "
                 "original weights were restored. Call make_safe again once nothing writes the checkpoint."
             )
-        for name in unseen:
+        for name in dict.fromkeys(unseen):
             key = plan.names[name]
             if not _reads_back(plan.homes[key], source, name):
                 raise SwapVerificationError(
@@ -296,8 +322,27 @@ def _install_one(
     )
 
 
-def _fill(home: TensorHome, span: Span) -> torch.Tensor | None:
-    fd = os.open(span.path, os.O_RDONLY)
+def _sharing_memory(homes: dict[str, TensorHome]) -> set[str]:
+    """Keys of the in-memory homes whose bytes overlap another's (tied weights, overlapping views)."""
+    extents = []
+    for key, home in homes.items():
+        tensor = home.read() if isinstance(home, InMemory) else None
+        if tensor is not None and tensor.numel():
+            last = sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride(), strict=True))
+            start = tensor.data_ptr()
+            extents.append((str(tensor.device), start, start + (last + 1) * tensor.element_size(), key))
+    shared: set[str] = set()
+    reach: tuple[str, int, str] = ("", 0, "")  # device, end and key of the extent reaching furthest so far
+    for device, start, end, key in sorted(extents):
+        if device == reach[0] and start < reach[1]:
+            shared.update((key, reach[2]))
+        if device != reach[0] or end > reach[1]:
+            reach = (device, end, key)
+    return shared
+
+
+def _fill(home: TensorHome, source: EncoderSource, span: Span) -> torch.Tensor | None:
+    fd = source.open_checked(span.path)  # the very file validated, not just one at the same path
     try:
         return home.fill(fd, span.start, span.end - span.start)
     finally:
@@ -319,7 +364,7 @@ def _copy_chunks(
         value = chunk.to(dtype)
         home.write(offset, value)
         if landed:  # compare with the slice just written while it is at hand (no second read of the file)
-            live = home.read().detach().view(-1)[offset : offset + value.numel()]
+            live = home.read().detach().reshape(-1)[offset : offset + value.numel()]  # a copy only if strided
             landed = same_bits(live.to("cpu"), value)
         if digest is not None:
             digest.update(as_bytes(value))

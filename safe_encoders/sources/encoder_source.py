@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from ..errors import CorruptCheckpointError
+from ..errors import CorruptCheckpointError, SwapVerificationError
 from ..format import PROJECTION
 from ..registry import EncoderFingerprint, EncoderKind
 from ..streaming import (
@@ -22,7 +22,7 @@ from ..streaming import (
     check_weight,
     file_identity,
     safetensors_spans,
-    stream_span,
+    stream_fd,
     stream_tensor,
 )
 from . import checked
@@ -101,8 +101,33 @@ class EncoderSource:
         """Tensor `name` as flat slices in its stored dtype, each valid until the next is asked for."""
         path, key = self._locations[name]
         if path.suffix == ".safetensors":
-            return stream_span(self._span(path, key), chunk_bytes)
+            return self._stream(self._span(path, key), chunk_bytes)
         return stream_tensor(self._pickled[path][key], chunk_bytes)
+
+    def _stream(self, span: Span, chunk_bytes: int) -> Iterator[torch.Tensor]:
+        fd = self.open_checked(span.path)
+        try:
+            yield from stream_fd(fd, span.start, span.end, span.dtype, str(span.path), chunk_bytes)
+        finally:
+            os.close(fd)
+
+    def open_checked(self, path: Path) -> int:
+        """`path` opened for reading; once `validate` took its identity, it must still be that very file: the
+        path may lead elsewhere meanwhile (a folder on it renamed away and back) while the file stays unchanged."""
+        fd = os.open(path, os.O_RDONLY)
+        expected = self._validated.get(path)
+        if expected is not None and file_identity(fd) != expected:
+            os.close(fd)
+            raise SwapVerificationError(
+                f"{path} changed while it was being read (written to or replaced, or a folder on its path renamed, "
+                "since its check began); nothing read from it is used. Try again once nothing writes the checkpoint."
+            )
+        return fd
+
+    def on_local_filesystem(self, name: str) -> bool:
+        """Whether tensor `name`'s file is on a local filesystem (`checked.LOCAL_FILESYSTEMS`), where its unchanged
+        identity proves its bytes unchanged."""
+        return checked.local_filesystem(self._locations[name][0])
 
     def span(self, name: str) -> Span | None:
         """Where tensor `name` lies in its safetensors file (None for a pickle file)."""
@@ -145,8 +170,9 @@ class EncoderSource:
         return {name: digests[name] for name in names}
 
     def file_identities(self) -> dict[Path, tuple[int, ...]]:
-        """`streaming.file_identity` of each file the tensors are read from, now."""
-        return {path: file_identity(path) for path in self.files}
+        """`streaming.file_identity` of each file the tensors are read from, taken now unless `validate` took it
+        already; from now on every read must be from these very files (`open_checked`)."""
+        return {path: self._validated.setdefault(path, file_identity(path)) for path in self.files}
 
     def remember_checked(
         self, digests: dict[str, str], identities: dict[Path, tuple[int, ...]], started_ns: int
