@@ -108,7 +108,8 @@ class Remapped:
 
     def _sole_keys(self, module: nn.Module) -> set[str]:
         """Keys of `module`'s CPU tensors that are the only tensor of the module on their storage and fill it whole
-        (not tied to another name, not a view of something larger); taken before the first change to `module`."""
+        (not tied to another name, not a view of something larger: writing in place keeps those ties, replacing
+        the tensor would break them); taken before the first change to `module`."""
         if id(module) not in self._sole:
             named = list(
                 chain(module.named_parameters(remove_duplicate=False), module.named_buffers(remove_duplicate=False))
@@ -119,7 +120,6 @@ class Remapped:
                 name
                 for name, tensor in on_cpu
                 if users[tensor.untyped_storage().data_ptr()] == 1
-                and tensor.data_ptr() == tensor.untyped_storage().data_ptr()
                 and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
             }
         return self._sole[id(module)]

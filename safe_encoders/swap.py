@@ -7,8 +7,8 @@ before the first write (`plan_swap`, `EncoderSource.validate`, and which origina
 from the file the model is memory-mapped from: `origins`); `install` then points each weight it can
 at a private memory map of the checked file, as `from_pretrained` does (`mapped`: no byte written),
 and copies the others tensor by tensor (straight from the checkpoint into the memory the forward
-reads where it can), checks that the forward reads what was written and that the checkpoint is still the file that was checked, and
-restores the original weights if anything fails.
+reads where it can), checks that the forward reads what was written and that the checkpoint is
+still the file that was checked, and restores the original weights if anything fails.
 """
 
 from __future__ import annotations

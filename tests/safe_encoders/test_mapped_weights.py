@@ -24,7 +24,7 @@ from safe_encoders import export_encoder, is_safe, load_text_encoder, make_safe,
 from safe_encoders.errors import SwapVerificationError
 from safe_encoders.origins import MappedFiles
 from safe_encoders.sources.encoder_source import EncoderSource
-from safe_encoders.streaming import safetensors_spans
+from safe_encoders.streaming import file_identity, safetensors_spans
 from safe_encoders.swap import Rollback
 from tests.tiny_models import tiny_text_encoder
 
@@ -70,7 +70,9 @@ def restored(encoder, before) -> bool:
     """Every weight is the same tensor object on the same memory with the same bits as in `before`."""
     now = weights(encoder)
     return now.keys() == before.keys() and all(
-        now[k] is obj and now[k].data_ptr() == ptr and torch.equal(now[k].detach().view(torch.uint8), bits.view(torch.uint8))
+        now[k] is obj
+        and now[k].data_ptr() == ptr
+        and torch.equal(now[k].detach().view(torch.uint8), bits.view(torch.uint8))
         for k, (obj, ptr, bits) in before.items()
     )
 
@@ -185,7 +187,9 @@ def test_a_failure_after_a_cast_and_mapping_restores_the_original_dtype_and_bits
     with pytest.raises(Boom):
         make_safe(encoder, safe_file, torch_dtype=torch.float32)
     now = weights(encoder)
-    assert all(now[k].dtype == torch.float16 and torch.equal(now[k].detach(), bits) for k, (_, _, bits) in before.items())
+    assert all(
+        now[k].dtype == torch.float16 and torch.equal(now[k].detach(), bits) for k, (_, _, bits) in before.items()
+    )
     assert torch.equal(run(encoder), output) and not is_safe(encoder)
 
 
@@ -246,6 +250,52 @@ def test_weights_sharing_storage_are_written_in_place(safe_file):
     shared = {"encoder.layers.0.self_attn.q_proj.weight", "encoder.layers.0.self_attn.k_proj.weight"}
     assert shared.isdisjoint(mapped_keys(encoder, safe_file)) and len(mapped_keys(encoder, safe_file)) > 10
     assert torch.equal(run(encoder), run(load_text_encoder(safe_file))) and is_safe(encoder)
+
+
+def test_a_weight_whose_storage_another_tensor_of_the_module_uses_is_written_in_place(safe_file):
+    encoder = tiny_text_encoder(seed=0)
+    weight = encoder.final_layer_norm.weight
+    encoder.register_buffer("alias", weight.detach(), persistent=False)  # the whole storage, another name
+    make_safe(encoder, safe_file)
+    assert "final_layer_norm.weight" not in mapped_keys(encoder, safe_file)
+    assert torch.equal(encoder.alias, weight.detach()) and torch.equal(
+        weight, load_text_encoder(safe_file).final_layer_norm.weight
+    )
+
+
+def test_a_view_of_a_larger_tensor_is_written_in_place(safe_file):
+    encoder = tiny_text_encoder(seed=0)
+    weight = encoder.final_layer_norm.weight
+    base = torch.zeros(weight.numel() * 2)
+    base[: weight.numel()] = weight.detach()
+    weight.data = base[: weight.numel()]  # starts its storage but does not fill it
+    make_safe(encoder, safe_file)
+    assert "final_layer_norm.weight" not in mapped_keys(encoder, safe_file)
+    assert torch.equal(base[: weight.numel()], load_text_encoder(safe_file).final_layer_norm.weight)
+
+
+@pytest.mark.parametrize("change", ["dtype", "shape", "misaligned", "offloaded"])
+def test_put_leaves_a_weight_it_cannot_serve_unchanged(safe_file, change):
+    from dataclasses import replace
+
+    from safe_encoders.placement import InMemory
+
+    encoder = tiny_text_encoder(seed=0)
+    key = "final_layer_norm.weight"
+    span = safetensors_spans(safe_file)[f"text_model.{key}"]
+    home = InMemory(key, lambda: encoder.final_layer_norm.weight)
+    if change == "dtype":
+        span = replace(span, dtype=torch.int32)
+    elif change == "shape":
+        span = replace(span, shape=(span.shape[0] // 2, 2))
+    elif change == "misaligned":
+        span = replace(span, start=span.start + 2, end=span.end + 2)
+    else:
+        home = InMemory(key, home.get, where="accelerate offload (memory)")
+    before = snapshot(encoder)
+    remapped = mapped.Remapped()
+    assert remapped.put(encoder, key, home, span, file_identity(safe_file)) is None
+    assert restored(encoder, before)
 
 
 def test_a_half_precision_encoder_takes_the_copying_path(safe_file):

@@ -1,11 +1,12 @@
 """make_safe on a model loaded from a safetensors file: the originals are restored from that file, not copied.
 
 A model transformers loads from a safetensors file holds its weights as a private memory map of that
-file. (These tests are of the path that writes the new weights (`copy_path`); a weight that make_safe
-maps from its checkpoint instead gets its old tensor back: test_mapped_weights.py.) Proven equal to the file before anything is written, they are restored from it after a
+file. Proven equal to the file before anything is written, they are restored from it after a
 failure (bit for bit, no rollback copy written); a weight that differs from its file is copied; a
 file that changed before the restore is reported, never silently mixed in; a checkpoint that
-changes while it is copied is caught and undone.
+changes while it is copied is caught and undone. (Most tests are of the path that writes the new
+weights, `copy_path`; a weight make_safe maps from its checkpoint instead gets its old tensor back:
+test_mapped_weights.py.)
 """
 
 from __future__ import annotations
