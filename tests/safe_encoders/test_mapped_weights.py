@@ -128,6 +128,19 @@ def test_the_mapping_outlives_the_file_name(safe_file, tmp_path):
     assert torch.equal(run(encoder), expected)
 
 
+def test_a_write_into_the_checkpoint_shows_through_and_verify_sees_it(safe_file, tmp_path):
+    copy = Path(shutil.copy(safe_file, tmp_path / "text.safetensors"))
+    encoder = make_safe(tiny_text_encoder(seed=0), copy)
+    trust_checkpoint(copy)
+    assert is_safe(encoder, verify=True)
+    span = safetensors_spans(copy)["text_model.final_layer_norm.weight"]
+    with open(copy, "r+b") as handle:  # in place, as with any model from_pretrained maps from its file
+        handle.seek(span.start)
+        handle.write(torch.full((2,), 7.0).numpy().tobytes())
+    assert encoder.final_layer_norm.weight[0] == 7.0
+    assert is_safe(encoder) and not is_safe(encoder, verify=True)
+
+
 class Boom(MemoryError):
     pass
 
