@@ -317,6 +317,16 @@ def test_a_half_precision_encoder_takes_the_copying_path(safe_file):
     assert torch.equal(run(encoder), run(load_text_encoder(safe_file, torch_dtype=torch.float16)))
 
 
+def test_a_file_that_cannot_be_memory_mapped_is_copied(safe_file, monkeypatch):
+    def no_maps(*args, **kwargs):
+        raise OSError(19, "No such device")  # what mmap says on a file system without memory maps
+
+    monkeypatch.setattr(mapped.mmap, "mmap", no_maps)
+    encoder = make_safe(tiny_text_encoder(seed=0), safe_file)
+    assert not mapped_keys(encoder, safe_file)
+    assert torch.equal(run(encoder), run(load_text_encoder(safe_file))) and is_safe(encoder)
+
+
 def test_an_offloaded_encoder_takes_the_copying_path(safe_file):
     from accelerate import cpu_offload
 
