@@ -38,14 +38,17 @@ class CheckpointMaps:
     """One private memory map per checkpoint file, made only while the file is still the one that was checked."""
 
     def __init__(self) -> None:
-        self._storages: dict[Path, torch.UntypedStorage] = {}
+        self._storages: dict[Path, torch.UntypedStorage | None] = {}  # None: the file cannot be mapped
 
-    def tensor(self, span: Span, identity: tuple[int, ...] | None) -> torch.Tensor:
-        """Tensor `span` of its file as a view of the file's private map (a storage of its own); refuses a file
-        whose identity is no longer `identity` (the one it had when it was checked)."""
-        storage = self._storages.get(span.path)
+    def tensor(self, span: Span, identity: tuple[int, ...] | None) -> torch.Tensor | None:
+        """Tensor `span` of its file as a view of the file's private map (a storage of its own), or None if the
+        file cannot be memory-mapped; refuses a file whose identity is no longer `identity` (the one it had
+        when it was checked)."""
+        if span.path not in self._storages:
+            self._storages[span.path] = _map_private(span.path, identity)
+        storage = self._storages[span.path]
         if storage is None:
-            storage = self._storages[span.path] = _map_private(span.path, identity)
+            return None
         piece = storage[span.start : span.end]  # shares the mapping and holds a reference to it
         return torch.empty(0, dtype=torch.uint8).set_(piece).view(span.dtype).view(span.shape)
 
@@ -53,7 +56,7 @@ class CheckpointMaps:
         self._storages.clear()  # the weights that use a mapping keep it alive
 
 
-def _map_private(path: Path, identity: tuple[int, ...] | None) -> torch.UntypedStorage:
+def _map_private(path: Path, identity: tuple[int, ...] | None) -> torch.UntypedStorage | None:
     fd = os.open(path, os.O_RDONLY)
     try:
         if identity is None or file_identity(fd) != identity:
@@ -61,7 +64,10 @@ def _map_private(path: Path, identity: tuple[int, ...] | None) -> torch.UntypedS
                 f"{path} changed after make_safe checked it (before it was mapped); the original weights were "
                 "restored. Call make_safe again once nothing writes the checkpoint."
             )
-        mapping = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)  # MAP_PRIVATE: a write lands in our own page
+        try:
+            mapping = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)  # MAP_PRIVATE: a write lands in our own page
+        except (OSError, ValueError):  # a file system without memory maps: the weights are copied instead
+            return None
     finally:
         os.close(fd)  # the mapping holds the file (mmap keeps a duplicate descriptor)
     return torch.frombuffer(mapping, dtype=torch.uint8).untyped_storage()  # the storage holds `mapping`
@@ -94,6 +100,8 @@ class Remapped:
         ):
             return None
         mapped = self.maps.tensor(span, identity)
+        if mapped is None:
+            return None
         owner_name, _, local = key.rpartition(".")
         owner = module.get_submodule(owner_name) if owner_name else module
         parameter = owner._parameters.get(local)
