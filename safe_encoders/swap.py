@@ -4,10 +4,11 @@ Weights are written where the forward pass reads them (`placement`): the module'
 the copies accelerate / diffusers offloading keeps in memory or on disk, so dtype, device, wrappers
 and hooks stay as they are and no second copy of the encoder is kept alive. Everything is checked
 before the first write (`plan_swap`, `EncoderSource.validate`, and which originals can be read back
-from the file the model is memory-mapped from: `origins`); `install` then copies tensor by tensor
-(straight from the checkpoint into the memory the forward reads where it can), checks that the
-forward reads what was written and that the checkpoint is still the file that was checked, and
-restores the original weights if anything fails.
+from the file the model is memory-mapped from: `origins`); `install` then points each weight it can
+at a private memory map of the checked file, as `from_pretrained` does (`mapped`: no byte written),
+and copies the others tensor by tensor (straight from the checkpoint into the memory the forward
+reads where it can), checks that the forward reads what was written and that the checkpoint is
+still the file that was checked, and restores the original weights if anything fails.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .errors import (
     UnsupportedModelError,
 )
 from .format import PROJECTION, RECORD_KEY, combined_digest, module_names, tensor_digest
+from .mapped import Remapped
 from .origins import FileOrigin, MappedFiles
 from .placement import InMemory, TensorHome, locate
 from .registry import EncoderFingerprint, EncoderKind, fitting_checkpoint_names
@@ -128,9 +130,10 @@ class Rollback:
     """The original bytes of every tensor about to change, and everything else a swap changes; `restore` puts
     it all back.
 
-    A weight proven (before the first write, by `keep_originals`) to equal the file it is memory-mapped
-    from is restored from that file and not copied (`origins`); any other is spilled to an unlinked
-    temporary file (not kept in memory), one large write per tensor.
+    A weight pointed at a private map of its checkpoint (`mapped`) gets the tensor it held back (kept, not
+    copied). A weight proven (before the first write, by `keep_originals`) to equal the file it is
+    memory-mapped from is restored from that file and not copied (`origins`); any other is spilled to
+    an unlinked temporary file (not kept in memory), one large write per tensor.
     """
 
     def __init__(self) -> None:
@@ -143,6 +146,7 @@ class Rollback:
         self._seen: set[int] = set()
         self._casts: list[tuple[nn.Module, torch.dtype]] = []
         self._records: list[tuple[Any, Any]] = []
+        self.remapped = Remapped()  # weights pointed at their checkpoint's private map, and what they held before
 
     def keep_originals(self, homes: list[TensorHome]) -> None:
         """Before anything is written: find which homes hold exactly the bytes of the file they are mapped from
@@ -194,6 +198,7 @@ class Rollback:
         be restored bit for bit (the file it is read back from changed meanwhile, or writing it failed)."""
         for config, old in reversed(self._records):
             setattr(config, RECORD_KEY, old)
+        self.remapped.restore()  # first: a cast undone below applies to the tensors held before
         for module, dtype in reversed(self._casts):
             module.to(dtype)
         lost: list[tuple[str, str]] = []  # (key, why)
@@ -217,6 +222,7 @@ class Rollback:
             )
 
     def close(self) -> None:
+        self.remapped.close()
         if self._file is not None:
             self._file.close()
         if self._maps is not None:
@@ -274,15 +280,18 @@ def _install_one(
     with torch.no_grad():
         for name, key in plan.names.items():
             home = plan.homes[key]
-            rollback.save(home)
             dtype = home.dtype
             stored = source.dtype(name)
             # Hashed while copied when cast, or when the file's unchanged identity would prove nothing (not local).
             hashed = dtype != stored or not source.on_local_filesystem(name)
             digest = digest_start(dtype, source.shapes[name]) if hashed else None
             span = source.span(name) if digest is None else None
-            written = _fill(home, source, span) if span is not None else None
-            if written is not None:  # straight from the file into the memory the forward reads
+            # No byte written: the weight becomes its slice of a private map of the checked file (`mapped`).
+            written = None if span is None else rollback.remapped.put(module, key, home, span, source.identity_of(span))
+            if written is None:
+                rollback.save(home)
+                written = _fill(home, source, span) if span is not None else None
+            if written is not None:  # the memory the forward reads now holds (or is) the file's bytes
                 live = home.read()
                 if live.data_ptr() != written.data_ptr() or live.dtype != dtype or live.shape != written.shape:
                     unseen.append(name)

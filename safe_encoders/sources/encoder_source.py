@@ -189,6 +189,11 @@ class EncoderSource:
             }
             checked.remember(path, identity, done, started_ns)
 
+    def identity_of(self, span: Span) -> tuple[int, ...] | None:
+        """The identity (`streaming.file_identity`) `span`'s file had when `validate` began reading it (None if it
+        did not)."""
+        return self._validated.get(span.path)
+
     def changed_since_validation(self) -> list[Path]:
         """The files `validate` read that have been written to or replaced since it began (so what is read from
         them now may not be what was checked)."""

@@ -4,7 +4,9 @@ A model transformers loads from a safetensors file holds its weights as a privat
 file. Proven equal to the file before anything is written, they are restored from it after a
 failure (bit for bit, no rollback copy written); a weight that differs from its file is copied; a
 file that changed before the restore is reported, never silently mixed in; a checkpoint that
-changes while it is copied is caught and undone.
+changes while it is copied is caught and undone. (Most tests are of the path that writes the new
+weights, `copy_path`; a weight make_safe maps from its checkpoint instead gets its old tensor back:
+test_mapped_weights.py.)
 """
 
 from __future__ import annotations
@@ -72,6 +74,14 @@ def same(a, b) -> bool:
 
 
 @pytest.fixture
+def copy_path(monkeypatch):
+    """make_safe writes every weight into the memory it has (none is pointed at a map of the checkpoint)."""
+    import safe_encoders.mapped as mapped
+
+    monkeypatch.setattr(mapped, "ENABLED", False)
+
+
+@pytest.fixture
 def no_rollback_copy(monkeypatch):
     """Any attempt to spill original weights to a temporary file fails the test."""
     import safe_encoders.swap as swap
@@ -121,14 +131,19 @@ def failing_placement():
         PLACEMENTS.remove(placement)
 
 
-def test_a_model_loaded_from_its_file_is_swapped_with_no_copy_of_its_weights(saved, safe_file, no_rollback_copy):
+@pytest.mark.parametrize("mapping", [True, False], ids=["mapped", "written"])
+def test_a_model_loaded_from_its_file_is_swapped_with_no_copy_of_its_weights(saved, safe_file, no_rollback_copy,
+                                                                             monkeypatch, mapping):  # fmt: skip
+    import safe_encoders.mapped as mapped
+
+    monkeypatch.setattr(mapped, "ENABLED", mapping)
     encoder = from_file(saved)
     make_safe(encoder, safe_file)
     assert is_safe(encoder)
 
 
 @pytest.mark.parametrize("offload", [False, True], ids=["parameters", "accelerate cpu_offload"])
-def test_a_failure_mid_copy_restores_it_from_its_file_bit_for_bit(saved, safe_file, no_rollback_copy,
+def test_a_failure_mid_copy_restores_it_from_its_file_bit_for_bit(saved, safe_file, no_rollback_copy, copy_path,
                                                                    failing_placement, offload):  # fmt: skip
     encoder = from_file(saved)
     if offload:  # the weights now live in the offload hooks' map: the same memory-mapped tensors
@@ -144,7 +159,8 @@ def test_a_failure_mid_copy_restores_it_from_its_file_bit_for_bit(saved, safe_fi
     assert not is_safe(encoder)
 
 
-def test_a_weight_changed_since_loading_is_restored_to_its_changed_value(saved, safe_file, failing_placement):
+def test_a_weight_changed_since_loading_is_restored_to_its_changed_value(saved, safe_file, failing_placement,
+                                                                         copy_path):  # fmt: skip
     encoder = from_file(saved)
     with torch.no_grad():
         encoder.final_layer_norm.weight[3] += 0.5  # no longer the file's bytes
@@ -156,7 +172,8 @@ def test_a_weight_changed_since_loading_is_restored_to_its_changed_value(saved, 
     assert same(state(encoder), before) and torch.equal(run(encoder), output)
 
 
-def test_a_file_changed_before_the_restore_is_reported_not_mixed_in(saved, tmp_path, safe_file, failing_placement):
+def test_a_file_changed_before_the_restore_is_reported_not_mixed_in(saved, tmp_path, safe_file, failing_placement,
+                                                                     copy_path):  # fmt: skip
     folder = tmp_path / "saved"
     shutil.copytree(saved, folder)
     encoder = from_file(folder)
@@ -169,7 +186,8 @@ def test_a_file_changed_before_the_restore_is_reported_not_mixed_in(saved, tmp_p
     assert not is_safe(encoder)
 
 
-def test_a_checkpoint_changed_while_it_is_copied_is_caught_and_undone(saved, tmp_path, safe_file, monkeypatch):
+def test_a_checkpoint_changed_while_it_is_copied_is_caught_and_undone(saved, tmp_path, safe_file, monkeypatch,
+                                                                      copy_path):  # fmt: skip
     source_file = shutil.copy(safe_file, tmp_path / "text.safetensors")
     encoder = from_file(saved)
     before, output = state(encoder), run(encoder)
