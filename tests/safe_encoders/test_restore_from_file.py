@@ -253,8 +253,8 @@ def test_tied_weights_the_checkpoint_also_ties_are_swapped(tmp_path):
 
 
 @pytest.mark.parametrize("loaded", ["in memory", "from its file"])
-def test_a_failure_after_tied_weights_were_written_restores_them_bit_for_bit(saved, safe_file, failing_placement,
-                                                                            loaded):  # fmt: skip
+def test_a_failure_after_tied_weights_were_written_restores_them_bit_for_bit(copy_path, saved, safe_file,
+                                                                            failing_placement, loaded):  # fmt: skip
     # The second key of a tied pair is saved after the first was written: its "original" is the new value.
     encoder = tied(from_file(saved) if loaded == "from its file" else tiny_text_encoder(seed=0))
     before, output = state(encoder), run(encoder)
@@ -283,8 +283,9 @@ def test_weights_that_are_views_into_one_buffer_are_swapped_each_in_its_place(sa
     assert torch.equal(run(encoder), run(expected))
 
 
-def test_a_file_unreadable_during_the_restore_loses_only_that_weight_and_says_so(saved, safe_file, failing_placement,
-                                                                                monkeypatch):  # fmt: skip
+def test_a_file_unreadable_during_the_restore_loses_only_that_weight_and_says_so(
+    copy_path, saved, safe_file, failing_placement, monkeypatch
+):
     from safe_encoders.origins import FileOrigin
 
     encoder = from_file(saved)
@@ -324,7 +325,9 @@ def test_a_non_contiguous_weight_is_swapped_in_place(safe_file):
 
 
 @pytest.mark.parametrize("torch_dtype", [None, torch.bfloat16], ids=["same dtype", "cast to bf16"])
-def test_a_failure_after_a_non_contiguous_weight_was_written_restores_it(safe_file, failing_placement, torch_dtype):
+def test_a_failure_after_a_non_contiguous_weight_was_written_restores_it(
+    copy_path, safe_file, failing_placement, torch_dtype
+):
     encoder = transposed_last_weight(tiny_text_encoder(seed=0))
     before, output = state(encoder), run(encoder)
     failing_placement(failing_after(writes=len(list(encoder.parameters()))))  # on the last tensor, after fc2
@@ -359,7 +362,9 @@ def failing_once_after(writes: int):
     return Placement("fails after a write", home)
 
 
-def test_a_failure_after_any_write_of_a_model_loaded_from_its_file_restores_it(saved, safe_file, no_rollback_copy):
+def test_a_failure_after_any_write_of_a_model_loaded_from_its_file_restores_it(
+    copy_path, saved, safe_file, no_rollback_copy
+):
     encoder = from_file(saved)
     before, output = state(encoder), run(encoder)
     for writes in range(1, len(before) + 1):
@@ -400,7 +405,7 @@ def test_a_failure_at_a_step_around_the_writes_restores_a_model_loaded_from_its_
     assert not is_safe(encoder)
 
 
-def test_weights_rewritten_with_their_own_values_are_still_restored_from_the_file(saved, safe_file,
+def test_weights_rewritten_with_their_own_values_are_still_restored_from_the_file(copy_path, saved, safe_file,
                                                                                   no_rollback_copy,
                                                                                   failing_placement):  # fmt: skip
     # Written in place (each page now a private copy: the page map no longer says "the file's"), same bytes:
@@ -431,7 +436,9 @@ def test_a_model_loaded_cast_from_its_fp32_file_is_restored_from_a_copy(saved, s
 
 
 @pytest.mark.parametrize("stored", [torch.float32, torch.float16], ids=["read whole", "cast by slices"])
-def test_a_checkpoint_folder_swapped_while_it_is_copied_is_caught_and_undone(saved, tmp_path, monkeypatch, stored):
+def test_a_checkpoint_folder_swapped_while_it_is_copied_is_caught_and_undone(
+    copy_path, saved, tmp_path, monkeypatch, stored
+):
     # Renaming the folder leaves the checked file's own identity untouched: what is read must be that very file.
     folder, parked, other = tmp_path / "ckpt", tmp_path / "parked", tmp_path / "other"
     folder.mkdir()
@@ -461,7 +468,9 @@ def test_a_checkpoint_folder_swapped_while_it_is_copied_is_caught_and_undone(sav
     assert not is_safe(encoder)
 
 
-def test_a_checkpoint_written_during_the_last_read_is_caught_and_undone(saved, tmp_path, safe_file, failing_placement):
+def test_a_checkpoint_written_during_the_last_read_is_caught_and_undone(
+    copy_path, saved, tmp_path, safe_file, failing_placement
+):
     # No later open sees it: only the identity check after the copy does.
     source_file = shutil.copy(safe_file, tmp_path / "text.safetensors")
     encoder = from_file(saved)
@@ -517,7 +526,9 @@ def test_a_weight_that_cannot_be_written_back_does_not_stop_the_restore_of_the_o
     assert differ == failed and not is_safe(encoder)
 
 
-def test_a_model_file_deleted_during_make_safe_is_reported_not_mixed_in(saved, tmp_path, safe_file, failing_placement):
+def test_a_model_file_deleted_during_make_safe_is_reported_not_mixed_in(
+    copy_path, saved, tmp_path, safe_file, failing_placement
+):
     # Deleting it changes its identity (ctime) as a write would: its bytes can no longer be vouched for.
     folder = tmp_path / "saved"
     shutil.copytree(saved, folder)
