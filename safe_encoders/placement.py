@@ -247,11 +247,14 @@ class _Context:
     module: nn.Module
     groups: dict[int, tuple[Any, str]]  # id(tensor) -> (diffusers ModuleGroup, key in its file)
     staged: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # group file -> tensors being written
+    accelerate_hooked: bool = True  # any accelerate hook in the module (else no key needs the walk of its owners)
 
     @classmethod
     def of(cls, module: nn.Module) -> _Context:
         groups: dict[int, tuple[Any, str]] = {}
+        hooked = False
         for sub in module.modules():
+            hooked = hooked or getattr(sub, "_hf_hook", None) is not None
             registry = getattr(sub, "_diffusers_hook", None)
             hook = registry.get_hook("group_offloading") if registry is not None else None
             group = getattr(hook, "group", None)
@@ -266,7 +269,7 @@ class _Context:
             if getattr(group, "offload_to_disk_path", None):
                 for tensor, key in group.tensor_to_key.items():
                     groups[id(tensor)] = (group, key)
-        return cls(module, groups)
+        return cls(module, groups, accelerate_hooked=hooked)
 
 
 def _tensor(module: nn.Module, key: str) -> torch.Tensor:
@@ -299,7 +302,7 @@ def _unprefixed(weights_map: Any, name: str) -> tuple[Any, str]:
 
 
 def _accelerate_home(context: _Context, key: str, tensor: torch.Tensor) -> TensorHome | None:
-    if "accelerate" not in sys.modules:  # never imported: no accelerate hook can exist
+    if "accelerate" not in sys.modules or not context.accelerate_hooked:  # no accelerate hook can hold it
         return None
     from accelerate.utils import OffloadedWeightsLoader
 
