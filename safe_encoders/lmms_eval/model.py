@@ -1,8 +1,9 @@
 """The ``llava_hf_safe`` model classes: lmms-eval's ``llava_hf`` (simple and chat) with the Safe-CLIP tower.
 
 Only ``__init__`` is added: lmms-eval's constructor loads the checkpoint, then (``safe=true``)
-:func:`safe_encoders.make_safe` replaces the vision tower's weights in place, where lmms-eval's model reads them
-(after any ``accelerate`` wrapping: the swap copies into the existing parameters). Generation, chat templates and
+:func:`safe_encoders.make_safe` replaces the vision tower's weights where lmms-eval's model reads them (after any
+``accelerate`` wrapping: the swap keeps the same ``Parameter`` objects, writing into them or pointing them at the
+checked checkpoint's private memory map). Generation, chat templates and
 batching are lmms-eval's, inherited unchanged. Fail closed: a safe run whose model does not report safe afterwards,
 and a stock run whose tower already carries a Safe-CLIP swap record, both refuse to evaluate.
 """
